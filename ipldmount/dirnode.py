@@ -1,0 +1,101 @@
+"""Directory nodes: what an entry value means, and how a directory is laid out.
+
+The layout rule (FORMAT.md, "Directory layout") keeps every node under the block
+limit while leaving small trees exactly as ipldstore wrote them: everything that
+may be inline starts inline; while the node is too big, the largest inline
+entries become links; if even all-links is too big, the directory is sharded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import cid as cids
+from . import codec, hamt, metadata
+from .blockstore import Blockstore
+from .errors import FormatError
+
+BLOCK_LIMIT = 1 << 20
+LINK_SIZE = codec.encoded_link_size(bytes(cids.CID_LENGTH))
+
+
+class DirectoryForm:
+    """One encoding of a directory: a plain map or a HAMT root, with its bytes."""
+
+    __slots__ = ("_cid", "_data", "sharded", "value")
+
+    def __init__(self, value: dict[str, Any], data: bytes | None = None, cid: bytes | None = None) -> None:
+        self.value = value
+        self.sharded = hamt.is_root(value)
+        self._data = data
+        self._cid = cid
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = codec.encode(self.value)
+        return self._data
+
+    @property
+    def cid(self) -> bytes:
+        if self._cid is None:
+            self._cid = cids.block_cid(cids.DAG_CBOR, self.data)
+        return self._cid
+
+    def store(self, store: Blockstore) -> bytes:
+        """Put this form as its own block (idempotent) and return its CID."""
+        self._cid = store.put(self.data, cids.DAG_CBOR)
+        return self._cid
+
+
+@dataclass(slots=True)
+class EntryForm:
+    """The ways one entry can be written into its parent node."""
+
+    link: Callable[[], bytes]  # stores the entry's own block if needed
+    inline: Any = None  # the value to embed, or None when the entry must be a link
+    inline_size: int = 0  # bytes the inline value takes when encoded
+
+
+def plain_entries(store: Blockstore, value: Any) -> Mapping[str, Any]:
+    """The name -> entry map of a directory node, whether plain or sharded."""
+    if hamt.is_root(value):
+        return dict(hamt.iter_entries(store, value))
+    if type(value) is not dict:
+        raise FormatError(f"not a directory node (a {type(value).__name__})")
+    return value  # type: ignore[no-any-return]
+
+
+def layout(store: Blockstore, entries: Mapping[str, EntryForm], limit: int = BLOCK_LIMIT) -> DirectoryForm:
+    """Lay a directory out by the FORMAT.md rule."""
+    inline = {name for name, form in entries.items() if form.inline is not None}
+    total = codec.map_head_size(len(entries)) + sum(
+        codec.encoded_str_size(name) + (form.inline_size if name in inline else LINK_SIZE)
+        for name, form in entries.items()
+    )
+    if total > limit:
+        for name in sorted(inline, key=lambda name: (-entries[name].inline_size, name.encode("utf-8"))):
+            if total <= limit or entries[name].inline_size <= LINK_SIZE:
+                break
+            inline.discard(name)
+            total -= entries[name].inline_size - LINK_SIZE
+    if total > limit:
+        links = {name: codec.Link(form.link()) for name, form in entries.items()}
+        return DirectoryForm(hamt.build(store, links))
+    value = {
+        name: form.inline if name in inline else codec.Link(form.link()) for name, form in entries.items()
+    }
+    return DirectoryForm(value)
+
+
+def check_inline_entry(name: str, value: Any) -> None:
+    """Raise FormatError unless *value* is a valid non-link entry under *name*."""
+    if metadata.is_metadata_name(name):
+        try:
+            metadata.render(name, value)
+        except (TypeError, ValueError):
+            raise FormatError(f"entry {name!r}: inline metadata is not JSON") from None
+    elif type(value) is not dict:
+        raise FormatError(f"entry {name!r}: a {type(value).__name__} is neither a link nor a directory")

@@ -1,0 +1,107 @@
+"""Sharded directories: an IPLD HashMap (HAMT) of name -> entry.
+
+Modelled on the IPLD HashMap spec with fixed parameters: the hash is sha2-256
+of the UTF-8 name, 8 bits of it pick the slot at each level (so level *d* uses
+byte *d* of the digest), and a slot holds a bucket of at most 3 entries before
+it becomes a child node. The structure is built from the sorted set of entries,
+so it depends on the entries alone, never on insertion order (FORMAT.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from . import cid as cids
+from . import codec
+from .blockstore import Blockstore
+from .errors import FormatError
+
+HASH_ALG = cids.SHA2_256
+BUCKET_SIZE = 3
+BITMAP_BYTES = 32  # 2**8 slots
+ROOT_KEYS = frozenset({"hashAlg", "bucketSize", "hamt"})
+_MAX_DEPTH = 32  # one level per digest byte
+
+_Item = tuple[bytes, bytes, Any]  # (digest, key, value)
+
+
+def is_root(value: Any) -> bool:
+    """True when a DAG-CBOR map is a HAMT root rather than a plain directory.
+
+    A plain directory can never look like this: its entries are links or maps,
+    and ``hashAlg`` here is an integer.
+    """
+    return type(value) is dict and value.keys() == ROOT_KEYS and type(value["hashAlg"]) is int
+
+
+def build(store: Blockstore, entries: Mapping[str, Any]) -> dict[str, Any]:
+    """The root map of a HAMT holding *entries*; child nodes are stored as blocks."""
+    items = sorted((hashlib.sha256(key).digest(), key, value) for key, value in _keyed(entries))
+    return {"hashAlg": HASH_ALG, "bucketSize": BUCKET_SIZE, "hamt": _build_node(store, items, 0)}
+
+
+def _keyed(entries: Mapping[str, Any]) -> Iterator[tuple[bytes, Any]]:
+    for name, value in entries.items():
+        yield name.encode("utf-8"), value
+
+
+def _build_node(store: Blockstore, items: list[_Item], depth: int) -> list[Any]:
+    if depth >= _MAX_DEPTH:
+        raise FormatError("HAMT ran out of hash bits (identical sha2-256 digests)")
+    bitmap = 0
+    data: list[Any] = []
+    start = 0
+    while start < len(items):
+        slot = items[start][0][depth]
+        end = start
+        while end < len(items) and items[end][0][depth] == slot:
+            end += 1
+        bitmap |= 1 << slot
+        data.append(_element(store, items[start:end], depth))
+        start = end
+    return [bitmap.to_bytes(BITMAP_BYTES, "big"), data]
+
+
+def _element(store: Blockstore, group: list[_Item], depth: int) -> Any:
+    if len(group) <= BUCKET_SIZE:
+        return [[key, value] for _, key, value in sorted(group, key=lambda item: item[1])]
+    child = _build_node(store, group, depth + 1)
+    return codec.Link(store.put(codec.encode(child), cids.DAG_CBOR))
+
+
+def iter_entries(store: Blockstore, root: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Every (name, entry) of a HAMT, checking the structure as it goes."""
+    if root["hashAlg"] != HASH_ALG or root["bucketSize"] != BUCKET_SIZE:
+        raise FormatError(f"unsupported HAMT parameters hashAlg={root['hashAlg']} bucketSize={root['bucketSize']}")
+    stack = [root["hamt"]]
+    while stack:
+        bitmap, data = _check_node(stack.pop())
+        for element in data:
+            if isinstance(element, codec.Link):
+                stack.append(codec.decode(store.get(element.cid)))
+            elif isinstance(element, list) and 0 < len(element) <= BUCKET_SIZE:
+                yield from _bucket_entries(element)
+            else:
+                raise FormatError("malformed HAMT element (expected a link or a bucket of 1-3 entries)")
+
+
+def _check_node(node: Any) -> tuple[bytes, list[Any]]:
+    if not (isinstance(node, list) and len(node) == 2 and type(node[0]) is bytes and type(node[1]) is list):
+        raise FormatError("malformed HAMT node (expected [bitmap, data])")
+    bitmap, data = node
+    if len(bitmap) != BITMAP_BYTES or int.from_bytes(bitmap, "big").bit_count() != len(data):
+        raise FormatError("HAMT bitmap does not match its data")
+    return bitmap, data
+
+
+def _bucket_entries(bucket: list[Any]) -> Iterator[tuple[str, Any]]:
+    for entry in bucket:
+        if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is bytes):
+            raise FormatError("malformed HAMT bucket entry (expected [key, value])")
+        try:
+            name = entry[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError("HAMT key is not UTF-8") from None
+        yield name, entry[1]

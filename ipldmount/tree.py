@@ -1,0 +1,451 @@
+"""The mutable tree: a root CID opened lazily, changed in memory, committed bottom-up.
+
+Nodes are plain objects (``Directory``, ``File``, ``Broken``) so that a FUSE
+adapter can hand out inode numbers for them and a zarr store can walk them by
+path; neither knows how the other works. A directory loads its entries the
+first time they are asked for. Every change marks the directories above it
+dirty; :meth:`Tree.commit` re-encodes just those, children before parents, and
+reuses the stored encoding of everything else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from . import cid as cids
+from . import codec, dirnode, metadata
+from .blockstore import Blockstore
+from .dirnode import DirectoryForm, EntryForm
+from .errors import (
+    AlreadyExistsError,
+    BlockNotFoundError,
+    CorruptBlockError,
+    DirectoryNotEmptyError,
+    FormatError,
+    InvalidMoveError,
+    InvalidNameError,
+    IpldmountError,
+    IsADirectoryError_,
+    NameTooLongError,
+    NotADirectoryError_,
+    NotFoundError,
+    ReadOnlyError,
+)
+from .files import BLOCK_LIMIT, FileContent, FileReader, InlineFile, StoredFile, decode_fbl, store_bytes
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+
+
+class Node:
+    """Something a directory entry can name."""
+
+    __slots__ = ("__weakref__", "parents")
+
+    def __init__(self) -> None:
+        self.parents: list[Directory] = []  # one item per name that refers to this node
+
+
+class File(Node):
+    __slots__ = ("content",)
+
+    def __init__(self, content: FileContent) -> None:
+        super().__init__()
+        self.content = content
+
+
+class Directory(Node):
+    __slots__ = ("_entries", "_form", "dirty")
+
+    def __init__(self, form: DirectoryForm | None = None) -> None:
+        super().__init__()
+        self._form = form  # the current encoding; None while dirty
+        self._entries: dict[str, Node] | None = None if form is not None else {}
+        self.dirty = form is None
+
+    @property
+    def cid(self) -> bytes | None:
+        """The CID of this directory as of the last commit (None if changed since)."""
+        return None if self._form is None else self._form.cid
+
+
+class Broken(Node):
+    """An entry whose block is missing or unreadable: kept as its link, refused on use."""
+
+    __slots__ = ("cid", "error")
+
+    def __init__(self, cid: bytes, error: IpldmountError) -> None:
+        super().__init__()
+        self.cid = cid
+        self.error = error
+
+
+def check_name(name: str) -> None:
+    """Refuse names a directory entry cannot have."""
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise InvalidNameError(name)
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidNameError(name, "File name is not valid UTF-8") from None
+    if len(encoded) > NAME_MAX:
+        raise NameTooLongError(name)
+
+
+def split_path(path: str) -> list[str]:
+    """Path components; leading, trailing and doubled slashes are ignored."""
+    return [part for part in path.split("/") if part]
+
+
+class Tree:
+    """A directory tree over a blockstore, opened at a root CID (or empty)."""
+
+    def __init__(
+        self,
+        store: Blockstore,
+        root: bytes | None = None,
+        *,
+        whole_files: bool = False,
+        read_only: bool = False,
+    ) -> None:
+        self.store = store
+        self.chunk_size: int | None = None if whole_files else BLOCK_LIMIT
+        self.read_only = read_only
+        self.root = self._open_root(root) if root is not None else Directory()
+
+    def _open_root(self, cid: bytes) -> Directory:
+        if cids.codec_of(cid) != cids.DAG_CBOR:
+            raise FormatError(f"root {cids.cid_to_str(cid)} is not a dag-cbor directory node")
+        data = self.store.get(cid)
+        value = codec.decode(data)
+        if type(value) is not dict:
+            raise FormatError(f"root {cids.cid_to_str(cid)} is not a directory node")
+        return Directory(DirectoryForm(value, data, cid))
+
+    # --- reading ---------------------------------------------------------------
+
+    def entries(self, directory: Directory) -> dict[str, Node]:
+        """The directory's entries by name, loading them on first use."""
+        if directory._entries is None:
+            assert directory._form is not None
+            raw = dirnode.plain_entries(self.store, directory._form.value)
+            directory._entries = {}
+            for name, value in raw.items():
+                node = self._node_for(name, value)
+                node.parents.append(directory)
+                directory._entries[name] = node
+        return directory._entries
+
+    def _node_for(self, name: str, value: Any) -> Node:
+        if isinstance(value, codec.Link):
+            return self._linked_node(name, value.cid)
+        dirnode.check_inline_entry(name, value)
+        if metadata.is_metadata_name(name):
+            return File(InlineFile(name, value))
+        return Directory(DirectoryForm(value))
+
+    def _linked_node(self, name: str, cid: bytes) -> Node:
+        if not cids.is_supported(cid):
+            raise FormatError(f"entry {name!r} links to an unsupported CID {cid.hex()}")
+        if cids.codec_of(cid) == cids.RAW:
+            return File(StoredFile(cid))
+        try:
+            data = self.store.get(cid)
+            value = codec.decode(data)
+            if isinstance(value, list):
+                return File(StoredFile(cid, sum(length for _, length in decode_fbl(data))))
+            if type(value) is dict:
+                return Directory(DirectoryForm(value, data, cid))
+            raise FormatError(f"block {cids.cid_to_str(cid)} is neither a directory nor a chunked file")
+        except (BlockNotFoundError, CorruptBlockError, FormatError) as exc:
+            log.error("entry %r (%s) is unreadable: %s", name, cids.cid_to_str(cid), exc)
+            return Broken(cid, exc)
+
+    def lookup(self, directory: Directory, name: str) -> Node:
+        try:
+            return self.entries(directory)[name]
+        except KeyError:
+            raise NotFoundError(name) from None
+
+    def size(self, node: Node) -> int:
+        if isinstance(node, File):
+            return node.content.size_in(self.store)
+        if isinstance(node, Broken):
+            raise node.error
+        return 0
+
+    def reader(self, file: File) -> FileReader:
+        return file.content.reader(self.store)
+
+    def read_all(self, file: File) -> bytes:
+        reader = self.reader(file)
+        return reader.read(0, reader.size)
+
+    # --- changing --------------------------------------------------------------
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError("the tree is read-only")
+
+    def _insert(self, directory: Directory, name: str, node: Node) -> None:
+        self.entries(directory)[name] = node
+        node.parents.append(directory)
+        _mark_dirty(directory)
+
+    def _detach(self, directory: Directory, name: str) -> Node:
+        node = self.entries(directory).pop(name)
+        node.parents.remove(directory)
+        _mark_dirty(directory)
+        return node
+
+    def create(self, directory: Directory, name: str, content: FileContent | None = None) -> File:
+        """A new file *name* in *directory* (EEXIST if the name is taken)."""
+        self._writable()
+        check_name(name)
+        if name in self.entries(directory):
+            raise AlreadyExistsError(name)
+        file = File(content if content is not None else self.store_bytes(b""))
+        self._insert(directory, name, file)
+        return file
+
+    def set_content(self, file: File, content: FileContent) -> None:
+        """Replace a file's content (every name that links to it sees the change)."""
+        self._writable()
+        file.content = content
+        for parent in file.parents:
+            _mark_dirty(parent)
+
+    def store_bytes(self, data: bytes) -> StoredFile:
+        """Put *data* in the blockstore as file content, by this tree's chunking rule."""
+        return store_bytes(self.store, data, self.chunk_size)
+
+    def mkdir(self, directory: Directory, name: str) -> Directory:
+        self._writable()
+        check_name(name)
+        if name in self.entries(directory):
+            raise AlreadyExistsError(name)
+        child = Directory()
+        self._insert(directory, name, child)
+        return child
+
+    def unlink(self, directory: Directory, name: str) -> Node:
+        """Remove a non-directory entry; the node lives on for whoever holds it."""
+        self._writable()
+        if isinstance(self.lookup(directory, name), Directory):
+            raise IsADirectoryError_(name)
+        return self._detach(directory, name)
+
+    def rmdir(self, directory: Directory, name: str) -> None:
+        self._writable()
+        node = self.lookup(directory, name)
+        if not isinstance(node, Directory):
+            raise NotADirectoryError_(name)
+        if self.entries(node):
+            raise DirectoryNotEmptyError(name)
+        self._detach(directory, name)
+
+    def link(self, file: Node, directory: Directory, name: str) -> None:
+        """Another name for *file* (a hard link; stored as a second copy of its link)."""
+        self._writable()
+        check_name(name)
+        if isinstance(file, Directory):
+            raise IsADirectoryError_(name, "Hard links to directories are not allowed")
+        if name in self.entries(directory):
+            raise AlreadyExistsError(name)
+        self._insert(directory, name, file)
+
+    def rename(
+        self, source: Directory, name: str, target: Directory, new_name: str, *, replace: bool = True
+    ) -> None:
+        """POSIX rename(2): move an entry, replacing a compatible target."""
+        self._writable()
+        check_name(new_name)
+        node = self.lookup(source, name)
+        existing = self.entries(target).get(new_name)
+        if existing is node:
+            return
+        if isinstance(node, Directory) and self._is_ancestor(node, target):
+            raise InvalidMoveError(new_name)
+        if existing is not None:
+            if not replace:
+                raise AlreadyExistsError(new_name)
+            self._check_replaceable(node, existing, new_name)
+            self._detach(target, new_name)
+        self._detach(source, name)
+        self._insert(target, new_name, node)
+
+    def _check_replaceable(self, node: Node, existing: Node, name: str) -> None:
+        if isinstance(existing, Directory):
+            if not isinstance(node, Directory):
+                raise IsADirectoryError_(name)
+            if self.entries(existing):
+                raise DirectoryNotEmptyError(name)
+        elif isinstance(node, Directory):
+            raise NotADirectoryError_(name)
+
+    @staticmethod
+    def _is_ancestor(node: Directory, directory: Directory) -> bool:
+        current: Directory | None = directory
+        while current is not None:
+            if current is node:
+                return True
+            current = current.parents[0] if current.parents else None
+        return False
+
+    # --- committing ------------------------------------------------------------
+
+    def commit(self) -> bytes:
+        """Encode what changed, store it, and return the root CID.
+
+        Runs inside one blockstore batch, so a commit's blocks become durable
+        together, or (if it fails) not at all.
+        """
+        with self.store.batch():
+            for directory in _dirty_postorder(self.root):
+                directory._form = self._layout(directory)
+                directory.dirty = False
+            assert self.root._form is not None
+            return self.root._form.store(self.store)
+
+    def _layout(self, directory: Directory) -> DirectoryForm:
+        entries = self.entries(directory)
+        return dirnode.layout(self.store, {name: self._entry_form(name, node) for name, node in entries.items()})
+
+    def _entry_form(self, name: str, node: Node) -> EntryForm:
+        if isinstance(node, File):
+            content = node.content
+            form = EntryForm(link=lambda: content.link(self.store))
+            if metadata.is_metadata_name(name):
+                inline = content.inline_form(self.store, name)
+                if inline is not None:
+                    form.inline, form.inline_size = inline[0], len(inline[1])
+            return form
+        if isinstance(node, Directory):
+            layout = node._form
+            assert layout is not None, "dirty directories are laid out children first"
+            form = EntryForm(link=lambda: layout.store(self.store))
+            if not layout.sharded and not metadata.is_metadata_name(name):
+                form.inline, form.inline_size = layout.value, len(layout.data)
+            return form
+        assert isinstance(node, Broken)
+        broken_cid = node.cid
+        return EntryForm(link=lambda: broken_cid)
+
+    # --- paths (for the zarr store, the CLI and tests) -------------------------
+
+    def resolve(self, path: str) -> Node:
+        node: Node = self.root
+        for part in split_path(path):
+            if isinstance(node, Broken):
+                raise node.error
+            if not isinstance(node, Directory):
+                raise NotADirectoryError_(path)
+            try:
+                node = self.entries(node)[part]
+            except KeyError:
+                raise NotFoundError(path) from None
+        if isinstance(node, Broken):
+            raise node.error
+        return node
+
+    def resolve_dir(self, path: str) -> Directory:
+        node = self.resolve(path)
+        if not isinstance(node, Directory):
+            raise NotADirectoryError_(path)
+        return node
+
+    def resolve_file(self, path: str) -> File:
+        node = self.resolve(path)
+        if not isinstance(node, File):
+            raise IsADirectoryError_(path)
+        return node
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.resolve(path)
+        except (NotFoundError, NotADirectoryError_):
+            return False
+        return True
+
+    def read_file(self, path: str) -> bytes:
+        return self.read_all(self.resolve_file(path))
+
+    def makedirs(self, path: str) -> Directory:
+        """The directory at *path*, creating missing ones like ``mkdir -p``."""
+        directory = self.root
+        for part in split_path(path):
+            node = self.entries(directory).get(part)
+            if node is None:
+                node = self.mkdir(directory, part)
+            elif not isinstance(node, Directory):
+                raise NotADirectoryError_(path)
+            directory = node
+        return directory
+
+    def write_file(self, path: str, data: bytes | FileContent) -> File:
+        """Create or replace the file at *path*, creating parent directories."""
+        self._writable()
+        *parents, name = split_path(path) or [""]
+        check_name(name)
+        directory = self.makedirs("/".join(parents))
+        content = self.store_bytes(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        existing = self.entries(directory).get(name)
+        if existing is None:
+            return self.create(directory, name, content)
+        if not isinstance(existing, File):
+            raise IsADirectoryError_(path)
+        self.set_content(existing, content)
+        return existing
+
+    def remove(self, path: str) -> None:
+        """Remove the file or (empty) directory at *path*."""
+        *parents, name = split_path(path) or [""]
+        directory = self.resolve_dir("/".join(parents))
+        if isinstance(self.lookup(directory, name), Directory):
+            self.rmdir(directory, name)
+        else:
+            self.unlink(directory, name)
+
+    def listdir(self, path: str = "") -> list[str]:
+        return sorted(self.entries(self.resolve_dir(path)))
+
+    def walk_files(self, path: str = "") -> Iterator[tuple[str, File]]:
+        """Every file below *path* as (relative path, file), in sorted order."""
+        stack = [("", self.resolve_dir(path))]
+        while stack:
+            prefix, directory = stack.pop()
+            for name in sorted(self.entries(directory), reverse=True):
+                node = self.entries(directory)[name]
+                if isinstance(node, Directory):
+                    stack.append((prefix + name + "/", node))
+                elif isinstance(node, File):
+                    yield prefix + name, node
+                else:
+                    raise node.error  # type: ignore[attr-defined]
+
+
+def _mark_dirty(directory: Directory) -> None:
+    """Mark *directory* and its ancestors dirty (they already are if it is)."""
+    stack = [directory]
+    while stack:
+        current = stack.pop()
+        if not current.dirty:
+            current.dirty = True
+            current._form = None
+            stack.extend(current.parents)
+
+
+def _dirty_postorder(root: Directory) -> list[Directory]:
+    """The dirty directories under *root*, every child before its parent."""
+    order: list[Directory] = []
+    stack = [root] if root.dirty else []
+    while stack:
+        directory = stack.pop()
+        order.append(directory)
+        assert directory._entries is not None, "a dirty directory has loaded entries"
+        stack.extend(node for node in directory._entries.values() if isinstance(node, Directory) and node.dirty)
+    order.reverse()
+    return order
