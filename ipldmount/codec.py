@@ -14,7 +14,9 @@ Links are :class:`Link` objects that keep the binary CID as bytes, so no
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Iterator, Mapping
 from typing import Any, TypeAlias
 
 import cbor2
@@ -101,22 +103,74 @@ def _tag_hook(tag: cbor2.CBORTag, *_: object) -> Link:
     return Link(raw[1:])
 
 
+def _reject_tag(*_: object) -> None:
+    raise ValueError("only tag 42 is allowed in DAG-CBOR")
+
+
+class _OnlyLinkTag(Mapping[int, Any]):
+    """Semantic decoders that refuse every tag but 42 (which falls through to ``_tag_hook``).
+
+    ``cbor2`` decodes some tags itself (datetimes, bignums, sets, shared values),
+    and ``tag_hook`` only sees the tags it does not know.
+    """
+
+    def __getitem__(self, tag: int) -> Any:
+        if tag == LINK_TAG:
+            raise KeyError(tag)
+        return _reject_tag
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+_ONLY_LINK_TAG = _OnlyLinkTag()
+
+
 def decode(data: bytes | memoryview) -> Value:
     """Decode a DAG-CBOR block. Links come back as :class:`Link`.
 
-    Raises :class:`CorruptBlockError` when the bytes are not CBOR, or use CBOR
-    features DAG-CBOR forbids (other tags, indefinite lengths, duplicate keys).
+    Raises :class:`CorruptBlockError` when the bytes are not one CBOR item, or
+    use CBOR features DAG-CBOR forbids (other tags, indefinite lengths,
+    duplicate keys).
     """
     try:
-        return cbor2.loads(
-            bytes(data),
+        decoder = cbor2.CBORDecoder(
+            io.BytesIO(data),
             tag_hook=_tag_hook,
+            semantic_decoders=_ONLY_LINK_TAG,
+            read_size=max(len(data), 1),
             allow_indefinite=False,
             allow_duplicate_keys=False,
             strict_hashable_types=True,
         )
+        value = decoder.decode()
     except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
         raise CorruptBlockError(f"not a DAG-CBOR block: {exc}") from None
+    try:
+        decoder.read(1)
+    except cbor2.CBORDecodeEOF:
+        return value
+    raise CorruptBlockError("not a DAG-CBOR block: bytes after the first item")
+
+
+def depth(value: Value) -> int:
+    """How deeply lists and maps nest in *value* (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, level + 1) for child in item)
+        else:
+            deepest = max(deepest, level)
+            continue
+        deepest = max(deepest, level + 1)
+    return deepest
 
 
 def encoded_link_size(cid: bytes) -> int:

@@ -19,18 +19,28 @@ from .errors import FormatError
 
 BLOCK_LIMIT = 1 << 20
 LINK_SIZE = codec.encoded_link_size(bytes(cids.CID_LENGTH))
+# No node nests maps and lists deeper than this, so any decoder (cbor2 stops at 400) reads it.
+MAX_NODE_DEPTH = 64
 
 
 class DirectoryForm:
     """One encoding of a directory: a plain map or a HAMT root, with its bytes."""
 
-    __slots__ = ("_cid", "_data", "sharded", "value")
+    __slots__ = ("_cid", "_data", "_depth", "sharded", "value")
 
     def __init__(self, value: dict[str, Any], data: bytes | None = None, cid: bytes | None = None) -> None:
         self.value = value
         self.sharded = hamt.is_root(value)
         self._data = data
         self._cid = cid
+        self._depth: int | None = None
+
+    @property
+    def depth(self) -> int:
+        """How deeply the node's value nests (FORMAT.md: an inline entry must nest less than 64)."""
+        if self._depth is None:
+            self._depth = codec.depth(self.value)
+        return self._depth
 
     @property
     def data(self) -> bytes:
@@ -55,8 +65,13 @@ class EntryForm:
     """The ways one entry can be written into its parent node."""
 
     link: Callable[[], bytes]  # stores the entry's own block if needed
-    inline: Any = None  # the value to embed, or None when the entry must be a link
-    inline_size: int = 0  # bytes the inline value takes when encoded
+    inline: Any = None  # the value to embed (meaningful only when inline_size > 0: JSON null is a value)
+    inline_size: int = 0  # bytes the inline value takes when encoded; 0: the entry must be a link
+    inline_depth: int = 0  # how deeply the inline value nests
+
+    @property
+    def inlinable(self) -> bool:
+        return self.inline_size > 0 and self.inline_depth < MAX_NODE_DEPTH
 
 
 def plain_entries(store: Blockstore, value: Any) -> Mapping[str, Any]:
@@ -70,7 +85,7 @@ def plain_entries(store: Blockstore, value: Any) -> Mapping[str, Any]:
 
 def layout(store: Blockstore, entries: Mapping[str, EntryForm], limit: int = BLOCK_LIMIT) -> DirectoryForm:
     """Lay a directory out by the FORMAT.md rule."""
-    inline = {name for name, form in entries.items() if form.inline is not None}
+    inline = {name for name, form in entries.items() if form.inlinable}
     total = codec.map_head_size(len(entries)) + sum(
         codec.encoded_str_size(name) + (form.inline_size if name in inline else LINK_SIZE)
         for name, form in entries.items()

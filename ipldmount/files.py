@@ -2,7 +2,7 @@
 
 A file of at most ``chunk_size`` bytes is one raw block. A larger file is cut
 into ``chunk_size`` raw leaves under a Flexible Byte Layout list (FORMAT.md):
-``[[link, length], ...]`` nodes of at most ``FBL_WIDTH`` entries, nested
+``[[length, link], ...]`` nodes of at most ``FBL_WIDTH`` entries, nested
 bottom-up, so no block outgrows the limit however large the file.
 """
 
@@ -30,6 +30,10 @@ class FileContent(Protocol):
         """The CID standing for this content, storing a block first if needed."""
         ...
 
+    def content_cid(self) -> bytes:
+        """The content's CID as a standalone file, computed without storing anything."""
+        ...
+
     def inline_form(self, store: Blockstore, name: str) -> tuple[Any, bytes] | None:
         """The inline metadata value (and its encoding) for this content under *name*."""
         ...
@@ -55,6 +59,9 @@ class StoredFile:
     def link(self, store: Blockstore) -> bytes:
         return self.cid
 
+    def content_cid(self) -> bytes:
+        return self.cid
+
     def inline_form(self, store: Blockstore, name: str) -> tuple[Any, bytes] | None:
         rule_key = metadata.RULES.get(name)
         if rule_key is None:
@@ -76,13 +83,12 @@ class StoredFile:
 class InlineFile:
     """Content that arrived as inline metadata in a directory node."""
 
-    __slots__ = ("_cid", "data", "encoded", "name", "value")
+    __slots__ = ("_cid", "data", "name", "value")
 
     def __init__(self, name: str, value: Any) -> None:
         self.name = name
         self.value = value
         self.data = metadata.render(name, value)
-        self.encoded: bytes | None = None
         self._cid: bytes | None = None
 
     def size_in(self, store: Blockstore) -> int:
@@ -93,11 +99,45 @@ class InlineFile:
             self._cid = store.put(self.data, cids.RAW)
         return self._cid
 
+    def content_cid(self) -> bytes:
+        return cids.block_cid(cids.RAW, self.data)
+
     def inline_form(self, store: Blockstore, name: str) -> tuple[Any, bytes] | None:
-        if metadata.RULES.get(name) is metadata.RULES[self.name]:
-            if self.encoded is None:
-                self.encoded = codec.encode(self.value)
-            return self.value, self.encoded
+        # Decided from the bytes, exactly as for a fresh write: a foreign block's
+        # inline value (too big, too deep) must not keep a form we would not give it.
+        return metadata.try_inline(name, self.data)
+
+    def reader(self, store: Blockstore) -> FileReader:
+        return BytesReader(self.data)
+
+
+class PendingFile:
+    """Small content kept in memory until a commit decides how to store it.
+
+    Metadata files usually end up inline in their directory node; holding them
+    here instead of storing a raw block right away keeps the blockstore free of
+    blocks nothing links to.
+    """
+
+    __slots__ = ("_cid", "chunk_size", "data")
+
+    def __init__(self, data: bytes, chunk_size: int | None = BLOCK_LIMIT) -> None:
+        self.data = data
+        self.chunk_size = chunk_size
+        self._cid: bytes | None = None
+
+    def size_in(self, store: Blockstore) -> int:
+        return len(self.data)
+
+    def link(self, store: Blockstore) -> bytes:
+        if self._cid is None:
+            self._cid = store_bytes(store, self.data, self.chunk_size).cid
+        return self._cid
+
+    def content_cid(self) -> bytes:
+        return cids.block_cid(cids.RAW, self.data)  # metadata-sized: always one raw block
+
+    def inline_form(self, store: Blockstore, name: str) -> tuple[Any, bytes] | None:
         return metadata.try_inline(name, self.data)
 
     def reader(self, store: Blockstore) -> FileReader:
@@ -120,8 +160,8 @@ def store_stream(store: Blockstore, stream: BinaryIO, chunk_size: int | None = B
     if chunk_size is None:
         counter = _CountingChunks(stream, 1 << 20)
         return StoredFile(store.put_stream(counter, cids.RAW), counter.total)
-    first = stream.read(chunk_size)
-    second = stream.read(chunk_size) if len(first) == chunk_size else b""
+    first = _read_full(stream, chunk_size)
+    second = _read_full(stream, chunk_size) if len(first) == chunk_size else b""
     if not second:
         return StoredFile(store.put(first, cids.RAW), len(first))
     return store_chunks(store, _chain_chunks(first, second, stream, chunk_size), chunk_size)
@@ -143,7 +183,7 @@ def store_chunks(store: Blockstore, chunks: Iterable[bytes | memoryview], chunk_
 
 
 def _put_fbl_node(store: Blockstore, entries: list[tuple[bytes, int]]) -> tuple[bytes, int]:
-    node = [[codec.Link(cid), length] for cid, length in entries]
+    node = [[length, codec.Link(cid)] for cid, length in entries]
     return store.put(codec.encode(node), cids.DAG_CBOR), sum(length for _, length in entries)
 
 
@@ -160,8 +200,21 @@ class _CountingChunks:
 def _chain_chunks(first: bytes, second: bytes, stream: BinaryIO, size: int) -> Iterator[bytes]:
     yield first
     yield second
-    while chunk := stream.read(size):
+    while chunk := _read_full(stream, size):
         yield chunk
+
+
+def _read_full(stream: BinaryIO, size: int) -> bytes:
+    """*size* bytes, fewer only at the end: a raw stream (pipe, socket) may return short reads."""
+    data = stream.read(size)
+    if not data or len(data) == size:
+        return data
+    parts = [data]
+    missing = size - len(data)
+    while missing and (more := stream.read(missing)):
+        parts.append(more)
+        missing -= len(more)
+    return b"".join(parts)
 
 
 # --- reading ------------------------------------------------------------------
@@ -172,6 +225,10 @@ class FileReader(Protocol):
 
     def read(self, offset: int, size: int) -> bytes: ...
 
+    def cached(self, offset: int, size: int) -> bytes | None:
+        """The bytes if they are already in memory (no I/O), else None."""
+        ...
+
 
 class BytesReader:
     def __init__(self, data: bytes) -> None:
@@ -179,6 +236,9 @@ class BytesReader:
         self.size = len(data)
 
     def read(self, offset: int, size: int) -> bytes:
+        return self.data[offset : offset + size]
+
+    def cached(self, offset: int, size: int) -> bytes | None:
         return self.data[offset : offset + size]
 
 
@@ -198,6 +258,10 @@ class RawReader:
             return self._data[offset : offset + size]
         return self.store.read(self.cid, offset, size)
 
+    def cached(self, offset: int, size: int) -> bytes | None:
+        data = self._data
+        return None if data is None else data[offset : offset + size]
+
 
 def decode_fbl(data: bytes) -> list[tuple[bytes, int]]:
     """The ``(cid, length)`` entries of a Flexible Byte Layout node."""
@@ -209,12 +273,12 @@ def decode_fbl(data: bytes) -> list[tuple[bytes, int]]:
         if (
             not isinstance(item, list)
             or len(item) != 2
-            or not isinstance(item[0], codec.Link)
-            or type(item[1]) is not int
-            or item[1] < 0
+            or type(item[0]) is not int
+            or item[0] < 0
+            or not isinstance(item[1], codec.Link)
         ):
-            raise FormatError("malformed chunked-file entry (expected [link, length])")
-        entries.append((item[0].cid, item[1]))
+            raise FormatError("malformed chunked-file entry (expected [length, link])")
+        entries.append((item[1].cid, item[0]))
     return entries
 
 
@@ -231,6 +295,7 @@ class FblReader:
         self.root = root
         self.size = self._node(root)[0][-1]
         self._leaf: tuple[bytes, bytes] | None = None
+        self._last: tuple[int, bytes] | None = None  # (file offset, bytes) of the last leaf read
 
     def _node(self, cid: bytes) -> tuple[list[int], list[bytes]]:
         """Cumulative end offsets and child CIDs of an FBL node."""
@@ -248,6 +313,16 @@ class FblReader:
             self._leaf = (cid, self.store.get(cid))
         return self._leaf[1]
 
+    def cached(self, offset: int, size: int) -> bytes | None:
+        last = self._last
+        if last is None:
+            return None
+        start, data = last
+        end = min(offset + size, self.size)
+        if start <= offset and end <= start + len(data):
+            return data[offset - start : end - start]
+        return None
+
     def read(self, offset: int, size: int) -> bytes:
         parts: list[bytes] = []
         end = min(offset + size, self.size)
@@ -261,12 +336,20 @@ class FblReader:
 
     def _read_from(self, cid: bytes, offset: int, size: int) -> bytes:
         """Read from the one leaf under *cid* that holds *offset*."""
+        leaf_start = offset
+        part_length: int | None = None
         while cids.codec_of(cid) == cids.DAG_CBOR:
             ends, children = self._node(cid)
             index = bisect.bisect_right(ends, offset)
             if index == len(ends):
                 return b""
-            offset -= ends[index - 1] if index else 0
+            size = min(size, ends[index] - offset)  # never read past a part's stated length
+            skipped = ends[index - 1] if index else 0
+            offset -= skipped
+            part_length = ends[index] - skipped
             cid = children[index]
         leaf = self._leaf_bytes(cid)
+        if part_length is not None and len(leaf) > part_length:  # only the bytes its entry states count
+            leaf = leaf[:part_length]
+        self._last = (leaf_start - offset, leaf)
         return leaf[offset : offset + size]

@@ -39,6 +39,8 @@ RULES: dict[str, Render] = {
 
 # Inline values larger than this are never worth parsing: they could not fit a node anyway.
 MAX_INLINE_SOURCE = 1 << 20
+# Deeper JSON stays raw: a fixed limit keeps the decision independent of Python's stack.
+MAX_INLINE_DEPTH = 32
 
 
 def is_metadata_name(name: str) -> bool:
@@ -88,7 +90,7 @@ def try_inline(name: str, data: bytes) -> tuple[Any, bytes] | None:
             parse_constant=_reject_constant,
             parse_float=_finite_float,
         )
-        if rule(value).encode("ascii") != data:
+        if codec.depth(value) > MAX_INLINE_DEPTH or rule(value).encode("ascii") != data:
             return None
         return value, codec.encode(value)
     except (ValueError, UnicodeError, RecursionError):

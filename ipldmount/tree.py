@@ -33,7 +33,16 @@ from .errors import (
     NotFoundError,
     ReadOnlyError,
 )
-from .files import BLOCK_LIMIT, FileContent, FileReader, InlineFile, StoredFile, decode_fbl, store_bytes
+from .files import (
+    BLOCK_LIMIT,
+    FileContent,
+    FileReader,
+    InlineFile,
+    PendingFile,
+    StoredFile,
+    decode_fbl,
+    store_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +52,14 @@ NAME_MAX = 255
 class Node:
     """Something a directory entry can name."""
 
-    __slots__ = ("__weakref__", "parents")
+    __slots__ = ("__weakref__", "links")
 
     def __init__(self) -> None:
-        self.parents: list[Directory] = []  # one item per name that refers to this node
+        self.links: list[tuple[Directory, str]] = []  # every (directory, name) that refers to this node
+
+    @property
+    def parents(self) -> list[Directory]:
+        return [directory for directory, _ in self.links]
 
 
 class File(Node):
@@ -134,8 +147,12 @@ class Tree:
             raw = dirnode.plain_entries(self.store, directory._form.value)
             directory._entries = {}
             for name, value in raw.items():
+                try:
+                    check_name(name)
+                except IpldmountError as exc:
+                    raise FormatError(f"directory {self.path_of(directory)!r} holds an invalid name: {exc}") from None
                 node = self._node_for(name, value)
-                node.parents.append(directory)
+                node.links.append((directory, name))
                 directory._entries[name] = node
         return directory._entries
 
@@ -148,11 +165,11 @@ class Tree:
         return Directory(DirectoryForm(value))
 
     def _linked_node(self, name: str, cid: bytes) -> Node:
-        if not cids.is_supported(cid):
-            raise FormatError(f"entry {name!r} links to an unsupported CID {cid.hex()}")
-        if cids.codec_of(cid) == cids.RAW:
+        if cids.is_supported(cid) and cids.codec_of(cid) == cids.RAW:
             return File(StoredFile(cid))
         try:
+            if not cids.is_supported(cid):
+                raise FormatError(f"entry {name!r} links to an unsupported CID {cid.hex()}")
             data = self.store.get(cid)
             value = codec.decode(data)
             if isinstance(value, list):
@@ -177,6 +194,25 @@ class Tree:
             raise node.error
         return 0
 
+    def path_of(self, node: Node) -> str | None:
+        """A path that names *node* now (its first link), or None if nothing does."""
+        parts: list[str] = []
+        while node is not self.root:
+            if not node.links:
+                return None
+            node, name = node.links[0]
+            parts.append(name)
+        return "/".join(reversed(parts))
+
+    def node_cid(self, node: Node) -> bytes | None:
+        """A node's CID as of the last commit; None for a directory changed since."""
+        if isinstance(node, File):
+            return node.content.content_cid()
+        if isinstance(node, Directory):
+            return node.cid
+        assert isinstance(node, Broken)
+        return node.cid
+
     def reader(self, file: File) -> FileReader:
         return file.content.reader(self.store)
 
@@ -192,12 +228,12 @@ class Tree:
 
     def _insert(self, directory: Directory, name: str, node: Node) -> None:
         self.entries(directory)[name] = node
-        node.parents.append(directory)
+        node.links.append((directory, name))
         _mark_dirty(directory)
 
     def _detach(self, directory: Directory, name: str) -> Node:
         node = self.entries(directory).pop(name)
-        node.parents.remove(directory)
+        node.links.remove((directory, name))
         _mark_dirty(directory)
         return node
 
@@ -215,12 +251,18 @@ class Tree:
         """Replace a file's content (every name that links to it sees the change)."""
         self._writable()
         file.content = content
-        for parent in file.parents:
+        for parent, _ in file.links:
             _mark_dirty(parent)
 
     def store_bytes(self, data: bytes) -> StoredFile:
         """Put *data* in the blockstore as file content, by this tree's chunking rule."""
         return store_bytes(self.store, data, self.chunk_size)
+
+    def content_for(self, name: str, data: bytes | bytearray | memoryview) -> FileContent:
+        """File content for *data* written under *name*: metadata waits in memory for the commit."""
+        if metadata.is_metadata_name(name) and len(data) <= metadata.MAX_INLINE_SOURCE:
+            return PendingFile(bytes(data), self.chunk_size)
+        return self.store_bytes(bytes(data))
 
     def mkdir(self, directory: Directory, name: str) -> Directory:
         self._writable()
@@ -292,7 +334,7 @@ class Tree:
         while current is not None:
             if current is node:
                 return True
-            current = current.parents[0] if current.parents else None
+            current = current.links[0][0] if current.links else None
         return False
 
     # --- committing ------------------------------------------------------------
@@ -322,13 +364,14 @@ class Tree:
                 inline = content.inline_form(self.store, name)
                 if inline is not None:
                     form.inline, form.inline_size = inline[0], len(inline[1])
+                    form.inline_depth = codec.depth(inline[0])
             return form
         if isinstance(node, Directory):
             layout = node._form
             assert layout is not None, "dirty directories are laid out children first"
             form = EntryForm(link=lambda: layout.store(self.store))
             if not layout.sharded and not metadata.is_metadata_name(name):
-                form.inline, form.inline_size = layout.value, len(layout.data)
+                form.inline, form.inline_size, form.inline_depth = layout.value, len(layout.data), layout.depth
             return form
         assert isinstance(node, Broken)
         broken_cid = node.cid
@@ -391,7 +434,7 @@ class Tree:
         *parents, name = split_path(path) or [""]
         check_name(name)
         directory = self.makedirs("/".join(parents))
-        content = self.store_bytes(data) if isinstance(data, bytes | bytearray | memoryview) else data
+        content = self.content_for(name, data) if isinstance(data, bytes | bytearray | memoryview) else data
         existing = self.entries(directory).get(name)
         if existing is None:
             return self.create(directory, name, content)
@@ -400,10 +443,15 @@ class Tree:
         self.set_content(existing, content)
         return existing
 
+    def locate(self, path: str) -> tuple[Directory, str]:
+        """The directory holding *path*'s last component, and that name."""
+        *parents, name = split_path(path) or [""]
+        check_name(name)
+        return self.resolve_dir("/".join(parents)), name
+
     def remove(self, path: str) -> None:
         """Remove the file or (empty) directory at *path*."""
-        *parents, name = split_path(path) or [""]
-        directory = self.resolve_dir("/".join(parents))
+        directory, name = self.locate(path)
         if isinstance(self.lookup(directory, name), Directory):
             self.rmdir(directory, name)
         else:
@@ -413,12 +461,13 @@ class Tree:
         return sorted(self.entries(self.resolve_dir(path)))
 
     def walk_files(self, path: str = "") -> Iterator[tuple[str, File]]:
-        """Every file below *path* as (relative path, file), in sorted order."""
+        """Every file below *path* as (relative path, file), depth first."""
         stack = [("", self.resolve_dir(path))]
         while stack:
             prefix, directory = stack.pop()
-            for name in sorted(self.entries(directory), reverse=True):
-                node = self.entries(directory)[name]
+            entries = self.entries(directory)
+            for name in sorted(entries, reverse=True):
+                node = entries[name]
                 if isinstance(node, Directory):
                     stack.append((prefix + name + "/", node))
                 elif isinstance(node, File):
@@ -435,7 +484,7 @@ def _mark_dirty(directory: Directory) -> None:
         if not current.dirty:
             current.dirty = True
             current._form = None
-            stack.extend(current.parents)
+            stack.extend(parent for parent, _ in current.links)
 
 
 def _dirty_postorder(root: Directory) -> list[Directory]:

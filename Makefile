@@ -1,0 +1,109 @@
+# ipldmount developer / CI entry points.
+#
+#   make test     install system packages (if missing) + .venv, then run pytest
+#   make lint     ruff check, ruff format --check, mypy --strict on ipldmount/
+#   make demo     scripts/demo.sh
+#   make bench    bench/run.py
+#
+# Variables: PYTEST_ARGS (passed to pytest), PYTHON (interpreter that creates
+# .venv, default python3), SKIP_SYSDEPS=1 (skip the apt check entirely).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+# Every recipe runs as one bash script, so `set -e` covers all of its lines.
+.ONESHELL:
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON      ?= python3
+VENV        := .venv
+VPY         := $(VENV)/bin/python
+STAMP       := $(VENV)/.installed
+PYTEST_ARGS ?=
+SKIP_SYSDEPS ?=
+
+# Debian packages needed to build and run pyfuse3 and to exercise the mount
+# (getfattr/setfattr come from attr).
+SYSDEPS_PKGS ?= fuse3 libfuse3-dev pkg-config attr gcc python3-dev
+
+.PHONY: all sysdeps venv test lint demo bench clean distclean
+
+all: test
+
+sysdeps:
+	@if [ -n "$(SKIP_SYSDEPS)" ]; then echo "sysdeps: skipped (SKIP_SYSDEPS set)"; exit 0; fi
+	missing=()
+	if command -v dpkg-query >/dev/null 2>&1; then
+	  for p in $(SYSDEPS_PKGS); do
+	    st=$$(dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null || true)
+	    [ "$$st" = "install ok installed" ] || missing+=("$$p")
+	  done
+	else
+	  # No dpkg: check what we actually use, and report by package name.
+	  command -v fusermount3 >/dev/null 2>&1 || missing+=(fuse3)
+	  pkg-config --exists fuse3 2>/dev/null || missing+=(libfuse3-dev)
+	  command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+	  command -v getfattr >/dev/null 2>&1 || missing+=(attr)
+	  command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+	fi
+	if [ $${#missing[@]} -eq 0 ]; then
+	  echo "sysdeps: all present ($(SYSDEPS_PKGS))"
+	  exit 0
+	fi
+	echo "sysdeps: missing: $${missing[*]}"
+	if ! command -v apt-get >/dev/null 2>&1; then
+	  echo "sysdeps: ERROR: apt-get not found; install these by hand (or set SKIP_SYSDEPS=1)" >&2
+	  exit 1
+	fi
+	if [ "$$(id -u)" -eq 0 ]; then
+	  SUDO=()
+	elif command -v sudo >/dev/null 2>&1; then
+	  SUDO=(sudo)
+	else
+	  echo "sysdeps: ERROR: not root and no sudo; cannot install: $${missing[*]}" >&2
+	  exit 1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	echo "sysdeps: apt-get update"
+	"$${SUDO[@]}" apt-get update
+	echo "sysdeps: apt-get install $${missing[*]}"
+	"$${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$${missing[@]}"
+
+venv: $(STAMP)
+
+# Rebuilt only when pyproject.toml changes. sysdeps is order-only: it always
+# runs its (cheap) check, but never forces a reinstall by itself.
+$(STAMP): pyproject.toml | sysdeps
+	@echo "venv: preparing $(VENV)"
+	if [ ! -x $(VPY) ]; then $(PYTHON) -m venv $(VENV); fi
+	$(VPY) -m pip install --disable-pip-version-check -e '.[test]'
+	touch $@
+
+test: sysdeps venv
+	@echo "test: $(VPY) -m pytest -q $(PYTEST_ARGS)"
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+lint: venv
+	@rc=0
+	echo "lint: ruff check"
+	$(VENV)/bin/ruff check . || rc=1
+	echo "lint: ruff format --check"
+	$(VENV)/bin/ruff format --check . || rc=1
+	echo "lint: mypy ipldmount"
+	$(VENV)/bin/mypy ipldmount || rc=1
+	if [ $$rc -ne 0 ]; then echo "lint: FAILED" >&2; fi
+	exit $$rc
+
+demo: sysdeps venv
+	bash scripts/demo.sh
+
+bench: venv
+	$(VPY) bench/run.py
+
+clean:
+	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis ./*.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+
+# Also removes the virtualenv (NOT part of clean: others may share it).
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,329 @@
+"""CARv1 archives (https://ipld.io/specs/transport/car/carv1/), streamed both ways.
+
+A CAR is ``varint(len) + DAG-CBOR header`` followed by sections
+``varint(len(cid) + len(data)) + cid + data``. Reading never holds more than one
+block in memory and checks every block against its CID; importing goes through
+a blockstore batch, so a CAR that turns out to be bad imports nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO
+
+from multiformats import multicodec
+
+from . import codec
+from .blockstore import Blockstore
+from .cid import DAG_CBOR, RAW, SHA2_256, cid_to_str, codec_of, verify
+from .codec import Link
+from .errors import BlockNotFoundError, CarError, CorruptBlockError, InvalidCIDError
+
+Progress = Callable[[int, int], None]
+"""Called as ``progress(blocks, nbytes)``: blocks done, CAR bytes written or read so far."""
+
+MAX_VARINT_BYTES = 9  # multiformats unsigned varints carry at most 63 bits
+MAX_HEADER_SIZE = 1 << 20
+MAX_SECTION_SIZE = 1 << 36  # far beyond any block; only stops absurd lengths early
+_READ_CHUNK = 1 << 20
+_DIGEST_LENGTH = 32
+
+
+# --- varints --------------------------------------------------------------------
+
+
+class _TruncatedVarint(ValueError):
+    pass
+
+
+def encode_varint(value: int) -> bytes:
+    """The unsigned LEB128 (multiformats varint) encoding of *value*."""
+    if not 0 <= value < 1 << (7 * MAX_VARINT_BYTES):
+        raise ValueError(f"varint out of range: {value}")
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def decode_varint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
+    """Decode the varint at *pos*; return ``(value, position after it)``.
+
+    Raises ValueError for a varint that runs past the data, is longer than
+    9 bytes, or is not minimally encoded.
+    """
+    value = 0
+    for index in range(MAX_VARINT_BYTES):
+        if pos + index >= len(data):
+            raise _TruncatedVarint("truncated varint")
+        byte = data[pos + index]
+        value |= (byte & 0x7F) << (7 * index)
+        if not byte & 0x80:
+            if byte == 0 and index > 0:
+                raise ValueError("varint is not minimally encoded")
+            return value, pos + index + 1
+    raise ValueError(f"varint longer than {MAX_VARINT_BYTES} bytes")
+
+
+# --- writing --------------------------------------------------------------------
+
+
+def write_car(
+    out: BinaryIO,
+    roots: Sequence[bytes],
+    blocks: Iterable[tuple[bytes, bytes]],
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Write a CARv1 of *blocks* (as given, unchecked) under *roots*; return the bytes written."""
+    if not roots:
+        raise ValueError("a CAR needs at least one root")
+    header = codec.encode({"roots": [Link(root) for root in roots], "version": 1})
+    written = _write(out, encode_varint(len(header)) + header)
+    for count, (cid, data) in enumerate(blocks, 1):
+        written += _write(out, encode_varint(len(cid) + len(data)) + cid)
+        written += _write(out, data)
+        if progress is not None:
+            progress(count, written)
+    return written
+
+
+def _write(out: BinaryIO, data: bytes) -> int:
+    out.write(data)
+    return len(data)
+
+
+def block_links(cid: bytes, data: bytes) -> list[bytes]:
+    """The CIDs a block links to, in the order they appear in its encoding."""
+    if codec_of(cid) != DAG_CBOR:
+        return []
+    try:
+        value = codec.decode(data)
+    except CorruptBlockError as exc:
+        raise CorruptBlockError(f"block {cid_to_str(cid)}: {exc}") from None
+    found: list[bytes] = []
+    stack = [value]
+    while stack:  # explicit stack: nesting depth must not hit the recursion limit
+        item = stack.pop()
+        if isinstance(item, Link):
+            found.append(item.cid)
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return found
+
+
+def iter_closure(store: Blockstore, root: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """Every block reachable from *root*, once each: depth first, parents before children.
+
+    Raises BlockNotFoundError for a missing block, CorruptBlockError for a bad one.
+    """
+    seen: set[bytes] = set()
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        data = store.get(cid)
+        yield cid, data
+        stack.extend(reversed(block_links(cid, data)))
+
+
+def export_car(store: Blockstore, root: bytes, out: BinaryIO, progress: Progress | None = None) -> int:
+    """Write the DAG under *root* as a CARv1; return the bytes written."""
+    return write_car(out, [root], iter_closure(store, root), progress=progress)
+
+
+# --- reading --------------------------------------------------------------------
+
+
+class _Reader:
+    """A stream that counts its offset, for error messages that say where."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.offset = 0
+
+    def read(self, size: int) -> bytes:
+        """Up to *size* bytes (fewer only at end of stream), read piecewise.
+
+        Piecewise so that a corrupt huge length hits the end of the stream
+        instead of allocating the whole claimed size at once.
+        """
+        parts = []
+        remaining = size
+        while remaining:
+            part = self.stream.read(min(remaining, _READ_CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            remaining -= len(part)
+        data = b"".join(parts)
+        self.offset += len(data)
+        return data
+
+    def varint(self, what: str) -> int | None:
+        """The next varint, or None at a clean end of stream."""
+        start = self.offset
+        raw = bytearray()
+        while True:
+            byte = self.read(1)
+            if not byte:
+                if not raw:
+                    return None
+                raise CarError(f"truncated {what} varint at byte {start}")
+            raw += byte
+            if not byte[0] & 0x80 or len(raw) == MAX_VARINT_BYTES:
+                break
+        try:
+            return decode_varint(raw)[0]
+        except ValueError as exc:
+            raise CarError(f"bad {what} varint at byte {start}: {exc}") from None
+
+
+def read_car(stream: BinaryIO) -> tuple[list[bytes], Iterator[tuple[bytes, bytes]]]:
+    """Read a CARv1's roots now and return them with a lazy iterator of verified ``(cid, data)``.
+
+    Raises CarError (saying what and at which byte) for anything malformed,
+    unsupported or corrupt, from this call or from the iterator.
+    """
+    reader = _Reader(stream)
+    roots = _read_header(reader)
+    return roots, _sections(reader)
+
+
+def _read_header(reader: _Reader) -> list[bytes]:
+    length = reader.varint("header length")
+    if length is None:
+        raise CarError("not a CAR: the stream is empty")
+    if not 0 < length <= MAX_HEADER_SIZE:
+        raise CarError(f"implausible CAR header length {length} at byte 0 (allowed: 1 to {MAX_HEADER_SIZE})")
+    start = reader.offset
+    raw = reader.read(length)
+    if len(raw) < length:
+        raise CarError(f"truncated CAR header at byte {start}: expected {length} bytes, got {len(raw)}")
+    try:
+        header = codec.decode(raw)
+    except CorruptBlockError as exc:
+        raise CarError(f"CAR header at byte {start} is not DAG-CBOR ({exc})") from None
+    return _header_roots(header)
+
+
+def _header_roots(header: object) -> list[bytes]:
+    if not isinstance(header, dict):
+        raise CarError(f"CAR header is not a map but a {type(header).__name__}")
+    version = header.get("version")
+    if type(version) is not int or version != 1:
+        hint = " (CARv2 is not supported; only CARv1)" if version == 2 else ""
+        raise CarError(f"unsupported CAR version {version!r}{hint}")
+    roots = header.get("roots")
+    if not isinstance(roots, list) or not roots:
+        raise CarError(f"CAR header needs 'roots', a non-empty list of links; it has {roots!r}")
+    if not all(isinstance(root, Link) for root in roots):
+        raise CarError("CAR header 'roots' holds something other than links")
+    return [root.cid for root in roots]
+
+
+def _sections(reader: _Reader) -> Iterator[tuple[bytes, bytes]]:
+    while True:
+        start = reader.offset
+        length = reader.varint("section length")
+        if length is None:
+            return
+        if length > MAX_SECTION_SIZE:
+            raise CarError(f"implausible section length {length} at byte {start}")
+        body = reader.read(length)
+        if len(body) < length:
+            raise CarError(f"truncated section at byte {start}: expected {length} bytes, got {len(body)}")
+        cid_end = _cid_length(body, start)
+        cid, data = body[:cid_end], body[cid_end:]
+        if not verify(cid, data):
+            raise CarError(f"block {cid_to_str(cid)} in the section at byte {start} does not hash to its CID")
+        yield cid, data
+
+
+def _cid_length(body: bytes, start: int) -> int:
+    """Length of the CID that opens a section, which must be one this project stores."""
+    too_short = CarError(f"section at byte {start}: its length {len(body)} is smaller than its CID")
+    if body[:2] == b"\x12\x20":  # a CIDv0 is a bare sha2-256 multihash, always dag-pb
+        if len(body) < 34:
+            raise too_short
+        raise CarError(f"section at byte {start}: unsupported CIDv0 (dag-pb); only CIDv1 raw or dag-cbor")
+    try:
+        version, pos = decode_varint(body)
+        codec_code, pos = decode_varint(body, pos)
+        hash_code, pos = decode_varint(body, pos)
+        digest_length, pos = decode_varint(body, pos)
+    except _TruncatedVarint:
+        raise too_short from None
+    except ValueError as exc:
+        raise CarError(f"section at byte {start}: bad varint in its CID: {exc}") from None
+    if pos + digest_length > len(body):
+        raise too_short
+    if version != 1:
+        raise CarError(f"section at byte {start}: unsupported CID version {version}")
+    if codec_code not in (RAW, DAG_CBOR) or hash_code != SHA2_256 or digest_length != _DIGEST_LENGTH:
+        raise CarError(
+            f"section at byte {start}: unsupported CID (codec {_codec_name(codec_code)},"
+            f" hash {_codec_name(hash_code)}, {digest_length}-byte digest);"
+            " only raw or dag-cbor with sha2-256"
+        )
+    return pos + digest_length
+
+
+def _codec_name(code: int) -> str:
+    try:
+        return f"{multicodec.get(code=code).name} (0x{code:x})"
+    except (KeyError, ValueError):
+        return f"0x{code:x}"
+
+
+# --- importing ------------------------------------------------------------------
+
+
+def import_car(store: Blockstore, stream: BinaryIO, progress: Progress | None = None) -> list[bytes]:
+    """Import a CARv1 into *store* in one batch and return its roots.
+
+    Every block is verified, every root must end up in the store, and every link
+    of an imported block must point into the CAR or the store. On any problem
+    this raises CarError and imports nothing (StoreFullError and I/O errors of
+    the stream pass through as they are, also importing nothing). Inside an
+    already open batch, rolling back is up to that outer batch.
+    """
+    try:
+        with store.batch():
+            reader = _Reader(stream)
+            roots = _read_header(reader)
+            _import_sections(store, reader, roots, progress)
+    except (BlockNotFoundError, CorruptBlockError, InvalidCIDError) as exc:
+        raise CarError(f"bad CAR: {exc}") from exc
+    return roots
+
+
+def _import_sections(
+    store: Blockstore, reader: _Reader, roots: list[bytes], progress: Progress | None
+) -> None:
+    present: set[bytes] = set()
+    dangling: set[bytes] = set()  # linked to, not seen yet
+    for count, (cid, data) in enumerate(_sections(reader), 1):
+        store.put_block(cid, data)
+        present.add(cid)
+        dangling.discard(cid)
+        dangling.update(link for link in block_links(cid, data) if link not in present)
+        if progress is not None:
+            progress(count, reader.offset)
+    _check_complete(store, roots, present, dangling)
+
+
+def _check_complete(store: Blockstore, roots: list[bytes], present: set[bytes], dangling: set[bytes]) -> None:
+    for root in roots:
+        if root not in present and not store.has(root):
+            raise CarError(f"root {cid_to_str(root)} is neither in the CAR nor in the store")
+    missing = sorted(link for link in dangling if not store.has(link))
+    if missing:
+        shown = ", ".join(cid_to_str(link) for link in missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise CarError(f"incomplete DAG: {len(missing)} linked blocks are in neither CAR nor store: {shown}")

@@ -1,0 +1,360 @@
+"""The ``ipldmount`` command line.
+
+``ipldmount ROOT MOUNTPOINT`` mounts; the other commands are named. Every
+command takes ``--store DIR`` (default ``$IPLDMOUNT_STORE`` or the XDG data
+dir). Errors of ours print one line and exit 1; bad usage exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import car, control
+from . import cid as cids
+from .blockstore import DirectoryBlockstore, default_store_path
+from .errors import IpldmountError
+from .progress import Progress
+from .session import state_dir, write_car_file
+from .tree import Directory, File, Node, Tree
+
+log = logging.getLogger("ipldmount")
+
+
+def _open_store(args: argparse.Namespace) -> DirectoryBlockstore:
+    return DirectoryBlockstore(Path(args.store) if args.store else default_store_path())
+
+
+def _split_target(target: str) -> tuple[bytes, str]:
+    """``CID[/PATH]`` -> (binary CID, path)."""
+    text, _, path = target.partition("/")
+    return cids.parse_cid(text), path
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    progress = Progress(f"import {args.car}")
+    try:
+        with open(args.car, "rb") as stream:
+            roots = car.import_car(store, stream, progress=progress)
+    except FileNotFoundError:
+        raise IpldmountError(f"no such file: {args.car}") from None
+    progress.done()
+    for root in roots:
+        print(cids.cid_to_str(root))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    root, path = _split_target(args.cid)
+    if path:
+        raise IpldmountError("export takes a root CID, not a path (export the CID `ls -l` shows for it)")
+    Tree(store, root, read_only=True)  # refuse a root that is not a directory before writing anything
+    progress = Progress(f"export {args.cid}")
+    if args.output == "-":
+        size = car.export_car(store, root, sys.stdout.buffer, progress=progress)
+    else:
+        size = write_car_file(store, root, Path(args.output), progress=progress)
+    progress.done()
+    if args.output != "-":
+        print(f"wrote {size} bytes to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    root, path = _split_target(args.target)
+    tree = Tree(_open_store(args), root, read_only=True)
+    node = tree.resolve(path)
+    if isinstance(node, Directory):
+        listing = sorted(tree.entries(node).items())
+    else:
+        listing = [(path.rstrip("/").rpartition("/")[2], node)]
+    for name, child in listing:
+        print(_ls_line(tree, name, child) if args.long else _display_name(name, child))
+    return 0
+
+
+def _display_name(name: str, node: Node) -> str:
+    return name + "/" if isinstance(node, Directory) else name
+
+
+def _ls_line(tree: Tree, name: str, node: Node) -> str:
+    kind = "d" if isinstance(node, Directory) else "-" if isinstance(node, File) else "?"
+    size = tree.size(node) if isinstance(node, File) else 0
+    cid = tree.node_cid(node)
+    return f"{kind} {size:>12} {cids.cid_to_str(cid) if cid else '-':<59} {_display_name(name, node)}"
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    root, path = _split_target(args.target)
+    tree = Tree(_open_store(args), root, read_only=True)
+    reader = tree.reader(tree.resolve_file(path))
+    out = sys.stdout.buffer
+    for offset in range(0, reader.size, 1 << 20):
+        out.write(reader.read(offset, 1 << 20))
+    out.flush()
+    return 0
+
+
+# --- mounting ---------------------------------------------------------------------
+
+
+def _resolve_root(store: DirectoryBlockstore, root: str) -> bytes | None:
+    """ROOT as a CID in the store: ``empty``, a ``.car`` file (imported first), or a CID."""
+    if root == "empty":
+        return None
+    path = Path(root)
+    if path.is_file():
+        with path.open("rb") as stream:
+            roots = car.import_car(store, stream, progress=Progress(f"import {root}"))
+        return roots[0]
+    cid = cids.parse_cid(root)
+    if not store.has(cid):
+        raise IpldmountError(f"root {root} is not in the store {store.root} (import its CAR first, or pass the .car)")
+    Tree(store, cid, read_only=True)  # a root that is not a directory is refused here, not in the daemon
+    return cid
+
+
+def _check_mountpoint(mountpoint: Path, store: DirectoryBlockstore) -> None:
+    """Refuse a bad mountpoint; clear a stale one our own dead daemon left."""
+    try:
+        control.check_mountpoint(mountpoint)
+    except control.StaleMountError:
+        pid_file = state_dir(store, mountpoint) / "daemon.pid"
+        pid = int(pid_file.read_text()) if pid_file.exists() else None
+        if pid is None or _alive(pid):
+            raise
+        print(f"ipldmount: {mountpoint} was left mounted by a daemon that died (pid {pid}); clearing it", file=sys.stderr)
+        _fusermount_unmount(mountpoint)
+    except FileNotFoundError:
+        raise IpldmountError(f"mountpoint {mountpoint} does not exist") from None
+    if not mountpoint.is_dir():
+        raise IpldmountError(f"mountpoint {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise IpldmountError(f"{mountpoint} is already a mountpoint (unmount it first)")
+
+
+def _alive(pid: int) -> bool:
+    """True while *pid* runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _fusermount_unmount(mountpoint: Path) -> None:
+    result = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise IpldmountError(f"fusermount3 -u {mountpoint} failed: {result.stderr.strip()}")
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    mountpoint = Path(args.mountpoint).resolve()
+    _check_mountpoint(mountpoint, store)
+    root = _resolve_root(store, args.root)
+    if args.foreground:
+        return _run_daemon(args, store, mountpoint, root)
+    return _spawn_daemon(args, store, mountpoint, root)
+
+
+def _run_daemon(args: argparse.Namespace, store: DirectoryBlockstore, mountpoint: Path, root: bytes | None) -> int:
+    from . import daemon  # pyfuse3 is needed only here
+
+    config = daemon.MountConfig(
+        store=store,
+        mountpoint=mountpoint,
+        root=root,
+        read_only=args.read_only,
+        whole_files=args.whole_files,
+        car_dir=Path(args.car_dir).resolve() if args.car_dir else None,
+        allow_other=args.allow_other,
+    )
+
+    def ready() -> None:
+        daemon.sd_notify(f"READY=1\nSTATUS=serving {mountpoint}")
+        if args.ready_fd is not None:
+            os.write(args.ready_fd, b"READY\n")
+            os.close(args.ready_fd)
+        print(f"mounted {cids.cid_to_str(root) if root else 'empty'} at {mountpoint}", file=sys.stderr)
+
+    try:
+        daemon.run(config, ready)
+    except BaseException as exc:
+        if args.ready_fd is not None:
+            _report_failure(args.ready_fd, exc)
+        raise
+    return 0
+
+
+def _report_failure(fd: int, exc: BaseException) -> None:
+    try:
+        os.write(fd, f"ERROR {exc}\n".encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _spawn_daemon(args: argparse.Namespace, store: DirectoryBlockstore, mountpoint: Path, root: bytes | None) -> int:
+    """Start the daemon in the background and return once the mount is live (or failed)."""
+    log_path = state_dir(store, mountpoint) / "daemon.log"
+    read_end, write_end = os.pipe()
+    command = [sys.executable, "-m", "ipldmount", "mount", cids.cid_to_str(root) if root else "empty", str(mountpoint)]
+    command += ["--foreground", "--store", str(store.root), "--ready-fd", str(write_end)]
+    command += ["--read-only"] * args.read_only + ["--whole-files"] * args.whole_files
+    command += ["--allow-other"] * args.allow_other + ["-v"] * args.verbose
+    if args.car_dir:
+        command += ["--car-dir", str(Path(args.car_dir).resolve())]
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, pass_fds=(write_end,),
+            start_new_session=True,
+        )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        message = ready.read().decode(errors="replace").strip()
+    if message.startswith("READY"):
+        print(f"mounted {cids.cid_to_str(root) if root else 'empty'} at {mountpoint} (daemon pid {process.pid}, log {log_path})")
+        return 0
+    process.wait()
+    reason = message.removeprefix("ERROR ").strip() or f"the daemon exited with status {process.returncode}"
+    raise IpldmountError(f"mounting {mountpoint} failed: {reason} (see {log_path})")
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    car = str(Path(args.car).resolve()) if args.car else None
+    answer = control.request(Path(args.mountpoint), "sync", car=car)
+    _print_synced(answer)
+    return 0
+
+
+def _print_synced(answer: dict[str, object]) -> None:
+    if answer.get("car"):
+        print(f"wrote CAR {answer['car']} ({answer['car_bytes']} bytes)")
+    print(answer["root"])
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    mountpoint = Path(args.mountpoint).resolve()
+    try:
+        control.check_mountpoint(mountpoint)
+    except control.StaleMountError:
+        _fusermount_unmount(mountpoint)
+        print(f"cleared the stale mount at {mountpoint}; its unsynced changes come back on the next mount")
+        return 0
+    car = str(Path(args.car).resolve()) if args.car else None
+    answer = control.request(mountpoint, "unmount", car=car)
+    _wait_unmounted(mountpoint, args.timeout)
+    _print_synced(answer)
+    return 0
+
+
+def _wait_unmounted(mountpoint: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while os.path.ismount(mountpoint):
+        if time.monotonic() > deadline:
+            raise IpldmountError(f"{mountpoint} is still mounted after {timeout:.0f}s (busy? see the daemon log)")
+        time.sleep(0.05)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    answer = control.request(Path(args.mountpoint), "status")
+    answer.pop("ok", None)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        for key, value in answer.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "mount": (cmd_mount, "mount ROOT at MOUNTPOINT (the default command: `ipldmount ROOT MOUNTPOINT`)"),
+    "sync": (cmd_sync, "commit a mount's changes; prints the new root CID and writes its CAR"),
+    "unmount": (cmd_unmount, "sync, then unmount and stop the daemon"),
+    "status": (cmd_status, "show a mount's root, unsynced changes and store"),
+    "import": (cmd_import, "import a CARv1 file into the store; prints its root CID"),
+    "export": (cmd_export, "write the CARv1 of a root CID"),
+    "ls": (cmd_ls, "list a directory of a stored tree"),
+    "cat": (cmd_cat, "write a stored file to stdout"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store", metavar="DIR", help="blockstore directory (default: $IPLDMOUNT_STORE or $XDG_DATA_HOME/ipldmount)"
+    )
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    parser = argparse.ArgumentParser(
+        prog="ipldmount",
+        usage="ipldmount ROOT MOUNTPOINT [options]\n       ipldmount COMMAND ...",
+        description="Mount an IPLD tree (zarr data in content-addressed storage) as a writable directory.",
+        epilog="Run `ipldmount COMMAND --help` for a command's options.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text, parents=[common], prog=f"ipldmount {name}")
+    mount = sub.choices["mount"]
+    mount.add_argument("root", metavar="ROOT", help="a root CID in the store, a .car file to import, or 'empty'")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
+    mount.add_argument("-f", "--foreground", action="store_true", help="serve in this process (for systemd)")
+    mount.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
+    mount.add_argument("--car-dir", metavar="DIR", help="where sync writes CARs (default: STORE/cars)")
+    mount.add_argument(
+        "--whole-files", action="store_true", help="keep every file as one raw block (exact ipldstore CIDs)"
+    )
+    mount.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    for name in ("sync", "unmount", "status"):
+        sub.choices[name].add_argument("mountpoint", metavar="MOUNTPOINT")
+    for name in ("sync", "unmount"):
+        sub.choices[name].add_argument("--car", metavar="PATH", help="write the CAR here (default: STORE/cars/ROOT.car)")
+    sub.choices["unmount"].add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the unmount")
+    sub.choices["status"].add_argument("--json", action="store_true", help="print JSON")
+    sub.choices["import"].add_argument("car", metavar="FILE.car", help="the CARv1 archive to import")
+    sub.choices["export"].add_argument("cid", metavar="CID", help="root CID to export")
+    sub.choices["export"].add_argument(
+        "-o", "--output", required=True, metavar="FILE.car", help="where to write the archive ('-' for stdout)"
+    )
+    sub.choices["ls"].add_argument("target", metavar="CID[/PATH]", help="a root CID, optionally with a path in it")
+    sub.choices["ls"].add_argument("-l", "--long", action="store_true", help="show kind, size and CID")
+    sub.choices["cat"].add_argument("target", metavar="CID/PATH", help="a root CID and the path of a file in it")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and not arguments[0].startswith("-") and arguments[0] not in COMMANDS:
+        arguments.insert(0, "mount")  # `ipldmount ROOT MOUNTPOINT`
+    args = parser.parse_args(arguments)
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    handler = COMMANDS[args.command][0]
+    try:
+        return handler(args)
+    except IpldmountError as exc:
+        print(f"ipldmount: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
+    except OSError as exc:
+        print(f"ipldmount: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,616 @@
+"""The FUSE adapter: kernel requests in, tree operations out.
+
+The only module that imports pyfuse3. It owns what exists only while mounted:
+inode numbers, open handles, the temporary files that hold content being
+written, and the in-memory attributes the format does not store (mode,
+owner, times). Every change goes through :class:`~ipldmount.session.Session`,
+which journals it; a file's new content reaches the blockstore when the file
+is closed (``flush``) or fsynced, never later.
+
+Blocking I/O (copying, hashing, block reads that miss the cache) runs in
+worker threads so one big file never stalls the other requests; tree changes
+stay on the event loop, serialized with sync by one lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from . import cid as cids
+from . import control
+from .errors import IpldmountError, ReadOnlyError, errno_for
+from .files import FileReader
+from .session import Session, SyncResult
+from .tree import NAME_MAX, Broken, Directory, File, Node, check_name
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 300.0  # seconds the kernel may cache entries and attributes: we are the only writer
+BLOCK_SIZE = 1 << 20  # st_blksize: tools size their buffers by it
+COPY_CHUNK = 1 << 20
+XATTR_CID = b"user.ipld.cid"
+XATTR_SOCKET = control.XATTR_SOCKET.encode()
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def replies(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Answer every failure with an errno (the mapping lives in errors.errno_for) and log why."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except (IpldmountError, OSError) as exc:
+            code = errno_for(exc)
+            level = logging.ERROR if code in (errno.EIO, errno.ENOSPC) else logging.DEBUG
+            log.log(level, "%s%s: %s", handler.__name__, _brief(args[1:]), exc)
+            raise pyfuse3.FUSEError(code) from None
+        except Exception:
+            log.exception("%s%s failed unexpectedly", handler.__name__, _brief(args[1:]))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def _brief(args: tuple[Any, ...]) -> str:
+    return "(" + ", ".join(repr(arg)[:80] for arg in args if not isinstance(arg, pyfuse3.RequestContext)) + ")"
+
+
+def decode_name(raw: bytes) -> str:
+    """A name from the kernel as the tree's str; too long or not UTF-8 is refused here."""
+    if len(raw) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise pyfuse3.FUSEError(errno.EINVAL) from None
+    check_name(name)
+    return name
+
+
+@dataclass
+class Meta:
+    """What POSIX wants and the format does not keep: lives in memory for the session."""
+
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+@dataclass
+class WriteBuffer:
+    """A file's content while it is being written: one temporary file shared by all its handles."""
+
+    fd: int
+    handles: int = 0
+    generation: int = 0  # bumped by every write; a store only clears `dirty` if none came meanwhile
+    dirty: bool = False
+
+
+@dataclass
+class Handle:
+    ino: int
+    node: File
+    writable: bool
+    reader: FileReader | None = None
+    reader_content: object = None
+
+
+@dataclass
+class DirListing:
+    entries: list[tuple[str, Node]] = field(default_factory=list)
+
+
+class InodeTable:
+    """Inode numbers for tree nodes, with the kernel's lookup counts."""
+
+    def __init__(self, root: Directory) -> None:
+        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
+        self._inodes: dict[int, int] = {id(root): pyfuse3.ROOT_INODE}
+        self._lookups: dict[int, int] = {}
+        self._next = pyfuse3.ROOT_INODE + 1
+
+    def node(self, ino: int) -> Node:
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+    def ino(self, node: Node) -> int:
+        ino = self._inodes.get(id(node))
+        if ino is None:
+            ino = self._next
+            self._next += 1
+            self._nodes[ino] = node
+            self._inodes[id(node)] = ino
+        return ino
+
+    def remember(self, node: Node) -> int:
+        """The inode for *node*, counting one more kernel reference to it."""
+        ino = self.ino(node)
+        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+        return ino
+
+    def forget(self, ino: int, count: int, in_use: bool) -> None:
+        left = self._lookups.get(ino, 0) - count
+        if left > 0 or ino == pyfuse3.ROOT_INODE:
+            self._lookups[ino] = max(left, 0)
+            return
+        self._lookups.pop(ino, None)
+        if not in_use:
+            node = self._nodes.pop(ino, None)
+            if node is not None:
+                self._inodes.pop(id(node), None)
+
+
+class Operations(pyfuse3.Operations):
+    """pyfuse3 handlers over a :class:`Session`."""
+
+    def __init__(self, session: Session, control_socket: Path | None = None) -> None:
+        super().__init__()
+        self.session = session
+        self.tree = session.tree
+        self.read_only = session.read_only
+        self.control_socket = control_socket
+        self.inodes = InodeTable(self.tree.root)
+        self.buffers: dict[int, WriteBuffer] = {}
+        self.handles: dict[int, Handle] = {}
+        self.listings: dict[int, DirListing] = {}
+        self._next_fh = 1
+        self.lock = trio.Lock()  # tree changes and sync take turns
+        self._meta: weakref.WeakKeyDictionary[Node, Meta] = weakref.WeakKeyDictionary()
+        self._started_ns = time.time_ns()
+        self._tmp = session.store.root / "tmp"
+
+    # --- attributes ------------------------------------------------------------
+
+    def meta(self, node: Node) -> Meta:
+        meta = self._meta.get(node)
+        if meta is None:
+            perm = 0o755 if isinstance(node, Directory) else 0o644
+            kind = stat.S_IFDIR if isinstance(node, Directory) else stat.S_IFREG
+            now = self._started_ns
+            meta = Meta(kind | perm, os.getuid(), os.getgid(), now, now, now)
+            self._meta[node] = meta
+        return meta
+
+    def _touch(self, *nodes: Node) -> None:
+        now = time.time_ns()
+        for node in nodes:
+            meta = self.meta(node)
+            meta.mtime_ns = meta.ctime_ns = now
+
+    def _size(self, ino: int, node: Node) -> int:
+        buffer = self.buffers.get(ino)
+        if buffer is not None:
+            return os.fstat(buffer.fd).st_size
+        if isinstance(node, File):
+            return self.tree.size(node)
+        return 0
+
+    def attributes(self, ino: int, node: Node) -> pyfuse3.EntryAttributes:
+        meta = self.meta(node)
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = ino
+        attrs.entry_timeout = attrs.attr_timeout = TIMEOUT
+        attrs.st_mode = meta.mode
+        attrs.st_nlink = max(len(node.links), 1) if isinstance(node, File) else 1
+        attrs.st_uid, attrs.st_gid = meta.uid, meta.gid
+        attrs.st_size = 0 if isinstance(node, Broken) else self._size(ino, node)
+        attrs.st_blksize = BLOCK_SIZE
+        attrs.st_blocks = (attrs.st_size + 511) // 512
+        attrs.st_atime_ns, attrs.st_mtime_ns, attrs.st_ctime_ns = meta.atime_ns, meta.mtime_ns, meta.ctime_ns
+        return attrs
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        """Attributes for a reply that hands the kernel a new reference to *node*."""
+        return self.attributes(self.inodes.remember(node), node)
+
+    def _directory(self, ino: int) -> Directory:
+        node = self.inodes.node(ino)
+        if not isinstance(node, Directory):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return node
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError("mounted read-only")
+
+    # --- lookups and attributes ------------------------------------------------
+
+    @replies
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        directory = self._directory(parent_inode)
+        if name == b".":
+            return self._entry(directory)
+        if name == b"..":
+            return self._entry(directory.links[0][0] if directory.links else directory)
+        return self._entry(self.tree.lookup(directory, decode_name(name)))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            in_use = ino in self.buffers or any(handle.ino == ino for handle in self.handles.values())
+            self.inodes.forget(ino, count, in_use)
+
+    @replies
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.attributes(inode, self.inodes.node(inode))
+
+    @replies
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self.inodes.node(inode)
+        self._writable()
+        if fields.update_size:
+            if not isinstance(node, File):
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            await self._truncate(inode, node, attr.st_size, fh)
+        meta = self.meta(node)
+        if fields.update_mode:
+            meta.mode = stat.S_IFMT(meta.mode) | stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            meta.uid = attr.st_uid
+        if fields.update_gid:
+            meta.gid = attr.st_gid
+        if fields.update_atime:
+            meta.atime_ns = attr.st_atime_ns
+        if fields.update_mtime:
+            meta.mtime_ns = attr.st_mtime_ns
+        meta.ctime_ns = attr.st_ctime_ns if fields.update_ctime else time.time_ns()
+        return self.attributes(inode, node)
+
+    # --- directories -----------------------------------------------------------
+
+    @replies
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        directory = self._directory(parent_inode)
+        async with self.lock:
+            child = self.session.mkdir(directory, decode_name(name))
+        self._new_meta(child, stat.S_IFDIR | (mode & 0o7777 & ~ctx.umask), ctx)
+        self._touch(directory)
+        return self._entry(child)
+
+    def _new_meta(self, node: Node, mode: int, ctx: pyfuse3.RequestContext) -> None:
+        now = time.time_ns()
+        self._meta[node] = Meta(mode, ctx.uid, ctx.gid, now, now, now)
+
+    @replies
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        directory = self._directory(parent_inode)
+        async with self.lock:
+            self.session.rmdir(directory, decode_name(name))
+        self._touch(directory)
+
+    @replies
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        directory = self._directory(inode)
+        fh = self._new_fh()
+        self.listings[fh] = DirListing(sorted(self.tree.entries(directory).items()))
+        return fh
+
+    @replies
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        entries = self.listings[fh].entries
+        for index in range(start_id, len(entries)):
+            name, node = entries[index]
+            ino = self.inodes.ino(node)
+            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(ino, node), index + 1):
+                return
+            self.inodes.remember(node)
+
+    async def releasedir(self, fh: int) -> None:
+        self.listings.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await trio.to_thread.run_sync(self.session.flush)
+
+    # --- names -----------------------------------------------------------------
+
+    @replies
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        directory = self._directory(parent_inode)
+        async with self.lock:
+            node = self.session.unlink(directory, decode_name(name))
+        self._touch(directory, node)
+
+    @replies
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        self._writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        source, target = self._directory(parent_inode_old), self._directory(parent_inode_new)
+        old, new = decode_name(name_old), decode_name(name_new)
+        async with self.lock:
+            self.session.rename(source, old, target, new, replace=not flags & pyfuse3.RENAME_NOREPLACE)
+        self._touch(source, target)
+
+    @replies
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        self._writable()
+        node = self.inodes.node(inode)
+        directory = self._directory(new_parent_inode)
+        name = decode_name(new_name)
+        await self._store_if_dirty(inode, node)  # the new name must see what was written
+        async with self.lock:
+            self.session.link(node, directory, name)
+        self._touch(directory, node)
+        return self._entry(node)
+
+    @replies
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        log.info("symlink %r refused: the format stores only files and directories", name)
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    @replies
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if not stat.S_ISREG(mode):
+            log.info("mknod %r refused: the format stores only files and directories", name)
+            raise pyfuse3.FUSEError(errno.EPERM)
+        self._writable()
+        directory = self._directory(parent_inode)
+        async with self.lock:
+            file = self.session.create(directory, decode_name(name))
+        self._new_meta(file, stat.S_IFREG | (mode & 0o7777 & ~ctx.umask), ctx)
+        return self._entry(file)
+
+    # --- files -----------------------------------------------------------------
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _open_handle(self, ino: int, node: File, flags: int) -> pyfuse3.FileInfo:
+        writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        fh = self._new_fh()
+        self.handles[fh] = Handle(ino, node, writable)
+        buffer = self.buffers.get(ino)
+        if buffer is not None:
+            buffer.handles += 1
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @replies
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.inodes.node(inode)
+        if isinstance(node, Broken):
+            raise node.error
+        if isinstance(node, Directory):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        assert isinstance(node, File)
+        writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        if writable:
+            self._writable()
+        info = self._open_handle(inode, node, flags)
+        if writable and flags & os.O_TRUNC:
+            await self._truncate(inode, node, 0, info.fh)
+        return info
+
+    @replies
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._writable()
+        directory = self._directory(parent_inode)
+        async with self.lock:
+            file = self.session.create(directory, decode_name(name))
+        self._new_meta(file, stat.S_IFREG | (mode & 0o7777 & ~ctx.umask), ctx)
+        self._touch(directory)
+        attrs = self._entry(file)
+        return self._open_handle(attrs.st_ino, file, flags), attrs
+
+    @replies
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self.handles[fh]
+        buffer = self.buffers.get(handle.ino)
+        if buffer is not None:
+            return await trio.to_thread.run_sync(os.pread, buffer.fd, size, off)
+        if handle.reader is None or handle.reader_content is not handle.node.content:
+            handle.reader_content = handle.node.content
+            handle.reader = await trio.to_thread.run_sync(self.tree.reader, handle.node)
+        reader = handle.reader
+        data = reader.cached(off, size)
+        if data is None:
+            data = await trio.to_thread.run_sync(reader.read, off, size)
+        return data
+
+    @replies
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self.handles[fh]
+        if not handle.writable:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        buffer = await self._buffer(handle.ino, handle.node)
+        written: int = await trio.to_thread.run_sync(os.pwrite, buffer.fd, buf, off)
+        buffer.generation += 1
+        buffer.dirty = True
+        return written
+
+    @replies
+    async def flush(self, fh: int) -> None:
+        """close(2): what was written reaches the blockstore and the journal before close returns."""
+        handle = self.handles[fh]
+        if handle.writable:
+            await self._store_if_dirty(handle.ino, handle.node)
+
+    @replies
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self.handles[fh]
+        await self._store_if_dirty(handle.ino, handle.node)
+        await trio.to_thread.run_sync(self.session.flush)
+
+    @replies
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh)
+        buffer = self.buffers.get(handle.ino)
+        if buffer is None:
+            return
+        buffer.handles -= 1
+        if buffer.handles <= 0:
+            await self._store_if_dirty(handle.ino, handle.node)
+            del self.buffers[handle.ino]
+            os.close(buffer.fd)
+
+    # --- write buffers ---------------------------------------------------------
+
+    async def _buffer(self, ino: int, node: File, copy: bool = True) -> WriteBuffer:
+        """The inode's write buffer, made on first write from the current content (unless not *copy*)."""
+        buffer = self.buffers.get(ino)
+        if buffer is None:
+            fd = await trio.to_thread.run_sync(self._copy_to_temporary, node if copy else None)
+            buffer = self.buffers.get(ino)  # another request may have made one meanwhile
+            if buffer is None:
+                buffer = WriteBuffer(fd, handles=sum(1 for h in self.handles.values() if h.ino == ino))
+                self.buffers[ino] = buffer
+            else:
+                os.close(fd)
+        return buffer
+
+    def _copy_to_temporary(self, node: File | None) -> int:
+        """An unnamed temporary file beside the blockstore, holding *node*'s content (or nothing)."""
+        fd = os.open(self._tmp, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        if node is None:
+            return fd
+        reader = self.tree.reader(node)
+        for offset in range(0, reader.size, COPY_CHUNK):
+            os.pwrite(fd, reader.read(offset, COPY_CHUNK), offset)
+        return fd
+
+    async def _truncate(self, ino: int, node: File, size: int, fh: int | None) -> None:
+        buffer = await self._buffer(ino, node, copy=size > 0)
+        await trio.to_thread.run_sync(os.ftruncate, buffer.fd, size)
+        buffer.generation += 1
+        buffer.dirty = True
+        if buffer.handles <= 0:  # truncate(2) with no open file: store it now
+            await self._store_if_dirty(ino, node)
+            del self.buffers[ino]
+            os.close(buffer.fd)
+
+    async def _store_if_dirty(self, ino: int, node: Node) -> None:
+        buffer = self.buffers.get(ino)
+        if buffer is None or not buffer.dirty or not isinstance(node, File):
+            return
+        generation = buffer.generation
+        name = node.links[0][1] if node.links else ""
+        content = await trio.to_thread.run_sync(self._content_of, buffer.fd, name)
+        async with self.lock:
+            self.session.set_content(node, content)
+        if buffer.generation == generation:
+            buffer.dirty = False
+        self._touch(node)
+
+    def _content_of(self, fd: int, name: str) -> Any:
+        size = os.fstat(fd).st_size
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            stream.seek(0)
+            return self.session.store_file(stream, size, name)
+
+    async def store_all(self) -> None:
+        """Store every file still open with unsaved writes (before a sync or exit)."""
+        for ino in list(self.buffers):
+            node = self.inodes.node(ino)
+            await self._store_if_dirty(ino, node)
+
+    # --- sync ------------------------------------------------------------------
+
+    async def sync(self, car: Path | None = None) -> SyncResult:
+        """Everything written so far, including files still open, committed and exported."""
+        self._writable()
+        await self.store_all()
+        async with self.lock:
+            return await trio.to_thread.run_sync(self.session.sync, car)
+
+    # --- file system -----------------------------------------------------------
+
+    @replies
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        disk = os.statvfs(self.session.store.root)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize, data.f_frsize = disk.f_bsize, disk.f_frsize
+        data.f_blocks, data.f_bfree, data.f_bavail = disk.f_blocks, disk.f_bfree, disk.f_bavail
+        data.f_files, data.f_ffree, data.f_favail = disk.f_files, disk.f_ffree, disk.f_favail
+        data.f_namemax = NAME_MAX
+        return data
+
+    @replies
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.inodes.node(inode)
+        if name == XATTR_CID:
+            cid = self._cid_of(inode, node)
+            if cid is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return cids.cid_to_str(cid).encode()
+        if name == XATTR_SOCKET and inode == pyfuse3.ROOT_INODE and self.control_socket:
+            return str(self.control_socket).encode()
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    def _cid_of(self, ino: int, node: Node) -> bytes | None:
+        """The root as last synced; a directory as last committed; a file's content unless mid-write."""
+        if ino == pyfuse3.ROOT_INODE:
+            return self.session.base_root
+        if isinstance(node, File) and self.buffers.get(ino, WriteBuffer(-1)).dirty:
+            return None
+        return self.tree.node_cid(node)
+
+    @replies
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        names = []
+        if self._cid_of(inode, self.inodes.node(inode)) is not None:
+            names.append(XATTR_CID)
+        if inode == pyfuse3.ROOT_INODE and self.control_socket:
+            names.append(XATTR_SOCKET)
+        return names
+
+    @replies
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @replies
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return True  # the kernel checks permissions itself (default_permissions)

@@ -1,0 +1,261 @@
+"""A mount session: the tree a daemon serves, its journal, and sync.
+
+Knows nothing of FUSE or trio: the FUSE adapter calls these methods from the
+event loop (and :meth:`Session.store_file` from worker threads), the control
+server calls :meth:`Session.sync`. Every change to the tree goes through here,
+so every change is journaled before the request that made it is answered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from . import car, metadata
+from . import cid as cids
+from .blockstore import DirectoryBlockstore
+from .errors import IpldmountError
+from .files import FileContent, InlineFile, PendingFile, StoredFile, store_stream
+from .journal import Journal, Pending, decode_data, encode_data
+from .tree import Directory, File, Node, Tree
+
+log = logging.getLogger(__name__)
+
+
+class PendingChangesError(IpldmountError):
+    """The mountpoint has unsynced changes on another root."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    root: str
+    car: Path
+    car_bytes: int
+
+
+def mount_id(mountpoint: Path) -> str:
+    """A short, stable name for a mountpoint's state (its real path hashed)."""
+    return hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:16]
+
+
+def state_dir(store: DirectoryBlockstore, mountpoint: Path) -> Path:
+    """Where a mount's journal and status live: beside the store, one folder per mountpoint."""
+    path = store.root / "mounts" / mount_id(mountpoint)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class Session:
+    def __init__(
+        self,
+        store: DirectoryBlockstore,
+        mountpoint: Path,
+        root: bytes | None,
+        *,
+        read_only: bool = False,
+        whole_files: bool = False,
+        car_dir: Path | None = None,
+    ) -> None:
+        self.store = store
+        self.mountpoint = mountpoint
+        self.read_only = read_only
+        self.car_dir = car_dir or store.root / "cars"
+        self.state = state_dir(store, mountpoint)
+        self.journal = Journal(self.state / "journal")
+        self.base_root = root
+        self.tree = Tree(store, root, whole_files=whole_files, read_only=read_only)
+        self.recovered = 0
+        if not read_only:
+            self._recover_or_start(root)
+
+    # --- journal recovery ------------------------------------------------------
+
+    def _recover_or_start(self, root: bytes | None) -> None:
+        pending = self.journal.read()
+        if pending is None or not pending.records:
+            self.journal.start(root)
+            return
+        if pending.root != root:
+            raise PendingChangesError(
+                f"{self.mountpoint} has {len(pending.records)} unsynced changes from an earlier session on root "
+                f"{_show(pending.root)}; mount that root again to recover them (they are in {self.journal.path}), "
+                f"or delete that file to discard them"
+            )
+        self._replay(pending)
+        self.journal.start(root, keep=True)
+        self.journal.pending = len(pending.records)
+        self.recovered = len(pending.records)
+        log.warning("recovered %d unsynced changes on %s from the journal", self.recovered, self.mountpoint)
+
+    def _replay(self, pending: Pending) -> None:
+        for record in pending.records:
+            try:
+                self._apply(record)
+            except (IpldmountError, KeyError, ValueError) as exc:
+                log.error("journal record %s could not be replayed: %s", record, exc)
+
+    def _apply(self, record: dict[str, Any]) -> None:
+        tree, op = self.tree, record["op"]
+        if op == "write":
+            tree.write_file(record["path"], self._content_from_record(record))
+        elif op == "mkdir":
+            tree.mkdir(*tree.locate(record["path"]))
+        elif op == "unlink":
+            tree.unlink(*tree.locate(record["path"]))
+        elif op == "rmdir":
+            tree.rmdir(*tree.locate(record["path"]))
+        elif op == "rename":
+            tree.rename(*tree.locate(record["src"]), *tree.locate(record["dst"]))
+        elif op == "link":
+            tree.link(tree.resolve(record["src"]), *tree.locate(record["dst"]))
+        else:
+            raise ValueError(f"unknown journal op {op!r}")
+
+    def _content_from_record(self, record: dict[str, Any]) -> FileContent:
+        if "data" in record:
+            return PendingFile(decode_data(record["data"]), self.tree.chunk_size)
+        return StoredFile(cids.parse_cid(record["cid"]), int(record["size"]))
+
+    # --- changes ---------------------------------------------------------------
+
+    def _path(self, directory: Directory, name: str) -> str:
+        parent = self.tree.path_of(directory)
+        if parent is None:
+            raise IpldmountError(f"directory of {name!r} was removed")
+        return f"{parent}/{name}" if parent else name
+
+    def mkdir(self, directory: Directory, name: str) -> Directory:
+        child = self.tree.mkdir(directory, name)
+        self.journal.append("mkdir", path=self._path(directory, name))
+        return child
+
+    def create(self, directory: Directory, name: str) -> File:
+        file = self.tree.create(directory, name, PendingFile(b"", self.tree.chunk_size))
+        self.journal.append("write", path=self._path(directory, name), data="")
+        return file
+
+    def unlink(self, directory: Directory, name: str) -> Node:
+        path = self._path(directory, name)
+        node = self.tree.unlink(directory, name)
+        self.journal.append("unlink", path=path)
+        return node
+
+    def rmdir(self, directory: Directory, name: str) -> None:
+        path = self._path(directory, name)
+        self.tree.rmdir(directory, name)
+        self.journal.append("rmdir", path=path)
+
+    def rename(self, source: Directory, name: str, target: Directory, new_name: str, *, replace: bool = True) -> None:
+        src, dst = self._path(source, name), self._path(target, new_name)
+        self.tree.rename(source, name, target, new_name, replace=replace)
+        self.journal.append("rename", src=src, dst=dst)
+
+    def link(self, node: Node, directory: Directory, name: str) -> None:
+        src = self.tree.path_of(node)
+        self.tree.link(node, directory, name)
+        if src is not None:
+            self.journal.append("link", src=src, dst=self._path(directory, name))
+
+    def set_content(self, file: File, content: FileContent) -> None:
+        self.tree.set_content(file, content)
+        path = self.tree.path_of(file)
+        if path is None:
+            return  # unlinked while open: nothing in the tree to keep
+        if isinstance(content, StoredFile):
+            self.journal.append("write", path=path, cid=cids.cid_to_str(content.cid), size=content.size_in(self.store))
+        else:
+            assert isinstance(content, PendingFile | InlineFile)
+            self.journal.append("write", path=path, data=encode_data(content.data))
+
+    def store_file(self, stream: BinaryIO, size: int, name: str) -> FileContent:
+        """Turn a written file into content: touches only the blockstore, so safe in a worker thread."""
+        if metadata.is_metadata_name(name) and size <= metadata.MAX_INLINE_SOURCE:
+            return PendingFile(stream.read(), self.tree.chunk_size)
+        return store_stream(self.store, stream, self.tree.chunk_size)
+
+    def flush(self) -> None:
+        """What ``fsync`` promises: every change so far survives a machine crash."""
+        self.store.sync()
+        self.journal.flush()
+
+    @property
+    def dirty(self) -> bool:
+        return self.journal.pending > 0 or self.tree.root.dirty
+
+    # --- sync ------------------------------------------------------------------
+
+    def sync(self, car_path: Path | None = None) -> SyncResult:
+        """Commit, write the CAR, then start a fresh journal on the new root.
+
+        Blocks first, then the CAR, then the journal: a crash at any point
+        leaves either the old root with its journal or the new root, never a mix.
+        """
+        root = self.tree.commit()
+        car_path = car_path or self.car_dir / f"{cids.cid_to_str(root)}.car"
+        car_bytes = write_car_file(self.store, root, car_path)
+        self.journal.reset(root)
+        self.base_root = root
+        self._record_root(root, car_path)
+        log.info("synced %s: root %s, CAR %s (%d bytes)", self.mountpoint, cids.cid_to_str(root), car_path, car_bytes)
+        return SyncResult(cids.cid_to_str(root), car_path, car_bytes)
+
+    def _record_root(self, root: bytes, car_path: Path) -> None:
+        status = {"root": cids.cid_to_str(root), "car": str(car_path), "mountpoint": str(self.mountpoint)}
+        status["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(self.state / "roots.log", "a") as log_file:
+            log_file.write(json.dumps(status) + "\n")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "mountpoint": str(self.mountpoint),
+            "root": _show(self.base_root),
+            "unsynced_changes": self.journal.pending,
+            "dirty": self.dirty,
+            "store": str(self.store.root),
+            "read_only": self.read_only,
+            "journal": str(self.journal.path),
+            "pid": os.getpid(),
+        }
+
+    def close(self, clean: bool) -> None:
+        """Close the journal; a clean exit after a sync leaves none behind."""
+        if clean and not self.dirty:
+            self.journal.remove()
+        else:
+            self.journal.close()
+
+
+def write_car_file(
+    store: DirectoryBlockstore, root: bytes, path: Path, progress: Callable[[int, int], None] | None = None
+) -> int:
+    """Write a root's CAR to *path* atomically and durably: never a half-written archive."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            size = car.export_car(store, root, stream, progress=progress)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return size
+
+
+def _show(root: bytes | None) -> str | None:
+    return cids.cid_to_str(root) if root else None
+

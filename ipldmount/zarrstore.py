@@ -1,0 +1,287 @@
+"""A zarr v3 ``Store`` over the tree and a blockstore: ipldstore's role in today's zarr.
+
+zarr drives stores from its own asyncio loop in a background thread, and users
+may call the ``*_sync`` methods from theirs; the tree is not thread-safe, so
+every operation holds one lock. Nothing here awaits while holding it, and
+nothing here knows about trio or FUSE.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+
+from . import car
+from . import cid as cids
+from .blockstore import Blockstore, MemoryBlockstore
+from .errors import IpldmountError, NotADirectoryError_, NotFoundError
+from .tree import Directory, File, Tree, split_path
+
+
+class IPLDStore(Store):
+    """zarr keys as files of an IPLD tree; ``freeze()`` gives the root CID.
+
+    >>> store = IPLDStore()            # in memory; pass DirectoryBlockstore(path) to persist
+    >>> # ds.to_zarr(store); store.freeze() -> 'bafy...'; store.to_car() -> CARv1 bytes
+    """
+
+    supports_writes = True
+    supports_deletes = True
+    supports_listing = True
+    supports_partial_writes = False
+
+    def __init__(
+        self,
+        blockstore: Blockstore | None = None,
+        root: str | bytes | None = None,
+        *,
+        read_only: bool = False,
+        whole_files: bool = False,
+    ) -> None:
+        super().__init__(read_only=read_only)
+        self.blockstore = blockstore if blockstore is not None else MemoryBlockstore()
+        self._root = cids.parse_cid(root) if isinstance(root, str) else root
+        self._whole_files = whole_files
+        self._lock = threading.RLock()
+        self.tree = Tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
+
+    # --- identity, pickling --------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, IPLDStore)
+            and _same_blockstore(self.blockstore, other.blockstore)
+            and self._root == other._root
+            and self.read_only == other.read_only
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        root = cids.cid_to_str(self._root) if self._root else "empty"
+        return f"IPLDStore({self.blockstore!r}, root={root})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle as (blockstore, committed root): a copy sees everything written so far."""
+        with self._lock:
+            if not self.read_only:
+                self.freeze()
+            return {
+                "blockstore": self.blockstore,
+                "root": self._root,
+                "read_only": self.read_only,
+                "whole_files": self._whole_files,
+                "is_open": self._is_open,
+            }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["blockstore"], state["root"], read_only=state["read_only"], whole_files=state["whole_files"]
+        )
+        self._is_open = state["is_open"]
+
+    def with_read_only(self, read_only: bool = False) -> IPLDStore:
+        """Another store over the same blockstore at this store's committed root."""
+        with self._lock:
+            if not self.read_only:
+                self.freeze()
+            return type(self)(self.blockstore, self._root, read_only=read_only, whole_files=self._whole_files)
+
+    # --- content addressing --------------------------------------------------
+
+    @property
+    def root(self) -> str | None:
+        """The root CID as of the last :meth:`freeze` (or the one opened)."""
+        return cids.cid_to_str(self._root) if self._root else None
+
+    def freeze(self) -> str:
+        """Commit everything written so far and return the root CID (``bafy...``)."""
+        with self._lock:
+            self._root = self.tree.commit()
+            return cids.cid_to_str(self._root)
+
+    def export_car(self, out: BinaryIO) -> int:
+        """Write a CARv1 of the committed tree to *out*; returns the bytes written."""
+        root = cids.parse_cid(self.freeze())
+        return car.export_car(self.blockstore, root, out)
+
+    def to_car(self) -> bytes:
+        """The CARv1 of the whole tree, as bytes (the seed's ``to_car``)."""
+        buffer = io.BytesIO()
+        self.export_car(buffer)
+        return buffer.getvalue()
+
+    def import_car(self, archive: bytes | BinaryIO | Path) -> str:
+        """Import a CAR and make its root this store's tree; returns the root CID."""
+        if isinstance(archive, Path):
+            with archive.open("rb") as stream:
+                roots = car.import_car(self.blockstore, stream)
+        else:
+            stream = io.BytesIO(archive) if isinstance(archive, bytes) else archive
+            roots = car.import_car(self.blockstore, stream)
+        with self._lock:
+            self._root = roots[0]
+            self.tree = Tree(self.blockstore, self._root, whole_files=self._whole_files, read_only=self.read_only)
+            return cids.cid_to_str(self._root)
+
+    # --- reading -------------------------------------------------------------
+
+    def _file(self, key: str) -> File | None:
+        try:
+            node = self.tree.resolve(key)
+        except (NotFoundError, NotADirectoryError_):  # a key below a file is simply absent
+            return None
+        return node if isinstance(node, File) else None
+
+    def get_sync(
+        self, key: str, *, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        prototype = prototype or default_buffer_prototype()
+        with self._lock:
+            file = self._file(key)
+            if file is None:
+                return None
+            reader = self.tree.reader(file)
+            start, stop = _byte_span(reader.size, byte_range)
+            return prototype.buffer.from_bytes(reader.read(start, stop - start))
+
+    async def get(
+        self, key: str, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        if not self._is_open:
+            await self._open()
+        return self.get_sync(key, prototype=prototype, byte_range=byte_range)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return [self.get_sync(key, prototype=prototype, byte_range=byte_range) for key, byte_range in key_ranges]
+
+    async def exists(self, key: str) -> bool:
+        with self._lock:
+            return self._file(key) is not None
+
+    async def getsize(self, key: str) -> int:
+        with self._lock:
+            file = self._file(key)
+            if file is None:
+                raise FileNotFoundError(key)
+            return self.tree.size(file)
+
+    # --- writing -------------------------------------------------------------
+
+    def set_sync(self, key: str, value: Buffer) -> None:
+        self._check_writable()
+        if not isinstance(value, Buffer):
+            raise TypeError(f"IPLDStore.set(): value must be a Buffer, not {type(value).__name__}")
+        with self._lock:
+            self.tree.write_file(key, value.to_bytes())
+
+    async def set(self, key: str, value: Buffer) -> None:
+        if not self._is_open:
+            await self._open()
+        self.set_sync(key, value)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        self._check_writable()
+        with self._lock:
+            if self._file(key) is None:
+                self.set_sync(key, value)
+
+    def delete_sync(self, key: str) -> None:
+        self._check_writable()
+        with self._lock:
+            if self._file(key) is not None:
+                self.tree.remove(key)
+                self._prune_empty_parents(key)
+
+    async def delete(self, key: str) -> None:
+        self.delete_sync(key)
+
+    async def delete_dir(self, prefix: str) -> None:
+        self._check_writable()
+        with self._lock:
+            parts = split_path(prefix)
+            if not parts:
+                for name in list(self.tree.entries(self.tree.root)):
+                    self._remove_subtree(self.tree.root, name)
+                return
+            try:
+                parent = self.tree.resolve_dir("/".join(parts[:-1]))
+            except IpldmountError:
+                return
+            if isinstance(self.tree.entries(parent).get(parts[-1]), Directory):
+                self._remove_subtree(parent, parts[-1])
+                self._prune_empty_parents(prefix)
+
+    def _remove_subtree(self, parent: Directory, name: str) -> None:
+        node = self.tree.lookup(parent, name)
+        if isinstance(node, Directory):
+            for child in list(self.tree.entries(node)):
+                self._remove_subtree(node, child)
+            self.tree.rmdir(parent, name)
+        else:
+            self.tree.unlink(parent, name)
+
+    def _prune_empty_parents(self, key: str) -> None:
+        """Drop directories a delete left empty: keys, not directories, are what zarr sees."""
+        parts = split_path(key)[:-1]
+        while parts:
+            parent = self.tree.resolve_dir("/".join(parts[:-1]))
+            child = self.tree.entries(parent).get(parts[-1])
+            if not isinstance(child, Directory) or self.tree.entries(child):
+                return
+            self.tree.rmdir(parent, parts[-1])
+            parts.pop()
+
+    # --- listing -------------------------------------------------------------
+
+    async def list(self) -> AsyncIterator[str]:
+        with self._lock:
+            keys = [path for path, _ in self.tree.walk_files()]
+        for key in keys:
+            yield key
+
+    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
+        directory = prefix.rpartition("/")[0]
+        with self._lock:
+            try:
+                keys = [directory + "/" + path if directory else path for path, _ in self.tree.walk_files(directory)]
+            except IpldmountError:
+                keys = []
+        for key in keys:
+            if key.startswith(prefix):
+                yield key
+
+    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        with self._lock:
+            try:
+                names = self.tree.listdir(prefix.rstrip("/"))
+            except IpldmountError:
+                names = []
+        for name in names:
+            yield name
+
+
+def _same_blockstore(a: Blockstore, b: Blockstore) -> bool:
+    return a is b or a == b
+
+
+def _byte_span(size: int, byte_range: ByteRequest | None) -> tuple[int, int]:
+    """(start, stop) of a zarr byte request within a value of *size* bytes."""
+    if byte_range is None:
+        return 0, size
+    if isinstance(byte_range, RangeByteRequest):
+        return min(byte_range.start, size), min(byte_range.end, size)
+    if isinstance(byte_range, OffsetByteRequest):
+        return min(byte_range.offset, size), size
+    if isinstance(byte_range, SuffixByteRequest):
+        return max(size - byte_range.suffix, 0), size
+    raise TypeError(f"unexpected byte range {byte_range!r}")
+
