@@ -23,8 +23,8 @@ PYTEST_ARGS ?=
 SKIP_SYSDEPS ?=
 
 # Debian packages needed to build and run pyfuse3 and to exercise the mount
-# (getfattr/setfattr come from attr).
-SYSDEPS_PKGS ?= fuse3 libfuse3-dev pkg-config attr gcc python3-dev
+# (getfattr/setfattr come from attr; systemd-analyze, to verify the unit, from systemd).
+SYSDEPS_PKGS ?= fuse3 libfuse3-dev pkg-config attr gcc python3-dev systemd
 
 .PHONY: all sysdeps venv test lint demo bench clean distclean
 

@@ -81,6 +81,8 @@ def parse_cid(text: str | bytes) -> bytes:
     if parsed.hashfun.name != "sha2-256":
         raise InvalidCIDError(f"unsupported hash {parsed.hashfun.name} in CID {parsed} (only sha2-256)")
     if parsed.codec.code not in (RAW, DAG_CBOR):
-        raise InvalidCIDError(f"unsupported codec {parsed.codec.name} in CID {parsed} (only raw and dag-cbor)")
+        raise InvalidCIDError(
+            f"unsupported codec {parsed.codec.name} in CID {parsed} (only raw and dag-cbor)"
+        )
     binary = digest_cid(parsed.codec.code, bytes(parsed.raw_digest))
     return binary

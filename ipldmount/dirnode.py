@@ -80,7 +80,7 @@ def plain_entries(store: Blockstore, value: Any) -> Mapping[str, Any]:
         return dict(hamt.iter_entries(store, value))
     if type(value) is not dict:
         raise FormatError(f"not a directory node (a {type(value).__name__})")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def layout(store: Blockstore, entries: Mapping[str, EntryForm], limit: int = BLOCK_LIMIT) -> DirectoryForm:

@@ -53,7 +53,9 @@ class StoredFile:
 
     def size_in(self, store: Blockstore) -> int:
         if self._size is None:
-            self._size = store.size(self.cid) if cids.codec_of(self.cid) == cids.RAW else fbl_size(store, self.cid)
+            self._size = (
+                store.size(self.cid) if cids.codec_of(self.cid) == cids.RAW else fbl_size(store, self.cid)
+            )
         return self._size
 
     def link(self, store: Blockstore) -> bytes:
@@ -152,7 +154,9 @@ def store_bytes(store: Blockstore, data: bytes, chunk_size: int | None = BLOCK_L
     if chunk_size is None or len(data) <= chunk_size:
         return StoredFile(store.put(data, cids.RAW), len(data))
     view = memoryview(data)
-    return store_chunks(store, (view[i : i + chunk_size] for i in range(0, len(data), chunk_size)), chunk_size)
+    return store_chunks(
+        store, (view[i : i + chunk_size] for i in range(0, len(data), chunk_size)), chunk_size
+    )
 
 
 def store_stream(store: Blockstore, stream: BinaryIO, chunk_size: int | None = BLOCK_LIMIT) -> StoredFile:
@@ -177,7 +181,9 @@ def store_chunks(store: Blockstore, chunks: Iterable[bytes | memoryview], chunk_
     if len(entries) <= 1:
         return StoredFile(entries[0][0] if entries else store.put(b"", cids.RAW), total)
     while len(entries) > FBL_WIDTH:
-        entries = [_put_fbl_node(store, entries[i : i + FBL_WIDTH]) for i in range(0, len(entries), FBL_WIDTH)]
+        entries = [
+            _put_fbl_node(store, entries[i : i + FBL_WIDTH]) for i in range(0, len(entries), FBL_WIDTH)
+        ]
     root, _ = _put_fbl_node(store, entries)
     return StoredFile(root, total)
 
@@ -329,7 +335,9 @@ class FblReader:
         while offset < end:
             piece = self._read_from(self.root, offset, end - offset)
             if not piece:
-                raise FormatError(f"chunked file {cids.cid_to_str(self.root)} is shorter than its lengths say")
+                raise FormatError(
+                    f"chunked file {cids.cid_to_str(self.root)} is shorter than its lengths say"
+                )
             parts.append(piece)
             offset += len(piece)
         return b"".join(parts)

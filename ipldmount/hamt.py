@@ -74,10 +74,12 @@ def _element(store: Blockstore, group: list[_Item], depth: int) -> Any:
 def iter_entries(store: Blockstore, root: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """Every (name, entry) of a HAMT, checking the structure as it goes."""
     if root["hashAlg"] != HASH_ALG or root["bucketSize"] != BUCKET_SIZE:
-        raise FormatError(f"unsupported HAMT parameters hashAlg={root['hashAlg']} bucketSize={root['bucketSize']}")
+        raise FormatError(
+            f"unsupported HAMT parameters hashAlg={root['hashAlg']} bucketSize={root['bucketSize']}"
+        )
     stack = [root["hamt"]]
     while stack:
-        bitmap, data = _check_node(stack.pop())
+        _, data = _check_node(stack.pop())
         for element in data:
             if isinstance(element, codec.Link):
                 stack.append(codec.decode(store.get(element.cid)))

@@ -20,13 +20,17 @@ Render = Callable[[Any], str]
 
 def _render_zarr_v2(value: Any) -> str:
     # Exactly how zarr-python 2 (and so ipldstore) writes .zarray/.zattrs/.zgroup/.zmetadata.
-    return json.dumps(value, indent=4, sort_keys=True, ensure_ascii=True, separators=(",", ": "), allow_nan=False)
+    return json.dumps(
+        value, indent=4, sort_keys=True, ensure_ascii=True, separators=(",", ": "), allow_nan=False
+    )
 
 
 def _render_zarr_v3(value: Any) -> str:
     # DAG-CBOR maps cannot keep key order, so only sorted-key JSON can be exact;
     # two-space indentation is what zarr v3 writers use.
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True, separators=(",", ": "), allow_nan=False)
+    return json.dumps(
+        value, indent=2, sort_keys=True, ensure_ascii=True, separators=(",", ": "), allow_nan=False
+    )
 
 
 RULES: dict[str, Render] = {

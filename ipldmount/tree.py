@@ -150,7 +150,9 @@ class Tree:
                 try:
                     check_name(name)
                 except IpldmountError as exc:
-                    raise FormatError(f"directory {self.path_of(directory)!r} holds an invalid name: {exc}") from None
+                    raise FormatError(
+                        f"directory {self.path_of(directory)!r} holds an invalid name: {exc}"
+                    ) from None
                 node = self._node_for(name, value)
                 node.links.append((directory, name))
                 directory._entries[name] = node
@@ -354,7 +356,9 @@ class Tree:
 
     def _layout(self, directory: Directory) -> DirectoryForm:
         entries = self.entries(directory)
-        return dirnode.layout(self.store, {name: self._entry_form(name, node) for name, node in entries.items()})
+        return dirnode.layout(
+            self.store, {name: self._entry_form(name, node) for name, node in entries.items()}
+        )
 
     def _entry_form(self, name: str, node: Node) -> EntryForm:
         if isinstance(node, File):
@@ -371,7 +375,11 @@ class Tree:
             assert layout is not None, "dirty directories are laid out children first"
             form = EntryForm(link=lambda: layout.store(self.store))
             if not layout.sharded and not metadata.is_metadata_name(name):
-                form.inline, form.inline_size, form.inline_depth = layout.value, len(layout.data), layout.depth
+                form.inline, form.inline_size, form.inline_depth = (
+                    layout.value,
+                    len(layout.data),
+                    layout.depth,
+                )
             return form
         assert isinstance(node, Broken)
         broken_cid = node.cid
@@ -495,6 +503,8 @@ def _dirty_postorder(root: Directory) -> list[Directory]:
         directory = stack.pop()
         order.append(directory)
         assert directory._entries is not None, "a dirty directory has loaded entries"
-        stack.extend(node for node in directory._entries.values() if isinstance(node, Directory) and node.dirty)
+        stack.extend(
+            node for node in directory._entries.values() if isinstance(node, Directory) and node.dirty
+        )
     order.reverse()
     return order

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -35,14 +35,16 @@ scalars = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.sampled_from([0.0, -0.0, 1.5, 5e-324, 1.7976931348623157e308]),
     st.text(),  # hypothesis leaves out lone surrogates, which DAG-CBOR cannot hold
-    st.text(alphabet=st.characters(min_codepoint=0x80, exclude_categories=("Cs",))),
+    st.text(alphabet=st.characters(min_codepoint=0x80, codec="utf-8")),  # no lone surrogates
     st.binary(),
     links,
 )
 
 ipld_values = st.recursive(
     scalars,
-    lambda children: st.one_of(st.lists(children, max_size=8), st.dictionaries(st.text(), children, max_size=8)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=8), st.dictionaries(st.text(), children, max_size=8)
+    ),
     max_leaves=40,
 )
 
@@ -100,7 +102,7 @@ def test_tuple_encodes_as_list() -> None:
 
 
 def test_map_keys_in_dag_cbor_order() -> None:
-    value = {"bb": 1, "a": 2, "c": 3, "é": 4, "aaa": 5, "": 6}
+    value: Any = {"bb": 1, "a": 2, "c": 3, "é": 4, "aaa": 5, "": 6}
     encoded = codec.encode(value)
     assert encoded == dag_cbor.encode(value)
     assert list(codec.decode(encoded)) == ["", "a", "c", "bb", "é", "aaa"]
@@ -116,7 +118,9 @@ def test_floats_are_always_64_bit() -> None:
 def test_large_directory_map_matches_reference() -> None:
     rng = random.Random(10_000)
     entries = {
-        f"{i // 100}.{i % 100}": Link(cids.digest_cid(rng.choice([cids.RAW, cids.DAG_CBOR]), rng.randbytes(32)))
+        f"{i // 100}.{i % 100}": Link(
+            cids.digest_cid(rng.choice([cids.RAW, cids.DAG_CBOR]), rng.randbytes(32))
+        )
         for i in range(10_000)
     }
     encoded = codec.encode(entries)
@@ -128,7 +132,9 @@ def test_large_directory_map_matches_reference() -> None:
 def test_size_helpers_match_encoding(name: str, link: Link) -> None:
     """dirnode.layout sums these helpers instead of encoding; they must agree with real bytes."""
     encoded = codec.encode({name: link})
-    assert len(encoded) == codec.map_head_size(1) + codec.encoded_str_size(name) + codec.encoded_link_size(link.cid)
+    assert len(encoded) == codec.map_head_size(1) + codec.encoded_str_size(name) + codec.encoded_link_size(
+        link.cid
+    )
 
 
 @pytest.mark.parametrize("entries", [0, 1, 23, 24, 255, 256, 65535, 65536])
@@ -173,7 +179,7 @@ def test_link_repr_and_equality() -> None:
         object(),
         1 + 2j,
         Decimal("1.5"),
-        datetime(2020, 1, 1, tzinfo=timezone.utc),
+        datetime(2020, 1, 1, tzinfo=UTC),
         [{"deep": [object()]}],
     ],
     ids=repr,

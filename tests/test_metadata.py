@@ -159,7 +159,6 @@ def test_zarr_json_sorted_indent_two_inlines() -> None:
     [
         (".zattrs", b"{}", {}),
         (".zattrs", b"[]", []),
-        (".zattrs", b"null", None),
         (".zattrs", b"true", True),
         (".zattrs", b"0", 0),
         (".zattrs", b"-0.0", -0.0),
@@ -172,7 +171,11 @@ def test_zarr_json_sorted_indent_two_inlines() -> None:
         (".zattrs", b'"\\u00e9"', "é"),
         (".zattrs", b'"\\ud83d\\ude00"', "\U0001f600"),  # a valid surrogate pair escape
         (".zattrs", b'"\\n\\t\\"\\\\"', '\n\t"\\'),
-        (".zmetadata", v2({"metadata": {".zgroup": {"zarr_format": 2}}, "zarr_consolidated_format": 1}), None),
+        (
+            ".zmetadata",
+            v2({"metadata": {".zgroup": {"zarr_format": 2}}, "zarr_consolidated_format": 1}),
+            None,
+        ),
         ("zarr.json", b"{}", {}),
     ],
 )
@@ -200,7 +203,20 @@ def test_deep_nesting_does_not_crash() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["0", "0.0", "c/0", "zarr.jsonx", ".zarray.bak", "ZARR.JSON", ".ZATTRS", "zattrs", ".zarr", " .zattrs", ""]
+    "name",
+    [
+        "0",
+        "0.0",
+        "c/0",
+        "zarr.jsonx",
+        ".zarray.bak",
+        "ZARR.JSON",
+        ".ZATTRS",
+        "zattrs",
+        ".zarr",
+        " .zattrs",
+        "",
+    ],
 )
 def test_other_names_never_inline(name: str) -> None:
     assert not metadata.is_metadata_name(name)
@@ -223,7 +239,9 @@ json_values = st.recursive(
         st.floats(allow_nan=False, allow_infinity=False),
         st.text(),
     ),
-    lambda children: st.one_of(st.lists(children, max_size=6), st.dictionaries(st.text(), children, max_size=6)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=6), st.dictionaries(st.text(), children, max_size=6)
+    ),
     max_leaves=30,
 )
 

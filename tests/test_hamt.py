@@ -1,0 +1,244 @@
+"""Sharded directories: a HAMT that depends on its entries alone and keeps every node small."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipldmount import cid as cids
+from ipldmount import codec, hamt
+from ipldmount.blockstore import Blockstore, MemoryBlockstore
+from ipldmount.errors import FormatError
+
+BLOCK_LIMIT = 1 << 20
+
+
+def link_for(name: str) -> codec.Link:
+    return codec.Link(cids.block_cid(cids.RAW, name.encode()))
+
+
+def chunk_entries(count: int) -> dict[str, Any]:
+    """zarr-style chunk keys with links, as a sharded directory holds them."""
+    side = max(1, int(count**0.5) + 1)
+    names = [f"{i}.{j}" for i in range(side) for j in range(side)][:count]
+    return {name: link_for(name) for name in names}
+
+
+def lookup(store: Blockstore, root: dict[str, Any], name: str) -> Any:
+    """Find *name* the way any HashMap reader would: follow the digest bytes down the tree."""
+    digest = hashlib.sha256(name.encode()).digest()
+    node = root["hamt"]
+    for depth in range(32):
+        bitmap, data = node
+        bits = int.from_bytes(bitmap, "big")
+        slot = digest[depth]
+        if not bits >> slot & 1:
+            raise KeyError(name)
+        element = data[(bits & ((1 << slot) - 1)).bit_count()]
+        if isinstance(element, codec.Link):
+            node = codec.decode(store.get(element.cid))
+            continue
+        for key, value in element:
+            if key == name.encode():
+                return value
+        raise KeyError(name)
+    raise AssertionError("ran out of digest bytes")
+
+
+def check_structure(store: Blockstore, node: list[Any], depth: int = 0, prefix: bytes = b"") -> int:
+    """Check the placement invariants of a node and its children; return how many entries they hold."""
+    bitmap, data = node
+    bits = int.from_bytes(bitmap, "big")
+    slots = [slot for slot in range(256) if bits >> slot & 1]
+    assert len(slots) == len(data)
+    count = 0
+    for slot, element in zip(slots, data, strict=True):
+        if isinstance(element, codec.Link):
+            block = store.get(element.cid)
+            assert len(block) <= BLOCK_LIMIT
+            child = codec.decode(block)
+            assert cids.block_cid(cids.DAG_CBOR, codec.encode(child)) == element.cid
+            held = check_structure(store, child, depth + 1, prefix + bytes([slot]))
+            assert held > hamt.BUCKET_SIZE  # a child only where a bucket would overflow
+            count += held
+        else:
+            assert 1 <= len(element) <= hamt.BUCKET_SIZE
+            keys = [key for key, _ in element]
+            assert keys == sorted(keys)
+            for key in keys:
+                digest = hashlib.sha256(key).digest()
+                assert digest[:depth] == prefix and digest[depth] == slot
+            count += len(element)
+    return count
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 4, 1000, 50_000])
+def test_build_and_iterate(store: Blockstore, count: int) -> None:
+    entries = chunk_entries(count)
+    with store.batch():
+        root = hamt.build(store, entries)
+    assert hamt.is_root(root)
+    assert root["hashAlg"] == cids.SHA2_256 and root["bucketSize"] == 3
+    assert len(codec.encode(root)) <= BLOCK_LIMIT
+    assert dict(hamt.iter_entries(store, root)) == entries
+    assert check_structure(store, root["hamt"]) == count
+    for name in list(entries)[:: max(1, count // 200)]:
+        assert lookup(store, root, name) == entries[name]
+    with pytest.raises(KeyError):
+        lookup(store, root, "not there")
+    for cid in store:
+        assert store.size(cid) <= BLOCK_LIMIT
+    # decoding what was stored and iterating again gives the same
+    reloaded = codec.decode(codec.encode(root))
+    assert hamt.is_root(reloaded)
+    assert dict(hamt.iter_entries(store, reloaded)) == entries
+
+
+def test_empty_hamt_shape(store: Blockstore) -> None:
+    root = hamt.build(store, {})
+    assert root == {"hashAlg": cids.SHA2_256, "bucketSize": 3, "hamt": [bytes(32), []]}
+    assert list(store) == []
+
+
+def test_small_hamt_stores_no_blocks(store: Blockstore) -> None:
+    root = hamt.build(store, chunk_entries(3))
+    assert list(store) == []  # however their digests fall, three entries fit in root buckets
+    assert len(root["hamt"][1]) <= 3
+
+
+def test_insertion_order_does_not_matter() -> None:
+    entries = chunk_entries(5000)
+    names = list(entries)
+    first_store = MemoryBlockstore()
+    expected = codec.encode(hamt.build(first_store, entries))
+    rng = random.Random(5)
+    for _ in range(3):
+        rng.shuffle(names)
+        other_store = MemoryBlockstore()
+        assert codec.encode(hamt.build(other_store, {name: entries[name] for name in names})) == expected
+        assert set(other_store) == set(first_store)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=20), st.integers(0, 2**32), max_size=60), st.randoms())
+def test_order_independence_property(entries: dict[str, int], rng: random.Random) -> None:
+    names = list(entries)
+    rng.shuffle(names)
+    shuffled = {name: entries[name] for name in names}
+    store_a, store_b = MemoryBlockstore(), MemoryBlockstore()
+    root_a, root_b = hamt.build(store_a, entries), hamt.build(store_b, shuffled)
+    assert codec.encode(root_a) == codec.encode(root_b)
+    assert dict(hamt.iter_entries(store_a, root_a)) == entries
+    assert check_structure(store_a, root_a["hamt"]) == len(entries)
+
+
+def test_colliding_prefixes_nest() -> None:
+    """Names whose digests share leading bytes force deeper levels; all must still be found."""
+    store = MemoryBlockstore()
+    by_first_byte: dict[int, list[str]] = {}
+    for i in range(20_000):
+        name = f"n{i}"
+        by_first_byte.setdefault(hashlib.sha256(name.encode()).digest()[0], []).append(name)
+    crowded = max(by_first_byte.values(), key=len)
+    entries = {name: link_for(name) for name in crowded}
+    root = hamt.build(store, entries)
+    assert len(root["hamt"][1]) == 1 and isinstance(root["hamt"][1][0], codec.Link)
+    assert dict(hamt.iter_entries(store, root)) == entries
+    assert check_structure(store, root["hamt"]) == len(entries)
+
+
+def test_non_ascii_names(store: Blockstore) -> None:
+    entries = {name: link_for(name) for name in ["é", "日本語", "\U0001f600", "a\u0301", "x" * 255]}
+    root = hamt.build(store, entries)
+    assert dict(hamt.iter_entries(store, root)) == entries
+    for name in entries:
+        assert lookup(store, root, name) == entries[name]
+
+
+# --- telling a HAMT root from a plain directory ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"hashAlg": link_for("a"), "bucketSize": link_for("b"), "hamt": link_for("c")},
+        {"hashAlg": {}, "bucketSize": {}, "hamt": {}},
+        {"hashAlg": {"x": link_for("x")}, "bucketSize": link_for("b"), "hamt": {}},
+        {"hashAlg": 18, "bucketSize": 3},
+        {"hashAlg": 18, "bucketSize": 3, "hamt": [bytes(32), []], "other": {}},
+        {},
+        [bytes(32), []],
+    ],
+    ids=repr,
+)
+def test_is_root_false(value: Any) -> None:
+    assert not hamt.is_root(value)
+
+
+def test_plain_directory_with_hamt_like_names_is_not_a_root(store: Blockstore) -> None:
+    plain = {"hashAlg": link_for("1"), "bucketSize": link_for("2"), "hamt": link_for("3")}
+    assert not hamt.is_root(codec.decode(codec.encode(plain)))
+    sharded = hamt.build(store, plain)
+    assert hamt.is_root(codec.decode(codec.encode(sharded)))
+    assert dict(hamt.iter_entries(store, sharded)) == plain
+
+
+# --- malformed nodes ------------------------------------------------------------------------
+
+NAME = b"a"
+SLOT = hashlib.sha256(NAME).digest()[0]
+BITMAP = (1 << SLOT).to_bytes(32, "big")
+GOOD_BUCKET = [[NAME, link_for("a")]]
+
+
+def root_with(node: Any, hash_alg: Any = cids.SHA2_256, bucket_size: Any = 3) -> dict[str, Any]:
+    return {"hashAlg": hash_alg, "bucketSize": bucket_size, "hamt": node}
+
+
+def test_good_hand_made_root(store: Blockstore) -> None:
+    assert dict(hamt.iter_entries(store, root_with([BITMAP, [GOOD_BUCKET]]))) == {"a": link_for("a")}
+
+
+@pytest.mark.parametrize(
+    "root",
+    [
+        root_with([BITMAP, [GOOD_BUCKET]], hash_alg=0x22),
+        root_with([BITMAP, [GOOD_BUCKET]], bucket_size=4),
+        root_with([BITMAP, [GOOD_BUCKET]], bucket_size="3"),
+        root_with({}),
+        root_with("node"),
+        root_with([BITMAP]),
+        root_with([BITMAP, [GOOD_BUCKET], 1]),
+        root_with(["bitmap", [GOOD_BUCKET]]),
+        root_with([BITMAP, GOOD_BUCKET[0]]),
+        root_with([BITMAP[1:], [GOOD_BUCKET]]),
+        root_with([BITMAP + b"\x00", [GOOD_BUCKET]]),
+        root_with([bytes(32), [GOOD_BUCKET]]),  # bitmap says empty, data has one element
+        root_with([b"\xff" * 32, [GOOD_BUCKET]]),
+        root_with([BITMAP, [[]]]),  # empty bucket
+        root_with([BITMAP, [GOOD_BUCKET * 4]]),  # bucket over the size
+        root_with([BITMAP, [5]]),
+        root_with([BITMAP, [{"a": 1}]]),
+        root_with([BITMAP, [[["a", link_for("a")]]]]),  # key is a string, not bytes
+        root_with([BITMAP, [[[NAME]]]]),
+        root_with([BITMAP, [[[NAME, 1, 2]]]]),
+        root_with([BITMAP, [[b"\xff\xfe", 1]]]),
+        root_with([BITMAP, [[[b"\xff\xfe", 1]]]]),  # key not UTF-8
+    ],
+    ids=lambda root: repr(root["hamt"])[:50] + f"-{root['hashAlg']}-{root['bucketSize']}",
+)
+def test_malformed(store: Blockstore, root: dict[str, Any]) -> None:
+    with pytest.raises(FormatError):
+        dict(hamt.iter_entries(store, root))
+
+
+@pytest.mark.parametrize("child", [{"a": 1}, [BITMAP], [bytes(32), [GOOD_BUCKET]], "x"], ids=repr)
+def test_malformed_child_node(store: Blockstore, child: Any) -> None:
+    cid = store.put(codec.encode(child), cids.DAG_CBOR)
+    with pytest.raises(FormatError):
+        dict(hamt.iter_entries(store, root_with([BITMAP, [codec.Link(cid)]])))
