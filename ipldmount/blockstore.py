@@ -16,6 +16,7 @@ to the thread that opened it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import errno
 import hashlib
 import json
@@ -28,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .cid import DAG_CBOR, RAW, block_cid, cid_to_str, digest_cid, is_supported, parse_cid, verify
 from .errors import BlockNotFoundError, CorruptBlockError, InvalidCIDError, IpldmountError, StoreFullError
@@ -384,10 +385,15 @@ class DirectoryBlockstore(Blockstore):
 
     A block file is written in ``root/tmp/``, fsynced and renamed into place, so
     any file under ``blocks/`` is complete. Several processes may share a store.
+
+    With ``durable=False`` single puts are still atomic (temp file + rename) but
+    not fsynced one by one; :meth:`sync` (one ``syncfs``) makes them durable.
+    The daemon uses this: ``close`` must be fast, and ``fsync``/sync call sync().
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
         self.root = Path(root)
+        self.durable = durable
         self._blocks = self.root / "blocks"
         self._tmp = self.root / "tmp"
         self._shards: set[str] = set()
@@ -404,9 +410,9 @@ class DirectoryBlockstore(Blockstore):
     def __hash__(self) -> int:
         return hash(self._identity)
 
-    def __reduce__(self) -> tuple[type[DirectoryBlockstore], tuple[str]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         """Pickle as the path: the copy (maybe in another process) reopens the same store."""
-        return (DirectoryBlockstore, (str(self.root),))
+        return (functools.partial(DirectoryBlockstore, durable=self.durable), (str(self.root),))
 
     def sync(self) -> None:
         """Flush the store's filesystem, for callers that promise durability (``fsync``)."""
@@ -529,21 +535,21 @@ class DirectoryBlockstore(Blockstore):
 
     def _add(self, cid: bytes, data: bytes) -> None:
         staged = self._staging.current
-        temp = self._write_temp([data], sync=staged is None)
+        temp = self._write_temp([data], sync=staged is None and self.durable)
         if staged is None:
-            self._install(temp, cid, sync=True)
+            self._install(temp, cid, sync=self.durable)
         else:
             staged[cid] = temp
 
     def _add_stream(self, chunks: Iterable[Chunk], codec: int) -> bytes:
         staged = self._staging.current
         hasher = hashlib.sha256()
-        temp = self._write_temp(chunks, sync=staged is None, hasher=hasher)
+        temp = self._write_temp(chunks, sync=staged is None and self.durable, hasher=hasher)
         cid = digest_cid(codec, hasher.digest())
         if self._contains(cid):
             _unlink_quietly(temp)
         elif staged is None:
-            self._install(temp, cid, sync=True)
+            self._install(temp, cid, sync=self.durable)
         else:
             staged[cid] = temp
         return cid

@@ -148,6 +148,8 @@ class Tree:
             directory._entries = {}
             for name, value in raw.items():
                 try:
+                    if type(name) is not str:
+                        raise InvalidNameError(repr(name), "Directory keys must be strings")
                     check_name(name)
                 except IpldmountError as exc:
                     raise FormatError(
