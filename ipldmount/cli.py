@@ -14,13 +14,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import car, control
 from . import cid as cids
 from .blockstore import DirectoryBlockstore, default_store_path
-from .errors import IpldmountError
+from .errors import IpldmountError, IsADirectoryError_, NotADirectoryError_, NotFoundError
 from .progress import Progress
 from .session import state_dir, write_car_file
 from .tree import Directory, File, Node, Tree
@@ -28,8 +29,8 @@ from .tree import Directory, File, Node, Tree
 log = logging.getLogger("ipldmount")
 
 
-def _open_store(args: argparse.Namespace) -> DirectoryBlockstore:
-    return DirectoryBlockstore(Path(args.store) if args.store else default_store_path())
+def _open_store(args: argparse.Namespace, durable: bool = True) -> DirectoryBlockstore:
+    return DirectoryBlockstore(Path(args.store) if args.store else default_store_path(), durable=durable)
 
 
 def _split_target(target: str) -> tuple[bytes, str]:
@@ -38,41 +39,84 @@ def _split_target(target: str) -> tuple[bytes, str]:
     return cids.parse_cid(text), path
 
 
+def _open_existing_store(args: argparse.Namespace) -> DirectoryBlockstore:
+    """The store for a command that only reads: a mistyped ``--store`` must not create an empty one."""
+    path = Path(args.store) if args.store else default_store_path()
+    if not path.is_dir():
+        raise IpldmountError(f"no blockstore at {path} (import a CAR into it first, or pass --store DIR)")
+    return DirectoryBlockstore(path)
+
+
+def _open_tree(store: DirectoryBlockstore, root: bytes) -> Tree:
+    """The tree at *root*, which must be a directory node in *store*."""
+    if not store.has(root):
+        shown = cids.cid_to_str(root)
+        raise IpldmountError(f"{shown} is not in the store {store.root} (import its CAR first)")
+    return Tree(store, root, read_only=True)
+
+
+@contextmanager
+def _path_errors(target: str) -> Iterator[None]:
+    """Name the whole ``CID/PATH`` the user typed in lookup errors, not just the part that failed."""
+    try:
+        yield
+    except (NotFoundError, NotADirectoryError_, IsADirectoryError_) as exc:
+        raise type(exc)(target.rstrip("/")) from None
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Progress]:
+    """A progress line that ends its line even when the operation fails, so the error starts afresh."""
+    progress = Progress(label)
+    try:
+        yield progress
+    finally:
+        progress.done()
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     store = _open_store(args)
-    progress = Progress(f"import {args.car}")
     try:
-        with open(args.car, "rb") as stream:
+        with open(args.car, "rb") as stream, _progress(f"import {args.car}") as progress:
             roots = car.import_car(store, stream, progress=progress)
     except FileNotFoundError:
         raise IpldmountError(f"no such file: {args.car}") from None
-    progress.done()
+    except IsADirectoryError:
+        raise IpldmountError(f"{args.car} is a directory, not a CAR file") from None
     for root in roots:
         print(cids.cid_to_str(root))
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    store = _open_store(args)
     root, path = _split_target(args.cid)
-    if path:
+    if path.strip("/"):
         raise IpldmountError("export takes a root CID, not a path (export the CID `ls -l` shows for it)")
-    Tree(store, root, read_only=True)  # refuse a root that is not a directory before writing anything
-    progress = Progress(f"export {args.cid}")
-    if args.output == "-":
-        size = car.export_car(store, root, sys.stdout.buffer, progress=progress)
-    else:
-        size = write_car_file(store, root, Path(args.output), progress=progress)
-    progress.done()
-    if args.output != "-":
+    store = _open_existing_store(args)
+    _open_tree(store, root)  # refuse a root that is missing or not a directory before writing anything
+    to_stdout = args.output == "-"
+    if not to_stdout:
+        # Like cp or curl -o: write into an existing directory, never create one on a typo.
+        parent = Path(args.output).parent
+        if not parent.is_dir():
+            what = "is not a directory" if parent.exists() else "does not exist"
+            raise IpldmountError(f"cannot write {args.output}: directory {parent} {what}")
+    with _progress(f"export {args.cid}") as progress:
+        if to_stdout:
+            size = car.export_car(store, root, sys.stdout.buffer, progress=progress)
+            sys.stdout.buffer.flush()
+        else:
+            size = write_car_file(store, root, Path(args.output), progress=progress)
+    if not to_stdout:
         print(f"wrote {size} bytes to {args.output}", file=sys.stderr)
     return 0
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
     root, path = _split_target(args.target)
-    tree = Tree(_open_store(args), root, read_only=True)
-    node = tree.resolve(path)
+    tree = _open_tree(_open_existing_store(args), root)
+    with _path_errors(args.target):
+        node = tree.resolve(path)
     if isinstance(node, Directory):
         listing = sorted(tree.entries(node).items())
     else:
@@ -95,8 +139,10 @@ def _ls_line(tree: Tree, name: str, node: Node) -> str:
 
 def cmd_cat(args: argparse.Namespace) -> int:
     root, path = _split_target(args.target)
-    tree = Tree(_open_store(args), root, read_only=True)
-    reader = tree.reader(tree.resolve_file(path))
+    tree = _open_tree(_open_existing_store(args), root)
+    with _path_errors(args.target):
+        file = tree.resolve_file(path)
+    reader = tree.reader(file)
     out = sys.stdout.buffer
     for offset in range(0, reader.size, 1 << 20):
         out.write(reader.read(offset, 1 << 20))
@@ -158,7 +204,7 @@ def _fusermount_unmount(mountpoint: Path) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
-    store = _open_store(args)
+    store = _open_store(args, durable=False)  # the daemon's fsync and sync make blocks durable (syncfs)
     mountpoint = Path(args.mountpoint).resolve()
     _check_mountpoint(mountpoint, store)
     root = _resolve_root(store, args.root)
@@ -185,6 +231,7 @@ def _run_daemon(args: argparse.Namespace, store: DirectoryBlockstore, mountpoint
         if args.ready_fd is not None:
             os.write(args.ready_fd, b"READY\n")
             os.close(args.ready_fd)
+            args.ready_fd = None  # closed: a later failure must not write to whatever reuses the number
         print(f"mounted {cids.cid_to_str(root) if root else 'empty'} at {mountpoint}", file=sys.stderr)
 
     try:
@@ -289,19 +336,28 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common_options(default: object) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--store", metavar="DIR", help="blockstore directory (default: $IPLDMOUNT_STORE or $XDG_DATA_HOME/ipldmount)"
+        "--store",
+        metavar="DIR",
+        default=default,
+        help="blockstore directory (default: $IPLDMOUNT_STORE or $XDG_DATA_HOME/ipldmount)",
     )
-    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    common.add_argument("-v", "--verbose", action="count", default=default, help="more logging (-vv for debug)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipldmount",
         usage="ipldmount ROOT MOUNTPOINT [options]\n       ipldmount COMMAND ...",
         description="Mount an IPLD tree (zarr data in content-addressed storage) as a writable directory.",
         epilog="Run `ipldmount COMMAND --help` for a command's options.",
-        parents=[common],
+        parents=[_common_options(argparse.SUPPRESS)],
     )
+    parser.set_defaults(store=None, verbose=0)
+    common = _common_options(argparse.SUPPRESS)  # after the command too; a value given before it stays
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, description=help_text, parents=[common], prog=f"ipldmount {name}")
