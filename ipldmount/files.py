@@ -9,6 +9,8 @@ bottom-up, so no block outgrows the limit however large the file.
 from __future__ import annotations
 
 import bisect
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, Protocol
 
@@ -256,11 +258,13 @@ class RawReader:
     def __init__(self, store: Blockstore, cid: bytes, size: int) -> None:
         self.store, self.cid, self.size = store, cid, size
         self._data: bytes | None = None
+        self._lock = threading.Lock()  # concurrent read-ahead requests share one load
 
     def read(self, offset: int, size: int) -> bytes:
         if self.size <= self.VERIFY_LIMIT:
-            if self._data is None:
-                self._data = self.store.get(self.cid)
+            with self._lock:
+                if self._data is None:
+                    self._data = self.store.get(self.cid)
             return self._data[offset : offset + size]
         return self.store.read(self.cid, offset, size)
 
@@ -293,15 +297,21 @@ def fbl_size(store: Blockstore, cid: bytes) -> int:
 
 
 class FblReader:
-    """Random access into a chunked file, keeping the last leaf it read."""
+    """Random access into a chunked file, keeping the few leaves it read last.
+
+    The kernel reads ahead with several requests at once, each a slice of the
+    same leaf; the lock makes them share one load (and one hash check) of it.
+    """
+
+    LEAVES_KEPT = 4
 
     def __init__(self, store: Blockstore, root: bytes) -> None:
         self.store = store
         self._nodes: dict[bytes, tuple[list[int], list[bytes]]] = {}
         self.root = root
         self.size = self._node(root)[0][-1]
-        self._leaf: tuple[bytes, bytes] | None = None
-        self._last: tuple[int, bytes] | None = None  # (file offset, bytes) of the last leaf read
+        self._leaves: OrderedDict[int, bytes] = OrderedDict()  # file offset of a leaf -> its bytes
+        self._lock = threading.Lock()
 
     def _node(self, cid: bytes) -> tuple[list[int], list[bytes]]:
         """Cumulative end offsets and child CIDs of an FBL node."""
@@ -314,19 +324,26 @@ class FblReader:
             self._nodes[cid] = (ends, children)
         return self._nodes[cid]
 
-    def _leaf_bytes(self, cid: bytes) -> bytes:
-        if self._leaf is None or self._leaf[0] != cid:
-            self._leaf = (cid, self.store.get(cid))
-        return self._leaf[1]
+    def _leaf_at(self, start: int, cid: bytes, length: int | None) -> bytes:
+        """The leaf that begins at file offset *start*, cut to its stated *length*."""
+        with self._lock:
+            leaf = self._leaves.get(start)
+            if leaf is None:
+                leaf = self.store.get(cid)
+                if length is not None and len(leaf) > length:  # only the bytes its entry states count
+                    leaf = leaf[:length]
+                self._leaves[start] = leaf
+                if len(self._leaves) > self.LEAVES_KEPT:
+                    self._leaves.popitem(last=False)
+            else:
+                self._leaves.move_to_end(start)
+            return leaf
 
     def cached(self, offset: int, size: int) -> bytes | None:
-        last = self._last
-        if last is None:
-            return None
-        start, data = last
         end = min(offset + size, self.size)
-        if start <= offset and end <= start + len(data):
-            return data[offset - start : end - start]
+        for start, data in list(self._leaves.items()):
+            if start <= offset and end <= start + len(data):
+                return data[offset - start : end - start]
         return None
 
     def read(self, offset: int, size: int) -> bytes:
@@ -356,8 +373,5 @@ class FblReader:
             offset -= skipped
             part_length = ends[index] - skipped
             cid = children[index]
-        leaf = self._leaf_bytes(cid)
-        if part_length is not None and len(leaf) > part_length:  # only the bytes its entry states count
-            leaf = leaf[:part_length]
-        self._last = (leaf_start - offset, leaf)
+        leaf = self._leaf_at(leaf_start - offset, cid, part_length)
         return leaf[offset : offset + size]
