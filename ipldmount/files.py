@@ -175,10 +175,12 @@ def store_stream(store: Blockstore, stream: BinaryIO, chunk_size: int | None = B
 
 def store_chunks(store: Blockstore, chunks: Iterable[bytes | memoryview], chunk_size: int) -> StoredFile:
     """Store pre-cut leaves (every one but the last exactly *chunk_size*) under an FBL root."""
-    entries: list[tuple[bytes, int]] = []
-    for chunk in chunks:
-        if chunk:
-            entries.append((store.put(bytes(chunk), cids.RAW), len(chunk)))
+    entries = [(store.put(bytes(chunk), cids.RAW), len(chunk)) for chunk in chunks if chunk]
+    return store_leaves(store, entries)
+
+
+def store_leaves(store: Blockstore, entries: list[tuple[bytes, int]]) -> StoredFile:
+    """A file made of raw leaves already stored, as ``(cid, length)`` in order (FBL root if several)."""
     total = sum(length for _, length in entries)
     if len(entries) <= 1:
         return StoredFile(entries[0][0] if entries else store.put(b"", cids.RAW), total)
