@@ -22,6 +22,7 @@ from . import car, control
 from . import cid as cids
 from .blockstore import DirectoryBlockstore, default_store_path
 from .errors import IpldmountError, IsADirectoryError_, NotADirectoryError_, NotFoundError
+from .journal import Journal
 from .progress import Progress
 from .session import state_dir, write_car_file
 from .tree import Directory, File, Node, Tree
@@ -153,10 +154,12 @@ def cmd_cat(args: argparse.Namespace) -> int:
 # --- mounting ---------------------------------------------------------------------
 
 
-def _resolve_root(store: DirectoryBlockstore, root: str) -> bytes | None:
-    """ROOT as a CID in the store: ``empty``, a ``.car`` file (imported first), or a CID."""
+def _resolve_root(store: DirectoryBlockstore, root: str, mountpoint: Path) -> bytes | None:
+    """ROOT as a CID in the store: ``empty``, ``resume``, a ``.car`` file (imported first), or a CID."""
     if root == "empty":
         return None
+    if root == "resume":
+        return _last_root(store, mountpoint)
     path = Path(root)
     if path.is_file():
         with path.open("rb") as stream:
@@ -164,9 +167,26 @@ def _resolve_root(store: DirectoryBlockstore, root: str) -> bytes | None:
         return roots[0]
     cid = cids.parse_cid(root)
     if not store.has(cid):
-        raise IpldmountError(f"root {root} is not in the store {store.root} (import its CAR first, or pass the .car)")
+        raise IpldmountError(
+            f"root {root} is not in the store {store.root} (import its CAR first, or pass the .car)"
+        )
     Tree(store, cid, read_only=True)  # a root that is not a directory is refused here, not in the daemon
     return cid
+
+
+def _last_root(store: DirectoryBlockstore, mountpoint: Path) -> bytes | None:
+    """The root this mountpoint had last: its journal's base (changes pending on it come back), else
+    the last root synced there, else empty. What a service restarting after a crash wants."""
+    state = state_dir(store, mountpoint)
+    pending = Journal(state / "journal").read()
+    if pending is not None:
+        return pending.root
+    roots_log = state / "roots.log"
+    if roots_log.exists():
+        lines = roots_log.read_text().splitlines()
+        if lines:
+            return cids.parse_cid(json.loads(lines[-1])["root"])
+    return None
 
 
 def _check_mountpoint(mountpoint: Path, store: DirectoryBlockstore) -> None:
@@ -178,7 +198,10 @@ def _check_mountpoint(mountpoint: Path, store: DirectoryBlockstore) -> None:
         pid = int(pid_file.read_text()) if pid_file.exists() else None
         if pid is None or _alive(pid):
             raise
-        print(f"ipldmount: {mountpoint} was left mounted by a daemon that died (pid {pid}); clearing it", file=sys.stderr)
+        print(
+            f"ipldmount: {mountpoint} was left mounted by a daemon that died (pid {pid}); clearing it",
+            file=sys.stderr,
+        )
         _fusermount_unmount(mountpoint)
     except FileNotFoundError:
         raise IpldmountError(f"mountpoint {mountpoint} does not exist") from None
@@ -204,16 +227,20 @@ def _fusermount_unmount(mountpoint: Path) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    if args.store:  # absolute: the daemon reports paths in the store to clients that run elsewhere
+        args.store = str(Path(args.store).resolve())
     store = _open_store(args, durable=False)  # the daemon's fsync and sync make blocks durable (syncfs)
     mountpoint = Path(args.mountpoint).resolve()
     _check_mountpoint(mountpoint, store)
-    root = _resolve_root(store, args.root)
+    root = _resolve_root(store, args.root, mountpoint)
     if args.foreground:
         return _run_daemon(args, store, mountpoint, root)
     return _spawn_daemon(args, store, mountpoint, root)
 
 
-def _run_daemon(args: argparse.Namespace, store: DirectoryBlockstore, mountpoint: Path, root: bytes | None) -> int:
+def _run_daemon(
+    args: argparse.Namespace, store: DirectoryBlockstore, mountpoint: Path, root: bytes | None
+) -> int:
     from . import daemon  # pyfuse3 is needed only here
 
     config = daemon.MountConfig(
@@ -251,11 +278,20 @@ def _report_failure(fd: int, exc: BaseException) -> None:
         pass
 
 
-def _spawn_daemon(args: argparse.Namespace, store: DirectoryBlockstore, mountpoint: Path, root: bytes | None) -> int:
+def _spawn_daemon(
+    args: argparse.Namespace, store: DirectoryBlockstore, mountpoint: Path, root: bytes | None
+) -> int:
     """Start the daemon in the background and return once the mount is live (or failed)."""
     log_path = state_dir(store, mountpoint) / "daemon.log"
     read_end, write_end = os.pipe()
-    command = [sys.executable, "-m", "ipldmount", "mount", cids.cid_to_str(root) if root else "empty", str(mountpoint)]
+    command = [
+        sys.executable,
+        "-m",
+        "ipldmount",
+        "mount",
+        cids.cid_to_str(root) if root else "empty",
+        str(mountpoint),
+    ]
     command += ["--foreground", "--store", str(store.root), "--ready-fd", str(write_end)]
     command += ["--read-only"] * args.read_only + ["--whole-files"] * args.whole_files
     command += ["--allow-other"] * args.allow_other + ["-v"] * args.verbose
@@ -263,14 +299,19 @@ def _spawn_daemon(args: argparse.Namespace, store: DirectoryBlockstore, mountpoi
         command += ["--car-dir", str(Path(args.car_dir).resolve())]
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, pass_fds=(write_end,),
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            pass_fds=(write_end,),
             start_new_session=True,
         )
     os.close(write_end)
     with os.fdopen(read_end, "rb") as ready:
         message = ready.read().decode(errors="replace").strip()
     if message.startswith("READY"):
-        print(f"mounted {cids.cid_to_str(root) if root else 'empty'} at {mountpoint} (daemon pid {process.pid}, log {log_path})")
+        shown = cids.cid_to_str(root) if root else "empty"
+        print(f"mounted {shown} at {mountpoint} (daemon pid {process.pid}, log {log_path})")
         return 0
     process.wait()
     reason = message.removeprefix("ERROR ").strip() or f"the daemon exited with status {process.returncode}"
@@ -309,7 +350,9 @@ def _wait_unmounted(mountpoint: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while os.path.ismount(mountpoint):
         if time.monotonic() > deadline:
-            raise IpldmountError(f"{mountpoint} is still mounted after {timeout:.0f}s (busy? see the daemon log)")
+            raise IpldmountError(
+                f"{mountpoint} is still mounted after {timeout:.0f}s (busy? see the daemon log)"
+            )
         time.sleep(0.05)
 
 
@@ -344,7 +387,9 @@ def _common_options(default: object) -> argparse.ArgumentParser:
         default=default,
         help="blockstore directory (default: $IPLDMOUNT_STORE or $XDG_DATA_HOME/ipldmount)",
     )
-    common.add_argument("-v", "--verbose", action="count", default=default, help="more logging (-vv for debug)")
+    common.add_argument(
+        "-v", "--verbose", action="count", default=default, help="more logging (-vv for debug)"
+    )
     return common
 
 
@@ -360,9 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_options(argparse.SUPPRESS)  # after the command too; a value given before it stays
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text, parents=[common], prog=f"ipldmount {name}")
+        sub.add_parser(
+            name, help=help_text, description=help_text, parents=[common], prog=f"ipldmount {name}"
+        )
     mount = sub.choices["mount"]
-    mount.add_argument("root", metavar="ROOT", help="a root CID in the store, a .car file to import, or 'empty'")
+    mount.add_argument(
+        "root",
+        metavar="ROOT",
+        help="a root CID in the store, a .car file to import, 'empty', or 'resume' (the root this "
+        "mountpoint had last, with its unsynced changes)",
+    )
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
     mount.add_argument("-f", "--foreground", action="store_true", help="serve in this process (for systemd)")
     mount.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
@@ -375,17 +427,29 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("sync", "unmount", "status"):
         sub.choices[name].add_argument("mountpoint", metavar="MOUNTPOINT")
     for name in ("sync", "unmount"):
-        sub.choices[name].add_argument("--car", metavar="PATH", help="write the CAR here (default: STORE/cars/ROOT.car)")
-    sub.choices["unmount"].add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the unmount")
+        sub.choices[name].add_argument(
+            "--car", metavar="PATH", help="write the CAR here (default: STORE/cars/ROOT.car)"
+        )
+    sub.choices["unmount"].add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the unmount"
+    )
     sub.choices["status"].add_argument("--json", action="store_true", help="print JSON")
     sub.choices["import"].add_argument("car", metavar="FILE.car", help="the CARv1 archive to import")
     sub.choices["export"].add_argument("cid", metavar="CID", help="root CID to export")
     sub.choices["export"].add_argument(
-        "-o", "--output", required=True, metavar="FILE.car", help="where to write the archive ('-' for stdout)"
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE.car",
+        help="where to write the archive ('-' for stdout)",
     )
-    sub.choices["ls"].add_argument("target", metavar="CID[/PATH]", help="a root CID, optionally with a path in it")
+    sub.choices["ls"].add_argument(
+        "target", metavar="CID[/PATH]", help="a root CID, optionally with a path in it"
+    )
     sub.choices["ls"].add_argument("-l", "--long", action="store_true", help="show kind, size and CID")
-    sub.choices["cat"].add_argument("target", metavar="CID/PATH", help="a root CID and the path of a file in it")
+    sub.choices["cat"].add_argument(
+        "target", metavar="CID/PATH", help="a root CID and the path of a file in it"
+    )
     return parser
 
 

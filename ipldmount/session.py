@@ -85,9 +85,9 @@ class Session:
             return
         if pending.root != root:
             raise PendingChangesError(
-                f"{self.mountpoint} has {len(pending.records)} unsynced changes from an earlier session on root "
-                f"{_show(pending.root)}; mount that root again to recover them (they are in {self.journal.path}), "
-                f"or delete that file to discard them"
+                f"{self.mountpoint} has {len(pending.records)} unsynced changes from an earlier session "
+                f"on root {_show(pending.root) or 'empty'}; mount ROOT 'resume' (or that root) to recover "
+                f"them (they are in {self.journal.path}), or delete that file to discard them"
             )
         self._replay(pending)
         self.journal.start(root, keep=True)
@@ -153,7 +153,9 @@ class Session:
         self.tree.rmdir(directory, name)
         self.journal.append("rmdir", path=path)
 
-    def rename(self, source: Directory, name: str, target: Directory, new_name: str, *, replace: bool = True) -> None:
+    def rename(
+        self, source: Directory, name: str, target: Directory, new_name: str, *, replace: bool = True
+    ) -> None:
         src, dst = self._path(source, name), self._path(target, new_name)
         self.tree.rename(source, name, target, new_name, replace=replace)
         self.journal.append("rename", src=src, dst=dst)
@@ -170,7 +172,9 @@ class Session:
         if path is None:
             return  # unlinked while open: nothing in the tree to keep
         if isinstance(content, StoredFile):
-            self.journal.append("write", path=path, cid=cids.cid_to_str(content.cid), size=content.size_in(self.store))
+            self.journal.append(
+                "write", path=path, cid=cids.cid_to_str(content.cid), size=content.size_in(self.store)
+            )
         else:
             assert isinstance(content, PendingFile | InlineFile)
             self.journal.append("write", path=path, data=encode_data(content.data))
@@ -199,12 +203,24 @@ class Session:
         leaves either the old root with its journal or the new root, never a mix.
         """
         root = self.tree.commit()
-        car_path = car_path or self.car_dir / f"{cids.cid_to_str(root)}.car"
-        car_bytes = write_car_file(self.store, root, car_path)
-        self.journal.reset(root)
-        self.base_root = root
-        self._record_root(root, car_path)
-        log.info("synced %s: root %s, CAR %s (%d bytes)", self.mountpoint, cids.cid_to_str(root), car_path, car_bytes)
+        self.store.sync()  # also the blocks stored at close, which the daemon does not fsync one by one
+        default_car = self.car_dir / f"{cids.cid_to_str(root)}.car"
+        car_path = car_path or default_car
+        if car_path == default_car and car_path.exists():
+            car_bytes = car_path.stat().st_size  # named by its root and written atomically: already right
+        else:
+            car_bytes = write_car_file(self.store, root, car_path)
+        if root != self.base_root or self.journal.pending:
+            self.journal.reset(root)
+            self.base_root = root
+            self._record_root(root, car_path)
+        log.info(
+            "synced %s: root %s, CAR %s (%d bytes)",
+            self.mountpoint,
+            cids.cid_to_str(root),
+            car_path,
+            car_bytes,
+        )
         return SyncResult(cids.cid_to_str(root), car_path, car_bytes)
 
     def _record_root(self, root: bytes, car_path: Path) -> None:
@@ -258,4 +274,3 @@ def write_car_file(
 
 def _show(root: bytes | None) -> str | None:
     return cids.cid_to_str(root) if root else None
-
