@@ -70,12 +70,16 @@ def run(config: MountConfig, ready: Callable[[], None]) -> None:
     clean = False
     try:
         pid_file.write_text(f"{os.getpid()}\n")
-        trio.run(_serve, ops, control, ready)
+        try:
+            trio.run(_serve, ops, control, ready)
+        except BaseExceptionGroup as group:
+            raise _single(group) from None  # what failed, not "Exceptions from Trio nursery"
         clean = True
     finally:
         pyfuse3.close(unmount=is_mounted(config.mountpoint))
         session.close(clean)
-        control.unlink(missing_ok=True)
+        if _bound_by_us(control):
+            control.unlink()  # never another daemon's: one that failed to bind leaves it alone
         pid_file.unlink(missing_ok=True)
     log.info("unmounted %s; final root %s", config.mountpoint, session.status()["root"])
 
@@ -90,9 +94,34 @@ async def _serve(ops: Operations, control: Path, ready: Callable[[], None]) -> N
         log.info("serving %s (root %s)", ops.session.mountpoint, ops.session.status()["root"])
         await pyfuse3.main()
         if not ops.read_only and (ops.session.dirty or ops.buffers):
-            result = await ops.sync()
+            try:
+                result = await ops.sync()
+            except IpldmountError as exc:
+                raise IpldmountError(
+                    f"the final sync of {ops.session.mountpoint} failed: {exc}; its changes stay in the "
+                    f"journal {ops.session.journal.path} and come back when this mountpoint mounts the "
+                    f"same root again"
+                ) from exc
             log.info("final sync on exit: root %s, CAR %s", result.root, result.car)
         nursery.cancel_scope.cancel()
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception inside nested single-member groups (trio wraps everything), else the group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+_bound_sockets: dict[Path, int] = {}  # control socket path -> inode, for the sockets this process bound
+
+
+def _bound_by_us(path: Path) -> bool:
+    try:
+        return path.stat().st_ino == _bound_sockets.get(path)
+    except FileNotFoundError:
+        return False
 
 
 def _listen(path: Path) -> trio.SocketListener:
@@ -109,6 +138,7 @@ def _listen(path: Path) -> trio.SocketListener:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(path))
     os.chmod(path, 0o600)
+    _bound_sockets[path] = path.stat().st_ino
     sock.listen(16)
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 

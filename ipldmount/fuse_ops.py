@@ -105,6 +105,8 @@ class WriteBuffer:
     handles: int = 0
     generation: int = 0  # bumped by every write; a store only clears `dirty` if none came meanwhile
     dirty: bool = False
+    busy: int = 0  # requests using `fd` in a worker thread right now: it stays open until they finish
+    applied: int = -1  # the generation whose content the tree holds: an older store never overwrites it
 
 
 @dataclass
@@ -216,7 +218,15 @@ class Operations(pyfuse3.Operations):
         attrs.st_mode = meta.mode
         attrs.st_nlink = max(len(node.links), 1) if isinstance(node, File) else 1
         attrs.st_uid, attrs.st_gid = meta.uid, meta.gid
-        attrs.st_size = 0 if isinstance(node, Broken) else self._size(ino, node)
+        try:
+            attrs.st_size = 0 if isinstance(node, Broken) else self._size(ino, node)
+        except IpldmountError as exc:
+            # A missing or corrupt block must not fail lookup or readdir of the whole directory
+            # (the entry could not even be removed); reading it fails in open instead. Not
+            # cached, so the size shows once the block is back.
+            log.error("size of %s is unknown: %s", self.tree.path_of(node), exc)
+            attrs.st_size = 0
+            attrs.entry_timeout = attrs.attr_timeout = 0
         attrs.st_blksize = BLOCK_SIZE
         attrs.st_blocks = (attrs.st_size + 511) // 512
         attrs.st_atime_ns, attrs.st_mtime_ns, attrs.st_ctime_ns = meta.atime_ns, meta.mtime_ns, meta.ctime_ns
@@ -425,6 +435,8 @@ class Operations(pyfuse3.Operations):
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         if writable:
             self._writable()
+        if inode not in self.buffers and not (writable and flags & os.O_TRUNC):
+            self.tree.size(node)  # unreadable content (a block is missing) is EIO here, not an empty file
         info = self._open_handle(inode, node, flags)
         if writable and flags & os.O_TRUNC:
             await self._truncate(inode, node, 0, info.fh)
@@ -448,7 +460,11 @@ class Operations(pyfuse3.Operations):
         handle = self.handles[fh]
         buffer = self.buffers.get(handle.ino)
         if buffer is not None:
-            return await trio.to_thread.run_sync(os.pread, buffer.fd, size, off)
+            buffer.busy += 1
+            try:
+                return await trio.to_thread.run_sync(os.pread, buffer.fd, size, off)
+            finally:
+                buffer.busy -= 1
         if handle.reader is None or handle.reader_content is not handle.node.content:
             handle.reader_content = handle.node.content
             handle.reader = await trio.to_thread.run_sync(self.tree.reader, handle.node)
@@ -464,7 +480,11 @@ class Operations(pyfuse3.Operations):
         if not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         buffer = await self._buffer(handle.ino, handle.node)
-        written: int = await trio.to_thread.run_sync(os.pwrite, buffer.fd, buf, off)
+        buffer.busy += 1
+        try:
+            written: int = await trio.to_thread.run_sync(os.pwrite, buffer.fd, buf, off)
+        finally:
+            buffer.busy -= 1
         buffer.generation += 1
         buffer.dirty = True
         return written
@@ -489,10 +509,7 @@ class Operations(pyfuse3.Operations):
         if buffer is None:
             return
         buffer.handles -= 1
-        if buffer.handles <= 0:
-            await self._store_if_dirty(handle.ino, handle.node)
-            del self.buffers[handle.ino]
-            os.close(buffer.fd)
+        await self._settle(handle.ino, handle.node, buffer)
 
     # --- write buffers ---------------------------------------------------------
 
@@ -521,13 +538,27 @@ class Operations(pyfuse3.Operations):
 
     async def _truncate(self, ino: int, node: File, size: int, fh: int | None) -> None:
         buffer = await self._buffer(ino, node, copy=size > 0)
-        await trio.to_thread.run_sync(os.ftruncate, buffer.fd, size)
+        buffer.busy += 1
+        try:
+            await trio.to_thread.run_sync(os.ftruncate, buffer.fd, size)
+        finally:
+            buffer.busy -= 1
         buffer.generation += 1
         buffer.dirty = True
-        if buffer.handles <= 0:  # truncate(2) with no open file: store it now
+        await self._settle(ino, node, buffer)  # truncate(2) with no open file: store it now
+
+    async def _settle(self, ino: int, node: File, buffer: WriteBuffer) -> None:
+        """Once no handle is open and no request uses the buffer: store what is unsaved, then close it.
+
+        Re-checked after every wait, because requests for the same inode (an open and
+        write, another release) run while this one waits for its worker thread.
+        """
+        while buffer.handles <= 0 and buffer.busy <= 0 and self.buffers.get(ino) is buffer:
+            if not buffer.dirty:
+                del self.buffers[ino]
+                os.close(buffer.fd)
+                return
             await self._store_if_dirty(ino, node)
-            del self.buffers[ino]
-            os.close(buffer.fd)
 
     async def _store_if_dirty(self, ino: int, node: Node) -> None:
         buffer = self.buffers.get(ino)
@@ -535,9 +566,16 @@ class Operations(pyfuse3.Operations):
             return
         generation = buffer.generation
         name = node.links[0][1] if node.links else ""
-        content = await trio.to_thread.run_sync(self._content_of, buffer.fd, name)
+        buffer.busy += 1
+        try:
+            content = await trio.to_thread.run_sync(self._content_of, buffer.fd, name)
+        finally:
+            buffer.busy -= 1
         async with self.lock:
+            if generation <= buffer.applied:
+                return  # a store that started later has already put newer content in the tree
             self.session.set_content(node, content)
+            buffer.applied = generation
         if buffer.generation == generation:
             buffer.dirty = False
         self._touch(node)
