@@ -35,12 +35,12 @@ from .errors import IpldmountError, ReadOnlyError, errno_for
 from .files import FileReader
 from .session import Session, SyncResult
 from .tree import NAME_MAX, Broken, Directory, File, Node, check_name
+from .writebuffer import WriteBuffer
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 300.0  # seconds the kernel may cache entries and attributes: we are the only writer
 BLOCK_SIZE = 1 << 20  # st_blksize: tools size their buffers by it
-COPY_CHUNK = 1 << 20
 XATTR_CID = b"user.ipld.cid"
 XATTR_SOCKET = control.XATTR_SOCKET.encode()
 
@@ -70,7 +70,9 @@ def replies(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 def _brief(args: tuple[Any, ...]) -> str:
-    return "(" + ", ".join(repr(arg)[:80] for arg in args if not isinstance(arg, pyfuse3.RequestContext)) + ")"
+    return (
+        "(" + ", ".join(repr(arg)[:80] for arg in args if not isinstance(arg, pyfuse3.RequestContext)) + ")"
+    )
 
 
 def decode_name(raw: bytes) -> str:
@@ -98,14 +100,14 @@ class Meta:
 
 
 @dataclass
-class WriteBuffer:
-    """A file's content while it is being written: one temporary file shared by all its handles."""
+class OpenBuffer:
+    """An inode's content being written, shared by all its handles, with the adapter's bookkeeping."""
 
-    fd: int
+    data: WriteBuffer
     handles: int = 0
     generation: int = 0  # bumped by every write; a store only clears `dirty` if none came meanwhile
     dirty: bool = False
-    busy: int = 0  # requests using `fd` in a worker thread right now: it stays open until they finish
+    busy: int = 0  # requests using `data` in a worker thread right now: it stays open until they finish
     applied: int = -1  # the generation whose content the tree holds: an older store never overwrites it
 
 
@@ -175,7 +177,7 @@ class Operations(pyfuse3.Operations):
         self.read_only = session.read_only
         self.control_socket = control_socket
         self.inodes = InodeTable(self.tree.root)
-        self.buffers: dict[int, WriteBuffer] = {}
+        self.buffers: dict[int, OpenBuffer] = {}
         self.handles: dict[int, Handle] = {}
         self.listings: dict[int, DirListing] = {}
         self._next_fh = 1
@@ -205,7 +207,7 @@ class Operations(pyfuse3.Operations):
     def _size(self, ino: int, node: Node) -> int:
         buffer = self.buffers.get(ino)
         if buffer is not None:
-            return os.fstat(buffer.fd).st_size
+            return buffer.data.size
         if isinstance(node, File):
             return self.tree.size(node)
         return 0
@@ -249,7 +251,9 @@ class Operations(pyfuse3.Operations):
     # --- lookups and attributes ------------------------------------------------
 
     @replies
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         directory = self._directory(parent_inode)
         if name == b".":
             return self._entry(directory)
@@ -460,9 +464,11 @@ class Operations(pyfuse3.Operations):
         handle = self.handles[fh]
         buffer = self.buffers.get(handle.ino)
         if buffer is not None:
+            if buffer.data.stays_in_memory(off + size):
+                return buffer.data.read(off, size)
             buffer.busy += 1
             try:
-                return await trio.to_thread.run_sync(os.pread, buffer.fd, size, off)
+                return await trio.to_thread.run_sync(buffer.data.read, off, size)
             finally:
                 buffer.busy -= 1
         if handle.reader is None or handle.reader_content is not handle.node.content:
@@ -480,11 +486,14 @@ class Operations(pyfuse3.Operations):
         if not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         buffer = await self._buffer(handle.ino, handle.node)
-        buffer.busy += 1
-        try:
-            written: int = await trio.to_thread.run_sync(os.pwrite, buffer.fd, buf, off)
-        finally:
-            buffer.busy -= 1
+        if buffer.data.stays_in_memory(off + len(buf)):  # a memory copy: no thread hop needed
+            written = buffer.data.write(off, buf)
+        else:
+            buffer.busy += 1
+            try:
+                written = await trio.to_thread.run_sync(buffer.data.write, off, buf)
+            finally:
+                buffer.busy -= 1
         buffer.generation += 1
         buffer.dirty = True
         return written
@@ -513,41 +522,38 @@ class Operations(pyfuse3.Operations):
 
     # --- write buffers ---------------------------------------------------------
 
-    async def _buffer(self, ino: int, node: File, copy: bool = True) -> WriteBuffer:
+    async def _buffer(self, ino: int, node: File, copy: bool = True) -> OpenBuffer:
         """The inode's write buffer, made on first write from the current content (unless not *copy*)."""
         buffer = self.buffers.get(ino)
         if buffer is None:
-            fd = await trio.to_thread.run_sync(self._copy_to_temporary, node if copy else None)
+            data = await trio.to_thread.run_sync(self._new_write_buffer, node if copy else None)
             buffer = self.buffers.get(ino)  # another request may have made one meanwhile
             if buffer is None:
-                buffer = WriteBuffer(fd, handles=sum(1 for h in self.handles.values() if h.ino == ino))
+                buffer = OpenBuffer(data, handles=sum(1 for h in self.handles.values() if h.ino == ino))
                 self.buffers[ino] = buffer
             else:
-                os.close(fd)
+                data.close()
         return buffer
 
-    def _copy_to_temporary(self, node: File | None) -> int:
-        """An unnamed temporary file beside the blockstore, holding *node*'s content (or nothing)."""
-        fd = os.open(self._tmp, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
-        if node is None:
-            return fd
-        reader = self.tree.reader(node)
-        for offset in range(0, reader.size, COPY_CHUNK):
-            os.pwrite(fd, reader.read(offset, COPY_CHUNK), offset)
-        return fd
+    def _new_write_buffer(self, node: File | None) -> WriteBuffer:
+        """A write buffer holding *node*'s content (or nothing): may copy, so a worker thread's job."""
+        store, chunk_size = self.session.store, self.tree.chunk_size
+        if node is None or self.tree.size(node) == 0:
+            return WriteBuffer(store, self._tmp, chunk_size)
+        return WriteBuffer.from_reader(store, self._tmp, chunk_size, self.tree.reader(node))
 
     async def _truncate(self, ino: int, node: File, size: int, fh: int | None) -> None:
         buffer = await self._buffer(ino, node, copy=size > 0)
         buffer.busy += 1
         try:
-            await trio.to_thread.run_sync(os.ftruncate, buffer.fd, size)
+            await trio.to_thread.run_sync(buffer.data.truncate, size)
         finally:
             buffer.busy -= 1
         buffer.generation += 1
         buffer.dirty = True
         await self._settle(ino, node, buffer)  # truncate(2) with no open file: store it now
 
-    async def _settle(self, ino: int, node: File, buffer: WriteBuffer) -> None:
+    async def _settle(self, ino: int, node: File, buffer: OpenBuffer) -> None:
         """Once no handle is open and no request uses the buffer: store what is unsaved, then close it.
 
         Re-checked after every wait, because requests for the same inode (an open and
@@ -556,7 +562,7 @@ class Operations(pyfuse3.Operations):
         while buffer.handles <= 0 and buffer.busy <= 0 and self.buffers.get(ino) is buffer:
             if not buffer.dirty:
                 del self.buffers[ino]
-                os.close(buffer.fd)
+                buffer.data.close()
                 return
             await self._store_if_dirty(ino, node)
 
@@ -568,7 +574,7 @@ class Operations(pyfuse3.Operations):
         name = node.links[0][1] if node.links else ""
         buffer.busy += 1
         try:
-            content = await trio.to_thread.run_sync(self._content_of, buffer.fd, name)
+            content = await trio.to_thread.run_sync(self.session.content_of_buffer, buffer.data, name)
         finally:
             buffer.busy -= 1
         async with self.lock:
@@ -579,12 +585,6 @@ class Operations(pyfuse3.Operations):
         if buffer.generation == generation:
             buffer.dirty = False
         self._touch(node)
-
-    def _content_of(self, fd: int, name: str) -> Any:
-        size = os.fstat(fd).st_size
-        with os.fdopen(os.dup(fd), "rb") as stream:
-            stream.seek(0)
-            return self.session.store_file(stream, size, name)
 
     async def store_all(self) -> None:
         """Store every file still open with unsaved writes (before a sync or exit)."""
@@ -629,7 +629,8 @@ class Operations(pyfuse3.Operations):
         """The root as last synced; a directory as last committed; a file's content unless mid-write."""
         if ino == pyfuse3.ROOT_INODE:
             return self.session.base_root
-        if isinstance(node, File) and self.buffers.get(ino, WriteBuffer(-1)).dirty:
+        buffer = self.buffers.get(ino)
+        if isinstance(node, File) and buffer is not None and buffer.dirty:
             return None
         return self.tree.node_cid(node)
 

@@ -17,15 +17,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from . import car, metadata
 from . import cid as cids
 from .blockstore import DirectoryBlockstore
 from .errors import IpldmountError
-from .files import FileContent, InlineFile, PendingFile, StoredFile, store_stream
+from .files import FileContent, InlineFile, PendingFile, StoredFile
 from .journal import Journal, Pending, decode_data, encode_data
 from .tree import Directory, File, Node, Tree
+from .writebuffer import WriteBuffer
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +180,14 @@ class Session:
             assert isinstance(content, PendingFile | InlineFile)
             self.journal.append("write", path=path, data=encode_data(content.data))
 
-    def store_file(self, stream: BinaryIO, size: int, name: str) -> FileContent:
-        """Turn a written file into content: touches only the blockstore, so safe in a worker thread."""
-        if metadata.is_metadata_name(name) and size <= metadata.MAX_INLINE_SOURCE:
-            return PendingFile(stream.read(), self.tree.chunk_size)
-        return store_stream(self.store, stream, self.tree.chunk_size)
+    def content_of_buffer(self, buffer: WriteBuffer, name: str) -> FileContent:
+        """Turn a written file into content: touches only the blockstore, so safe in a worker thread.
+
+        Metadata waits in memory for the commit, which inlines it or stores it raw.
+        """
+        if metadata.is_metadata_name(name) and buffer.size <= metadata.MAX_INLINE_SOURCE:
+            return PendingFile(buffer.read(0, buffer.size), self.tree.chunk_size)
+        return buffer.store()
 
     def flush(self) -> None:
         """What ``fsync`` promises: every change so far survives a machine crash."""
