@@ -464,7 +464,7 @@ class Operations(pyfuse3.Operations):
         handle = self.handles[fh]
         buffer = self.buffers.get(handle.ino)
         if buffer is not None:
-            if buffer.data.stays_in_memory(off + size):
+            if buffer.data.read_is_cheap(off):
                 return buffer.data.read(off, size)
             buffer.busy += 1
             try:
@@ -486,7 +486,7 @@ class Operations(pyfuse3.Operations):
         if not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         buffer = await self._buffer(handle.ino, handle.node)
-        if buffer.data.stays_in_memory(off + len(buf)):  # a memory copy: no thread hop needed
+        if buffer.data.write_is_cheap(off, off + len(buf)):  # a memory copy: no thread hop needed
             written = buffer.data.write(off, buf)
         else:
             buffer.busy += 1
