@@ -16,8 +16,8 @@ to the thread that opened it.
 from __future__ import annotations
 
 import ctypes
-import functools
 import errno
+import functools
 import hashlib
 import json
 import logging

@@ -459,9 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments and not arguments[0].startswith("-") and arguments[0] not in COMMANDS:
         arguments.insert(0, "mount")  # `ipldmount ROOT MOUNTPOINT`
     args = parser.parse_args(arguments)
+    verbosity = args.verbose + (args.command == "mount")  # the daemon logs its syncs and final root
     logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-        format="%(levelname)s %(name)s: %(message)s",
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if args.command == "mount"
+        else "%(message)s",
     )
     handler = COMMANDS[args.command][0]
     try:

@@ -75,7 +75,9 @@ def request(mountpoint: Path, command: str, timeout: float | None = None, **argu
         try:
             connection.connect(str(path))
         except OSError as exc:
-            raise ControlError(f"cannot reach the daemon for {mountpoint} at {path}: {exc.strerror}") from None
+            raise ControlError(
+                f"cannot reach the daemon for {mountpoint} at {path}: {exc.strerror}"
+            ) from None
         connection.sendall(json.dumps({"command": command, **arguments}).encode() + b"\n")
         answer = _read_line(connection)
     if not answer.get("ok"):

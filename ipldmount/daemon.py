@@ -89,7 +89,7 @@ async def _serve(ops: Operations, control: Path, ready: Callable[[], None]) -> N
         listener = _listen(control)
         nursery.start_soon(trio.serve_listeners, functools.partial(_answer, ops), [listener])
         nursery.start_soon(_on_signals, ops)
-        tune_read_ahead(ops.session.mountpoint)
+        nursery.start_soon(_raise_read_ahead, ops.session.mountpoint)
         ready()
         log.info("serving %s (root %s)", ops.session.mountpoint, ops.session.status()["root"])
         await pyfuse3.main()
@@ -162,7 +162,11 @@ async def _dispatch(ops: Operations, data: bytes) -> dict[str, Any]:
         request = json.loads(data)
         command = request["command"]
         if command == "status":
-            return {"ok": True, **ops.session.status(), "open_unsaved_files": sum(b.dirty for b in ops.buffers.values())}
+            return {
+                "ok": True,
+                **ops.session.status(),
+                "open_unsaved_files": sum(b.dirty for b in ops.buffers.values()),
+            }
         if command in ("sync", "unmount"):
             car = Path(request["car"]) if request.get("car") else None
             answer: dict[str, Any] = {"ok": True, "unmounting": command == "unmount"}
@@ -213,13 +217,30 @@ def is_mounted(mountpoint: Path) -> bool:
     return mount_device(mountpoint) is not None
 
 
-def tune_read_ahead(mountpoint: Path) -> None:
-    """Raise the mount's read-ahead to 1 MiB: large sequential reads nearly double in speed."""
+async def _raise_read_ahead(mountpoint: Path) -> None:
+    """Raise the mount's read-ahead to 1 MiB: cold sequential reads go ~1.7x faster (bench).
+
+    The kernel sets it from the FUSE INIT reply, which pyfuse3.main() sends once it runs;
+    a value written before that is lowered again. So write it again until it stays.
+    """
+    for delay in (0.05, 0.2, 0.5, 1.0, 2.0):
+        await trio.sleep(delay)
+        if tune_read_ahead(mountpoint):
+            return
+
+
+def tune_read_ahead(mountpoint: Path) -> bool:
+    """Set the mount's read-ahead to READ_AHEAD_KB; True if it reads back so."""
     device = mount_device(mountpoint)
+    path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
     try:
-        Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
+        if path.read_text().strip() != str(READ_AHEAD_KB):
+            path.write_text(str(READ_AHEAD_KB))
+            return False  # check again later: INIT may not have been answered yet
+        return True
     except OSError as exc:
         log.debug("could not raise read-ahead on %s (bdi %s): %s", mountpoint, device, exc)
+        return True
 
 
 def sd_notify(message: str) -> None:

@@ -21,7 +21,7 @@ import os
 import stat
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -48,7 +48,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def replies(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def replies(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Answer every failure with an errno (the mapping lives in errors.errno_for) and log why."""
 
     @functools.wraps(handler)
@@ -261,7 +261,7 @@ class Operations(pyfuse3.Operations):
             return self._entry(directory.links[0][0] if directory.links else directory)
         return self._entry(self.tree.lookup(directory, decode_name(name)))
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             in_use = ino in self.buffers or any(handle.ino == ino for handle in self.handles.values())
             self.inodes.forget(ino, count, in_use)
