@@ -17,6 +17,8 @@ from typing import Any
 from .errors import IpldmountError
 
 MAX_MESSAGE = 1 << 20
+# What a mount whose daemon died answers: ENOTCONN, or ECONNABORTED once the kernel aborted it.
+STALE_ERRNOS = frozenset({errno.ENOTCONN, errno.ECONNABORTED})
 XATTR_SOCKET = "user.ipld.socket"
 
 
@@ -50,7 +52,7 @@ def check_mountpoint(mountpoint: Path) -> None:
     try:
         os.statvfs(mountpoint)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in STALE_ERRNOS:
             raise StaleMountError(
                 f"{mountpoint} is a stale mount: its daemon died (Transport endpoint is not connected). "
                 f"Run `ipldmount unmount {mountpoint}` to clear it, then mount again: "
