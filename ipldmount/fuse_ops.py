@@ -564,11 +564,24 @@ class Operations(pyfuse3.Operations):
                 del self.buffers[ino]
                 buffer.data.close()
                 return
-            await self._store_if_dirty(ino, node)
+            try:
+                await self._store_if_dirty(ino, node)
+            except Exception:
+                # The last close got the error (ENOSPC, say); a buffer kept for a retry
+                # nobody can make would only fail every later sync. The tree keeps the
+                # content of the file's last successful close.
+                if buffer.handles <= 0 and self.buffers.get(ino) is buffer:
+                    log.error("%s: unsaved writes dropped after a failed close", self.tree.path_of(node))
+                    del self.buffers[ino]
+                    buffer.data.close()
+                raise
 
     async def _store_if_dirty(self, ino: int, node: Node) -> None:
         buffer = self.buffers.get(ino)
         if buffer is None or not buffer.dirty or not isinstance(node, File):
+            return
+        if not node.links:  # unlinked while open: no name will ever show this content
+            buffer.dirty = False
             return
         generation = buffer.generation
         name = node.links[0][1] if node.links else ""

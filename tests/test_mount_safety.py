@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -350,3 +351,41 @@ def test_kill_9_during_a_stream_of_writes(mounts: Mounts) -> None:
     assert len(on_mount) - len(closed) <= 1  # at most the one being written when the daemon died
     for name, data in closed.items():
         assert read_file(mnt / name) == data, name
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, so the blockstore on it fills up."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], check=True, timeout=30)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
+
+
+def test_full_disk_answers_enospc_and_loses_nothing(mounts: Mounts, small_disk: Path, tmp_path: Path) -> None:
+    ballast = small_disk / "ballast"  # stands for whatever the user can delete to make room
+    ballast.write_bytes(bytes(1536 * 1024))
+    mnt = mounts(store=small_disk / "store").mount("empty", "--car-dir", str(tmp_path / "cars"))
+    write_file(mnt / "kept", b"closed before the disk filled up")
+    with pytest.raises(OSError) as caught, open(mnt / "big", "wb") as stream:
+        for _ in range(16):  # 16 MiB onto a 4 MiB disk
+            stream.write(os.urandom(1 << 20))
+            stream.flush()
+    assert caught.value.errno == errno.ENOSPC, caught.value
+    assert "full" in mnt.daemon_log()  # the daemon says why
+    assert read_file(mnt / "kept") == b"closed before the disk filled up"
+    assert mnt.daemon_answers(), "the daemon keeps serving after ENOSPC"
+    os.unlink(mnt / "big")
+
+    # The leaves stored before the disk filled up still take the space (no gc yet), so a
+    # sync may fail too: with one line saying so, and with every change still pending.
+    result = mnt.cli("sync", mnt.path)
+    if result.returncode != 0:
+        assert_one_line_error(result, "full")
+        assert int(mnt.status()["unsynced_changes"]) > 0  # type: ignore[call-overload]
+    ballast.unlink()
+    root = mnt.sync()
+    assert check(mnt.cli("ls", root)).stdout.split() == ["kept"]
