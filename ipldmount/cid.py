@@ -23,8 +23,6 @@ SHA2_256 = 0x12
 _PREFIX = {RAW: bytes([0x01, RAW, SHA2_256, 0x20]), DAG_CBOR: bytes([0x01, DAG_CBOR, SHA2_256, 0x20])}
 CID_LENGTH = 36  # version + codec + multihash header (2) + sha2-256 digest (32)
 
-CODEC_NAMES = {RAW: "raw", DAG_CBOR: "dag-cbor"}
-
 
 def digest_cid(codec: int, digest: bytes) -> bytes:
     """The binary CIDv1 of a sha2-256 *digest* under *codec*."""
@@ -39,10 +37,6 @@ def block_cid(codec: int, data: bytes | memoryview) -> bytes:
 def codec_of(cid: bytes) -> int:
     """The codec of a binary CID made by this project."""
     return cid[1]
-
-
-def digest_of(cid: bytes) -> bytes:
-    return cid[4:]
 
 
 def is_supported(cid: bytes) -> bool:

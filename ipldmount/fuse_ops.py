@@ -1,15 +1,16 @@
 """The FUSE adapter: kernel requests in, tree operations out.
 
 The only module that imports pyfuse3. It owns what exists only while mounted:
-inode numbers, open handles, the temporary files that hold content being
-written, and the in-memory attributes the format does not store (mode,
-owner, times). Every change goes through :class:`~ipldmount.session.Session`,
+inode numbers, open handles, the write buffers that hold content being
+written (:mod:`~ipldmount.writebuffer`), and the in-memory attributes the
+format does not store (mode, owner, times). Every change goes through :class:`~ipldmount.session.Session`,
 which journals it; a file's new content reaches the blockstore when the file
 is closed (``flush``) or fsynced, never later.
 
 Blocking I/O (copying, hashing, block reads that miss the cache) runs in
-worker threads so one big file never stalls the other requests; tree changes
-stay on the event loop, serialized with sync by one lock.
+worker threads so one big file never stalls the other requests; only plain
+memory copies (a write into the leaf being filled, a read of it) stay on the
+event loop, with the tree changes, which are serialized with sync by one lock.
 """
 
 from __future__ import annotations

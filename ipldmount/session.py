@@ -1,7 +1,7 @@
 """A mount session: the tree a daemon serves, its journal, and sync.
 
 Knows nothing of FUSE or trio: the FUSE adapter calls these methods from the
-event loop (and :meth:`Session.store_file` from worker threads), the control
+event loop (and :meth:`Session.content_of_buffer` from worker threads), the control
 server calls :meth:`Session.sync`. Every change to the tree goes through here,
 so every change is journaled before the request that made it is answered.
 """

@@ -57,10 +57,6 @@ class Node:
     def __init__(self) -> None:
         self.links: list[tuple[Directory, str]] = []  # every (directory, name) that refers to this node
 
-    @property
-    def parents(self) -> list[Directory]:
-        return [directory for directory, _ in self.links]
-
 
 class File(Node):
     __slots__ = ("content",)
