@@ -29,7 +29,7 @@ def digest_cid(codec: int, digest: bytes) -> bytes:
     return _PREFIX[codec] + digest
 
 
-def block_cid(codec: int, data: bytes | memoryview) -> bytes:
+def block_cid(codec: int, data: bytes | bytearray | memoryview) -> bytes:
     """The binary CIDv1 (sha2-256) of a block's bytes."""
     return _PREFIX[codec] + hashlib.sha256(data).digest()
 
