@@ -36,6 +36,10 @@ class CarError(IpldmountError):
     """A CAR archive is malformed, truncated, or holds a block that fails verification."""
 
 
+class FileTooLargeError(IpldmountError):
+    """A file would grow past the largest size the format accepts (FORMAT.md §5)."""
+
+
 class StoreFullError(IpldmountError):
     """The blockstore's disk is full; nothing partial was kept."""
 
@@ -98,6 +102,7 @@ _ERRNO: dict[type[BaseException], int] = {
     InvalidMoveError: errno.EINVAL,
     ReadOnlyError: errno.EROFS,
     StoreFullError: errno.ENOSPC,
+    FileTooLargeError: errno.EFBIG,
     BlockNotFoundError: errno.EIO,
     CorruptBlockError: errno.EIO,
     FormatError: errno.EIO,

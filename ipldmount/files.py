@@ -9,18 +9,44 @@ bottom-up, so no block outgrows the limit however large the file.
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Protocol
 
 from . import cid as cids
 from . import codec, metadata
 from .blockstore import Blockstore
-from .errors import FormatError
+from .errors import FileTooLargeError, FormatError
 
 BLOCK_LIMIT = 1 << 20
 FBL_WIDTH = 1024
+# The largest file: what an off_t (and the kernel's FUSE s_maxbytes) can hold. The chunked layout
+# describes it with 5 levels of nodes; a hole of that size costs one node per level.
+MAX_FILE_SIZE = 2**63 - 1
+# In whole-files mode a file is one raw block, hashed in one pass: beyond this it is refused.
+MAX_WHOLE_FILE_SIZE = 1 << 32
+
+
+def max_file_size(chunk_size: int | None) -> int:
+    """The largest file the layout for *chunk_size* accepts (None: whole-files mode)."""
+    return MAX_WHOLE_FILE_SIZE if chunk_size is None else MAX_FILE_SIZE
+
+
+def check_file_size(size: int, chunk_size: int | None) -> None:
+    """Raise FileTooLargeError (EFBIG) for a size past what the layout accepts."""
+    limit = max_file_size(chunk_size)
+    if size > limit:
+        raise FileTooLargeError(f"{size} bytes is past the largest file size, {limit} bytes")
+
+
+class BlockSink(Protocol):
+    """Where new blocks go: a blockstore, or a staging over one."""
+
+    def put(self, data: bytes, codec: int) -> bytes: ...
+
+    def has(self, cid: bytes) -> bool: ...
 
 
 class FileContent(Protocol):
@@ -99,7 +125,8 @@ class InlineFile:
         return len(self.data)
 
     def link(self, store: Blockstore) -> bytes:
-        if self._cid is None:
+        # Never trust a cached CID alone: the commit that stored it may have been rolled back.
+        if self._cid is None or not store.has(self._cid):
             self._cid = store.put(self.data, cids.RAW)
         return self._cid
 
@@ -134,7 +161,8 @@ class PendingFile:
         return len(self.data)
 
     def link(self, store: Blockstore) -> bytes:
-        if self._cid is None:
+        # Never trust a cached CID alone: the commit that stored it may have been rolled back.
+        if self._cid is None or not store.has(self._cid):
             self._cid = store_bytes(store, self.data, self.chunk_size).cid
         return self._cid
 
@@ -176,25 +204,114 @@ def store_stream(store: Blockstore, stream: BinaryIO, chunk_size: int | None = B
 def store_chunks(store: Blockstore, chunks: Iterable[bytes | memoryview], chunk_size: int) -> StoredFile:
     """Store pre-cut leaves (every one but the last exactly *chunk_size*) under an FBL root."""
     entries = [(store.put(bytes(chunk), cids.RAW), len(chunk)) for chunk in chunks if chunk]
-    return store_leaves(store, entries)
+    return store_leaves(store, entries, chunk_size)
 
 
-def store_leaves(store: Blockstore, entries: list[tuple[bytes, int]]) -> StoredFile:
-    """A file made of raw leaves already stored, as ``(cid, length)`` in order (FBL root if several)."""
-    total = sum(length for _, length in entries)
-    if len(entries) <= 1:
-        return StoredFile(entries[0][0] if entries else store.put(b"", cids.RAW), total)
-    while len(entries) > FBL_WIDTH:
+def store_leaves(store: Blockstore, entries: list[tuple[bytes, int]], chunk_size: int) -> StoredFile:
+    """A file made of raw leaves already stored, as ``(cid, length)`` in order: every leaf but
+    the last holds exactly *chunk_size* bytes (an FBL root if there are several)."""
+    if any(length != chunk_size for _, length in entries[:-1]):
+        raise ValueError("every leaf but the last must hold exactly chunk_size bytes")
+    size = sum(length for _, length in entries)
+    if not entries:
+        return StoredFile(store.put(b"", cids.RAW), 0)
+    return build_layout(store, size, chunk_size, lambda index, length: entries[index][0])
+
+
+# --- the chunked layout ---------------------------------------------------------
+
+LeafCid = Callable[[int, int], bytes]
+"""``leaf_cid(index, length)``: the CID of leaf *index*, which holds *length* bytes (stored)."""
+KnownNode = Callable[[int, int], bytes | None]
+"""``known_node(level, index)``: the CID of the full node (level, index) if it is already known."""
+
+
+def layout_height(leaves: int) -> int:
+    """Levels of FBL nodes above *leaves* leaves (0 for a single raw block)."""
+    height = 0
+    while FBL_WIDTH**height < leaves:
+        height += 1
+    return height
+
+
+def build_layout(
+    store: BlockSink,
+    size: int,
+    chunk_size: int,
+    leaf_cid: LeafCid,
+    known_node: KnownNode | None = None,
+) -> StoredFile:
+    """Store the FBL nodes of a file of *size* bytes cut into *chunk_size* leaves (FORMAT.md §5).
+
+    Node (level, index) covers leaves ``[index * W**level, (index + 1) * W**level)``
+    (``W`` = 1024), cut at the last leaf: exactly the nodes the bottom-up grouping of
+    FORMAT.md makes. A *full* node (one that covers ``W**level`` leaves) that
+    *known_node* can name is not built again: that is what makes a one-leaf change
+    cost one path of nodes, and a hole of any size cost one node per level.
+    """
+    leaves = -(-size // chunk_size)
+    if leaves <= 1:
+        return StoredFile(leaf_cid(0, size), size)
+
+    def node(level: int, index: int) -> bytes:
+        if level == 0:
+            return leaf_cid(index, min(chunk_size, size - index * chunk_size))
+        span = FBL_WIDTH ** (level - 1) * chunk_size  # bytes under each child
+        if known_node is not None and (index + 1) * FBL_WIDTH * span <= size:
+            known = known_node(level, index)
+            if known is not None:
+                return known
+        first = index * FBL_WIDTH
+        last = min(first + FBL_WIDTH, -(-size // span))
         entries = [
-            _put_fbl_node(store, entries[i : i + FBL_WIDTH]) for i in range(0, len(entries), FBL_WIDTH)
+            [min(span, size - child * span), codec.Link(node(level - 1, child))]
+            for child in range(first, last)
         ]
-    root, _ = _put_fbl_node(store, entries)
-    return StoredFile(root, total)
+        return store.put(codec.encode(entries), cids.DAG_CBOR)
+
+    return StoredFile(node(layout_height(leaves), 0), size)
 
 
-def _put_fbl_node(store: Blockstore, entries: list[tuple[bytes, int]]) -> tuple[bytes, int]:
-    node = [[length, codec.Link(cid)] for cid, length in entries]
-    return store.put(codec.encode(node), cids.DAG_CBOR), sum(length for _, length in entries)
+@functools.cache
+def zero_leaf(chunk_size: int) -> tuple[bytes, bytes]:
+    """(CID, bytes) of a full leaf of zeros."""
+    data = bytes(chunk_size)
+    return cids.block_cid(cids.RAW, data), data
+
+
+@functools.cache
+def zero_node(chunk_size: int, level: int) -> tuple[bytes, bytes]:
+    """(CID, encoding) of the full FBL node of *level* whose leaves are all zeros.
+
+    Every full stretch of a hole is this same node, so a hole costs one block per
+    level, whatever its size, and the file's CID is that of the same bytes written.
+    """
+    child, _ = zero_leaf(chunk_size) if level == 1 else zero_node(chunk_size, level - 1)
+    length = FBL_WIDTH ** (level - 1) * chunk_size
+    data = codec.encode([[length, codec.Link(child)]] * FBL_WIDTH)
+    return cids.block_cid(cids.DAG_CBOR, data), data
+
+
+def put_zero_leaf(store: BlockSink, chunk_size: int, length: int) -> bytes:
+    """The CID of a leaf of *length* zero bytes, stored."""
+    if length == chunk_size:
+        cid, data = zero_leaf(chunk_size)
+        if not store.has(cid):
+            store.put(data, cids.RAW)
+        return cid
+    return store.put(bytes(length), cids.RAW)
+
+
+def put_zero_node(store: BlockSink, chunk_size: int, level: int) -> bytes:
+    """The CID of the full all-zero node of *level*, stored with everything below it."""
+    cid, data = zero_node(chunk_size, level)
+    if not store.has(cid):
+        if level == 1:
+            put_zero_leaf(store, chunk_size, chunk_size)
+        else:
+            put_zero_node(store, chunk_size, level - 1)
+        store.put(data, cids.DAG_CBOR)
+    return cid
 
 
 class _CountingChunks:
@@ -239,6 +356,16 @@ class FileReader(Protocol):
         """The bytes if they are already in memory (no I/O), else None."""
         ...
 
+    def leaf_at(self, offset: int, length: int) -> bytes | None:
+        """The CID of a raw leaf that holds exactly the bytes ``[offset, offset + length)``,
+        if the content has one: reusable as is."""
+        ...
+
+    def full_node_at(self, offset: int, level: int, chunk_size: int) -> bytes | None:
+        """The CID of a full FBL node of *level* covering exactly ``[offset, offset + W**level *
+        chunk_size)`` laid out as FORMAT.md lays it out, if the content has one."""
+        ...
+
 
 class BytesReader:
     def __init__(self, data: bytes) -> None:
@@ -250,6 +377,12 @@ class BytesReader:
 
     def cached(self, offset: int, size: int) -> bytes | None:
         return self.data[offset : offset + size]
+
+    def leaf_at(self, offset: int, length: int) -> bytes | None:
+        return None
+
+    def full_node_at(self, offset: int, level: int, chunk_size: int) -> bytes | None:
+        return None
 
 
 class RawReader:
@@ -273,6 +406,12 @@ class RawReader:
     def cached(self, offset: int, size: int) -> bytes | None:
         data = self._data
         return None if data is None else data[offset : offset + size]
+
+    def leaf_at(self, offset: int, length: int) -> bytes | None:
+        return self.cid if offset == 0 and length == self.size else None
+
+    def full_node_at(self, offset: int, level: int, chunk_size: int) -> bytes | None:
+        return None
 
 
 def decode_fbl(data: bytes) -> list[tuple[bytes, int]]:
@@ -303,6 +442,7 @@ class FblReader:
 
     The kernel reads ahead with several requests at once, each a slice of the
     same leaf; the lock makes them share one load (and one hash check) of it.
+    Leaves are kept by CID, so a hole (one zero leaf, many times) is read once.
     """
 
     LEAVES_KEPT = 4
@@ -312,7 +452,9 @@ class FblReader:
         self._nodes: dict[bytes, tuple[list[int], list[bytes]]] = {}
         self.root = root
         self.size = self._node(root)[0][-1]
-        self._leaves: OrderedDict[int, bytes] = OrderedDict()  # file offset of a leaf -> its bytes
+        self._blocks: OrderedDict[bytes, bytes] = OrderedDict()  # leaf CID -> its bytes
+        self._recent: OrderedDict[int, bytes] = OrderedDict()  # file offset of a leaf -> its bytes
+        self._canonical: dict[tuple[bytes, int, int], bool] = {}
         self._lock = threading.Lock()
 
     def _node(self, cid: bytes) -> tuple[list[int], list[bytes]]:
@@ -329,21 +471,28 @@ class FblReader:
     def _leaf_at(self, start: int, cid: bytes, length: int | None) -> bytes:
         """The leaf that begins at file offset *start*, cut to its stated *length*."""
         with self._lock:
-            leaf = self._leaves.get(start)
-            if leaf is None:
-                leaf = self.store.get(cid)
-                if length is not None and len(leaf) > length:  # only the bytes its entry states count
-                    leaf = leaf[:length]
-                self._leaves[start] = leaf
-                if len(self._leaves) > self.LEAVES_KEPT:
-                    self._leaves.popitem(last=False)
+            leaf = self._recent.get(start)
+            if leaf is not None:
+                self._recent.move_to_end(start)
+                return leaf
+            block = self._blocks.get(cid)
+            if block is None:
+                block = self.store.get(cid)
+                self._blocks[cid] = block
+                if len(self._blocks) > self.LEAVES_KEPT:
+                    self._blocks.popitem(last=False)
             else:
-                self._leaves.move_to_end(start)
+                self._blocks.move_to_end(cid)
+            # only the bytes its entry states count
+            leaf = block[:length] if length is not None and len(block) > length else block
+            self._recent[start] = leaf
+            if len(self._recent) > self.LEAVES_KEPT:
+                self._recent.popitem(last=False)
             return leaf
 
     def cached(self, offset: int, size: int) -> bytes | None:
         end = min(offset + size, self.size)
-        for start, data in list(self._leaves.items()):
+        for start, data in list(self._recent.items()):
             if start <= offset and end <= start + len(data):
                 return data[offset - start : end - start]
         return None
@@ -377,3 +526,50 @@ class FblReader:
             cid = children[index]
         leaf = self._leaf_at(leaf_start - offset, cid, part_length)
         return leaf[offset : offset + size]
+
+    # --- reuse by a writer ----------------------------------------------------------
+
+    def _part_at(self, offset: int, length: int) -> bytes | None:
+        """The CID of the part (node or leaf) that covers exactly ``[offset, offset + length)``."""
+        cid, start, end = self.root, 0, self.size
+        while True:
+            if start == offset and end - start == length:
+                return cid
+            if cids.codec_of(cid) != cids.DAG_CBOR or end - start < length:
+                return None
+            ends, children = self._node(cid)
+            index = bisect.bisect_right(ends, offset - start)
+            if index == len(ends):
+                return None
+            child_start = start + (ends[index - 1] if index else 0)
+            cid, start, end = children[index], child_start, start + ends[index]
+            if start > offset or end < offset + length:
+                return None
+
+    def leaf_at(self, offset: int, length: int) -> bytes | None:
+        cid = self._part_at(offset, length)
+        return cid if cid is not None and cids.codec_of(cid) == cids.RAW else None
+
+    def full_node_at(self, offset: int, level: int, chunk_size: int) -> bytes | None:
+        cid = self._part_at(offset, FBL_WIDTH**level * chunk_size)
+        return cid if cid is not None and self._is_canonical(cid, level, chunk_size) else None
+
+    def _is_canonical(self, cid: bytes, level: int, chunk_size: int) -> bool:
+        """Whether the full node *cid* of *level* is exactly what FORMAT.md's layout makes
+        (W children, each a full node one level down; raw leaves of *chunk_size* at the bottom).
+        Checked once per distinct node: a hole's nodes are all one."""
+        key = (cid, level, chunk_size)
+        if key not in self._canonical:
+            self._canonical[key] = self._check_canonical(cid, level, chunk_size)
+        return self._canonical[key]
+
+    def _check_canonical(self, cid: bytes, level: int, chunk_size: int) -> bool:
+        if cids.codec_of(cid) != cids.DAG_CBOR:
+            return False
+        ends, children = self._node(cid)
+        span = FBL_WIDTH ** (level - 1) * chunk_size
+        if len(children) != FBL_WIDTH or ends != list(range(span, span * FBL_WIDTH + 1, span)):
+            return False
+        if level == 1:
+            return all(cids.codec_of(child) == cids.RAW for child in children)
+        return all(self._is_canonical(child, level - 1, chunk_size) for child in children)

@@ -36,7 +36,7 @@ from .errors import IpldmountError, ReadOnlyError, errno_for
 from .files import FileReader
 from .session import Session, SyncResult
 from .tree import NAME_MAX, Broken, Directory, File, Node, check_name
-from .writebuffer import WriteBuffer
+from .writebuffer import WriteBuffer, open_buffer
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +465,7 @@ class Operations(pyfuse3.Operations):
         handle = self.handles[fh]
         buffer = self.buffers.get(handle.ino)
         if buffer is not None:
-            if buffer.data.read_is_cheap(off):
+            if buffer.data.read_is_cheap(off, off + size):
                 return buffer.data.read(off, size)
             buffer.busy += 1
             try:
@@ -523,11 +523,11 @@ class Operations(pyfuse3.Operations):
 
     # --- write buffers ---------------------------------------------------------
 
-    async def _buffer(self, ino: int, node: File, copy: bool = True) -> OpenBuffer:
-        """The inode's write buffer, made on first write from the current content (unless not *copy*)."""
+    async def _buffer(self, ino: int, node: File) -> OpenBuffer:
+        """The inode's write buffer, made on first write over the current content."""
         buffer = self.buffers.get(ino)
         if buffer is None:
-            data = await trio.to_thread.run_sync(self._new_write_buffer, node if copy else None)
+            data = await trio.to_thread.run_sync(self._new_write_buffer, node)
             buffer = self.buffers.get(ino)  # another request may have made one meanwhile
             if buffer is None:
                 buffer = OpenBuffer(data, handles=sum(1 for h in self.handles.values() if h.ino == ino))
@@ -536,15 +536,12 @@ class Operations(pyfuse3.Operations):
                 data.close()
         return buffer
 
-    def _new_write_buffer(self, node: File | None) -> WriteBuffer:
-        """A write buffer holding *node*'s content (or nothing): may copy, so a worker thread's job."""
-        store, chunk_size = self.session.store, self.tree.chunk_size
-        if node is None or self.tree.size(node) == 0:
-            return WriteBuffer(store, self._tmp, chunk_size)
-        return WriteBuffer.from_reader(store, self._tmp, chunk_size, self.tree.reader(node))
+    def _new_write_buffer(self, node: File) -> WriteBuffer:
+        """A write buffer over *node*'s content: reads its root node, so a worker thread's job."""
+        return open_buffer(self.session.store, self.tree.chunk_size, node.content, self._tmp)
 
     async def _truncate(self, ino: int, node: File, size: int, fh: int | None) -> None:
-        buffer = await self._buffer(ino, node, copy=size > 0)
+        buffer = await self._buffer(ino, node)
         buffer.busy += 1
         try:
             await trio.to_thread.run_sync(buffer.data.truncate, size)

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import car, metadata
+from . import car
 from . import cid as cids
 from .blockstore import DirectoryBlockstore
 from .errors import IpldmountError
 from .files import FileContent, InlineFile, PendingFile, StoredFile
 from .journal import Journal, Pending, decode_data, encode_data
 from .tree import Directory, File, Node, Tree
-from .writebuffer import WriteBuffer
+from .writebuffer import WriteBuffer, buffer_content
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +181,8 @@ class Session:
             self.journal.append("write", path=path, data=encode_data(content.data))
 
     def content_of_buffer(self, buffer: WriteBuffer, name: str) -> FileContent:
-        """Turn a written file into content: touches only the blockstore, so safe in a worker thread.
-
-        Metadata waits in memory for the commit, which inlines it or stores it raw.
-        """
-        if metadata.is_metadata_name(name) and buffer.size <= metadata.MAX_INLINE_SOURCE:
-            return PendingFile(buffer.read(0, buffer.size), self.tree.chunk_size)
-        return buffer.store()
+        """Turn a written file into content: touches only the blockstore, so safe in a worker thread."""
+        return buffer_content(buffer, name, self.tree.chunk_size)
 
     def flush(self) -> None:
         """What ``fsync`` promises: every change so far survives a machine crash."""
