@@ -2,6 +2,7 @@
 #
 #   make test     install system packages (if missing) + .venv, then run pytest
 #   make lint     ruff check, ruff format --check, mypy --strict on ipldmount/
+#   make test-zarr-min   the zarr Store tests again, in .venv-zarr-min with the lowest zarr we support
 #   make demo     scripts/demo.sh
 #   make bench    bench/run.py
 #
@@ -26,7 +27,10 @@ SKIP_SYSDEPS ?=
 # (getfattr/setfattr come from attr; systemd-analyze, to verify the unit, from systemd).
 SYSDEPS_PKGS ?= fuse3 libfuse3-dev pkg-config attr gcc python3-dev systemd
 
-.PHONY: all sysdeps venv test lint demo bench clean distclean
+ZARR_MIN    := 3.0.8
+MIN_VENV    := .venv-zarr-min
+
+.PHONY: all sysdeps venv test test-zarr-min lint demo bench clean distclean
 
 all: test
 
@@ -83,6 +87,17 @@ test: sysdeps venv
 	@echo "test: $(VPY) -m pytest -q $(PYTEST_ARGS)"
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
+# pyproject says zarr>=$(ZARR_MIN): prove it with a venv pinned to exactly that release.
+$(MIN_VENV)/.installed: pyproject.toml | sysdeps
+	@echo "venv: preparing $(MIN_VENV) (zarr==$(ZARR_MIN))"
+	if [ ! -x $(MIN_VENV)/bin/python ]; then $(PYTHON) -m venv $(MIN_VENV); fi
+	$(MIN_VENV)/bin/python -m pip install --disable-pip-version-check -e '.[test]' 'zarr==$(ZARR_MIN)'
+	touch $@
+
+test-zarr-min: $(MIN_VENV)/.installed
+	$(MIN_VENV)/bin/python -c 'import zarr; assert zarr.__version__ == "$(ZARR_MIN)", zarr.__version__'
+	$(MIN_VENV)/bin/python -m pytest -q tests/test_zarrstore.py tests/test_writebuffer.py $(PYTEST_ARGS)
+
 lint: venv
 	@rc=0
 	echo "lint: ruff check"
@@ -106,4 +121,4 @@ clean:
 
 # Also removes the virtualenv (NOT part of clean: others may share it).
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(MIN_VENV)
