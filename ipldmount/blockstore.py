@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from .cid import DAG_CBOR, RAW, block_cid, cid_to_str, digest_cid, is_supported, parse_cid, verify
 from .errors import BlockNotFoundError, CorruptBlockError, InvalidCIDError, IpldmountError, StoreFullError
@@ -75,6 +75,24 @@ def _check_range(offset: int, size: int) -> None:
 
 
 T = TypeVar("T")
+
+
+class BlockSink(Protocol):
+    """Where new blocks go: a blockstore, a staging over one, or a sink that only computes CIDs."""
+
+    def put(self, data: bytes, codec: int) -> bytes: ...
+
+    def has(self, cid: bytes) -> bool: ...
+
+
+class CidOnly:
+    """A :class:`BlockSink` that stores nothing: for computing what a commit would give."""
+
+    def put(self, data: bytes, codec: int) -> bytes:
+        return block_cid(_check_codec(codec), data)
+
+    def has(self, cid: bytes) -> bool:
+        return True
 
 
 class Staging(ABC, Generic[T]):

@@ -132,10 +132,15 @@ def _display_name(name: str, node: Node) -> str:
 
 
 def _ls_line(tree: Tree, name: str, node: Node) -> str:
+    """``KIND SIZE CID NAME``; in place of a CID, ``inline`` for a node held in its parent's block
+    (it has no block of its own), ``broken:CID`` for one whose block cannot be read."""
     kind = "d" if isinstance(node, Directory) else "-" if isinstance(node, File) else "?"
+    state = tree.describe(node)
     size = tree.size(node) if isinstance(node, File) else 0
-    cid = tree.node_cid(node)
-    return f"{kind} {size:>12} {cids.cid_to_str(cid) if cid else '-':<59} {_display_name(name, node)}"
+    shown = "inline" if state.inline else cids.cid_to_str(state.cid) if state.cid else "-"
+    if state.broken is not None:
+        shown = f"broken:{shown}"
+    return f"{kind} {size:>12} {shown:<59} {_display_name(name, node)}"
 
 
 def cmd_cat(args: argparse.Namespace) -> int:

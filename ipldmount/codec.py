@@ -129,12 +129,42 @@ class _OnlyLinkTag(Mapping[int, Any]):
 _ONLY_LINK_TAG = _OnlyLinkTag()
 
 
+_PLAIN = frozenset({str, bytes, int, bool, type(None), Link})
+
+
+def _check_data_model(value: Value) -> None:
+    """Raise ValueError for what DAG-CBOR's data model has no place for, whatever the encoding.
+
+    A block holding a map key that is not a string, a NaN or an infinity, or
+    ``undefined`` could never be written again: refusing it here makes it a
+    malformed block when it is read, not a failure later when a commit re-encodes it.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            for key, child in item.items():
+                if type(key) is not str:
+                    raise ValueError(f"map key {key!r} is not a string")
+                if type(child) not in _PLAIN:
+                    stack.append(child)
+        elif kind is list:
+            stack.extend(child for child in item if type(child) not in _PLAIN)
+        elif kind is float:
+            if not math.isfinite(item):
+                raise ValueError(f"DAG-CBOR has no {item}")
+        elif kind not in _PLAIN:
+            raise ValueError(f"DAG-CBOR has no {item!r}")
+
+
 def decode(data: bytes | memoryview) -> Value:
     """Decode a DAG-CBOR block. Links come back as :class:`Link`.
 
-    Raises :class:`CorruptBlockError` when the bytes are not one CBOR item, or
-    use CBOR features DAG-CBOR forbids (other tags, indefinite lengths,
-    duplicate keys).
+    Raises :class:`CorruptBlockError` when the bytes are not one CBOR item, use
+    CBOR features DAG-CBOR forbids (other tags, indefinite lengths, duplicate
+    keys), or hold what its data model cannot (non-string map keys, NaN,
+    infinities, ``undefined`` and other simple values).
     """
     try:
         decoder = cbor2.CBORDecoder(
@@ -147,6 +177,7 @@ def decode(data: bytes | memoryview) -> Value:
             strict_hashable_types=True,
         )
         value = decoder.decode()
+        _check_data_model(value)
     except (cbor2.CBORDecodeError, ValueError, TypeError) as exc:
         raise CorruptBlockError(f"not a DAG-CBOR block: {exc}") from None
     try:

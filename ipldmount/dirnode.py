@@ -14,7 +14,7 @@ from typing import Any
 
 from . import cid as cids
 from . import codec, hamt, metadata
-from .blockstore import Blockstore
+from .blockstore import BlockSink, Blockstore
 from .errors import FormatError
 
 BLOCK_LIMIT = 1 << 20
@@ -26,7 +26,7 @@ MAX_NODE_DEPTH = 64
 class DirectoryForm:
     """One encoding of a directory: a plain map or a HAMT root, with its bytes."""
 
-    __slots__ = ("_cid", "_data", "_depth", "sharded", "value")
+    __slots__ = ("_cid", "_data", "_depth", "sharded", "stored", "value")
 
     def __init__(self, value: dict[str, Any], data: bytes | None = None, cid: bytes | None = None) -> None:
         self.value = value
@@ -34,6 +34,7 @@ class DirectoryForm:
         self._data = data
         self._cid = cid
         self._depth: int | None = None
+        self.stored = cid is not None  # read from its own block, or stored since: a block holds it
 
     @property
     def depth(self) -> int:
@@ -57,6 +58,7 @@ class DirectoryForm:
     def store(self, store: Blockstore) -> bytes:
         """Put this form as its own block (idempotent) and return its CID."""
         self._cid = store.put(self.data, cids.DAG_CBOR)
+        self.stored = True
         return self._cid
 
 
@@ -83,7 +85,7 @@ def plain_entries(store: Blockstore, value: Any) -> Mapping[str, Any]:
     return value
 
 
-def layout(store: Blockstore, entries: Mapping[str, EntryForm], limit: int = BLOCK_LIMIT) -> DirectoryForm:
+def layout(store: BlockSink, entries: Mapping[str, EntryForm], limit: int = BLOCK_LIMIT) -> DirectoryForm:
     """Lay a directory out by the FORMAT.md rule."""
     inline = {name for name, form in entries.items() if form.inlinable}
     total = codec.map_head_size(len(entries)) + sum(

@@ -17,8 +17,8 @@ from typing import Any, BinaryIO, Protocol
 
 from . import cid as cids
 from . import codec, metadata
-from .blockstore import Blockstore
-from .errors import FileTooLargeError, FormatError
+from .blockstore import BlockSink, Blockstore
+from .errors import BlockNotFoundError, CorruptBlockError, FileTooLargeError, FormatError
 
 BLOCK_LIMIT = 1 << 20
 FBL_WIDTH = 1024
@@ -39,14 +39,6 @@ def check_file_size(size: int, chunk_size: int | None) -> None:
     limit = max_file_size(chunk_size)
     if size > limit:
         raise FileTooLargeError(f"{size} bytes is past the largest file size, {limit} bytes")
-
-
-class BlockSink(Protocol):
-    """Where new blocks go: a blockstore, or a staging over one."""
-
-    def put(self, data: bytes, codec: int) -> bytes: ...
-
-    def has(self, cid: bytes) -> bool: ...
 
 
 class FileContent(Protocol):
@@ -97,8 +89,14 @@ class StoredFile:
         if rule_key is None:
             return None
         if rule_key not in self._inline:
-            small = cids.codec_of(self.cid) == cids.RAW and self.size_in(store) <= metadata.MAX_INLINE_SOURCE
-            self._inline[rule_key] = metadata.try_inline(name, store.get(self.cid)) if small else None
+            try:
+                small = cids.is_supported(self.cid) and cids.codec_of(self.cid) == cids.RAW
+                small = small and self.size_in(store) <= metadata.MAX_INLINE_SOURCE
+                self._inline[rule_key] = metadata.try_inline(name, store.get(self.cid)) if small else None
+            except (BlockNotFoundError, CorruptBlockError):
+                # A commit must not need blocks the change did not touch: an unreadable
+                # metadata file keeps its link, and is decided again once it is readable.
+                return None
         return self._inline[rule_key]
 
     def reader(self, store: Blockstore) -> FileReader:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import inspect
 import logging
 import os
 import stat
@@ -35,14 +36,18 @@ from . import control
 from .errors import IpldmountError, ReadOnlyError, errno_for
 from .files import FileReader
 from .session import Session, SyncResult
-from .tree import NAME_MAX, Broken, Directory, File, Node, check_name
+from .tree import NAME_MAX, Broken, Directory, File, Node, NodeState, check_name
 from .writebuffer import WriteBuffer, open_buffer
 
 log = logging.getLogger(__name__)
 
 TIMEOUT = 300.0  # seconds the kernel may cache entries and attributes: we are the only writer
 BLOCK_SIZE = 1 << 20  # st_blksize: tools size their buffers by it
-XATTR_CID = b"user.ipld.cid"
+# Extended attributes (README, "What the attributes say"): exactly one of the first three is set.
+XATTR_CID = b"user.ipld.cid"  # the block that holds this node now: fetchable, exportable
+XATTR_INLINE = b"user.ipld.inline"  # "1": held inside its parent's block, no block of its own
+XATTR_DIRTY = b"user.ipld.dirty"  # "1": changed since the last sync, no block yet
+XATTR_BROKEN = b"user.ipld.broken"  # why the block (user.ipld.cid) cannot be read
 XATTR_SOCKET = control.XATTR_SOCKET.encode()
 
 P = ParamSpec("P")
@@ -51,6 +56,7 @@ R = TypeVar("R")
 
 def replies(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """Answer every failure with an errno (the mapping lives in errors.errno_for) and log why."""
+    parameters = list(inspect.signature(handler).parameters)[1:]  # without self
 
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -61,19 +67,29 @@ def replies(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
         except (IpldmountError, OSError) as exc:
             code = errno_for(exc)
             level = logging.ERROR if code in (errno.EIO, errno.ENOSPC) else logging.DEBUG
-            log.log(level, "%s%s: %s", handler.__name__, _brief(args[1:]), exc)
+            log.log(level, "%s%s: %s", handler.__name__, _brief(parameters, args[1:]), exc)
             raise pyfuse3.FUSEError(code) from None
         except Exception:
-            log.exception("%s%s failed unexpectedly", handler.__name__, _brief(args[1:]))
+            log.exception("%s%s failed unexpectedly", handler.__name__, _brief(parameters, args[1:]))
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
 
 
-def _brief(args: tuple[Any, ...]) -> str:
-    return (
-        "(" + ", ".join(repr(arg)[:80] for arg in args if not isinstance(arg, pyfuse3.RequestContext)) + ")"
-    )
+_CONTENT_PARAMETERS = frozenset({"buf", "value"})  # what a file or attribute holds: never logged
+
+
+def _brief(parameters: list[str], args: tuple[Any, ...]) -> str:
+    """The request's arguments for the log: names and numbers, never file contents."""
+    shown = []
+    for name, arg in zip(parameters, args, strict=False):
+        if isinstance(arg, pyfuse3.RequestContext):
+            continue
+        if name in _CONTENT_PARAMETERS and isinstance(arg, bytes | bytearray | memoryview):
+            shown.append(f"<{len(arg)} bytes>")
+        else:
+            shown.append(repr(arg)[:80])
+    return "(" + ", ".join(shown) + ")"
 
 
 def decode_name(raw: bytes) -> str:
@@ -219,7 +235,7 @@ class Operations(pyfuse3.Operations):
         attrs.st_ino = ino
         attrs.entry_timeout = attrs.attr_timeout = TIMEOUT
         attrs.st_mode = meta.mode
-        attrs.st_nlink = max(len(node.links), 1) if isinstance(node, File) else 1
+        attrs.st_nlink = self._link_count(ino, node)
         attrs.st_uid, attrs.st_gid = meta.uid, meta.gid
         try:
             attrs.st_size = 0 if isinstance(node, Broken) else self._size(ino, node)
@@ -235,12 +251,29 @@ class Operations(pyfuse3.Operations):
         attrs.st_atime_ns, attrs.st_mtime_ns, attrs.st_ctime_ns = meta.atime_ns, meta.mtime_ns, meta.ctime_ns
         return attrs
 
+    def _link_count(self, ino: int, node: Node) -> int:
+        """As on any Linux file system: a file's names (0 once unlinked), 2 + subdirectories for a
+        directory (0 once removed); 1, "not known", for a directory that cannot be read."""
+        if isinstance(node, File):
+            return len(node.links)
+        if not isinstance(node, Directory):
+            return 1
+        if not node.links and ino != pyfuse3.ROOT_INODE:
+            return 0
+        try:
+            return 2 + self.tree.subdirectories(node)
+        except IpldmountError as exc:
+            log.error("directory %s cannot be read: %s", self.tree.path_of(node), exc)
+            return 1
+
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         """Attributes for a reply that hands the kernel a new reference to *node*."""
         return self.attributes(self.inodes.remember(node), node)
 
     def _directory(self, ino: int) -> Directory:
         node = self.inodes.node(ino)
+        if isinstance(node, Broken):
+            raise node.error  # unreadable, whatever it was: EIO, not ENOTDIR
         if not isinstance(node, Directory):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return node
@@ -329,8 +362,10 @@ class Operations(pyfuse3.Operations):
     @replies
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         directory = self._directory(inode)
+        entries = sorted(self.tree.entries(directory).items())
+        parent = directory.links[0][0] if directory.links else directory
         fh = self._new_fh()
-        self.listings[fh] = DirListing(sorted(self.tree.entries(directory).items()))
+        self.listings[fh] = DirListing([(".", directory), ("..", parent), *entries])
         return fh
 
     @replies
@@ -341,7 +376,8 @@ class Operations(pyfuse3.Operations):
             ino = self.inodes.ino(node)
             if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(ino, node), index + 1):
                 return
-            self.inodes.remember(node)
+            if index >= 2:  # the kernel takes no reference for "." and ".."
+                self.inodes.remember(node)
 
     async def releasedir(self, fh: int) -> None:
         self.listings.pop(fh, None)
@@ -626,33 +662,35 @@ class Operations(pyfuse3.Operations):
 
     @replies
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self.inodes.node(inode)
-        if name == XATTR_CID:
-            cid = self._cid_of(inode, node)
-            if cid is None:
-                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-            return cids.cid_to_str(cid).encode()
-        if name == XATTR_SOCKET and inode == pyfuse3.ROOT_INODE and self.control_socket:
-            return str(self.control_socket).encode()
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        value = self._attributes_of(inode).get(name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
 
-    def _cid_of(self, ino: int, node: Node) -> bytes | None:
-        """The root as last synced; a directory as last committed; a file's content unless mid-write."""
-        if ino == pyfuse3.ROOT_INODE:
-            return self.session.base_root
+    def _attributes_of(self, ino: int) -> dict[bytes, bytes]:
+        """The extended attributes of an inode: what it is made of, and for the root the socket."""
+        state = self.tree.describe(self.inodes.node(ino))
         buffer = self.buffers.get(ino)
-        if isinstance(node, File) and buffer is not None and buffer.dirty:
-            return None
-        return self.tree.node_cid(node)
+        if buffer is not None and buffer.dirty:
+            state = NodeState(changed=True)
+        if ino == pyfuse3.ROOT_INODE and not self.read_only and any(b.dirty for b in self.buffers.values()):
+            state = NodeState(changed=True)
+        found: dict[bytes, bytes] = {}
+        if state.cid is not None:
+            found[XATTR_CID] = cids.cid_to_str(state.cid).encode()
+        if state.inline:
+            found[XATTR_INLINE] = b"1"
+        if state.changed:
+            found[XATTR_DIRTY] = b"1"
+        if state.broken is not None:
+            found[XATTR_BROKEN] = state.broken.encode(errors="replace")
+        if ino == pyfuse3.ROOT_INODE and self.control_socket:
+            found[XATTR_SOCKET] = str(self.control_socket).encode()
+        return found
 
     @replies
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        names = []
-        if self._cid_of(inode, self.inodes.node(inode)) is not None:
-            names.append(XATTR_CID)
-        if inode == pyfuse3.ROOT_INODE and self.control_socket:
-            names.append(XATTR_SOCKET)
-        return names
+        return list(self._attributes_of(inode))
 
     @replies
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import cid as cids
 from . import codec
-from .blockstore import Blockstore
+from .blockstore import BlockSink, Blockstore
 from .errors import FormatError
 
 HASH_ALG = cids.SHA2_256
@@ -36,7 +36,7 @@ def is_root(value: Any) -> bool:
     return type(value) is dict and value.keys() == ROOT_KEYS and type(value["hashAlg"]) is int
 
 
-def build(store: Blockstore, entries: Mapping[str, Any]) -> dict[str, Any]:
+def build(store: BlockSink, entries: Mapping[str, Any]) -> dict[str, Any]:
     """The root map of a HAMT holding *entries*; child nodes are stored as blocks."""
     items = sorted((hashlib.sha256(key).digest(), key, value) for key, value in _keyed(entries))
     return {"hashAlg": HASH_ALG, "bucketSize": BUCKET_SIZE, "hamt": _build_node(store, items, 0)}
@@ -47,7 +47,7 @@ def _keyed(entries: Mapping[str, Any]) -> Iterator[tuple[bytes, Any]]:
         yield name.encode("utf-8"), value
 
 
-def _build_node(store: Blockstore, items: list[_Item], depth: int) -> list[Any]:
+def _build_node(store: BlockSink, items: list[_Item], depth: int) -> list[Any]:
     if depth >= _MAX_DEPTH:
         raise FormatError("HAMT ran out of hash bits (identical sha2-256 digests)")
     bitmap = 0
@@ -64,7 +64,7 @@ def _build_node(store: Blockstore, items: list[_Item], depth: int) -> list[Any]:
     return [bitmap.to_bytes(BITMAP_BYTES, "big"), data]
 
 
-def _element(store: Blockstore, group: list[_Item], depth: int) -> Any:
+def _element(store: BlockSink, group: list[_Item], depth: int) -> Any:
     if len(group) <= BUCKET_SIZE:
         return [[key, value] for _, key, value in sorted(group, key=lambda item: item[1])]
     child = _build_node(store, group, depth + 1)

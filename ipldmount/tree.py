@@ -11,12 +11,13 @@ reuses the stored encoding of everything else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from . import cid as cids
 from . import codec, dirnode, metadata
-from .blockstore import Blockstore
+from .blockstore import BlockSink, Blockstore, CidOnly
 from .dirnode import DirectoryForm, EntryForm
 from .errors import (
     AlreadyExistsError,
@@ -67,18 +68,29 @@ class File(Node):
 
 
 class Directory(Node):
-    __slots__ = ("_entries", "_form", "dirty")
+    __slots__ = ("_entries", "_form", "dirty", "subdirs")
 
     def __init__(self, form: DirectoryForm | None = None) -> None:
         super().__init__()
         self._form = form  # the current encoding; None while dirty
         self._entries: dict[str, Node] | None = None if form is not None else {}
         self.dirty = form is None
+        self.subdirs: int | None = None if form is not None else 0  # known once counted or loaded
 
     @property
     def cid(self) -> bytes | None:
         """The CID of this directory as of the last commit (None if changed since)."""
         return None if self._form is None else self._form.cid
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What a node is made of now, for the user: the one CID worth showing, or why there is none."""
+
+    cid: bytes | None = None  # the block that holds exactly this node now (fetchable)
+    inline: bool = False  # held inside its parent's block: no block of its own
+    changed: bool = False  # changed since the last commit: its block does not exist yet
+    broken: str | None = None  # why its block cannot be read (cid is the link it had)
 
 
 class Broken(Node):
@@ -137,24 +149,62 @@ class Tree:
     # --- reading ---------------------------------------------------------------
 
     def entries(self, directory: Directory) -> dict[str, Node]:
-        """The directory's entries by name, loading them on first use."""
+        """The directory's entries by name, loading them on first use.
+
+        A directory that cannot be read (an invalid name, a malformed HAMT) raises
+        FormatError every time it is asked, and nothing of it is kept: a change
+        to it must fail, never commit the part that happened to load.
+        """
         if directory._entries is None:
-            assert directory._form is not None
-            raw = dirnode.plain_entries(self.store, directory._form.value)
-            directory._entries = {}
-            for name, value in raw.items():
-                try:
-                    if type(name) is not str:
-                        raise InvalidNameError(repr(name), "Directory keys must be strings")
-                    check_name(name)
-                except IpldmountError as exc:
-                    raise FormatError(
-                        f"directory {self.path_of(directory)!r} holds an invalid name: {exc}"
-                    ) from None
-                node = self._node_for(name, value)
+            loaded = self._load_entries(directory)
+            for name, node in loaded.items():
                 node.links.append((directory, name))
-                directory._entries[name] = node
+            directory._entries = loaded
+            directory.subdirs = sum(isinstance(node, Directory) for node in loaded.values())
         return directory._entries
+
+    def _load_entries(self, directory: Directory) -> dict[str, Node]:
+        assert directory._form is not None
+        loaded: dict[str, Node] = {}
+        for name, value in dirnode.plain_entries(self.store, directory._form.value).items():
+            self._check_stored_name(directory, name)
+            loaded[name] = self._node_for(name, value)
+        return loaded
+
+    def _check_stored_name(self, directory: Directory, name: object) -> None:
+        try:
+            if type(name) is not str:
+                raise InvalidNameError(repr(name), "Directory keys must be strings")
+            check_name(name)
+        except IpldmountError as exc:
+            raise FormatError(f"directory {self.path_of(directory)!r} holds an invalid name: {exc}") from None
+
+    def subdirectories(self, directory: Directory) -> int:
+        """How many directories *directory* holds (its link count is 2 more).
+
+        Counted from its node without loading its entries: a link's kind is read
+        from the first byte of the block it names (a map is a directory, a list a
+        chunked file), so a ``stat`` never decodes the children.
+        """
+        if directory.subdirs is None:
+            assert directory._form is not None
+            count = 0
+            for name, value in dirnode.plain_entries(self.store, directory._form.value).items():
+                self._check_stored_name(directory, name)
+                count += self._names_directory(name, value)
+            directory.subdirs = count
+        return directory.subdirs
+
+    def _names_directory(self, name: str, value: Any) -> bool:
+        if not isinstance(value, codec.Link):
+            return type(value) is dict and not metadata.is_metadata_name(name)
+        if not cids.is_supported(value.cid) or cids.codec_of(value.cid) != cids.DAG_CBOR:
+            return False
+        try:
+            head = self.store.read(value.cid, 0, 1)
+        except (BlockNotFoundError, OSError):
+            return False  # a broken entry: not a directory until its block is back
+        return bool(head) and head[0] >> 5 == 5  # CBOR major type 5: a map
 
     def _node_for(self, name: str, value: Any) -> Node:
         if isinstance(value, codec.Link):
@@ -178,7 +228,8 @@ class Tree:
                 return Directory(DirectoryForm(value, data, cid))
             raise FormatError(f"block {cids.cid_to_str(cid)} is neither a directory nor a chunked file")
         except (BlockNotFoundError, CorruptBlockError, FormatError) as exc:
-            log.error("entry %r (%s) is unreadable: %s", name, cids.cid_to_str(cid), exc)
+            # Not an error yet: the entry is listed, and whoever uses it gets (and logs) EIO.
+            log.info("entry %r (%s) is unreadable: %s", name, cids.cid_to_str(cid), exc)
             return Broken(cid, exc)
 
     def lookup(self, directory: Directory, name: str) -> Node:
@@ -204,14 +255,27 @@ class Tree:
             parts.append(name)
         return "/".join(reversed(parts))
 
-    def node_cid(self, node: Node) -> bytes | None:
-        """A node's CID as of the last commit; None for a directory changed since."""
+    def describe(self, node: Node) -> NodeState:
+        """What *node* is made of now: the block holding it, or inline, or changed, or broken.
+
+        The rule FORMAT.md and the README promise: a CID shown to a user always
+        names a block in the store (fetchable, exportable); a node without a block
+        of its own says so instead.
+        """
         if isinstance(node, File):
-            return node.content.content_cid()
+            content = node.content
+            if isinstance(content, StoredFile):
+                return NodeState(cid=content.cid)
+            if isinstance(content, InlineFile):
+                return NodeState(inline=True)
+            return NodeState(changed=True)
         if isinstance(node, Directory):
-            return node.cid
+            form = node._form
+            if node.dirty or form is None:
+                return NodeState(changed=True)
+            return NodeState(cid=form.cid) if form.stored else NodeState(inline=True)
         assert isinstance(node, Broken)
-        return node.cid
+        return NodeState(cid=node.cid, broken=str(node.error))
 
     def reader(self, file: File) -> FileReader:
         return file.content.reader(self.store)
@@ -229,11 +293,15 @@ class Tree:
     def _insert(self, directory: Directory, name: str, node: Node) -> None:
         self.entries(directory)[name] = node
         node.links.append((directory, name))
+        if isinstance(node, Directory) and directory.subdirs is not None:
+            directory.subdirs += 1
         _mark_dirty(directory)
 
     def _detach(self, directory: Directory, name: str) -> Node:
         node = self.entries(directory).pop(name)
         node.links.remove((directory, name))
+        if isinstance(node, Directory) and directory.subdirs is not None:
+            directory.subdirs -= 1
         _mark_dirty(directory)
         return node
 
@@ -343,25 +411,55 @@ class Tree:
         """Encode what changed, store it, and return the root CID.
 
         Runs inside one blockstore batch, so a commit's blocks become durable
-        together, or (if it fails) not at all.
+        together, or (if it fails) not at all, and then the tree is as it was:
+        every directory the commit touched is still marked changed.
         """
-        with self.store.batch():
-            for directory in _dirty_postorder(self.root):
-                directory._form = self._layout(directory)
-                directory.dirty = False
-            assert self.root._form is not None
-            return self.root._form.store(self.store)
+        laid_out: list[Directory] = []
+        try:
+            with self.store.batch():
+                for directory in _dirty_postorder(self.root):
+                    directory._form = self._layout(directory, self.store, _committed_form)
+                    directory.dirty = False
+                    laid_out.append(directory)
+                assert self.root._form is not None
+                root = self.root._form.store(self.store)
+        except BaseException:
+            for directory in laid_out:
+                directory._form, directory.dirty = None, True
+            raise
+        for directory in laid_out:
+            self._settle_contents(directory)
+        return root
 
-    def _layout(self, directory: Directory) -> DirectoryForm:
+    def preview_root(self) -> bytes:
+        """The root CID a commit would give now, computed without storing or changing anything."""
+        forms: dict[int, DirectoryForm] = {}
+
+        def form_of(directory: Directory) -> DirectoryForm:
+            form = forms.get(id(directory), directory._form)
+            assert form is not None, "dirty directories are laid out children first"
+            return form
+
+        for directory in _dirty_postorder(self.root):
+            forms[id(directory)] = self._layout(directory, CidOnly(), form_of)
+        return form_of(self.root).cid
+
+    def _layout(
+        self, directory: Directory, sink: BlockSink, form_of: Callable[[Directory], DirectoryForm]
+    ) -> DirectoryForm:
         entries = self.entries(directory)
         return dirnode.layout(
-            self.store, {name: self._entry_form(name, node) for name, node in entries.items()}
+            sink, {name: self._entry_form(name, node, sink, form_of) for name, node in entries.items()}
         )
 
-    def _entry_form(self, name: str, node: Node) -> EntryForm:
+    def _entry_form(
+        self, name: str, node: Node, sink: BlockSink, form_of: Callable[[Directory], DirectoryForm]
+    ) -> EntryForm:
+        storing = sink is self.store
         if isinstance(node, File):
             content = node.content
-            form = EntryForm(link=lambda: content.link(self.store))
+            link = (lambda: content.link(self.store)) if storing else content.content_cid
+            form = EntryForm(link=link)
             if metadata.is_metadata_name(name):
                 inline = content.inline_form(self.store, name)
                 if inline is not None:
@@ -369,9 +467,8 @@ class Tree:
                     form.inline_depth = codec.depth(inline[0])
             return form
         if isinstance(node, Directory):
-            layout = node._form
-            assert layout is not None, "dirty directories are laid out children first"
-            form = EntryForm(link=lambda: layout.store(self.store))
+            layout = form_of(node)
+            form = EntryForm(link=(lambda: layout.store(self.store)) if storing else (lambda: layout.cid))
             if not layout.sharded and not metadata.is_metadata_name(name):
                 form.inline, form.inline_size, form.inline_depth = (
                     layout.value,
@@ -382,6 +479,25 @@ class Tree:
         assert isinstance(node, Broken)
         broken_cid = node.cid
         return EntryForm(link=lambda: broken_cid)
+
+    def _settle_contents(self, directory: Directory) -> None:
+        """After a commit, say of each file what it now is: a stored block or inline in its node.
+
+        Content written since the last commit (:class:`PendingFile`) has been
+        decided by the layout; metadata may have moved between inline and raw.
+        """
+        form = directory._form
+        assert form is not None and directory._entries is not None
+        for name, node in directory._entries.items():
+            if not isinstance(node, File) or (isinstance(node.content, StoredFile) and form.sharded):
+                continue
+            content = node.content
+            entry = codec.Link(content.link(self.store)) if form.sharded else form.value.get(name)
+            if isinstance(entry, codec.Link):
+                if not (isinstance(content, StoredFile) and content.cid == entry.cid):
+                    node.content = StoredFile(entry.cid, content.size_in(self.store))
+            elif not isinstance(content, InlineFile):
+                node.content = InlineFile(name, entry)
 
     # --- paths (for the zarr store, the CLI and tests) -------------------------
 
@@ -480,6 +596,12 @@ class Tree:
                     yield prefix + name, node
                 else:
                     raise node.error  # type: ignore[attr-defined]
+
+
+def _committed_form(directory: Directory) -> DirectoryForm:
+    form = directory._form
+    assert form is not None, "dirty directories are laid out children first"
+    return form
 
 
 def _mark_dirty(directory: Directory) -> None:

@@ -221,6 +221,14 @@ _LINK_BYTES = b"\x00" + cids.block_cid(cids.RAW, b"x")
         pytest.param(b"\x7f\x61a\xff", id="indefinite-string"),
         pytest.param(b"\xa2\x61a\x01\x61a\x02", id="duplicate-keys"),
         pytest.param(b"\xa1\x81\x01\x01", id="list-as-map-key"),
+        pytest.param(b"\xa1\x41k\x01", id="bytes-map-key"),
+        pytest.param(b"\xa1\x01\x01", id="integer-map-key"),
+        pytest.param(b"\xa1\x61a\xa1\x41k\xf6", id="nested-bytes-map-key"),
+        pytest.param(b"\xfb\x7f\xf8\x00\x00\x00\x00\x00\x00", id="nan"),
+        pytest.param(b"\xf9\x7c\x00", id="half-infinity"),
+        pytest.param(b"\x81\xfa\xff\x80\x00\x00", id="single-minus-infinity-in-list"),
+        pytest.param(b"\xf7", id="undefined"),
+        pytest.param(b"\xa1\x61a\xf0", id="simple-value-16"),
     ],
 )
 def test_decode_rejects(data: bytes) -> None:

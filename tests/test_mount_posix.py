@@ -11,6 +11,7 @@ import pytest
 from fuse_helpers import (
     Mount,
     Mounts,
+    check,
     expect_errno,
     read_file,
     write_file,
@@ -297,12 +298,23 @@ def test_cid_xattr_on_files_after_sync(mnt: Mount) -> None:
     # same bytes, same CID
     write_file(mnt / "x2", b"hello")
     assert os.getxattr(mnt / "x2", "user.ipld.cid") == os.getxattr(mnt / "x", "user.ipld.cid")
-    assert "user.ipld.cid" in os.listxattr(mnt / "sub")
+    # a small directory is inline in its parent's block: it has no block, so no CID, and says so
+    assert "user.ipld.cid" not in os.listxattr(mnt / "sub")
+    assert os.getxattr(mnt / "sub", "user.ipld.inline") == b"1"
     # a directory changed since the last sync has no CID until the next one
     write_file(mnt / "sub/z", b"new")
     expect_errno(errno.ENODATA, os.getxattr, mnt / "sub", "user.ipld.cid")
-    mnt.sync()
-    assert os.getxattr(mnt / "sub", "user.ipld.cid").decode().startswith("bafy")
+    assert os.getxattr(mnt / "sub", "user.ipld.dirty") == b"1"
+    assert os.getxattr(mnt.path, "user.ipld.dirty") == b"1"
+    assert "user.ipld.cid" not in os.listxattr(mnt.path), "the root's new block does not exist yet"
+    # a directory that is its own block shows the CID of that block
+    (mnt / "sub/.zattrs").mkdir()  # a directory under a metadata name is always linked
+    new_root = mnt.sync()
+    linked = os.getxattr(mnt / "sub/.zattrs", "user.ipld.cid").decode()
+    assert linked.startswith("bafy")
+    assert "user.ipld.dirty" not in os.listxattr(mnt.path)
+    assert check(mnt.cli("ls", f"{linked}")).stdout == ""  # fetchable: an empty directory
+    assert check(mnt.cli("ls", new_root)).stdout.split() == ["sub/", "x", "x2"]
 
 
 def test_mixed_tree_survives_remount(mnt: Mount, mounts: Mounts) -> None:

@@ -20,7 +20,9 @@ from ipldmount.blockstore import Blockstore, MemoryBlockstore
 from ipldmount.errors import (
     AlreadyExistsError,
     BlockNotFoundError,
+    CorruptBlockError,
     DirectoryNotEmptyError,
+    FormatError,
     InvalidMoveError,
     InvalidNameError,
     IpldmountError,
@@ -29,6 +31,7 @@ from ipldmount.errors import (
     NotADirectoryError_,
     NotFoundError,
     ReadOnlyError,
+    StoreFullError,
 )
 from ipldmount.tree import Broken, Directory, File, Tree
 
@@ -1031,7 +1034,11 @@ class TreeModel(RuleBasedStateMachine):
 
     @rule()
     def commit(self) -> None:
+        blocks_before = len(self.store)
+        preview = self.tree.preview_root()
+        assert len(self.store) == blocks_before, "a preview stores nothing"
         root = self.tree.commit()
+        assert preview == root
         assert not self.tree.root.dirty
         assert self.tree.commit() == root
         assert root == build(MemoryBlockstore(), self.files, self.dirs)
@@ -1054,6 +1061,22 @@ class TreeModel(RuleBasedStateMachine):
     def same_contents(self) -> None:
         assert read_tree(self.tree) == self.files
         assert tree_dirs(self.tree) == self.dirs
+
+    @invariant()
+    def subdirectory_counts(self) -> None:
+        for path in ["", *self.dirs]:
+            prefix = path + "/" if path else ""
+            children = {d for d in self.dirs if d.startswith(prefix) and "/" not in d[len(prefix) :]}
+            assert self.tree.subdirectories(self.tree.resolve_dir(path)) == len(children), path
+
+    @invariant()
+    def shown_cids_are_fetchable(self) -> None:
+        """Every CID describe() gives names a block in the store; nothing else claims one."""
+        for path in [*self.files, *self.dirs]:
+            state = self.tree.describe(self.tree.resolve(path))
+            assert sum([state.cid is not None, state.inline, state.changed]) == 1, (path, state)
+            if state.cid is not None:
+                assert self.store.has(state.cid), path
 
 
 TestTreeModel = TreeModel.TestCase
@@ -1089,3 +1112,102 @@ TestTreeModelOnDisk.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+# --- hostile directory blocks (issue: a change must never drop what could not be read) ------
+
+
+def _root_with(store: Blockstore, value: dict[Any, Any]) -> bytes:
+    """Store a directory node as given, bypassing the encoder's checks where it would refuse."""
+    import cbor2
+
+    prepared = {
+        key: cbor2.CBORTag(42, b"\0" + entry.cid) if isinstance(entry, codec.Link) else entry
+        for key, entry in value.items()
+    }
+    return store.put(cbor2.dumps(prepared, canonical=True), cids.DAG_CBOR)
+
+
+@pytest.mark.parametrize("bad", ["a\0b", ".", "..", "", "a/b", "../../x", "x" * 256])
+def test_a_directory_with_an_invalid_name_refuses_changes_and_keeps_everything(
+    store: Blockstore, bad: str
+) -> None:
+    ok = codec.Link(store.put(b"kept", cids.RAW))
+    root = _root_with(store, {bad: codec.Link(store.put(b"bad", cids.RAW)), "ok": ok})
+    tree = Tree(store, root)
+    for _ in range(2):  # the second attempt must not see a half-loaded directory
+        with pytest.raises(FormatError):
+            tree.entries(tree.root)
+        with pytest.raises(FormatError):
+            tree.write_file("newfile", b"x")
+    assert tree.commit() == root, "nothing changed, nothing dropped"
+
+
+def test_a_nested_byte_string_key_makes_its_block_malformed(store: Blockstore) -> None:
+    import cbor2
+
+    inner = {b"bytes-key": {}}
+    data = cbor2.dumps({"ok": {}, "sub": {"deeper": inner}}, canonical=True)
+    root = store.put(data, cids.DAG_CBOR)
+    with pytest.raises(CorruptBlockError):
+        Tree(store, root)
+    # linked from a readable parent: a broken entry, and the parent still changes and commits
+    parent = _root_with(store, {"sub": codec.Link(root), "f": codec.Link(store.put(b"f", cids.RAW))})
+    tree = Tree(store, parent)
+    assert isinstance(tree.lookup(tree.root, "sub"), Broken)
+    tree.write_file("new", b"n")
+    committed = codec.decode(store.get(tree.commit()))
+    assert committed["sub"] == codec.Link(root), "the broken entry keeps its link"
+
+
+def test_a_failed_commit_leaves_the_tree_changed(store: Blockstore, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = Tree(store)
+    tree.write_file("d/e/f", payload(3 * MIB))
+    real_put = type(store).put
+
+    def failing_put(self: Blockstore, data: bytes, codec_: int) -> bytes:
+        if codec_ == cids.DAG_CBOR:
+            raise StoreFullError("full")
+        return real_put(self, data, codec_)
+
+    monkeypatch.setattr(type(store), "put", failing_put)
+    with pytest.raises(StoreFullError):
+        tree.commit()
+    monkeypatch.undo()
+    assert tree.root.dirty and tree.describe(tree.resolve("d")).changed
+    root = tree.commit()
+    assert read_tree(Tree(store, root)) == {"d/e/f": payload(3 * MIB)}
+
+
+def test_a_commit_does_not_need_blocks_the_change_did_not_touch(store: Blockstore) -> None:
+    tree = Tree(store)
+    tree.write_file("arr/.zattrs", b'{"not": "inlined"}')  # raw: not the exact rendering
+    tree.write_file("arr/0", b"chunk")
+    root = tree.commit()
+    missing = cids.block_cid(cids.RAW, b'{"not": "inlined"}')
+    if isinstance(store, MemoryBlockstore):
+        del store._blocks[missing]
+    else:
+        store.block_path(missing).unlink()  # type: ignore[attr-defined]
+    tree = Tree(store, root)
+    tree.write_file("arr/1", b"another chunk")
+    new_root = tree.commit()
+    arr = codec.decode(store.get(new_root))["arr"]
+    assert arr[".zattrs"] == codec.Link(missing), "the unreadable file keeps its link"
+
+
+def test_describe_says_what_a_node_is_made_of(store: Blockstore) -> None:
+    tree = Tree(store)
+    tree.write_file("small/.zattrs", zattrs({"a": 1}))
+    tree.write_file("small/data", b"bytes")
+    tree.makedirs("linked/.zgroup")  # a directory under a metadata name is always its own block
+    assert tree.describe(tree.resolve("small/.zattrs")).changed
+    tree.commit()
+    assert tree.describe(tree.resolve("small/.zattrs")).inline
+    assert tree.describe(tree.resolve("small")).inline
+    assert tree.describe(tree.resolve("small/data")).cid == cids.block_cid(cids.RAW, b"bytes")
+    linked = tree.describe(tree.resolve("linked/.zgroup")).cid
+    assert linked is not None and store.has(linked)
+    assert tree.describe(tree.root).cid == tree.root.cid
+    tree.write_file("small/more", b"m")
+    assert tree.describe(tree.resolve("small")).changed and tree.describe(tree.root).changed
