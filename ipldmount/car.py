@@ -8,7 +8,10 @@ a blockstore batch, so a CAR that turns out to be bad imports nothing.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import BinaryIO
 
 from multiformats import multicodec
@@ -17,7 +20,7 @@ from . import codec
 from .blockstore import Blockstore
 from .cid import DAG_CBOR, RAW, SHA2_256, cid_to_str, codec_of, verify
 from .codec import Link
-from .errors import BlockNotFoundError, CarError, CorruptBlockError, InvalidCIDError
+from .errors import BlockNotFoundError, CarError, CorruptBlockError, IncompleteDagError, InvalidCIDError
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(blocks, nbytes)``: blocks done, CAR bytes written or read so far."""
@@ -116,10 +119,13 @@ def block_links(cid: bytes, data: bytes) -> list[bytes]:
     return found
 
 
-def iter_closure(store: Blockstore, root: bytes) -> Iterator[tuple[bytes, bytes]]:
+def iter_closure(
+    store: Blockstore, root: bytes, missing: list[bytes] | None = None
+) -> Iterator[tuple[bytes, bytes]]:
     """Every block reachable from *root*, once each: depth first, parents before children.
 
-    Raises BlockNotFoundError for a missing block, CorruptBlockError for a bad one.
+    Raises BlockNotFoundError for a missing block, CorruptBlockError for a bad one;
+    or, given a *missing* list, notes each such block there and goes on without it.
     """
     seen: set[bytes] = set()
     stack = [root]
@@ -128,14 +134,87 @@ def iter_closure(store: Blockstore, root: bytes) -> Iterator[tuple[bytes, bytes]
         if cid in seen:
             continue
         seen.add(cid)
-        data = store.get(cid)
+        try:
+            data = store.get(cid)
+            links = block_links(cid, data)
+        except (BlockNotFoundError, CorruptBlockError):
+            if missing is None:
+                raise
+            missing.append(cid)
+            continue
         yield cid, data
-        stack.extend(reversed(block_links(cid, data)))
+        stack.extend(reversed(links))
 
 
-def export_car(store: Blockstore, root: bytes, out: BinaryIO, progress: Progress | None = None) -> int:
-    """Write the DAG under *root* as a CARv1; return the bytes written."""
-    return write_car(out, [root], iter_closure(store, root), progress=progress)
+def export_car(
+    store: Blockstore,
+    root: bytes,
+    out: BinaryIO,
+    progress: Progress | None = None,
+    missing: list[bytes] | None = None,
+) -> int:
+    """Write the DAG under *root* as a CARv1; return the bytes written.
+
+    With a *missing* list, blocks that cannot be read are noted there and left out
+    (the archive is then incomplete: the caller must not present it as the DAG).
+    """
+    return write_car(out, [root], iter_closure(store, root, missing), progress=progress)
+
+
+def closure_size(store: Blockstore, root: bytes) -> int:
+    """How many blocks :func:`export_car` would write (reads every DAG-CBOR node, no raw block)."""
+    seen: set[bytes] = set()
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        if codec_of(cid) == DAG_CBOR and store.has(cid):
+            stack.extend(block_links(cid, store.get(cid)))
+    return len(seen)
+
+
+def incomplete_dag(
+    root: bytes, missing: list[bytes], shown: int = 5, consequence: str = "no CAR was written"
+) -> IncompleteDagError:
+    """The error for a DAG whose *missing* blocks cannot be read, naming them."""
+    names = ", ".join(cid_to_str(cid) for cid in missing[:shown])
+    more = f" and {len(missing) - shown} more" if len(missing) > shown else ""
+    return IncompleteDagError(
+        f"{len(missing)} block{'s' * (len(missing) != 1)} under {cid_to_str(root)} cannot be read "
+        f"(not found in the store, or corrupt): {names}{more}; {consequence}",
+        root,
+        missing,
+    )
+
+
+def write_car_file(store: Blockstore, root: bytes, path: Path, progress: Progress | None = None) -> int:
+    """Write a root's CAR to *path* atomically and durably: never a half-written archive.
+
+    Raises IncompleteDagError, naming every block that cannot be read, instead of
+    writing an archive without them.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    missing: list[bytes] = []
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            size = export_car(store, root, stream, progress=progress, missing=missing)
+            if missing:
+                raise incomplete_dag(root, missing)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return size
 
 
 # --- reading --------------------------------------------------------------------
@@ -285,20 +364,29 @@ def _codec_name(code: int) -> str:
 # --- importing ------------------------------------------------------------------
 
 
-def import_car(store: Blockstore, stream: BinaryIO, progress: Progress | None = None) -> list[bytes]:
+def import_car(
+    store: Blockstore,
+    stream: BinaryIO,
+    progress: Progress | None = None,
+    check_roots: Callable[[list[bytes]], None] | None = None,
+) -> list[bytes]:
     """Import a CARv1 into *store* in one batch and return its roots.
 
     Every block is verified, every root must end up in the store, and every link
     of an imported block must point into the CAR or the store. On any problem
     this raises CarError and imports nothing (StoreFullError and I/O errors of
-    the stream pass through as they are, also importing nothing). Inside an
-    already open batch, rolling back is up to that outer batch.
+    the stream pass through as they are, also importing nothing). *check_roots*
+    may refuse the roots once every block is in (it sees them, not yet committed);
+    what it raises also imports nothing. Inside an already open batch, rolling
+    back is up to that outer batch.
     """
     try:
         with store.batch():
             reader = _Reader(stream)
             roots = _read_header(reader)
             _import_sections(store, reader, roots, progress)
+            if check_roots is not None:
+                check_roots(roots)
     except (BlockNotFoundError, CorruptBlockError, InvalidCIDError) as exc:
         raise CarError(f"bad CAR: {exc}") from exc
     return roots

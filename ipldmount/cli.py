@@ -11,20 +11,23 @@ import argparse
 import json
 import logging
 import os
+import signal
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from . import car, control
+from . import __version__, car, control
 from . import cid as cids
 from .blockstore import DirectoryBlockstore, default_store_path
-from .errors import IpldmountError, IsADirectoryError_, NotADirectoryError_, NotFoundError
+from .car import write_car_file
+from .errors import InvalidCIDError, IpldmountError, IsADirectoryError_, NotADirectoryError_, NotFoundError
 from .journal import Journal
 from .progress import Progress
-from .session import state_dir, write_car_file
+from .session import state_dir
 from .tree import Directory, File, Node, Tree
 
 log = logging.getLogger("ipldmount")
@@ -66,9 +69,11 @@ def _path_errors(target: str) -> Iterator[None]:
 
 
 @contextmanager
-def _progress(label: str) -> Iterator[Progress]:
+def _progress(
+    label: str, *, total_bytes: int | None = None, total_blocks: int | None = None
+) -> Iterator[Progress]:
     """A progress line that ends its line even when the operation fails, so the error starts afresh."""
-    progress = Progress(label)
+    progress = Progress(label, total_bytes=total_bytes, total_blocks=total_blocks)
     try:
         yield progress
     finally:
@@ -76,17 +81,49 @@ def _progress(label: str) -> Iterator[Progress]:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    store = _open_store(args)
-    try:
-        with open(args.car, "rb") as stream, _progress(f"import {args.car}") as progress:
-            roots = car.import_car(store, stream, progress=progress)
-    except FileNotFoundError:
-        raise IpldmountError(f"no such file: {args.car}") from None
-    except IsADirectoryError:
-        raise IpldmountError(f"{args.car} is a directory, not a CAR file") from None
-    for root in roots:
+    for root in _import(_open_store(args), args.car, single_root=False):
         print(cids.cid_to_str(root))
     return 0
+
+
+def _import(store: DirectoryBlockstore, path: str, *, single_root: bool) -> list[bytes]:
+    """Import a CAR file whose roots are all directory trees (one, if *single_root*): all or nothing."""
+    try:
+        with open(path, "rb") as stream:
+            size = _regular_file_size(stream.fileno())
+            with _progress(f"import {path}", total_bytes=size) as progress:
+                return car.import_car(store, stream, progress, _check_roots(store, path, single_root))
+    except FileNotFoundError:
+        raise IpldmountError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise IpldmountError(f"{path} is a directory, not a CAR file") from None
+
+
+def _regular_file_size(fd: int) -> int | None:
+    info = os.fstat(fd)
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _check_roots(store: DirectoryBlockstore, path: str, single_root: bool) -> Callable[[list[bytes]], None]:
+    """Refuse, before anything is committed, a CAR whose roots are not what the command needs."""
+
+    def check(roots: list[bytes]) -> None:
+        if single_root and len(roots) != 1:
+            shown = ", ".join(cids.cid_to_str(root) for root in roots[:3]) + ", ..." * (len(roots) > 3)
+            raise IpldmountError(
+                f"{path} has {len(roots)} roots ({shown}), so it names no single tree; nothing was "
+                f"imported (`ipldmount import {path}` keeps them all; then mount one by its CID)"
+            )
+        for root in roots:
+            try:
+                Tree(store, root, read_only=True)
+            except IpldmountError as exc:
+                raise IpldmountError(
+                    f"{path}: root {cids.cid_to_str(root)} is not a directory tree ({exc}); "
+                    f"nothing was imported"
+                ) from None
+
+    return check
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -102,10 +139,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not parent.is_dir():
             what = "is not a directory" if parent.exists() else "does not exist"
             raise IpldmountError(f"cannot write {args.output}: directory {parent} {what}")
-    with _progress(f"export {args.cid}") as progress:
+    total = car.closure_size(store, root) if sys.stderr.isatty() else None  # a first pass, for the % only
+    with _progress(f"export {args.cid}", total_blocks=total) as progress:
         if to_stdout:
-            size = car.export_car(store, root, sys.stdout.buffer, progress=progress)
+            missing: list[bytes] = []
+            size = car.export_car(store, root, sys.stdout.buffer, progress=progress, missing=missing)
             sys.stdout.buffer.flush()
+            if missing:
+                raise car.incomplete_dag(root, missing, consequence="the CAR written to stdout is incomplete")
         else:
             size = write_car_file(store, root, Path(args.output), progress=progress)
     if not to_stdout:
@@ -165,18 +206,25 @@ def _resolve_root(store: DirectoryBlockstore, root: str, mountpoint: Path) -> by
         return None
     if root == "resume":
         return _last_root(store, mountpoint)
-    path = Path(root)
-    if path.is_file():
-        with path.open("rb") as stream:
-            roots = car.import_car(store, stream, progress=Progress(f"import {root}"))
-        return roots[0]
-    cid = cids.parse_cid(root)
+    if Path(root).is_file():
+        return _import(store, root, single_root=True)[0]
+    cid = _parse_root(root)
     if not store.has(cid):
         raise IpldmountError(
             f"root {root} is not in the store {store.root} (import its CAR first, or pass the .car)"
         )
     Tree(store, cid, read_only=True)  # a root that is not a directory is refused here, not in the daemon
     return cid
+
+
+def _parse_root(text: str) -> bytes:
+    """ROOT as typed: a CID, or else say what ROOT may be."""
+    try:
+        return cids.parse_cid(text)
+    except InvalidCIDError as exc:
+        if Path(text).exists():
+            raise IpldmountError(f"{text} is not a CAR file") from None
+        raise IpldmountError(f"ROOT must be a CID, a .car file, 'empty' or 'resume'; {exc}") from None
 
 
 def _last_root(store: DirectoryBlockstore, mountpoint: Path) -> bytes | None:
@@ -194,7 +242,7 @@ def _last_root(store: DirectoryBlockstore, mountpoint: Path) -> bytes | None:
     return None
 
 
-def _check_mountpoint(mountpoint: Path, store: DirectoryBlockstore) -> None:
+def _check_mountpoint(mountpoint: Path, store: DirectoryBlockstore, nonempty: bool = False) -> None:
     """Refuse a bad mountpoint; clear a stale one our own dead daemon left."""
     try:
         control.check_mountpoint(mountpoint)
@@ -214,6 +262,34 @@ def _check_mountpoint(mountpoint: Path, store: DirectoryBlockstore) -> None:
         raise IpldmountError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise IpldmountError(f"{mountpoint} is already a mountpoint (unmount it first)")
+    if not nonempty:
+        with os.scandir(mountpoint) as entries:
+            first = next(entries, None)
+        if first is not None:
+            raise IpldmountError(
+                f"mountpoint {mountpoint} is not empty ({first.name!r} is there): the mount would hide "
+                f"what it holds; empty it, or pass --nonempty (-o nonempty) to mount over it anyway"
+            )
+
+
+def _discard_pending(store: DirectoryBlockstore, mountpoint: Path) -> None:
+    """--discard: drop the unsynced changes a mountpoint's earlier session left, saying what they were."""
+    journal = Journal(state_dir(store, mountpoint) / "journal")
+    try:
+        pending = journal.read()
+    except IpldmountError as exc:
+        print(f"ipldmount: discarding an unreadable journal {journal.path}: {exc}", file=sys.stderr)
+        journal.remove()
+        return
+    if pending is None or not pending.records:
+        print(f"ipldmount: {mountpoint} has no unsynced changes to discard", file=sys.stderr)
+    else:
+        base = cids.cid_to_str(pending.root) if pending.root else "the empty tree"
+        print(
+            f"ipldmount: discarded {len(pending.records)} unsynced changes on {base} at {mountpoint}",
+            file=sys.stderr,
+        )
+    journal.remove()
 
 
 def _alive(pid: int) -> bool:
@@ -236,7 +312,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         args.store = str(Path(args.store).resolve())
     store = _open_store(args, durable=False)  # the daemon's fsync and sync make blocks durable (syncfs)
     mountpoint = Path(args.mountpoint).resolve()
-    _check_mountpoint(mountpoint, store)
+    _check_mountpoint(mountpoint, store, args.nonempty)
+    if args.discard:
+        _discard_pending(store, mountpoint)
     root = _resolve_root(store, args.root, mountpoint)
     if args.foreground:
         return _run_daemon(args, store, mountpoint, root)
@@ -300,9 +378,11 @@ def _spawn_daemon(
     command += ["--foreground", "--store", str(store.root), "--ready-fd", str(write_end)]
     command += ["--read-only"] * args.read_only + ["--whole-files"] * args.whole_files
     command += ["--allow-other"] * args.allow_other + ["-v"] * args.verbose
+    command += ["--nonempty"] * args.nonempty
     if args.car_dir:
         command += ["--car-dir", str(Path(args.car_dir).resolve())]
-    with open(log_path, "ab") as log_file:
+    log_fd = store.open_file(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    with os.fdopen(log_fd, "ab") as log_file:
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -312,10 +392,16 @@ def _spawn_daemon(
             start_new_session=True,
         )
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as ready:
-        message = ready.read().decode(errors="replace").strip()
+    try:
+        with os.fdopen(read_end, "rb") as ready:
+            message = ready.read().decode(errors="replace").strip()
+    except BaseException:  # interrupted while waiting: do not leave a mount the user gave up on
+        process.terminate()
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(30)
+        raise
     if message.startswith("READY"):
-        shown = cids.cid_to_str(root) if root else "empty"
+        shown = cids.cid_to_str(root) if root else "an empty tree"
         print(f"mounted {shown} at {mountpoint} (daemon pid {process.pid}, log {log_path})")
         return 0
     process.wait()
@@ -324,8 +410,14 @@ def _spawn_daemon(
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    car = str(Path(args.car).resolve()) if args.car else None
-    answer = control.request(Path(args.mountpoint), "sync", car=car)
+    car_path = str(Path(args.car).resolve()) if args.car else None
+    try:
+        answer = control.request(Path(args.mountpoint), "sync", car=car_path)
+    except control.ControlError as exc:
+        if exc.answer.get("root"):  # committed: only the CAR failed
+            print(exc.answer["root"])
+            raise IpldmountError(f"synced, but {exc}") from None
+        raise
     _print_synced(answer)
     return 0
 
@@ -344,8 +436,20 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         _fusermount_unmount(mountpoint)
         print(f"cleared the stale mount at {mountpoint}; its unsynced changes come back on the next mount")
         return 0
-    car = str(Path(args.car).resolve()) if args.car else None
-    answer = control.request(mountpoint, "unmount", car=car)
+    car_path = str(Path(args.car).resolve()) if args.car else None
+    try:
+        answer = control.request(mountpoint, "unmount", car=car_path)
+    except control.ControlError as exc:
+        if not exc.answer.get("unmounting"):
+            raise
+        _wait_unmounted(mountpoint, args.timeout)  # an unmount always unmounts
+        if exc.answer.get("root"):
+            print(exc.answer["root"])
+            raise IpldmountError(f"unmounted {mountpoint}, but {exc}") from None
+        raise IpldmountError(
+            f"unmounted {mountpoint}, but {exc}; the changes are kept in its journal and come back "
+            f"with `ipldmount resume {mountpoint}`"
+        ) from None
     _wait_unmounted(mountpoint, args.timeout)
     _print_synced(answer)
     return 0
@@ -361,14 +465,28 @@ def _wait_unmounted(mountpoint: Path, timeout: float) -> None:
         time.sleep(0.05)
 
 
+STATUS_LINES = {
+    "mountpoint": "mountpoint",
+    "root": "root (started from, or last synced)",
+    "unsynced_changes": "unsynced changes",
+    "open_unsaved_files": "files open with unsaved writes",
+    "sync_changes_root": "a sync would change the root",
+    "read_only": "read-only",
+    "store": "store",
+    "journal": "journal",
+    "pid": "daemon pid",
+}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     answer = control.request(Path(args.mountpoint), "status")
     answer.pop("ok", None)
     if args.json:
         print(json.dumps(answer, indent=2))
-    else:
-        for key, value in answer.items():
-            print(f"{key}: {value}")
+        return 0
+    for key, value in answer.items():
+        shown = ("yes" if value else "no") if isinstance(value, bool) else value
+        print(f"{STATUS_LINES.get(key, key)}: {shown}")
     return 0
 
 
@@ -406,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `ipldmount COMMAND --help` for a command's options.",
         parents=[_common_options(argparse.SUPPRESS)],
     )
+    parser.add_argument("--version", action="version", version=f"ipldmount {__version__}")
     parser.set_defaults(store=None, verbose=0)
     common = _common_options(argparse.SUPPRESS)  # after the command too; a value given before it stays
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -413,22 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(
             name, help=help_text, description=help_text, parents=[common], prog=f"ipldmount {name}"
         )
-    mount = sub.choices["mount"]
-    mount.add_argument(
-        "root",
-        metavar="ROOT",
-        help="a root CID in the store, a .car file to import, 'empty', or 'resume' (the root this "
-        "mountpoint had last, with its unsynced changes)",
-    )
-    mount.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty directory")
-    mount.add_argument("-f", "--foreground", action="store_true", help="serve in this process (for systemd)")
-    mount.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
-    mount.add_argument("--car-dir", metavar="DIR", help="where sync writes CARs (default: STORE/cars)")
-    mount.add_argument(
-        "--whole-files", action="store_true", help="keep every file as one raw block (exact ipldstore CIDs)"
-    )
-    mount.add_argument("--allow-other", action="store_true", help="let other users see the mount")
-    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    _mount_arguments(sub.choices["mount"])
     for name in ("sync", "unmount", "status"):
         sub.choices[name].add_argument("mountpoint", metavar="MOUNTPOINT")
     for name in ("sync", "unmount"):
@@ -451,19 +555,121 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["ls"].add_argument(
         "target", metavar="CID[/PATH]", help="a root CID, optionally with a path in it"
     )
-    sub.choices["ls"].add_argument("-l", "--long", action="store_true", help="show kind, size and CID")
+    sub.choices["ls"].add_argument(
+        "-l",
+        "--long",
+        action="store_true",
+        help="show kind, size and CID ('inline': no block of its own)",
+    )
     sub.choices["cat"].add_argument(
         "target", metavar="CID/PATH", help="a root CID and the path of a file in it"
     )
     return parser
 
 
+def _mount_arguments(mount: argparse.ArgumentParser) -> None:
+    mount.add_argument(
+        "root",
+        metavar="ROOT",
+        help="a root CID in the store, a .car file to import, 'empty', or 'resume' (the root this "
+        "mountpoint had last, with its unsynced changes)",
+    )
+    mount.add_argument(
+        "mountpoint", metavar="MOUNTPOINT", help="an existing empty directory (see --nonempty)"
+    )
+    mount.add_argument("-f", "--foreground", action="store_true", help="serve in this process (for systemd)")
+    mount.add_argument("--read-only", action="store_true", help="refuse every change (EROFS)")
+    mount.add_argument("--car-dir", metavar="DIR", help="where sync writes CARs (default: STORE/cars)")
+    mount.add_argument(
+        "--whole-files", action="store_true", help="keep every file as one raw block (exact ipldstore CIDs)"
+    )
+    mount.add_argument("--allow-other", action="store_true", help="let other users see the mount")
+    mount.add_argument(
+        "--nonempty", action="store_true", help="mount over a directory that holds files (hiding them)"
+    )
+    mount.add_argument(
+        "--discard",
+        action="store_true",
+        help="first drop the unsynced changes an earlier session left at MOUNTPOINT (says how many)",
+    )
+    mount.add_argument(
+        "-o",
+        dest="options",
+        metavar="OPTIONS",
+        action="append",
+        default=[],
+        help="mount(8)-style options, comma-separated: ro, rw, allow_other, nonempty, whole_files, "
+        "store=DIR, car_dir=DIR; options mount(8) and fstab add (dev, suid, noauto, _netdev, x-*, ...) "
+        "are accepted and ignored",
+    )
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+
+# mount(8) options that mean nothing to a FUSE daemon (the kernel or mount itself applies them).
+IGNORED_MOUNT_OPTIONS = (
+    {"rw", "defaults", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "auto", "noauto", "nofail"}
+    | {"user", "nouser", "users", "owner", "group", "_netdev", "async", "sync", "dirsync", "silent", "loud"}
+    | {"atime", "noatime", "relatime", "strictatime", "diratime", "nodiratime", "lazytime", "nolazytime"}
+)
+
+
+def apply_mount_options(args: argparse.Namespace) -> None:
+    """Fold ``-o a,b,k=v`` (as mount(8), mount.fuse3 and fstab pass them) into *args*."""
+    flags = {
+        "ro": "read_only",
+        "allow_other": "allow_other",
+        "nonempty": "nonempty",
+        "whole_files": "whole_files",
+    }
+    values = {"store": "store", "car_dir": "car_dir"}
+    for option in ",".join(args.options).split(","):
+        name, equals, value = option.strip().partition("=")
+        if not name or name in IGNORED_MOUNT_OPTIONS or name.startswith("x-") or name.startswith("comment="):
+            continue
+        if name in flags and not equals:
+            setattr(args, flags[name], True)
+        elif name in values and equals and value:
+            setattr(args, values[name], value)
+        else:
+            known = ", ".join([*flags, *(f"{key}=..." for key in values)])
+            raise UsageError(f"unknown mount option {option!r} (known: {known})")
+
+
+class UsageError(IpldmountError):
+    """The command line is wrong (exit status 2)."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM arrived: unwind like KeyboardInterrupt does for SIGINT."""
+
+    signum = signal.SIGTERM
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Interrupted
+
+
+INTERRUPTED = {
+    "import": "nothing was imported",
+    "export": "no CAR was written",
+    "mount": "nothing was mounted (a CAR being imported was not kept)",
+}
+
+
+def _with_mount_first(arguments: list[str]) -> list[str]:
+    """`ipldmount [--store S] [-v] ROOT MOUNTPOINT ...`: put `mount` before ROOT."""
+    index = 0
+    while index < len(arguments) and arguments[index].startswith("-"):
+        option = arguments[index]
+        index += 2 if option == "--store" else 1  # --store DIR; --store=DIR, -v, --version alone
+    if index < len(arguments) and arguments[index] not in COMMANDS:
+        return [*arguments[:index], "mount", *arguments[index:]]
+    return arguments
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments and not arguments[0].startswith("-") and arguments[0] not in COMMANDS:
-        arguments.insert(0, "mount")  # `ipldmount ROOT MOUNTPOINT`
-    args = parser.parse_args(arguments)
+    args = parser.parse_args(_with_mount_first(list(sys.argv[1:] if argv is None else argv)))
     verbosity = args.verbose + (args.command == "mount")  # the daemon logs its syncs and final root
     logging.basicConfig(
         level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)],
@@ -472,8 +678,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else "%(message)s",
     )
     handler = COMMANDS[args.command][0]
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
+        if args.command == "mount":
+            apply_mount_options(args)
         return handler(args)
+    except UsageError as exc:
+        parser.exit(2, f"ipldmount: error: {exc}\n")
     except IpldmountError as exc:
         print(f"ipldmount: error: {exc}", file=sys.stderr)
         return 1
@@ -482,6 +693,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"ipldmount: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Interrupted) as exc:
+        signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else Interrupted.signum
+        kept = INTERRUPTED.get(args.command)
+        what = f"{args.command} stopped" + (f"; {kept}" if kept else "")
+        print(f"\nipldmount: interrupted ({signal.Signals(signum).name}): {what}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def mount_helper(argv: Sequence[str] | None = None) -> int:
+    """``mount.ipldmount SOURCE DIR [-sfnv] [-o OPTIONS]``: what mount(8) runs for ``-t ipldmount``.
+
+    Install it as /sbin/mount.ipldmount (a symlink to the console script) for
+    ``mount -t ipldmount`` and fstab lines of type ``ipldmount``.
+    """
+    helper = argparse.ArgumentParser(prog="mount.ipldmount", description=mount_helper.__doc__)
+    helper.add_argument("source", metavar="ROOT")
+    helper.add_argument("directory", metavar="MOUNTPOINT")
+    helper.add_argument("-o", dest="options", default="")
+    helper.add_argument("-f", dest="fake", action="store_true", help="do everything but mount")
+    helper.add_argument("-s", dest="sloppy", action="store_true", help="(accepted, ignored)")
+    helper.add_argument("-n", dest="no_mtab", action="store_true", help="(accepted, ignored)")
+    helper.add_argument("-v", dest="verbose", action="store_true")
+    helper.add_argument("-t", dest="type", help="(accepted, ignored)")
+    args = helper.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.fake:
+        return 0
+    command = ["mount", args.source, args.directory] + (["-o", args.options] if args.options else [])
+    return main(command + ["-v"] * args.verbose)
+
+
+__all__ = ["main", "mount_helper"]
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import errno
 import json
 import os
 import socket
+import stat
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,11 @@ XATTR_SOCKET = "user.ipld.socket"
 
 
 class ControlError(IpldmountError):
-    """The daemon could not be reached, or answered with an error."""
+    """The daemon could not be reached, or answered with an error (then *answer* holds the rest)."""
+
+    def __init__(self, message: str, answer: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.answer = answer or {}
 
 
 class StaleMountError(ControlError):
@@ -31,7 +37,11 @@ class StaleMountError(ControlError):
 
 
 def runtime_dir() -> Path:
-    """Where control sockets live: short paths, private to the user."""
+    """Where control sockets live: short paths, private to the user.
+
+    The folder must be ours and closed to others: in a shared place like /tmp,
+    anyone could have made it first to catch our sockets.
+    """
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base:
         path = Path(base) / "ipldmount"
@@ -39,8 +49,27 @@ def runtime_dir() -> Path:
         path = Path("/run/ipldmount")
     else:
         path = Path(f"/tmp/ipldmount-{os.geteuid()}")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    _check_private(path)
     return path
+
+
+def _check_private(path: Path) -> None:
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise IpldmountError(f"{path} is not a directory (a symlink?); refusing to put control sockets there")
+    if info.st_uid != os.geteuid():
+        raise IpldmountError(
+            f"{path} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()}); "
+            f"refusing to put control sockets there (remove it, or set XDG_RUNTIME_DIR)"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise IpldmountError(
+            f"{path} is open to other users (mode {stat.S_IMODE(info.st_mode):o}); "
+            f"refusing to put control sockets there (chmod 700 it)"
+        )
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -83,7 +112,7 @@ def request(mountpoint: Path, command: str, timeout: float | None = None, **argu
         connection.sendall(json.dumps({"command": command, **arguments}).encode() + b"\n")
         answer = _read_line(connection)
     if not answer.get("ok"):
-        raise ControlError(str(answer.get("error", "the daemon refused the request")))
+        raise ControlError(str(answer.get("error", "the daemon refused the request")), answer)
     return answer
 
 

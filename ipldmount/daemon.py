@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyfuse3
 import trio
 
+from . import cid as cids
 from .blockstore import DirectoryBlockstore
 from .control import MAX_MESSAGE, runtime_dir
-from .errors import IpldmountError
-from .fuse_ops import Operations
+from .errors import IncompleteDagError, IpldmountError
+from .fuse_ops import Operations, close, mount, serve, terminate
 from .session import Session, mount_id
 
 log = logging.getLogger(__name__)
@@ -44,15 +44,6 @@ class MountConfig:
     allow_other: bool = False
 
 
-def fuse_options(config: MountConfig) -> set[str]:
-    options = set(pyfuse3.default_options) | {"fsname=ipldmount", "subtype=ipldmount"}
-    if config.read_only:
-        options.add("ro")
-    if config.allow_other:
-        options.add("allow_other")
-    return options
-
-
 def run(config: MountConfig, ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted, sync, and return. *ready* is called once the mount is live."""
     session = Session(
@@ -66,7 +57,7 @@ def run(config: MountConfig, ready: Callable[[], None]) -> None:
     control = runtime_dir() / f"{mount_id(config.mountpoint)}.sock"
     ops = Operations(session, control)
     pid_file = session.state / "daemon.pid"
-    pyfuse3.init(ops, str(config.mountpoint), fuse_options(config))
+    mount(ops, config.mountpoint, read_only=config.read_only, allow_other=config.allow_other)
     clean = False
     try:
         pid_file.write_text(f"{os.getpid()}\n")
@@ -76,7 +67,7 @@ def run(config: MountConfig, ready: Callable[[], None]) -> None:
             raise _single(group) from None  # what failed, not "Exceptions from Trio nursery"
         clean = True
     finally:
-        pyfuse3.close(unmount=is_mounted(config.mountpoint))
+        close(unmount=is_mounted(config.mountpoint))
         session.close(clean)
         if _bound_by_us(control):
             control.unlink()  # never another daemon's: one that failed to bind leaves it alone
@@ -92,10 +83,14 @@ async def _serve(ops: Operations, control: Path, ready: Callable[[], None]) -> N
         nursery.start_soon(_raise_read_ahead, ops.session.mountpoint)
         ready()
         log.info("serving %s (root %s)", ops.session.mountpoint, ops.session.status()["root"])
-        await pyfuse3.main()
+        await serve()
         if not ops.read_only and (ops.session.dirty or ops.buffers):
             try:
                 result = await ops.sync()
+            except IncompleteDagError as exc:  # the root is committed: nothing is lost, the CAR is
+                log.error("final sync of %s: %s", ops.session.mountpoint, exc)
+                nursery.cancel_scope.cancel()
+                return
             except IpldmountError as exc:
                 raise IpldmountError(
                     f"the final sync of {ops.session.mountpoint} failed: {exc}; its changes stay in the "
@@ -153,35 +148,50 @@ async def _answer(ops: Operations, stream: trio.SocketStream) -> None:
             data += chunk
         answer = await _dispatch(ops, data)
         await stream.send_all(json.dumps(answer).encode() + b"\n")
-        if answer.get("ok") and answer.get("unmounting"):
-            pyfuse3.terminate()
+        if answer.get("unmounting"):
+            terminate()  # an unmount always unmounts: what failed is in the answer, the rest is safe
+
+
+def _parse(data: bytes) -> tuple[str, dict[str, Any]] | None:
+    """(command, arguments) of a request, or None when it is not one."""
+    try:
+        request = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(request, dict) or not isinstance(request.get("command"), str):
+        return None
+    car = request.get("car")
+    if car is not None and not isinstance(car, str):
+        return None
+    return request["command"], request
 
 
 async def _dispatch(ops: Operations, data: bytes) -> dict[str, Any]:
-    try:
-        request = json.loads(data)
-        command = request["command"]
-        if command == "status":
-            return {
-                "ok": True,
-                **ops.session.status(),
-                "open_unsaved_files": sum(b.dirty for b in ops.buffers.values()),
-            }
-        if command in ("sync", "unmount"):
-            car = Path(request["car"]) if request.get("car") else None
-            answer: dict[str, Any] = {"ok": True, "unmounting": command == "unmount"}
-            if not ops.read_only:
-                result = await ops.sync(car)
-                answer.update(root=result.root, car=str(result.car), car_bytes=result.car_bytes)
-            else:
-                answer.update(root=ops.session.status()["root"])
-            return answer
-        return {"ok": False, "error": f"unknown command {command!r}"}
-    except (IpldmountError, OSError) as exc:
-        log.error("control request failed: %s", exc)
-        return {"ok": False, "error": str(exc)}
-    except (ValueError, KeyError, TypeError):
+    parsed = _parse(data)
+    if parsed is None:
         return {"ok": False, "error": "malformed request"}
+    command, request = parsed
+    if command == "status":
+        return {"ok": True, **(await ops.status())}
+    if command not in ("sync", "unmount"):
+        return {"ok": False, "error": f"unknown command {command!r}"}
+    answer: dict[str, Any] = {"ok": True, "unmounting": command == "unmount"}
+    try:
+        if ops.read_only:
+            answer.update(root=ops.session.status()["root"])
+        else:
+            result = await ops.sync(Path(request["car"]) if request.get("car") else None)
+            answer.update(root=result.root, car=str(result.car), car_bytes=result.car_bytes)
+    except IncompleteDagError as exc:  # the root is committed; only its CAR is missing
+        log.error("sync of %s: %s", ops.session.mountpoint, exc)
+        answer.update(ok=False, error=str(exc), root=cids.cid_to_str(exc.root))
+    except (IpldmountError, OSError) as exc:
+        log.error("%s of %s failed: %s", command, ops.session.mountpoint, exc)
+        answer.update(ok=False, error=f"{command} failed: {exc}")
+    except Exception:
+        log.exception("%s of %s failed unexpectedly", command, ops.session.mountpoint)
+        answer.update(ok=False, error=f"{command} failed unexpectedly (see the daemon log)")
+    return answer
 
 
 async def _on_signals(ops: Operations) -> None:
@@ -194,7 +204,7 @@ async def _on_signals(ops: Operations) -> None:
                     log.info("synced on %s: root %s", signal.Signals(signum).name, result.root)
                 except IpldmountError as exc:
                     log.error("sync on signal failed (changes stay in the journal): %s", exc)
-            pyfuse3.terminate()
+            terminate()
             return
 
 
@@ -220,7 +230,7 @@ def is_mounted(mountpoint: Path) -> bool:
 async def _raise_read_ahead(mountpoint: Path) -> None:
     """Raise the mount's read-ahead to 1 MiB: cold sequential reads go ~1.7x faster (bench).
 
-    The kernel sets it from the FUSE INIT reply, which pyfuse3.main() sends once it runs;
+    The kernel sets it from the FUSE INIT reply, which serve() sends once it runs;
     a value written before that is lowered again. So write it again until it stays.
     """
     for delay in (0.05, 0.2, 0.5, 1.0, 2.0):

@@ -40,6 +40,14 @@ class FileTooLargeError(IpldmountError):
     """A file would grow past the largest size the format accepts (FORMAT.md §5)."""
 
 
+class IncompleteDagError(IpldmountError):
+    """Blocks under a root cannot be read, so no complete archive of it can be written."""
+
+    def __init__(self, message: str, root: bytes, missing: list[bytes]) -> None:
+        super().__init__(message)
+        self.root, self.missing = root, missing
+
+
 class StoreFullError(IpldmountError):
     """The blockstore's disk is full; nothing partial was kept."""
 
@@ -107,6 +115,7 @@ _ERRNO: dict[type[BaseException], int] = {
     CorruptBlockError: errno.EIO,
     FormatError: errno.EIO,
     CarError: errno.EIO,
+    IncompleteDagError: errno.EIO,
     InvalidCIDError: errno.EINVAL,
 }
 

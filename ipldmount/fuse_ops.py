@@ -1,6 +1,7 @@
 """The FUSE adapter: kernel requests in, tree operations out.
 
-The only module that imports pyfuse3. It owns what exists only while mounted:
+The only module that imports pyfuse3 (the daemon mounts and serves through
+:func:`mount`, :func:`serve`, :func:`terminate` and :func:`close`). It owns what exists only while mounted:
 inode numbers, open handles, the write buffers that hold content being
 written (:mod:`~ipldmount.writebuffer`), and the in-memory attributes the
 format does not store (mode, owner, times). Every change goes through :class:`~ipldmount.session.Session`,
@@ -90,6 +91,31 @@ def _brief(parameters: list[str], args: tuple[Any, ...]) -> str:
         else:
             shown.append(repr(arg)[:80])
     return "(" + ", ".join(shown) + ")"
+
+
+def mount(ops: Operations, mountpoint: Path, *, read_only: bool, allow_other: bool) -> None:
+    """Mount *ops* at *mountpoint* (the kernel sends requests once :func:`serve` runs)."""
+    options = set(pyfuse3.default_options) | {"fsname=ipldmount", "subtype=ipldmount"}
+    if read_only:
+        options.add("ro")
+    if allow_other:
+        options.add("allow_other")
+    pyfuse3.init(ops, str(mountpoint), options)
+
+
+async def serve() -> None:
+    """Answer the kernel's requests until the file system is unmounted or :func:`terminate` is called."""
+    await pyfuse3.main()
+
+
+def terminate() -> None:
+    """Make :func:`serve` return (the caller then unmounts with :func:`close`)."""
+    pyfuse3.terminate()
+
+
+def close(unmount: bool) -> None:
+    """End the FUSE session, unmounting if still mounted."""
+    pyfuse3.close(unmount=unmount)
 
 
 def decode_name(raw: bytes) -> str:
@@ -640,6 +666,21 @@ class Operations(pyfuse3.Operations):
             await self._store_if_dirty(ino, node)
 
     # --- sync ------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        """What ``ipldmount status`` shows: the session's state, the files still open with
+        unsaved writes, and whether a sync would change the root (computed, nothing stored)."""
+        status = self.session.status()
+        unsaved = sum(buffer.dirty for buffer in self.buffers.values())
+        status["open_unsaved_files"] = unsaved
+        if self.read_only:
+            status["sync_changes_root"] = False
+        elif unsaved:
+            status["sync_changes_root"] = True  # as good as certain, and knowing costs storing them
+        else:
+            async with self.lock:
+                status["sync_changes_root"] = await trio.to_thread.run_sync(self.session.sync_changes_root)
+        return status
 
     async def sync(self, car: Path | None = None) -> SyncResult:
         """Everything written so far, including files still open, committed and exported."""

@@ -92,7 +92,8 @@ class Journal:
         """Atomically replace the journal by an empty one based on *root*."""
         header = {"format": FORMAT, "version": VERSION, "root": cids.cid_to_str(root) if root else None}
         temporary = self.path.with_name(self.path.name + ".new")
-        with open(temporary, "wb") as stream:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as stream:  # names are private too: 0600 whatever the umask allows
             stream.write(json.dumps(header).encode() + b"\n")
             stream.flush()
             os.fsync(stream.fileno())

@@ -12,20 +12,18 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import car
 from . import cid as cids
 from .blockstore import DirectoryBlockstore
+from .car import write_car_file
 from .errors import IpldmountError
 from .files import FileContent, InlineFile, PendingFile, StoredFile
 from .journal import Journal, Pending, decode_data, encode_data
-from .tree import Directory, File, Node, Tree
+from .tree import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node, Tree
 from .writebuffer import WriteBuffer, buffer_content
 
 log = logging.getLogger(__name__)
@@ -49,9 +47,7 @@ def mount_id(mountpoint: Path) -> str:
 
 def state_dir(store: DirectoryBlockstore, mountpoint: Path) -> Path:
     """Where a mount's journal and status live: beside the store, one folder per mountpoint."""
-    path = store.root / "mounts" / mount_id(mountpoint)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return store.make_dir(store.root / "mounts" / mount_id(mountpoint))
 
 
 class Session:
@@ -68,23 +64,24 @@ class Session:
         self.store = store
         self.mountpoint = mountpoint
         self.read_only = read_only
-        self.car_dir = car_dir or store.root / "cars"
+        self.car_dir = car_dir or store.make_dir(store.root / "cars")
         self.state = state_dir(store, mountpoint)
         self.journal = Journal(self.state / "journal")
-        self.base_root = root
-        self.tree = Tree(store, root, whole_files=whole_files, read_only=read_only)
+        # An empty mount starts from the empty tree's root, stored, so every root shown is fetchable.
+        self.base_root = root if root is not None else store.put(EMPTY_DIRECTORY, cids.DAG_CBOR)
+        self.tree = Tree(store, self.base_root, whole_files=whole_files, read_only=read_only)
         self.recovered = 0
         if not read_only:
-            self._recover_or_start(root)
+            self._recover_or_start(self.base_root)
 
     # --- journal recovery ------------------------------------------------------
 
-    def _recover_or_start(self, root: bytes | None) -> None:
+    def _recover_or_start(self, root: bytes) -> None:
         pending = self.journal.read()
         if pending is None or not pending.records:
             self.journal.start(root)
             return
-        if pending.root != root:
+        if (pending.root or EMPTY_ROOT) != root:  # a journal of an older version says None for empty
             raise PendingChangesError(
                 f"{self.mountpoint} has {len(pending.records)} unsynced changes from an earlier session "
                 f"on root {_show(pending.root) or 'empty'}; mount ROOT 'resume' (or that root) to recover "
@@ -193,26 +190,33 @@ class Session:
     def dirty(self) -> bool:
         return self.journal.pending > 0 or self.tree.root.dirty
 
+    def sync_changes_root(self) -> bool:
+        """Whether a sync now would give another root (computed without storing anything)."""
+        return self.tree.preview_root() != self.base_root
+
     # --- sync ------------------------------------------------------------------
 
     def sync(self, car_path: Path | None = None) -> SyncResult:
-        """Commit, write the CAR, then start a fresh journal on the new root.
+        """Commit, start a fresh journal on the new root, then write the CAR.
 
-        Blocks first, then the CAR, then the journal: a crash at any point
-        leaves either the old root with its journal or the new root, never a mix.
+        Blocks first, then the journal: a crash at any point leaves either the old
+        root with its journal or the new root, never a mix. The CAR comes last and
+        is derived: if blocks the change did not touch cannot be read, the root is
+        committed all the same and IncompleteDagError names them (a later sync
+        writes the CAR once they are back).
         """
         root = self.tree.commit()
         self.store.sync()  # also the blocks stored at close, which the daemon does not fsync one by one
         default_car = self.car_dir / f"{cids.cid_to_str(root)}.car"
         car_path = car_path or default_car
-        if car_path == default_car and car_path.exists():
-            car_bytes = car_path.stat().st_size  # named by its root and written atomically: already right
-        else:
-            car_bytes = write_car_file(self.store, root, car_path)
         if root != self.base_root or self.journal.pending:
             self.journal.reset(root)
             self.base_root = root
             self._record_root(root, car_path)
+        if car_path == default_car and car_path.exists():
+            car_bytes = car_path.stat().st_size  # named by its root and written atomically: already right
+        else:
+            car_bytes = write_car_file(self.store, root, car_path)
         log.info(
             "synced %s: root %s, CAR %s (%d bytes)",
             self.mountpoint,
@@ -225,15 +229,15 @@ class Session:
     def _record_root(self, root: bytes, car_path: Path) -> None:
         status = {"root": cids.cid_to_str(root), "car": str(car_path), "mountpoint": str(self.mountpoint)}
         status["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        with open(self.state / "roots.log", "a") as log_file:
+        fd = self.store.open_file(self.state / "roots.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with os.fdopen(fd, "a") as log_file:
             log_file.write(json.dumps(status) + "\n")
 
     def status(self) -> dict[str, Any]:
         return {
             "mountpoint": str(self.mountpoint),
-            "root": _show(self.base_root),
+            "root": cids.cid_to_str(self.base_root),
             "unsynced_changes": self.journal.pending,
-            "dirty": self.dirty,
             "store": str(self.store.root),
             "read_only": self.read_only,
             "journal": str(self.journal.path),
@@ -246,29 +250,6 @@ class Session:
             self.journal.remove()
         else:
             self.journal.close()
-
-
-def write_car_file(
-    store: DirectoryBlockstore, root: bytes, path: Path, progress: Callable[[int, int], None] | None = None
-) -> int:
-    """Write a root's CAR to *path* atomically and durably: never a half-written archive."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            size = car.export_car(store, root, stream, progress=progress)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return size
 
 
 def _show(root: bytes | None) -> str | None:

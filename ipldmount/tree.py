@@ -48,6 +48,8 @@ from .files import (
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
+EMPTY_DIRECTORY = codec.encode({})  # the block of an empty tree's root (FORMAT.md §6.5)
+EMPTY_ROOT = cids.block_cid(cids.DAG_CBOR, EMPTY_DIRECTORY)
 
 
 class Node:
