@@ -206,7 +206,7 @@ def _resolve_root(store: DirectoryBlockstore, root: str, mountpoint: Path) -> by
         return None
     if root == "resume":
         return _last_root(store, mountpoint)
-    if Path(root).is_file():
+    if Path(root).exists() and not Path(root).is_dir():  # a .car file, or a pipe (/dev/stdin)
         return _import(store, root, single_root=True)[0]
     cid = _parse_root(root)
     if not store.has(cid):
@@ -697,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else Interrupted.signum
         kept = INTERRUPTED.get(args.command)
         what = f"{args.command} stopped" + (f"; {kept}" if kept else "")
-        print(f"\nipldmount: interrupted ({signal.Signals(signum).name}): {what}", file=sys.stderr)
+        print(f"ipldmount: interrupted ({signal.Signals(signum).name}): {what}", file=sys.stderr)
         return 128 + signum
     finally:
         signal.signal(signal.SIGTERM, previous)

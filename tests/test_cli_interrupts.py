@@ -1,0 +1,162 @@
+"""Ctrl-C and SIGTERM during long commands: exit 128+signal, one line, nothing half-done kept.
+
+The commands are made to wait at a known point instead of racing a timer: the CAR they import
+comes through a pipe that the test keeps open, or a block they export is a FIFO nobody writes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fuse_helpers import SEED_CAR, SEED_ROOT, cli, is_mounted, wait_for
+
+from ipldmount.blockstore import DirectoryBlockstore
+from ipldmount.car import read_car
+
+pytest_plugins = ("fuse_helpers",)
+
+
+def _start(*args: str | os.PathLike[str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("IPLDMOUNT_STORE", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ipldmount", *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _stop(process: subprocess.Popen[str], signum: int) -> tuple[int, str, str]:
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=60)
+    return process.returncode, out, err
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _waiting_in(pid: int, syscall_hint: str) -> bool:
+    """True once the process sleeps in the kernel at `syscall_hint` (a pipe read, a FIFO open)."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state == "S" and syscall_hint in wchan
+
+
+@pytest.fixture
+def half_a_car(tmp_path: Path) -> Iterator[Path]:
+    """A FIFO through which the seed CAR's header and first block come, then nothing (held open)."""
+    fifo = tmp_path / "slow.car"
+    os.mkfifo(fifo)
+    data = SEED_CAR.read_bytes()
+    with open(SEED_CAR, "rb") as stream:
+        read_car(stream)  # the header is valid
+    header_length = data[0] + 1
+    first_section = header_length + 1 + data[header_length]  # one-byte varint: small block
+    done = threading.Event()
+
+    def feed() -> None:
+        with open(fifo, "wb") as pipe:
+            pipe.write(data[:first_section])
+            pipe.flush()
+            done.wait(120)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    try:
+        yield fifo
+    finally:
+        done.set()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_import_interrupted(tmp_path: Path, half_a_car: Path, signum: int) -> None:
+    store = tmp_path / "store"
+    process = _start("import", half_a_car, "--store", store)
+    wait_for(lambda: _waiting_in(process.pid, "pipe"), 60, "the import to wait for more of the CAR")
+    code, out, err = _stop(process, signum)
+    assert code == 128 + signum
+    line = _one_line(err)
+    assert "interrupted" in line and "nothing was imported" in line
+    assert out == ""
+    assert list(DirectoryBlockstore(store)) == [] and os.listdir(store / "tmp") == []
+
+
+def test_mount_of_a_car_interrupted_while_importing(tmp_path: Path, half_a_car: Path) -> None:
+    store, mountpoint = tmp_path / "store", tmp_path / "mnt"
+    mountpoint.mkdir()
+    process = _start("mount", half_a_car, mountpoint, "--store", store)
+    wait_for(lambda: _waiting_in(process.pid, "pipe"), 60, "the import to wait for more of the CAR")
+    code, _, err = _stop(process, signal.SIGINT)
+    assert code == 130
+    assert "nothing was mounted" in _one_line(err)
+    assert not is_mounted(mountpoint)
+    assert list(DirectoryBlockstore(store)) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_export_interrupted_leaves_no_partial_car(tmp_path: Path, signum: int) -> None:
+    store = tmp_path / "store"
+    assert cli("import", SEED_CAR, "--store", store).returncode == 0
+    blocks = DirectoryBlockstore(store)
+    chunk = next(cid for cid in blocks if cid[1] == 0x55)
+    path = blocks.block_path(chunk)
+    path.unlink()
+    os.mkfifo(path)  # reading this block waits forever: the export is stuck mid-archive
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    process = _start("export", SEED_ROOT, "-o", out_dir / "seed.car", "--store", store)
+    wait_for(lambda: _waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
+    code, _, err = _stop(process, signum)
+    assert code == 128 + signum
+    assert "no CAR was written" in _one_line(err)
+    assert os.listdir(out_dir) == [], "neither the CAR nor its temporary file"
+
+
+def test_progress_line_shows_total_percentage_rate_and_time_left() -> None:
+    from ipldmount.progress import Progress
+
+    class Terminal:
+        def __init__(self) -> None:
+            self.text = ""
+
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, text: str) -> None:
+            self.text += text
+
+        def flush(self) -> None:
+            pass
+
+    now = [100.0]
+    terminal = Terminal()
+    progress = Progress("import x.car", terminal, total_bytes=400 << 20, clock=lambda: now[0])  # type: ignore[arg-type]
+    now[0] += 10
+    progress(50, 100 << 20)
+    line = terminal.text.rpartition("\r")[2]
+    assert "25.0%" in line and "100.0/400.0 MiB" in line and "10.0 MiB/s" in line and "30s left" in line
+    blocks = Progress("export", terminal, total_blocks=200, clock=lambda: now[0])  # type: ignore[arg-type]
+    now[0] += 5
+    blocks(50, 1 << 20)
+    assert "50/200 blocks" in terminal.text.rpartition("\r")[2]
+    assert "25.0%" in terminal.text.rpartition("\r")[2]
+    time.sleep(0)  # (no real time involved)

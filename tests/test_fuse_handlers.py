@@ -1,0 +1,245 @@
+"""The FUSE handlers called directly, without a mount: a duck-typed request context stands in
+for the kernel's. These reach the branches the kernel's own checks never let through (rename of
+a directory into itself, unlink of a directory, ...) and check what each answers."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import pytest
+
+from ipldmount import cid as cids
+from ipldmount import codec
+from ipldmount.blockstore import DirectoryBlockstore
+from ipldmount.files import MAX_WHOLE_FILE_SIZE
+from ipldmount.fuse_ops import Operations
+from ipldmount.session import Session
+
+pytestmark = pytest.mark.trio
+
+ROOT = pyfuse3.ROOT_INODE
+
+
+class Context:
+    """What a handler reads of pyfuse3.RequestContext."""
+
+    uid = os.getuid()
+    gid = os.getgid()
+    pid = os.getpid()
+    umask = 0o022
+
+
+CTX: Any = Context()
+
+
+class SizeOnly:
+    """What a handler reads of pyfuse3.SetattrFields, for a truncate."""
+
+    update_size = True
+    update_mode = update_uid = update_gid = update_atime = update_mtime = update_ctime = False
+
+
+def size_attrs(size: int) -> pyfuse3.EntryAttributes:
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_size = size
+    return attrs
+
+
+def _ops(tmp_path: Path, root: bytes | None = None, **options: Any) -> Operations:
+    store = DirectoryBlockstore(tmp_path / "store", durable=False)
+    return Operations(Session(store, tmp_path / "mnt", root, **options))
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> Operations:
+    return _ops(tmp_path)
+
+
+async def errno_of(call: Callable[..., Awaitable[Any]], *args: Any) -> int:
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        await call(*args)
+    return caught.value.errno
+
+
+async def mkdir(ops: Operations, parent: int, name: bytes) -> int:
+    return (await ops.mkdir(parent, name, 0o755, CTX)).st_ino
+
+
+async def create(ops: Operations, parent: int, name: bytes, data: bytes = b"") -> tuple[int, int]:
+    info, attrs = await ops.create(parent, name, 0o644, os.O_RDWR, CTX)
+    if data:
+        await ops.write(info.fh, 0, data)
+    return attrs.st_ino, info.fh
+
+
+async def close(ops: Operations, fh: int) -> None:
+    await ops.flush(fh)
+    await ops.release(fh)
+
+
+async def test_rename_of_a_directory_into_itself_is_einval(ops: Operations) -> None:
+    outer = await mkdir(ops, ROOT, b"outer")
+    inner = await mkdir(ops, outer, b"inner")
+    assert await errno_of(ops.rename, ROOT, b"outer", inner, b"moved", 0, CTX) == errno.EINVAL
+    assert await errno_of(ops.rename, ROOT, b"outer", outer, b"self", 0, CTX) == errno.EINVAL
+
+
+async def test_rename_between_kinds(ops: Operations) -> None:
+    await mkdir(ops, ROOT, b"dir")
+    full = await mkdir(ops, ROOT, b"full")
+    await mkdir(ops, full, b"child")
+    _, fh = await create(ops, ROOT, b"file")
+    await close(ops, fh)
+    assert await errno_of(ops.rename, ROOT, b"file", ROOT, b"dir", 0, CTX) == errno.EISDIR
+    assert await errno_of(ops.rename, ROOT, b"dir", ROOT, b"file", 0, CTX) == errno.ENOTDIR
+    assert await errno_of(ops.rename, ROOT, b"dir", ROOT, b"full", 0, CTX) == errno.ENOTEMPTY
+    flags = pyfuse3.RENAME_NOREPLACE
+    assert await errno_of(ops.rename, ROOT, b"dir", ROOT, b"full", flags, CTX) == errno.EEXIST
+    assert await errno_of(ops.rename, ROOT, b"nothing", ROOT, b"x", 0, CTX) == errno.ENOENT
+
+
+async def test_unlink_and_rmdir_of_the_wrong_kind(ops: Operations) -> None:
+    full = await mkdir(ops, ROOT, b"dir")
+    await mkdir(ops, full, b"child")
+    _, fh = await create(ops, ROOT, b"file")
+    await close(ops, fh)
+    assert await errno_of(ops.unlink, ROOT, b"dir", CTX) == errno.EISDIR
+    assert await errno_of(ops.rmdir, ROOT, b"file", CTX) == errno.ENOTDIR
+    assert await errno_of(ops.rmdir, ROOT, b"dir", CTX) == errno.ENOTEMPTY
+    assert await errno_of(ops.unlink, ROOT, b"gone", CTX) == errno.ENOENT
+
+
+async def test_names_the_format_cannot_hold(ops: Operations) -> None:
+    assert await errno_of(ops.mkdir, ROOT, b"x" * 256, 0o755, CTX) == errno.ENAMETOOLONG
+    assert await errno_of(ops.mkdir, ROOT, b"\xff\xfe", 0o755, CTX) == errno.EINVAL
+    assert await errno_of(ops.mkdir, ROOT, b"a/b", 0o755, CTX) == errno.EINVAL
+    assert await errno_of(ops.lookup, ROOT, b"\xff", CTX) == errno.EINVAL
+
+
+async def test_lookup_below_a_file_and_setattr_size_of_a_directory(ops: Operations) -> None:
+    ino, fh = await create(ops, ROOT, b"file")
+    await close(ops, fh)
+    assert await errno_of(ops.lookup, ino, b"x", CTX) == errno.ENOTDIR
+    assert await errno_of(ops.setattr, ROOT, size_attrs(10), SizeOnly(), None, CTX) == errno.EISDIR
+
+
+async def test_write_on_a_read_only_handle_is_ebadf(ops: Operations) -> None:
+    ino, fh = await create(ops, ROOT, b"file", b"data")
+    await close(ops, fh)
+    info = await ops.open(ino, os.O_RDONLY, CTX)
+    assert await errno_of(ops.write, info.fh, 0, b"x") == errno.EBADF
+    await ops.release(info.fh)
+
+
+async def test_a_read_only_mount_refuses_changes(tmp_path: Path) -> None:
+    ops = _ops(tmp_path, None, read_only=True)
+    assert await errno_of(ops.mkdir, ROOT, b"d", 0o755, CTX) == errno.EROFS
+    assert await errno_of(ops.create, ROOT, b"f", 0o644, os.O_WRONLY, CTX) == errno.EROFS
+
+
+async def test_link_counts(ops: Operations) -> None:
+    """2 + subdirectories for a directory; a file's names, 0 once unlinked while open."""
+    parent = await mkdir(ops, ROOT, b"parent")
+    await mkdir(ops, parent, b"a")
+    await mkdir(ops, parent, b"b")
+    assert (await ops.getattr(parent, CTX)).st_nlink == 4
+    assert (await ops.getattr(ROOT, CTX)).st_nlink == 3
+    ino, fh = await create(ops, parent, b"file", b"x")
+    assert (await ops.getattr(ino, CTX)).st_nlink == 1
+    await ops.link(ino, ROOT, b"second", CTX)
+    assert (await ops.getattr(ino, CTX)).st_nlink == 2
+    await ops.unlink(parent, b"file", CTX)
+    await ops.unlink(ROOT, b"second", CTX)
+    assert (await ops.getattr(ino, CTX)).st_nlink == 0
+    await close(ops, fh)
+    await ops.rename(parent, b"a", ROOT, b"moved", 0, CTX)
+    assert (await ops.getattr(parent, CTX)).st_nlink == 3
+    assert (await ops.getattr(ROOT, CTX)).st_nlink == 4
+
+
+async def test_readdir_lists_dot_and_dotdot_without_taking_references(
+    ops: Operations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = await mkdir(ops, ROOT, b"sub")
+    _, fh = await create(ops, sub, b"f")
+    await close(ops, fh)
+    listed: list[tuple[bytes, int]] = []
+
+    def reply(token: object, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        listed.append((name, attrs.st_ino))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    handle = await ops.opendir(sub, CTX)
+    before = dict(ops.inodes._lookups)
+    await ops.readdir(handle, 0, object())  # type: ignore[arg-type]
+    await ops.releasedir(handle)
+    assert [name for name, _ in listed] == [b".", b"..", b"f"]
+    assert listed[0][1] == sub and listed[1][1] == ROOT
+    file_ino = listed[2][1]
+    assert ops.inodes._lookups.get(file_ino, 0) == before.get(file_ino, 0) + 1
+    assert ops.inodes._lookups.get(sub) == before.get(sub), "no reference for '.'"
+
+
+async def test_attributes_say_what_a_node_is_made_of(ops: Operations) -> None:
+    names = await ops.listxattr(ROOT, CTX)
+    assert b"user.ipld.cid" in names and b"user.ipld.dirty" not in names  # an empty mount, synced
+    sub = await mkdir(ops, ROOT, b"sub")
+    meta_ino, fh = await create(ops, sub, b".zattrs", b"{}")
+    assert await ops.getxattr(meta_ino, b"user.ipld.dirty", CTX) == b"1"
+    await close(ops, fh)
+    assert await ops.getxattr(sub, b"user.ipld.dirty", CTX) == b"1"
+    assert await ops.getxattr(ROOT, b"user.ipld.dirty", CTX) == b"1"
+    assert await errno_of(ops.getxattr, ROOT, b"user.ipld.cid", CTX) == pyfuse3.ENOATTR
+    root = await ops.sync()
+    assert await ops.getxattr(ROOT, b"user.ipld.cid", CTX) == root.root.encode()
+    assert await ops.getxattr(sub, b"user.ipld.inline", CTX) == b"1"
+    assert await ops.getxattr(meta_ino, b"user.ipld.inline", CTX) == b"1"
+    assert await errno_of(ops.getxattr, meta_ino, b"user.ipld.cid", CTX) == pyfuse3.ENOATTR
+
+
+async def test_a_broken_directory_answers_eio(tmp_path: Path) -> None:
+    store = DirectoryBlockstore(tmp_path / "store", durable=False)
+    missing = cids.block_cid(cids.DAG_CBOR, codec.encode({"gone": {}}))
+    root = store.put(codec.encode({"broken": codec.Link(missing)}), cids.DAG_CBOR)
+    ops = Operations(Session(store, tmp_path / "mnt", root))
+    broken = (await ops.lookup(ROOT, b"broken", CTX)).st_ino
+    assert await errno_of(ops.lookup, broken, b"x", CTX) == errno.EIO
+    assert await errno_of(ops.opendir, broken, CTX) == errno.EIO
+    assert await errno_of(ops.mkdir, broken, b"x", 0o755, CTX) == errno.EIO
+    assert (await ops.getxattr(broken, b"user.ipld.cid", CTX)).decode() == cids.cid_to_str(missing)
+    assert b"not found" in await ops.getxattr(broken, b"user.ipld.broken", CTX)
+
+
+async def test_whole_files_beyond_the_limit_is_efbig(tmp_path: Path) -> None:
+    ops = _ops(tmp_path, None, whole_files=True)
+    ino, fh = await create(ops, ROOT, b"f", b"x")
+    assert await errno_of(ops.write, fh, MAX_WHOLE_FILE_SIZE, b"y") == errno.EFBIG
+    too_big = size_attrs(MAX_WHOLE_FILE_SIZE + 1)
+    assert await errno_of(ops.setattr, ino, too_big, SizeOnly(), fh, CTX) == errno.EFBIG
+    await close(ops, fh)
+
+
+async def test_failed_requests_are_logged_without_file_contents(
+    ops: Operations, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipldmount.errors import StoreFullError
+
+    ino, fh = await create(ops, ROOT, b"secret-file")
+    buffer = await ops._buffer(ino, ops.handles[fh].node)
+
+    def full(offset: int, data: bytes) -> int:
+        raise StoreFullError("disk full")
+
+    monkeypatch.setattr(buffer.data, "write", full)
+    monkeypatch.setattr(buffer.data, "write_is_cheap", lambda offset, end: True)
+    with caplog.at_level(logging.DEBUG, logger="ipldmount"):
+        assert await errno_of(ops.write, fh, 0, b"TOP-SECRET-CONTENT") == errno.ENOSPC
+    assert "TOP-SECRET" not in caplog.text
+    assert "<18 bytes>" in caplog.text and "write" in caplog.text
