@@ -698,8 +698,15 @@ class DirectoryBlockstore(Blockstore):
     # --- permissions ----------------------------------------------------------------
 
     def make_dir(self, path: Path) -> Path:
-        """Create *path* (and missing parents inside the store) with the store's folder mode."""
-        os.makedirs(path, mode=self.dir_mode, exist_ok=True)
+        """Create *path* (and missing parents inside the store) with the store's folder mode.
+
+        Not ``os.makedirs(mode=...)``: that gives the mode to the last folder only.
+        """
+        if not path.is_dir():
+            if path.parent != self.root:
+                self.make_dir(path.parent)
+            with suppress(FileExistsError):
+                os.mkdir(path, self.dir_mode)
         return path
 
     def open_file(self, path: Path, flags: int) -> int:

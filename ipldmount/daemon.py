@@ -60,7 +60,9 @@ def run(config: MountConfig, ready: Callable[[], None]) -> None:
     mount(ops, config.mountpoint, read_only=config.read_only, allow_other=config.allow_other)
     clean = False
     try:
-        pid_file.write_text(f"{os.getpid()}\n")
+        fd = session.store.open_file(pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(f"{os.getpid()}\n")
         try:
             trio.run(_serve, ops, control, ready)
         except BaseExceptionGroup as group:

@@ -234,8 +234,9 @@ class Operations(pyfuse3.Operations):
     def meta(self, node: Node) -> Meta:
         meta = self._meta.get(node)
         if meta is None:
-            perm = 0o755 if isinstance(node, Directory) else 0o644
-            kind = stat.S_IFDIR if isinstance(node, Directory) else stat.S_IFREG
+            directory = isinstance(node, Directory) or (isinstance(node, Broken) and node.directory)
+            perm = 0o755 if directory else 0o644
+            kind = stat.S_IFDIR if directory else stat.S_IFREG
             now = self._started_ns
             meta = Meta(kind | perm, os.getuid(), os.getgid(), now, now, now)
             self._meta[node] = meta

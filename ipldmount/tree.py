@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import cid as cids
-from . import codec, dirnode, metadata
+from . import codec, dirnode, hamt, metadata
 from .blockstore import BlockSink, Blockstore, CidOnly
 from .dirnode import DirectoryForm, EntryForm
 from .errors import (
@@ -96,14 +96,48 @@ class NodeState:
 
 
 class Broken(Node):
-    """An entry whose block is missing or unreadable: kept as its link, refused on use."""
+    """An entry whose block is missing or unreadable: kept as its link, refused on use.
 
-    __slots__ = ("cid", "error")
+    *directory* is its best-known kind, so that using it reaches the code that says
+    why it fails: a DAG-CBOR block that starts with a map, or is missing, is taken
+    for a directory.
+    """
 
-    def __init__(self, cid: bytes, error: IpldmountError) -> None:
+    __slots__ = ("cid", "directory", "error")
+
+    def __init__(self, cid: bytes, error: IpldmountError, directory: bool = False) -> None:
         super().__init__()
         self.cid = cid
         self.error = error
+        self.directory = directory
+
+
+def _may_be_directory(cid: bytes, head: bytes | None) -> bool:
+    """A linked entry's kind from its block's first byte (CBOR major type 5: a map); a missing
+    DAG-CBOR block counts as a directory, the common case, so that both counts and EIO agree."""
+    if not cids.is_supported(cid) or cids.codec_of(cid) != cids.DAG_CBOR:
+        return False
+    return head is None or (bool(head) and head[0] >> 5 == 5)
+
+
+def _check_plain_names(value: dict[Any, Any], cid: bytes) -> None:
+    """A linked plain directory with an invalid name is unreadable as a whole (FORMAT.md 3.5):
+    refused here, it stays a link, never re-encoded inline into its parent."""
+    if hamt.is_root(value):
+        return  # its names are in its buckets, checked when it is read
+    for name in value:
+        try:
+            _check_key(name)
+        except IpldmountError as exc:
+            raise FormatError(
+                f"directory block {cids.cid_to_str(cid)} holds an invalid name: {exc}"
+            ) from None
+
+
+def _check_key(name: object) -> None:
+    if type(name) is not str:
+        raise InvalidNameError(repr(name), "Directory keys must be strings")
+    check_name(name)
 
 
 def check_name(name: str) -> None:
@@ -175,9 +209,7 @@ class Tree:
 
     def _check_stored_name(self, directory: Directory, name: object) -> None:
         try:
-            if type(name) is not str:
-                raise InvalidNameError(repr(name), "Directory keys must be strings")
-            check_name(name)
+            _check_key(name)
         except IpldmountError as exc:
             raise FormatError(f"directory {self.path_of(directory)!r} holds an invalid name: {exc}") from None
 
@@ -204,9 +236,9 @@ class Tree:
             return False
         try:
             head = self.store.read(value.cid, 0, 1)
-        except (BlockNotFoundError, OSError):
-            return False  # a broken entry: not a directory until its block is back
-        return bool(head) and head[0] >> 5 == 5  # CBOR major type 5: a map
+        except BlockNotFoundError:
+            head = None
+        return _may_be_directory(value.cid, head)
 
     def _node_for(self, name: str, value: Any) -> Node:
         if isinstance(value, codec.Link):
@@ -219,6 +251,7 @@ class Tree:
     def _linked_node(self, name: str, cid: bytes) -> Node:
         if cids.is_supported(cid) and cids.codec_of(cid) == cids.RAW:
             return File(StoredFile(cid))
+        data: bytes | None = None
         try:
             if not cids.is_supported(cid):
                 raise FormatError(f"entry {name!r} links to an unsupported CID {cid.hex()}")
@@ -227,12 +260,13 @@ class Tree:
             if isinstance(value, list):
                 return File(StoredFile(cid, sum(length for _, length in decode_fbl(data))))
             if type(value) is dict:
+                _check_plain_names(value, cid)
                 return Directory(DirectoryForm(value, data, cid))
             raise FormatError(f"block {cids.cid_to_str(cid)} is neither a directory nor a chunked file")
         except (BlockNotFoundError, CorruptBlockError, FormatError) as exc:
             # Not an error yet: the entry is listed, and whoever uses it gets (and logs) EIO.
             log.info("entry %r (%s) is unreadable: %s", name, cids.cid_to_str(cid), exc)
-            return Broken(cid, exc)
+            return Broken(cid, exc, _may_be_directory(cid, data))
 
     def lookup(self, directory: Directory, name: str) -> Node:
         try:

@@ -7,6 +7,9 @@ import json
 import multiprocessing
 import os
 import pickle
+import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -187,9 +190,17 @@ def test_put_stream_failing_midway_keeps_nothing(store: Blockstore) -> None:
     assert temp_files(store) == []
 
 
-def test_sync(store: Blockstore) -> None:
-    store.put(b"x", RAW)
+def test_sync(store: Blockstore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sync() is what fsync relies on: a directory store flushes its own filesystem, once."""
+    flushed: list[Path] = []
+    monkeypatch.setattr(blockstore_module, "_sync_filesystem", flushed.append)
+    cid = store.put(b"x", RAW)
     store.sync()
+    assert store.get(cid) == b"x"
+    if isinstance(store, DirectoryBlockstore):
+        assert flushed == [store.root]
+    else:
+        assert flushed == []  # nothing on disk to flush
 
 
 # --- batches ----------------------------------------------------------------------
@@ -362,7 +373,12 @@ def test_batch_commit_syncs_the_filesystem(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_syncfs_works_here(tmp_path: Path) -> None:
-    blockstore_module._sync_filesystem(tmp_path)
+    """The real syncfs(2) is found and accepts a store's folder (else sync() would fall back to sync(2))."""
+    assert blockstore_module._SYNCFS is not None, "syncfs not found in libc"
+    blockstore_module._sync_filesystem(tmp_path)  # raises OSError if syncfs fails
+    with pytest.raises(OSError) as caught:
+        blockstore_module._sync_filesystem(tmp_path / "missing")
+    assert caught.value.errno == errno.ENOENT
 
 
 def test_directory_store_pickles_as_its_path(tmp_path: Path) -> None:
@@ -407,9 +423,13 @@ def test_an_empty_directory_becomes_a_store(tmp_path: Path) -> None:
 
 
 def test_a_store_may_hold_other_things_beside_blocks(tmp_path: Path) -> None:
-    DirectoryBlockstore(tmp_path)
+    """Mount state lives in the same folder: reopening neither refuses nor touches it."""
+    cid = DirectoryBlockstore(tmp_path).put(b"kept", RAW)
     (tmp_path / "mounts").mkdir()
-    DirectoryBlockstore(tmp_path)
+    (tmp_path / "mounts" / "journal").write_text("state")
+    again = DirectoryBlockstore(tmp_path)
+    assert again.get(cid) == b"kept" and list(again) == [cid]
+    assert (tmp_path / "mounts" / "journal").read_text() == "state"
 
 
 def test_a_foreign_directory_is_refused(tmp_path: Path) -> None:
@@ -450,6 +470,38 @@ def test_stale_temp_files_are_removed_on_open(tmp_path: Path) -> None:
     os.utime(not_ours, (two_days_ago, two_days_ago))
     DirectoryBlockstore(tmp_path)
     assert sorted(os.listdir(tmp_path / "tmp")) == ["2-live.tmp", "someone-elses"]
+
+
+def test_temp_files_of_dead_writers_are_removed_at_once(tmp_path: Path) -> None:
+    """A killed import leaves fresh temps; the next open removes them (its pid is gone), not ours."""
+    DirectoryBlockstore(tmp_path)
+    writer = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid = int(writer.stdout)
+    dead = tmp_path / "tmp" / f"{dead_pid}-0123456789abcdef.tmp"
+    ours = tmp_path / "tmp" / f"{os.getpid()}-0123456789abcdef.tmp"
+    for path in (dead, ours):
+        path.write_bytes(b"half a block")
+    DirectoryBlockstore(tmp_path)
+    assert os.listdir(tmp_path / "tmp") == [ours.name]
+
+
+def test_a_new_store_is_private(tmp_path: Path) -> None:
+    store = DirectoryBlockstore(tmp_path / "new")
+    cid = store.put(b"secret", RAW)
+    for path in [store.root, *store.root.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {mode:o}"
+    assert stat.S_IMODE(store.block_path(cid).stat().st_mode) == 0o600
+
+
+def test_a_store_folder_made_shared_by_its_owner_stays_shared(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    root.mkdir(mode=0o750)
+    root.chmod(0o750)
+    store = DirectoryBlockstore(root)
+    cid = store.put(b"for the group", RAW)
+    assert stat.S_IMODE(store.block_path(cid).parent.stat().st_mode) == 0o750
+    assert stat.S_IMODE(store.block_path(cid).stat().st_mode) == 0o640
 
 
 def test_default_store_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
