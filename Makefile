@@ -3,7 +3,7 @@
 #   make test     install system packages (if missing) + .venv, then run pytest
 #   make lint     ruff check, ruff format --check, mypy --strict on ipldmount/
 #   make test-zarr-min   the zarr Store tests again, in .venv-zarr-min with the lowest zarr we support
-#   make demo     scripts/demo.sh
+#   make demo     scripts/demo.sh, in .venv with the runtime and demo dependencies only
 #   make bench    bench/run.py
 #
 # Variables: PYTEST_ARGS (passed to pytest), PYTHON (interpreter that creates
@@ -20,6 +20,7 @@ PYTHON      ?= python3
 VENV        := .venv
 VPY         := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
+DEMO_STAMP  := $(VENV)/.installed-demo
 PYTEST_ARGS ?=
 SKIP_SYSDEPS ?=
 
@@ -109,7 +110,14 @@ lint: venv
 	if [ $$rc -ne 0 ]; then echo "lint: FAILED" >&2; fi
 	exit $$rc
 
-demo: sysdeps venv
+# The runtime install plus what the demo's dataset needs (xarray, pandas): no test or lint tools.
+$(DEMO_STAMP): pyproject.toml | sysdeps
+	@echo "venv: preparing $(VENV) for the demo"
+	if [ ! -x $(VPY) ]; then $(PYTHON) -m venv $(VENV); fi
+	$(VPY) -m pip install --disable-pip-version-check -e '.[demo]'
+	touch $@
+
+demo: sysdeps $(DEMO_STAMP)
 	bash scripts/demo.sh
 
 bench: venv

@@ -159,3 +159,15 @@ mounted "$ro" && fail "$ro is still mounted"
 echo "unmounted $ro"
 
 printf '\ndemo: OK -- dataset stored as %s\n' "$cid"
+here=$(pwd)
+cat <<EOF
+
+Next steps (the demo's files are gone; these are yours):
+  use this checkout's ipldmount:   export PATH="$here/.venv/bin:\$PATH"
+  or install it for good:          pipx install "$here"     (or: pip install "$here" in a venv)
+  mount a new, empty tree:         mkdir -p ~/data && ipldmount empty ~/data
+  write zarr into it, then:        ipldmount sync ~/data      # prints the new root CID, writes its CAR
+  stop (syncs first):              ipldmount unmount ~/data
+  carry on later:                  ipldmount resume ~/data
+  everything else:                 ipldmount --help
+EOF

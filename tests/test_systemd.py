@@ -24,8 +24,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "ipldmount@.service"
-# The path the unit assumes (see the comment at its top).
-INSTALLED = "/usr/local/bin/ipldmount"
+# How the unit finds ipldmount: the first on PATH, whatever installed it.
+FIND = "/usr/bin/env ipldmount"
 CID_RE = r"baf[a-z2-7]{20,}"
 
 
@@ -72,21 +72,9 @@ def _verify(unit_text: str, directory: Path) -> subprocess.CompletedProcess[str]
     )
 
 
-def _runnable_copy() -> str:
-    """The unit with the ipldmount path pointed at the test environment's executable.
-
-    verify refuses a unit whose ExecStart= binary does not exist, and the unit
-    assumes /usr/local/bin/ipldmount, which a development machine or CI does
-    not have. So we verify a copy that differs from the shipped file only in
-    that path; everything else is checked as shipped.
-    """
-    text = UNIT.read_text()
-    assert text.count(INSTALLED) >= 2, f"expected ExecStart= and ExecStop= to use {INSTALLED}"
-    return text.replace(INSTALLED, str(_ipldmount_executable()))
-
-
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    result = _verify(_runnable_copy(), tmp_path)
+    """The shipped file as is: verify checks that ExecStart='s program exists, wherever ipldmount is."""
+    result = _verify(UNIT.read_text(), tmp_path)
     output = result.stdout + result.stderr
     about_unit = [line for line in output.splitlines() if "ipldmount" in line]
     assert result.returncode == 0, f"systemd-analyze verify failed ({result.returncode}):\n{output}"
@@ -95,7 +83,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
 
 def test_verify_would_catch_a_bad_unit(tmp_path: Path) -> None:
     """The check above is not vacuous: verify does read our file and does complain."""
-    text = _runnable_copy().replace("KillMode=mixed", "KillMode=mixed\nNoSuchDirective=1")
+    text = UNIT.read_text().replace("KillMode=mixed", "KillMode=mixed\nNoSuchDirective=1")
     result = _verify(text, tmp_path)
     assert "NoSuchDirective" in result.stdout + result.stderr
 
@@ -109,16 +97,17 @@ def test_unit_settings() -> None:
     assert _unit_directives(text, "Restart") == ["on-failure"]
     assert "EnvironmentFile=-/etc/ipldmount/%i.env" in text
     (start,) = _unit_directives(text, "ExecStart")
-    assert start.startswith(f"{INSTALLED} mount ${{IPLDMOUNT_ROOT}} %f --foreground")
+    assert start.startswith(f"{FIND} mount ${{IPLDMOUNT_ROOT}} %f --foreground")
+    assert "Environment=PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" in text
     for forbidden in ("ProtectSystem", "PrivateTmp", "PrivateMounts", "ProtectHome", "RuntimeDirectory"):
         assert not _unit_directives(text, forbidden), f"{forbidden}= would hide or break the mount"
 
 
-def _exec_stop_argv(mountpoint: str, ipldmount: str) -> list[str]:
+def _exec_stop_argv(mountpoint: str) -> list[str]:
     """ExecStop= as argv, with systemd's own expansions done by hand ("$$" -> "$", %f)."""
     (stop,) = _unit_directives(UNIT.read_text(), "ExecStop")
     argv = shlex.split(stop)  # systemd's quoting rules agree with the shell's for this line
-    return [arg.replace("$$", "$").replace("%f", mountpoint).replace(INSTALLED, ipldmount) for arg in argv]
+    return [arg.replace("$$", "$").replace("%f", mountpoint) for arg in argv]
 
 
 def test_exec_stop_unmounts_only_while_the_daemon_runs(tmp_path: Path) -> None:
@@ -130,8 +119,9 @@ def test_exec_stop_unmounts_only_while_the_daemon_runs(tmp_path: Path) -> None:
     recorder = tmp_path / "ipldmount"
     recorder.write_text('#!/bin/sh\necho "called: $*"\n')
     recorder.chmod(0o755)
-    argv = _exec_stop_argv("/mnt/data", str(recorder))
+    argv = _exec_stop_argv("/mnt/data")
     env = {key: value for key, value in os.environ.items() if key != "MAINPID"}
+    env["PATH"] = f"{tmp_path}:{env.get('PATH', '/usr/bin:/bin')}"  # the recorder is the ipldmount found
 
     gone = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
     assert (gone.returncode, gone.stdout) == (0, "")
@@ -188,9 +178,10 @@ def foreground_daemon(tmp_path: Path, notify_socket: socket.socket) -> Iterator[
     mountpoint.mkdir()
     stderr_path = tmp_path / "daemon.stderr"
     # -v as in the unit: without it the daemon logs nothing at INFO, the final root included.
-    ipldmount = str(_ipldmount_executable())
-    command = [ipldmount, "empty", str(mountpoint), "--foreground", "--store", str(store), "-v"]
-    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname()}
+    # As the unit runs it: the first ipldmount on PATH, here the test environment's (an env file's PATH).
+    command = [*FIND.split(), "empty", str(mountpoint), "--foreground", "--store", str(store), "-v"]
+    path = f"{_ipldmount_executable().parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname(), "PATH": path}
     with open(stderr_path, "wb") as stderr:
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
     try:
