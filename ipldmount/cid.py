@@ -60,9 +60,9 @@ def parse_cid(text: str | bytes) -> bytes:
     Raises :class:`InvalidCIDError` with a message that says what is wrong, for
     malformed input and for CIDs this project cannot store (another hash or codec).
     """
-    if isinstance(text, str) and len(text) == 59 and text.startswith("b"):
+    if isinstance(text, str) and len(text) == 59 and text.startswith("b") and text.islower():
         try:  # fast path: our own base32 form
-            raw = base64.b32decode(text[1:].upper() + "=" * 5)
+            raw = base64.b32decode(text[1:].upper() + "=" * 6)
         except ValueError:
             raw = b""
         if is_supported(raw):

@@ -79,7 +79,12 @@ class EntryForm:
 def plain_entries(store: Blockstore, value: Any) -> Mapping[str, Any]:
     """The name -> entry map of a directory node, whether plain or sharded."""
     if hamt.is_root(value):
-        return dict(hamt.iter_entries(store, value))
+        entries: dict[str, Any] = {}
+        for name, entry in hamt.iter_entries(store, value):
+            if name in entries:  # FORMAT.md 6.4: a name appears once; which copy counts is undefined
+                raise FormatError(f"sharded directory holds the name {name!r} twice")
+            entries[name] = entry
+        return entries
     if type(value) is not dict:
         raise FormatError(f"not a directory node (a {type(value).__name__})")
     return value

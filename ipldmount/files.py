@@ -427,6 +427,8 @@ def decode_fbl(data: bytes) -> list[tuple[bytes, int]]:
             or not isinstance(item[1], codec.Link)
         ):
             raise FormatError("malformed chunked-file entry (expected [length, link])")
+        if not cids.is_supported(item[1].cid):  # FORMAT.md 5: a part is a raw leaf or a node
+            raise FormatError("chunked-file entry links to a CID that is neither raw nor dag-cbor")
         entries.append((item[1].cid, item[0]))
     return entries
 
