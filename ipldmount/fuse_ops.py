@@ -1,6 +1,7 @@
 """The FUSE adapter: kernel requests in, tree operations out.
 
-The only module that imports pyfuse3 (the daemon mounts and serves through
+With :mod:`~ipldmount.fuse_fallocate` (the fallocate operation pyfuse3 lacks),
+the only code that imports pyfuse3 (the daemon mounts and serves through
 :func:`mount`, :func:`serve`, :func:`terminate` and :func:`close`). It owns what exists only while mounted:
 inode numbers, open handles, the write buffers that hold content being
 written (:mod:`~ipldmount.writebuffer`), and the in-memory attributes the
@@ -33,9 +34,9 @@ import pyfuse3
 import trio
 
 from . import cid as cids
-from . import control
+from . import control, fuse_fallocate
 from .errors import IpldmountError, ReadOnlyError, errno_for
-from .files import FileReader
+from .files import FileReader, check_file_size
 from .session import Session, SyncResult
 from .tree import NAME_MAX, Broken, Directory, File, Node, NodeState, check_name
 from .writebuffer import WriteBuffer, open_buffer
@@ -101,6 +102,7 @@ def mount(ops: Operations, mountpoint: Path, *, read_only: bool, allow_other: bo
     if allow_other:
         options.add("allow_other")
     pyfuse3.init(ops, str(mountpoint), options)
+    fuse_fallocate.install(ops.fallocate)
 
 
 async def serve() -> None:
@@ -359,6 +361,24 @@ class Operations(pyfuse3.Operations):
             meta.mtime_ns = attr.st_mtime_ns
         meta.ctime_ns = attr.st_ctime_ns if fields.update_ctime else time.time_ns()
         return self.attributes(inode, node)
+
+    @replies
+    async def fallocate(self, inode: int, mode: int, offset: int, length: int) -> None:
+        """fallocate(2) (through fuse_fallocate): mode 0 extends the file with a hole, as
+        truncate does; FALLOC_FL_KEEP_SIZE reserves nothing (there is nothing to reserve:
+        blocks are written whole, when stored) and succeeds; other modes are not supported."""
+        if mode & ~fuse_fallocate.FALLOC_FL_KEEP_SIZE:
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        node = self.inodes.node(inode)
+        if not isinstance(node, File):
+            raise pyfuse3.FUSEError(errno.ENODEV)  # as for a directory on ext4
+        self._writable()
+        if offset < 0 or length <= 0:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        end = offset + length
+        check_file_size(end, self.tree.chunk_size)
+        if not mode & fuse_fallocate.FALLOC_FL_KEEP_SIZE and end > self._size(inode, node):
+            await self._truncate(inode, node, end, None)
 
     # --- directories -----------------------------------------------------------
 

@@ -17,7 +17,8 @@ import pytest
 from ipldmount import cid as cids
 from ipldmount import codec
 from ipldmount.blockstore import DirectoryBlockstore
-from ipldmount.files import MAX_WHOLE_FILE_SIZE
+from ipldmount import fuse_fallocate
+from ipldmount.files import MAX_FILE_SIZE, MAX_WHOLE_FILE_SIZE
 from ipldmount.fuse_ops import Operations
 from ipldmount.session import Session
 
@@ -243,3 +244,49 @@ async def test_failed_requests_are_logged_without_file_contents(
         assert await errno_of(ops.write, fh, 0, b"TOP-SECRET-CONTENT") == errno.ENOSPC
     assert "TOP-SECRET" not in caplog.text
     assert "<18 bytes>" in caplog.text and "write" in caplog.text
+
+
+async def test_fallocate_answers(tmp_path: Path) -> None:
+    """Every branch of fallocate, including those the kernel filters (negative ranges, directories)."""
+    ops = _ops(tmp_path)
+    ino, fh = await create(ops, ROOT, b"file", b"abc")
+    await ops.fallocate(ino, 0, 0, 1 << 30)
+    assert (await ops.getattr(ino, CTX)).st_size == 1 << 30
+    await ops.fallocate(ino, 0, 5, 10)  # inside the file: no change
+    await ops.fallocate(ino, fuse_fallocate.FALLOC_FL_KEEP_SIZE, 0, 1 << 40)  # reserves nothing
+    assert (await ops.getattr(ino, CTX)).st_size == 1 << 30
+    assert await ops.read(fh, 0, 5) == b"abc\0\0"
+    punch = fuse_fallocate.FALLOC_FL_PUNCH_HOLE | fuse_fallocate.FALLOC_FL_KEEP_SIZE
+    assert await errno_of(ops.fallocate, ino, punch, 0, 1) == errno.EOPNOTSUPP
+    assert await errno_of(ops.fallocate, ino, 0, -1, 1) == errno.EINVAL
+    assert await errno_of(ops.fallocate, ino, 0, 0, 0) == errno.EINVAL
+    assert await errno_of(ops.fallocate, ino, 0, MAX_FILE_SIZE, 1) == errno.EFBIG
+    assert await errno_of(ops.fallocate, ROOT, 0, 0, 1) == errno.ENODEV
+    await close(ops, fh)
+    whole = _ops(tmp_path / "whole", None, whole_files=True)
+    ino, fh = await create(whole, ROOT, b"file")
+    assert await errno_of(whole.fallocate, ino, 0, MAX_WHOLE_FILE_SIZE, 1) == errno.EFBIG
+    await close(whole, fh)
+
+
+async def test_fallocate_on_a_read_only_mount(tmp_path: Path) -> None:
+    writable = _ops(tmp_path)
+    ino, fh = await create(writable, ROOT, b"file", b"abc")
+    await close(writable, fh)
+    root = (await writable.sync()).root
+    ops = _ops(tmp_path, cids.parse_cid(root), read_only=True)
+    entry = await ops.lookup(ROOT, b"file", CTX)
+    assert await errno_of(ops.fallocate, entry.st_ino, 0, 0, 10) == errno.EROFS
+
+
+async def test_the_fallocate_hook_writes_nothing_without_a_session(caplog: pytest.LogCaptureFixture) -> None:
+    """Before pyfuse3.init (here: never) there is no session to add to: refused, and said why."""
+    symbols = fuse_fallocate._static_symbols(Path(pyfuse3.__file__), {"PyInit_pyfuse3", "no such symbol"})
+    assert set(symbols) == {"PyInit_pyfuse3"}
+
+    async def handler(inode: int, mode: int, offset: int, length: int) -> None:
+        raise AssertionError("never called")
+
+    with caplog.at_level(logging.WARNING, logger="ipldmount.fuse_fallocate"):
+        assert fuse_fallocate.install(handler) is False
+    assert "pyfuse3 has no session" in caplog.text

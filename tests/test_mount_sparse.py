@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -121,17 +123,65 @@ def test_growing_then_shrinking_then_growing_reads_zeros(mounts: Mounts) -> None
     assert read_file(mnt / "f") == data[: MIB + 10] + bytes(5 * MIB - MIB - 10)
 
 
-def test_posix_fallocate_extends_with_a_hole(mounts: Mounts) -> None:
-    """fallocate(2) itself is answered by the kernel (pyfuse3 has no handler): glibc's
-    posix_fallocate then writes a zero byte per 4 KiB, which costs no memory here."""
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) itself (os.posix_fallocate would fall back to writing zeros)."""
+    if _LIBC.fallocate(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def test_fallocate_extends_with_a_hole_and_keep_size_is_a_no_op(mounts: Mounts) -> None:
     mnt = mounts().mount()
-    fd = os.open(mnt / "alloc", os.O_CREAT | os.O_RDWR, 0o644)
+    write_file(mnt / "alloc", b"start")
+    before = _rss_kib(mnt)
+    fd = os.open(mnt / "alloc", os.O_RDWR)
+    try:
+        _fallocate(fd, 0, 0, GIB)  # mode 0: the size grows, the new range is a hole
+        assert os.fstat(fd).st_size == GIB
+        assert os.pread(fd, 10, 0) == b"start" + bytes(5)
+        assert os.pread(fd, 10, GIB - 10) == bytes(10)
+        _fallocate(fd, 0, 10, 100)  # inside the file: nothing changes
+        _fallocate(fd, FALLOC_FL_KEEP_SIZE, GIB, 2 * GIB)  # reserves nothing, changes nothing
+        assert os.fstat(fd).st_size == GIB
+        expect_errno(errno.EOPNOTSUPP, _fallocate, fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 10)
+        expect_errno(errno.EFBIG, _fallocate, fd, 0, MAX_FILE_SIZE, 1)
+        assert os.fstat(fd).st_size == GIB
+    finally:
+        os.close(fd)
+    assert _rss_kib(mnt) - before < 50 * 1024
+    assert os.stat(mnt / "alloc").st_size == GIB
+    # a hole made by fallocate has the CID of the same bytes written out
+    write_file(mnt / "small", b"start")
+    fd = os.open(mnt / "small", os.O_RDWR)
+    try:
+        _fallocate(fd, 0, 3 * MIB, 2 * MIB + 3)
+    finally:
+        os.close(fd)
+    expected = store_bytes(MemoryBlockstore(), b"start" + bytes(5 * MIB - 2)).content_cid()
+    mnt.sync()
+    assert _cid_of(mnt / "small") == cids.cid_to_str(expected)
+
+
+def test_fallocate_the_command_and_posix_fallocate(mounts: Mounts) -> None:
+    mnt = mounts().mount()
+    subprocess.run(["fallocate", "-l", "3M", mnt / "made"], check=True, timeout=60)
+    assert os.stat(mnt / "made").st_size == 3 * MIB
+    assert read_file(mnt / "made") == bytes(3 * MIB)
+    fd = os.open(mnt / "posix", os.O_CREAT | os.O_RDWR, 0o644)
     try:
         os.posix_fallocate(fd, 0, 8 * MIB)
         assert os.fstat(fd).st_size == 8 * MIB
         assert os.pread(fd, 10, 4 * MIB) == bytes(10)
     finally:
         os.close(fd)
+    root = mnt.unmount()
+    again = mounts("again").mount(root)
+    assert os.stat(again / "made").st_size == 3 * MIB and os.stat(again / "posix").st_size == 8 * MIB
 
 
 def test_whole_files_mode_answers_efbig_past_its_limit(mounts: Mounts) -> None:
