@@ -15,9 +15,8 @@ import pyfuse3
 import pytest
 
 from ipldmount import cid as cids
-from ipldmount import codec
+from ipldmount import codec, fuse_fallocate
 from ipldmount.blockstore import DirectoryBlockstore
-from ipldmount import fuse_fallocate
 from ipldmount.files import MAX_FILE_SIZE, MAX_WHOLE_FILE_SIZE
 from ipldmount.fuse_ops import Operations
 from ipldmount.session import Session
