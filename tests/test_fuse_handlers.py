@@ -270,7 +270,7 @@ async def test_fallocate_answers(tmp_path: Path) -> None:
 
 async def test_fallocate_on_a_read_only_mount(tmp_path: Path) -> None:
     writable = _ops(tmp_path)
-    ino, fh = await create(writable, ROOT, b"file", b"abc")
+    _, fh = await create(writable, ROOT, b"file", b"abc")
     await close(writable, fh)
     root = (await writable.sync()).root
     ops = _ops(tmp_path, cids.parse_cid(root), read_only=True)
