@@ -386,6 +386,52 @@ def test_missing_chunk_block(capsysbinary: pytest.CaptureFixture[bytes], seeded:
     assert not (seeded.parent / "x.car").exists()
 
 
+def _car(path: Path, roots: list[bytes], blocks: list[tuple[bytes, bytes]]) -> Path:
+    with path.open("wb") as stream:
+        car.write_car(stream, roots, blocks)
+    return path
+
+
+def test_import_refuses_a_root_that_is_not_a_tree(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A raw root imports into nothing any later command could open: refused, nothing kept."""
+    data = b"just bytes"
+    path = _car(tmp_path / "raw.car", [block_cid(RAW, data)], [(block_cid(RAW, data), data)])
+    code, out, err = run(capsys, "import", path, "--store", tmp_path / "store")
+    assert "not a directory" in assert_one_error_line(code, err) and out == ""
+    assert stored_blocks(tmp_path / "store") == []
+
+
+def test_a_car_with_two_roots(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """import keeps and prints both; a mount needs one tree, so mounting it is refused."""
+    first, second = b"\xa0", b"\xa1\x61x\xa0"  # {} and {"x": {}}
+    roots = [block_cid(DAG_CBOR, first), block_cid(DAG_CBOR, second)]
+    path = _car(tmp_path / "two.car", roots, list(zip(roots, [first, second], strict=True)))
+    store = tmp_path / "store"
+    code, out, err = run(capsys, "import", path, "--store", store)
+    assert code == 0, err
+    assert out.split() == [cid_to_str(root) for root in roots]
+    (tmp_path / "mnt").mkdir()
+    code, out, err = run(capsys, "mount", path, tmp_path / "mnt", "--store", store)
+    assert "2 roots" in assert_one_error_line(code, err)
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_ls_and_cat_through_an_unreadable_entry_say_one_line(
+    capsys: pytest.CaptureFixture[str], seeded: Path
+) -> None:
+    """The seed's inline directory `a` is fine; make a root whose `a` links to a missing block."""
+    import cbor2
+
+    missing = block_cid(DAG_CBOR, b"\xa1\x61z\xa0")
+    root = DirectoryBlockstore(seeded).put(
+        cbor2.dumps({"a": cbor2.CBORTag(42, b"\0" + missing)}, canonical=True), DAG_CBOR
+    )
+    for command, path in (("ls", "a"), ("cat", "a/x"), ("ls", "a/x")):
+        code, out, err = run(capsys, command, f"{cid_to_str(root)}/{path}", "--store", seeded)
+        assert cid_to_str(missing) in assert_one_error_line(code, err), (command, path)
+        assert out == ""
+
+
 # --- usage errors: exit 2 -------------------------------------------------------------------
 
 
