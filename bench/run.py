@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 
 import b_codec  # noqa: E402
 import b_fuse  # noqa: E402
+import b_sparse  # noqa: E402
 import b_tree  # noqa: E402
 import b_zarr  # noqa: E402
 from common import Context, format_table, fs_description, log, remove_tree, sigterm_as_interrupt  # noqa: E402
@@ -38,6 +39,11 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
     "fuse_seq_write": (b_fuse.seq_write, {"seq"}, "1 GiB file, 1 MiB writes, through the mount vs ext4"),
     "fuse_seq_read": (b_fuse.seq_read, {"seq"}, "read that file back, cold and warm, vs ext4"),
     "fuse_small_files": (b_fuse.small_files, {"small"}, "5,000 x 64 KiB files in a/c/i/j layout vs ext4"),
+    "sparse": (
+        b_sparse.run,
+        set(),
+        "truncate to 2 GiB, pwrite at 1 GiB, fallocate 1 GiB: mount vs ext4, peak RSS",
+    ),
     "sync": (b_tree.sync, {"small"}, "ipldmount sync / IPLDStore.freeze()+to_car() of the small-files tree"),
     "zarr_xarray": (b_zarr.run, set(), "~200 MB xarray dataset to/from zarr v3 on every store"),
     "commit_scaling": (
