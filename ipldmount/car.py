@@ -127,13 +127,9 @@ def iter_closure(
     Raises BlockNotFoundError for a missing block, CorruptBlockError for a bad one;
     or, given a *missing* list, notes each such block there and goes on without it.
     """
-    seen: set[bytes] = set()
-    stack = [root]
-    while stack:
-        cid = stack.pop()
-        if cid in seen:
-            continue
-        seen.add(cid)
+    read: dict[bytes, bytes] = {}  # the block just read, handed from links_of to the loop
+
+    def links_of(cid: bytes) -> list[bytes] | None:
         try:
             data = store.get(cid)
             links = block_links(cid, data)
@@ -141,8 +137,28 @@ def iter_closure(
             if missing is None:
                 raise
             missing.append(cid)
+            return None
+        read[cid] = data
+        return links
+
+    for cid in _depth_first(root, links_of):
+        yield cid, read.pop(cid)
+
+
+def _depth_first(root: bytes, links_of: Callable[[bytes], list[bytes] | None]) -> Iterator[bytes]:
+    """Each CID reachable from *root* once, parents first, children in link order
+    (*links_of* returns None for a block to leave out, with everything below it)."""
+    seen: set[bytes] = set()
+    stack = [root]
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
             continue
-        yield cid, data
+        seen.add(cid)
+        links = links_of(cid)
+        if links is None:
+            continue
+        yield cid
         stack.extend(reversed(links))
 
 
@@ -163,16 +179,11 @@ def export_car(
 
 def closure_size(store: Blockstore, root: bytes) -> int:
     """How many blocks :func:`export_car` would write (reads every DAG-CBOR node, no raw block)."""
-    seen: set[bytes] = set()
-    stack = [root]
-    while stack:
-        cid = stack.pop()
-        if cid in seen:
-            continue
-        seen.add(cid)
-        if codec_of(cid) == DAG_CBOR and store.has(cid):
-            stack.extend(block_links(cid, store.get(cid)))
-    return len(seen)
+
+    def links_of(cid: bytes) -> list[bytes]:
+        return block_links(cid, store.get(cid)) if codec_of(cid) == DAG_CBOR and store.has(cid) else []
+
+    return sum(1 for _ in _depth_first(root, links_of))
 
 
 def incomplete_dag(
