@@ -1,4 +1,4 @@
-"""codec: ipldmount.codec against the reference ``dag_cbor`` package on a directory-sized map."""
+"""codec: ipldmount.ipld.codec against the reference ``dag_cbor`` package on a directory-sized map."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import dag_cbor
 import numpy as np
 from common import Context, Row, best_of, log
 
-from ipldmount import cid as cids
-from ipldmount import codec
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
 
 
 def chunk_map(entries: int, seed: int) -> dict[str, codec.Link]:

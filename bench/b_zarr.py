@@ -12,7 +12,7 @@ import zarr
 from common import MB, Context, Mount, Row, Timer, log
 from zarr.storage import LocalStore, MemoryStore
 
-from ipldmount.blockstore import DirectoryBlockstore, MemoryBlockstore
+from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.zarrstore import IPLDStore
 
 ON_DISK = ("ext4", "mount", "ipld_dir")  # cold reads for these: caches dropped first

@@ -20,15 +20,22 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from . import __version__, car, control
-from . import cid as cids
-from .blockstore import DirectoryBlockstore, default_store_path
-from .car import write_car_file
-from .errors import InvalidCIDError, IpldmountError, IsADirectoryError_, NotADirectoryError_, NotFoundError
-from .journal import Journal
-from .progress import Progress
-from .session import state_dir
-from .tree import Directory, File, Node, Tree
+from ipldmount import __version__
+from ipldmount.blocks import DirectoryBlockstore, car, default_store_path
+from ipldmount.blocks.car import write_car_file
+from ipldmount.errors import (
+    InvalidCIDError,
+    IpldmountError,
+    IsADirectoryError_,
+    NotADirectoryError_,
+    NotFoundError,
+)
+from ipldmount.ipld import cid as cids
+from ipldmount.mount import control
+from ipldmount.progress import Progress
+from ipldmount.state.home import StoreHome
+from ipldmount.state.journal import Journal
+from ipldmount.tree import Directory, File, Node, Tree
 
 log = logging.getLogger("ipldmount")
 
@@ -200,12 +207,13 @@ def cmd_cat(args: argparse.Namespace) -> int:
 # --- mounting ---------------------------------------------------------------------
 
 
-def _resolve_root(store: DirectoryBlockstore, root: str, mountpoint: Path) -> bytes | None:
+def _resolve_root(home: StoreHome, root: str, mountpoint: Path) -> bytes | None:
     """ROOT as a CID in the store: ``empty``, ``resume``, a ``.car`` file (imported first), or a CID."""
+    store = home.blocks
     if root == "empty":
         return None
     if root == "resume":
-        return _last_root(store, mountpoint)
+        return _last_root(home, mountpoint)
     if Path(root).exists() and not Path(root).is_dir():  # a .car file, or a pipe (/dev/stdin)
         return _import(store, root, single_root=True)[0]
     cid = _parse_root(root)
@@ -227,28 +235,21 @@ def _parse_root(text: str) -> bytes:
         raise IpldmountError(f"ROOT must be a CID, a .car file, 'empty' or 'resume'; {exc}") from None
 
 
-def _last_root(store: DirectoryBlockstore, mountpoint: Path) -> bytes | None:
+def _last_root(home: StoreHome, mountpoint: Path) -> bytes | None:
     """The root this mountpoint had last: its journal's base (changes pending on it come back), else
     the last root synced there, else empty. What a service restarting after a crash wants."""
-    state = state_dir(store, mountpoint)
-    pending = Journal(state / "journal").read()
+    pending = Journal(home.mount_files(mountpoint).journal).read()
     if pending is not None:
         return pending.root
-    roots_log = state / "roots.log"
-    if roots_log.exists():
-        lines = roots_log.read_text().splitlines()
-        if lines:
-            return cids.parse_cid(json.loads(lines[-1])["root"])
-    return None
+    return home.last_root(home.mount_files(mountpoint))
 
 
-def _check_mountpoint(mountpoint: Path, store: DirectoryBlockstore, nonempty: bool = False) -> None:
+def _check_mountpoint(mountpoint: Path, home: StoreHome, nonempty: bool = False) -> None:
     """Refuse a bad mountpoint; clear a stale one our own dead daemon left."""
     try:
         control.check_mountpoint(mountpoint)
     except control.StaleMountError:
-        pid_file = state_dir(store, mountpoint) / "daemon.pid"
-        pid = int(pid_file.read_text()) if pid_file.exists() else None
+        pid = home.daemon_pid(home.mount_files(mountpoint))
         if pid is None or _alive(pid):
             raise
         print(
@@ -272,9 +273,9 @@ def _check_mountpoint(mountpoint: Path, store: DirectoryBlockstore, nonempty: bo
             )
 
 
-def _discard_pending(store: DirectoryBlockstore, mountpoint: Path) -> None:
+def _discard_pending(home: StoreHome, mountpoint: Path) -> None:
     """--discard: drop the unsynced changes a mountpoint's earlier session left, saying what they were."""
-    journal = Journal(state_dir(store, mountpoint) / "journal")
+    journal = Journal(home.mount_files(mountpoint).journal)
     try:
         pending = journal.read()
     except IpldmountError as exc:
@@ -310,24 +311,23 @@ def _fusermount_unmount(mountpoint: Path) -> None:
 def cmd_mount(args: argparse.Namespace) -> int:
     if args.store:  # absolute: the daemon reports paths in the store to clients that run elsewhere
         args.store = str(Path(args.store).resolve())
-    store = _open_store(args, durable=False)  # the daemon's fsync and sync make blocks durable (syncfs)
+    # the daemon's fsync and sync make blocks durable (syncfs)
+    home = StoreHome(_open_store(args, durable=False))
     mountpoint = Path(args.mountpoint).resolve()
-    _check_mountpoint(mountpoint, store, args.nonempty)
+    _check_mountpoint(mountpoint, home, args.nonempty)
     if args.discard:
-        _discard_pending(store, mountpoint)
-    root = _resolve_root(store, args.root, mountpoint)
+        _discard_pending(home, mountpoint)
+    root = _resolve_root(home, args.root, mountpoint)
     if args.foreground:
-        return _run_daemon(args, store, mountpoint, root)
-    return _spawn_daemon(args, store, mountpoint, root)
+        return _run_daemon(args, home, mountpoint, root)
+    return _spawn_daemon(args, home, mountpoint, root)
 
 
-def _run_daemon(
-    args: argparse.Namespace, store: DirectoryBlockstore, mountpoint: Path, root: bytes | None
-) -> int:
-    from . import daemon  # pyfuse3 is needed only here
+def _run_daemon(args: argparse.Namespace, home: StoreHome, mountpoint: Path, root: bytes | None) -> int:
+    from ipldmount.mount import daemon  # pyfuse3 is needed only here
 
     config = daemon.MountConfig(
-        store=store,
+        home=home,
         mountpoint=mountpoint,
         root=root,
         read_only=args.read_only,
@@ -361,11 +361,9 @@ def _report_failure(fd: int, exc: BaseException) -> None:
         pass
 
 
-def _spawn_daemon(
-    args: argparse.Namespace, store: DirectoryBlockstore, mountpoint: Path, root: bytes | None
-) -> int:
+def _spawn_daemon(args: argparse.Namespace, home: StoreHome, mountpoint: Path, root: bytes | None) -> int:
     """Start the daemon in the background and return once the mount is live (or failed)."""
-    log_path = state_dir(store, mountpoint) / "daemon.log"
+    log_path = home.mount_files(mountpoint).daemon_log
     read_end, write_end = os.pipe()
     command = [
         sys.executable,
@@ -375,13 +373,13 @@ def _spawn_daemon(
         cids.cid_to_str(root) if root else "empty",
         str(mountpoint),
     ]
-    command += ["--foreground", "--store", str(store.root), "--ready-fd", str(write_end)]
+    command += ["--foreground", "--store", str(home.root), "--ready-fd", str(write_end)]
     command += ["--read-only"] * args.read_only + ["--whole-files"] * args.whole_files
     command += ["--allow-other"] * args.allow_other + ["-v"] * args.verbose
     command += ["--nonempty"] * args.nonempty
     if args.car_dir:
         command += ["--car-dir", str(Path(args.car_dir).resolve())]
-    log_fd = store.open_file(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    log_fd = home.open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     with os.fdopen(log_fd, "ab") as log_file:
         process = subprocess.Popen(
             command,

@@ -15,11 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import cid as cids
-from . import codec, dirnode, hamt, metadata
-from .blockstore import BlockSink, Blockstore, CidOnly
-from .dirnode import DirectoryForm, EntryForm
-from .errors import (
+from ipldmount.blocks import BlockSink, Blockstore, CidOnly
+from ipldmount.errors import (
     AlreadyExistsError,
     BlockNotFoundError,
     CorruptBlockError,
@@ -34,7 +31,9 @@ from .errors import (
     NotFoundError,
     ReadOnlyError,
 )
-from .files import (
+from ipldmount.format import dirnode, hamt, metadata
+from ipldmount.format.dirnode import DirectoryForm, EntryForm
+from ipldmount.format.files import (
     BLOCK_LIMIT,
     FileContent,
     FileReader,
@@ -44,6 +43,8 @@ from .files import (
     decode_fbl,
     store_bytes,
 )
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
 
 log = logging.getLogger(__name__)
 

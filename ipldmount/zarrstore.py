@@ -17,12 +17,11 @@ from typing import Any, BinaryIO
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
-from . import car
-from . import cid as cids
-from .blockstore import Blockstore, MemoryBlockstore
-from .errors import NotADirectoryError_, NotFoundError
-from .tree import Directory, File, Tree, split_path
-from .writebuffer import buffer_content, open_buffer
+from ipldmount.blocks import Blockstore, MemoryBlockstore, car
+from ipldmount.errors import NotADirectoryError_, NotFoundError
+from ipldmount.ipld import cid as cids
+from ipldmount.state.writebuffer import buffer_content, open_buffer
+from ipldmount.tree import Directory, File, Tree, split_path
 
 
 class IPLDStore(Store):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ipldmount.blockstore import Blockstore, DirectoryBlockstore, MemoryBlockstore
+from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
 
 
 @pytest.fixture(params=["memory", "directory"])

@@ -17,21 +17,21 @@ from pathlib import Path
 
 import pytest
 
-from ipldmount import blockstore as blockstore_module
-from ipldmount.blockstore import (
+from ipldmount.blocks import (
     Blockstore,
     DirectoryBlockstore,
     MemoryBlockstore,
     NotAStoreError,
     default_store_path,
 )
-from ipldmount.cid import DAG_CBOR, RAW, block_cid, cid_to_str
+from ipldmount.blocks import directory as blockstore_module
 from ipldmount.errors import (
     BlockNotFoundError,
     CorruptBlockError,
     InvalidCIDError,
     StoreFullError,
 )
+from ipldmount.ipld.cid import DAG_CBOR, RAW, block_cid, cid_to_str
 
 
 class Boom(Exception):

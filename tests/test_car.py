@@ -11,9 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipldmount import codec
-from ipldmount.blockstore import Blockstore, DirectoryBlockstore, MemoryBlockstore
-from ipldmount.car import (
+from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
+from ipldmount.blocks.car import (
     block_links,
     decode_varint,
     encode_varint,
@@ -23,9 +22,10 @@ from ipldmount.car import (
     read_car,
     write_car,
 )
-from ipldmount.cid import DAG_CBOR, RAW, block_cid, cid_to_str, parse_cid
-from ipldmount.codec import Link
 from ipldmount.errors import BlockNotFoundError, CarError
+from ipldmount.ipld import codec
+from ipldmount.ipld.cid import DAG_CBOR, RAW, block_cid, cid_to_str, parse_cid
+from ipldmount.ipld.codec import Link
 
 SEED_CAR = Path(__file__).parent / "data/seed_example/seed_example.car"
 SEED_ROOT = parse_cid("bafyreidn66mk3fktszrfwayonvpq6y3agtnb5e5o22ivof5tgikbxt7k6u")

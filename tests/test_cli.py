@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ipldmount import car, cli
-from ipldmount.blockstore import DirectoryBlockstore
-from ipldmount.cid import DAG_CBOR, RAW, block_cid, cid_to_str
+from ipldmount import cli
+from ipldmount.blocks import DirectoryBlockstore, car
+from ipldmount.ipld.cid import DAG_CBOR, RAW, block_cid, cid_to_str
 from ipldmount.zarrstore import IPLDStore
 
 SEED_DIR = Path(__file__).parent / "data" / "seed_example"

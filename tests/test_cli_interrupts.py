@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from fuse_helpers import SEED_CAR, SEED_ROOT, cli, is_mounted, wait_for
 
-from ipldmount.blockstore import DirectoryBlockstore
-from ipldmount.car import read_car
+from ipldmount.blocks import DirectoryBlockstore
+from ipldmount.blocks.car import read_car
 
 pytest_plugins = ("fuse_helpers",)
 

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multiformats import CID
 
-from ipldmount import cid as cids
-from ipldmount import codec
-from ipldmount.codec import Link
 from ipldmount.errors import CorruptBlockError
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
+from ipldmount.ipld.codec import Link
 
 # --- strategies -----------------------------------------------------------------
 

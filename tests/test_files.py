@@ -7,11 +7,10 @@ import random
 
 import pytest
 
-from ipldmount import cid as cids
-from ipldmount import codec, files
-from ipldmount.blockstore import Blockstore
+from ipldmount.blocks import Blockstore
 from ipldmount.errors import CorruptBlockError, FormatError
-from ipldmount.files import (
+from ipldmount.format import files
+from ipldmount.format.files import (
     BLOCK_LIMIT,
     FBL_WIDTH,
     FblReader,
@@ -23,6 +22,8 @@ from ipldmount.files import (
     store_chunks,
     store_stream,
 )
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
 
 MIB = 1 << 20
 

@@ -24,10 +24,11 @@ from typing import Any
 
 import pytest
 
-from ipldmount import codec, hamt
-from ipldmount.blockstore import MemoryBlockstore
-from ipldmount.car import export_car, iter_closure
-from ipldmount.cid import cid_to_str
+from ipldmount.blocks import MemoryBlockstore
+from ipldmount.blocks.car import export_car, iter_closure
+from ipldmount.format import hamt
+from ipldmount.ipld import codec
+from ipldmount.ipld.cid import cid_to_str
 from ipldmount.tree import Tree
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,12 +14,14 @@ from typing import Any
 import pyfuse3
 import pytest
 
-from ipldmount import cid as cids
-from ipldmount import codec, fuse_fallocate
-from ipldmount.blockstore import DirectoryBlockstore
-from ipldmount.files import MAX_FILE_SIZE, MAX_WHOLE_FILE_SIZE
-from ipldmount.fuse_ops import Operations
-from ipldmount.session import Session
+from ipldmount.blocks import DirectoryBlockstore
+from ipldmount.format.files import MAX_FILE_SIZE, MAX_WHOLE_FILE_SIZE
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
+from ipldmount.mount import fuse_fallocate
+from ipldmount.mount.fuse_ops import Operations
+from ipldmount.state.home import StoreHome
+from ipldmount.state.session import Session
 
 pytestmark = pytest.mark.trio
 
@@ -53,7 +55,7 @@ def size_attrs(size: int) -> pyfuse3.EntryAttributes:
 
 def _ops(tmp_path: Path, root: bytes | None = None, **options: Any) -> Operations:
     store = DirectoryBlockstore(tmp_path / "store", durable=False)
-    return Operations(Session(store, tmp_path / "mnt", root, **options))
+    return Operations(Session(store, StoreHome(store), tmp_path / "mnt", root, **options))
 
 
 @pytest.fixture
@@ -208,7 +210,7 @@ async def test_a_broken_directory_answers_eio(tmp_path: Path) -> None:
     store = DirectoryBlockstore(tmp_path / "store", durable=False)
     missing = cids.block_cid(cids.DAG_CBOR, codec.encode({"gone": {}}))
     root = store.put(codec.encode({"broken": codec.Link(missing)}), cids.DAG_CBOR)
-    ops = Operations(Session(store, tmp_path / "mnt", root))
+    ops = Operations(Session(store, StoreHome(store), tmp_path / "mnt", root))
     broken = (await ops.lookup(ROOT, b"broken", CTX)).st_ino
     assert await errno_of(ops.lookup, broken, b"x", CTX) == errno.EIO
     assert await errno_of(ops.opendir, broken, CTX) == errno.EIO
@@ -286,6 +288,6 @@ async def test_the_fallocate_hook_writes_nothing_without_a_session(caplog: pytes
     async def handler(inode: int, mode: int, offset: int, length: int) -> None:
         raise AssertionError("never called")
 
-    with caplog.at_level(logging.WARNING, logger="ipldmount.fuse_fallocate"):
+    with caplog.at_level(logging.WARNING, logger="ipldmount.mount.fuse_fallocate"):
         assert fuse_fallocate.install(handler) is False
     assert "pyfuse3 has no session" in caplog.text

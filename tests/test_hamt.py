@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipldmount import cid as cids
-from ipldmount import codec, hamt
-from ipldmount.blockstore import Blockstore, MemoryBlockstore
+from ipldmount.blocks import Blockstore, MemoryBlockstore
 from ipldmount.errors import FormatError
+from ipldmount.format import hamt
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
 
 BLOCK_LIMIT = 1 << 20
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipldmount import codec, metadata
+from ipldmount.format import metadata
+from ipldmount.ipld import codec
 
 SEED_METADATA = [".zattrs", ".zgroup", "a/.zarray", "a/.zattrs"]
 

@@ -29,9 +29,9 @@ from fuse_helpers import (
     write_file,
 )
 
-from ipldmount import cid as cids
-from ipldmount import codec
-from ipldmount.blockstore import DirectoryBlockstore
+from ipldmount.blocks import DirectoryBlockstore
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
 
 pytest_plugins = ("fuse_helpers",)
 pytestmark = pytest.mark.fuse

@@ -63,9 +63,9 @@ def test_three_thousand_chunk_keys(mounts: Mounts) -> None:
 
 def test_twenty_five_thousand_files_shard_the_directory(mounts: Mounts) -> None:
     """Past ~21k entries a directory node is sharded (HAMT); the mount must not notice."""
-    from ipldmount import cid as cids
-    from ipldmount.blockstore import DirectoryBlockstore
-    from ipldmount.codec import decode
+    from ipldmount.blocks import DirectoryBlockstore
+    from ipldmount.ipld import cid as cids
+    from ipldmount.ipld.codec import decode
 
     again, names = _round_trip(mounts, 25_000, 250, read_before=False)
     # the directory really is sharded: its node is not a plain map of 25,001 entries

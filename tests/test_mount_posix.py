@@ -421,7 +421,7 @@ def test_renameat2_flags_and_mknod_of_a_regular_file(mnt: Mount) -> None:
 def test_whole_files_keeps_one_raw_block(mounts: Mounts) -> None:
     import hashlib
 
-    from ipldmount import cid as cids
+    from ipldmount.ipld import cid as cids
 
     mnt = mounts().mount("empty", "--whole-files")
     data = random.Random(2).randbytes(3 * 1024 * 1024)

@@ -29,8 +29,8 @@ from fuse_helpers import (
     write_file,
 )
 
-from ipldmount.blockstore import DirectoryBlockstore
-from ipldmount.control import STALE_ERRNOS
+from ipldmount.blocks import DirectoryBlockstore
+from ipldmount.mount.control import STALE_ERRNOS
 
 pytest_plugins = ("fuse_helpers",)
 pytestmark = pytest.mark.fuse
@@ -235,9 +235,9 @@ def test_two_mounts_share_one_store(mounts: Mounts, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["raw", "chunked"])
 def test_missing_block_gives_eio_and_the_daemon_lives(mounts: Mounts, kind: str) -> None:
-    from ipldmount import cid as cids
-    from ipldmount.blockstore import DirectoryBlockstore
-    from ipldmount.files import decode_fbl
+    from ipldmount.blocks import DirectoryBlockstore
+    from ipldmount.format.files import decode_fbl
+    from ipldmount.ipld import cid as cids
 
     mnt = mounts().mount("empty")
     os.mkdir(mnt / "d")
@@ -294,8 +294,8 @@ def test_missing_block_gives_eio_and_the_daemon_lives(mounts: Mounts, kind: str)
 def test_a_missing_block_never_blocks_an_unmount(mounts: Mounts) -> None:
     """fusermount3 -u and `ipldmount unmount` with a block missing: the root is committed, the CAR
     reported incomplete in one clear line, and the mount is gone either way."""
-    from ipldmount import cid as cids
-    from ipldmount.blockstore import DirectoryBlockstore
+    from ipldmount.blocks import DirectoryBlockstore
+    from ipldmount.ipld import cid as cids
 
     mnt = mounts().mount("empty")
     write_file(mnt / "victim", b"soon missing")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fuse_helpers import Mount, Mounts, expect_errno, read_file, write_file
 
-from ipldmount import cid as cids
-from ipldmount.blockstore import MemoryBlockstore
-from ipldmount.files import MAX_FILE_SIZE, MAX_WHOLE_FILE_SIZE, store_bytes
+from ipldmount.blocks import MemoryBlockstore
+from ipldmount.format.files import MAX_FILE_SIZE, MAX_WHOLE_FILE_SIZE, store_bytes
+from ipldmount.ipld import cid as cids
 
 pytest_plugins = ("fuse_helpers",)
 pytestmark = pytest.mark.fuse

@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from ipldmount import car
-from ipldmount import cid as cids
-from ipldmount.blockstore import MemoryBlockstore
+from ipldmount.blocks import MemoryBlockstore, car
 from ipldmount.errors import IpldmountError
+from ipldmount.ipld import cid as cids
 from ipldmount.tree import Directory, File, Tree
 
 DATA = Path(__file__).parent / "data"

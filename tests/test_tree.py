@@ -14,9 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from ipldmount import cid as cids
-from ipldmount import codec, dirnode, hamt, metadata
-from ipldmount.blockstore import Blockstore, MemoryBlockstore
+from ipldmount.blocks import Blockstore, MemoryBlockstore
 from ipldmount.errors import (
     AlreadyExistsError,
     BlockNotFoundError,
@@ -33,6 +31,9 @@ from ipldmount.errors import (
     ReadOnlyError,
     StoreFullError,
 )
+from ipldmount.format import dirnode, hamt, metadata
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
 from ipldmount.tree import Broken, Directory, File, Tree
 
 MIB = 1 << 20
@@ -1095,7 +1096,7 @@ class TreeModelOnDisk(TreeModel):
     def on_disk(self) -> None:
         import tempfile
 
-        from ipldmount.blockstore import DirectoryBlockstore
+        from ipldmount.blocks import DirectoryBlockstore
 
         self._tmp = tempfile.TemporaryDirectory()
         self.store = DirectoryBlockstore(Path(self._tmp.name) / "store")

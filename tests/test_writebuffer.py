@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipldmount.blockstore import DirectoryBlockstore, MemoryBlockstore
+from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.errors import FileTooLargeError, StoreFullError
-from ipldmount.files import (
+from ipldmount.format.files import (
     BLOCK_LIMIT,
     MAX_FILE_SIZE,
     MAX_WHOLE_FILE_SIZE,
@@ -24,7 +24,7 @@ from ipldmount.files import (
     store_bytes,
     store_chunks,
 )
-from ipldmount.writebuffer import WriteBuffer, open_buffer
+from ipldmount.state.writebuffer import WriteBuffer, open_buffer
 
 MIB = 1 << 20
 

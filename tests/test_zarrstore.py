@@ -31,11 +31,10 @@ from zarr.core.buffer.cpu import Buffer as CPUBuffer
 from zarr.core.sync import _collect_aiterator, sync
 from zarr.testing.store import StoreTests
 
-from ipldmount import car
-from ipldmount import cid as cids
-from ipldmount.blockstore import Blockstore, DirectoryBlockstore, MemoryBlockstore
+from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, car
 from ipldmount.errors import BlockNotFoundError, CarError, FileTooLargeError, FormatError, ReadOnlyError
-from ipldmount.files import BLOCK_LIMIT, MAX_FILE_SIZE
+from ipldmount.format.files import BLOCK_LIMIT, MAX_FILE_SIZE
+from ipldmount.ipld import cid as cids
 from ipldmount.zarrstore import IPLDStore
 
 SEED_DIR = Path(__file__).parent / "data" / "seed_example"

@@ -8,8 +8,6 @@ so every change is journaled before the request that made it is answered.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import time
@@ -17,14 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cid as cids
-from .blockstore import DirectoryBlockstore
-from .car import write_car_file
-from .errors import IpldmountError
-from .files import FileContent, InlineFile, PendingFile, StoredFile
-from .journal import Journal, Pending, decode_data, encode_data
-from .tree import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node, Tree
-from .writebuffer import WriteBuffer, buffer_content
+from ipldmount.blocks import Blockstore
+from ipldmount.blocks.car import write_car_file
+from ipldmount.errors import IpldmountError
+from ipldmount.format.files import FileContent, InlineFile, PendingFile, StoredFile
+from ipldmount.ipld import cid as cids
+from ipldmount.state.home import StoreHome
+from ipldmount.state.journal import Journal, Pending, decode_data, encode_data
+from ipldmount.state.writebuffer import WriteBuffer, buffer_content
+from ipldmount.tree import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node, Tree
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +39,13 @@ class SyncResult:
     car_bytes: int
 
 
-def mount_id(mountpoint: Path) -> str:
-    """A short, stable name for a mountpoint's state (its real path hashed)."""
-    return hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:16]
-
-
-def state_dir(store: DirectoryBlockstore, mountpoint: Path) -> Path:
-    """Where a mount's journal and status live: beside the store, one folder per mountpoint."""
-    return store.make_dir(store.root / "mounts" / mount_id(mountpoint))
-
-
 class Session:
+    """The tree served at *mountpoint*, from blocks in *store*; its journal and roots in *home*."""
+
     def __init__(
         self,
-        store: DirectoryBlockstore,
+        store: Blockstore,
+        home: StoreHome,
         mountpoint: Path,
         root: bytes | None,
         *,
@@ -62,11 +54,12 @@ class Session:
         car_dir: Path | None = None,
     ) -> None:
         self.store = store
+        self.home = home
         self.mountpoint = mountpoint
         self.read_only = read_only
-        self.car_dir = car_dir or store.make_dir(store.root / "cars")
-        self.state = state_dir(store, mountpoint)
-        self.journal = Journal(self.state / "journal")
+        self.car_dir = car_dir or home.cars_dir
+        self.files = home.mount_files(mountpoint)  # now: once mounted, resolving the path would hang
+        self.journal = Journal(self.files.journal)
         # An empty mount starts from the empty tree's root, stored, so every root shown is fetchable.
         self.base_root = root if root is not None else store.put(EMPTY_DIRECTORY, cids.DAG_CBOR)
         self.tree = Tree(store, self.base_root, whole_files=whole_files, read_only=read_only)
@@ -212,7 +205,13 @@ class Session:
         if root != self.base_root or self.journal.pending:
             self.journal.reset(root)
             self.base_root = root
-            self._record_root(root, car_path)
+            self.home.record_root(
+                self.files,
+                self.mountpoint,
+                root,
+                car_path,
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            )
         if car_path == default_car and car_path.exists():
             car_bytes = car_path.stat().st_size  # named by its root and written atomically: already right
         else:
@@ -226,19 +225,12 @@ class Session:
         )
         return SyncResult(cids.cid_to_str(root), car_path, car_bytes)
 
-    def _record_root(self, root: bytes, car_path: Path) -> None:
-        status = {"root": cids.cid_to_str(root), "car": str(car_path), "mountpoint": str(self.mountpoint)}
-        status["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        fd = self.store.open_file(self.state / "roots.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        with os.fdopen(fd, "a") as log_file:
-            log_file.write(json.dumps(status) + "\n")
-
     def status(self) -> dict[str, Any]:
         return {
             "mountpoint": str(self.mountpoint),
             "root": cids.cid_to_str(self.base_root),
             "unsynced_changes": self.journal.pending,
-            "store": str(self.store.root),
+            "store": str(self.home.root),
             "read_only": self.read_only,
             "journal": str(self.journal.path),
             "pid": os.getpid(),

@@ -14,7 +14,7 @@ import hashlib
 
 from multiformats import CID as _MultiformatsCID
 
-from .errors import InvalidCIDError
+from ipldmount.errors import InvalidCIDError
 
 RAW = 0x55
 DAG_CBOR = 0x71

@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import cid as cids
-from . import codec, hamt, metadata
-from .blockstore import BlockSink, Blockstore
-from .errors import FormatError
+from ipldmount.blocks import BlockSink, Blockstore
+from ipldmount.errors import FormatError
+from ipldmount.format import hamt, metadata
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
 
 BLOCK_LIMIT = 1 << 20
 LINK_SIZE = codec.encoded_link_size(bytes(cids.CID_LENGTH))

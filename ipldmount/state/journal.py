@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import cid as cids
-from .errors import IpldmountError
+from ipldmount.errors import IpldmountError
+from ipldmount.ipld import cid as cids
 
 log = logging.getLogger(__name__)
 

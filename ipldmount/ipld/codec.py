@@ -21,8 +21,8 @@ from typing import Any, TypeAlias
 
 import cbor2
 
-from . import cid as cids
-from .errors import CorruptBlockError
+from ipldmount.errors import CorruptBlockError
+from ipldmount.ipld import cid as cids
 
 LINK_TAG = 42
 _MAX_UINT64 = 2**64 - 1

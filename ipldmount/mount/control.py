@@ -16,7 +16,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from .errors import IpldmountError
+from ipldmount.errors import IpldmountError
 
 MAX_MESSAGE = 1 << 20
 # What a mount whose daemon died answers: ENOTCONN, or ECONNABORTED once the kernel aborted it.

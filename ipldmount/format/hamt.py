@@ -13,10 +13,10 @@ import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from . import cid as cids
-from . import codec
-from .blockstore import BlockSink, Blockstore
-from .errors import FormatError
+from ipldmount.blocks import BlockSink, Blockstore
+from ipldmount.errors import FormatError
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
 
 HASH_ALG = cids.SHA2_256
 BUCKET_SIZE = 3

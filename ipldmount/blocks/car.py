@@ -16,11 +16,17 @@ from typing import BinaryIO
 
 from multiformats import multicodec
 
-from . import codec
-from .blockstore import Blockstore
-from .cid import DAG_CBOR, RAW, SHA2_256, cid_to_str, codec_of, verify
-from .codec import Link
-from .errors import BlockNotFoundError, CarError, CorruptBlockError, IncompleteDagError, InvalidCIDError
+from ipldmount.blocks import Blockstore
+from ipldmount.errors import (
+    BlockNotFoundError,
+    CarError,
+    CorruptBlockError,
+    IncompleteDagError,
+    InvalidCIDError,
+)
+from ipldmount.ipld import codec
+from ipldmount.ipld.cid import DAG_CBOR, RAW, SHA2_256, cid_to_str, codec_of, verify
+from ipldmount.ipld.codec import Link
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(blocks, nbytes)``: blocks done, CAR bytes written or read so far."""

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from . import codec
+from ipldmount.ipld import codec
 
 Render = Callable[[Any], str]
 

@@ -1,13 +1,14 @@
 """The FUSE adapter: kernel requests in, tree operations out.
 
-With :mod:`~ipldmount.fuse_fallocate` (the fallocate operation pyfuse3 lacks),
+With :mod:`~ipldmount.mount.fuse_fallocate` (the fallocate operation pyfuse3 lacks),
 the only code that imports pyfuse3 (the daemon mounts and serves through
 :func:`mount`, :func:`serve`, :func:`terminate` and :func:`close`). It owns what exists only while mounted:
 inode numbers, open handles, the write buffers that hold content being
-written (:mod:`~ipldmount.writebuffer`), and the in-memory attributes the
-format does not store (mode, owner, times). Every change goes through :class:`~ipldmount.session.Session`,
-which journals it; a file's new content reaches the blockstore when the file
-is closed (``flush``) or fsynced, never later.
+written (:mod:`~ipldmount.state.writebuffer`), and the in-memory attributes the
+format does not store (mode, owner, times). Every change goes through
+:class:`~ipldmount.state.session.Session`, which journals it; a file's new
+content reaches the blockstore when the file is closed (``flush``) or fsynced,
+never later.
 
 Blocking I/O (copying, hashing, block reads that miss the cache) runs in
 worker threads so one big file never stalls the other requests; only plain
@@ -33,13 +34,13 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from . import cid as cids
-from . import control, fuse_fallocate
-from .errors import IpldmountError, ReadOnlyError, errno_for
-from .files import FileReader, check_file_size
-from .session import Session, SyncResult
-from .tree import NAME_MAX, Broken, Directory, File, Node, NodeState, check_name
-from .writebuffer import WriteBuffer, open_buffer
+from ipldmount.errors import IpldmountError, ReadOnlyError, errno_for
+from ipldmount.format.files import FileReader, check_file_size
+from ipldmount.ipld import cid as cids
+from ipldmount.mount import control, fuse_fallocate
+from ipldmount.state.session import Session, SyncResult
+from ipldmount.state.writebuffer import WriteBuffer, open_buffer
+from ipldmount.tree import NAME_MAX, Broken, Directory, File, Node, NodeState, check_name
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ class Operations(pyfuse3.Operations):
         self.lock = trio.Lock()  # tree changes and sync take turns
         self._meta: weakref.WeakKeyDictionary[Node, Meta] = weakref.WeakKeyDictionary()
         self._started_ns = time.time_ns()
-        self._tmp = session.store.root / "tmp"
+        self._tmp = session.home.tmp_dir
 
     # --- attributes ------------------------------------------------------------
 
@@ -714,7 +715,7 @@ class Operations(pyfuse3.Operations):
 
     @replies
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        disk = os.statvfs(self.session.store.root)
+        disk = os.statvfs(self.session.home.root)
         data = pyfuse3.StatvfsData()
         data.f_bsize, data.f_frsize = disk.f_bsize, disk.f_frsize
         data.f_blocks, data.f_bfree, data.f_bavail = disk.f_blocks, disk.f_bfree, disk.f_bavail

@@ -13,7 +13,7 @@ stretch of zeros. Whatever the pattern, the stored content is exactly what
 
 Writers almost always go forward (zarr chunks, netCDF, ``cp``): the leaf being
 filled stays in memory and a completed leaf is handed to a small pool that
-hashes it and stages it (:class:`~ipldmount.blockstore.Staging`) while the
+hashes it and stages it (:class:`~ipldmount.blocks.Staging`) while the
 writer goes on. Leaves stay staged, invisible to the store, until
 :meth:`~ChunkedBuffer.store` commits the ones the file still uses; a buffer
 closed without storing (a failed close, a file unlinked while open) takes them
@@ -38,11 +38,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import cid as cids
-from . import metadata
-from .blockstore import Blockstore, Staging
-from .errors import IpldmountError
-from .files import (
+from ipldmount.blocks import Blockstore, Staging
+from ipldmount.errors import IpldmountError
+from ipldmount.format import metadata
+from ipldmount.format.files import (
     BLOCK_LIMIT,
     FBL_WIDTH,
     FileContent,
@@ -56,6 +55,7 @@ from .files import (
     put_zero_node,
     store_stream,
 )
+from ipldmount.ipld import cid as cids
 
 COPY_CHUNK = 1 << 20
 MAX_IN_FLIGHT = 4  # leaves being staged at once per buffer: bounds memory, keeps both cores busy

@@ -21,12 +21,12 @@ from typing import Any
 
 import trio
 
-from . import cid as cids
-from .blockstore import DirectoryBlockstore
-from .control import MAX_MESSAGE, runtime_dir
-from .errors import IncompleteDagError, IpldmountError
-from .fuse_ops import Operations, close, mount, serve, terminate
-from .session import Session, mount_id
+from ipldmount.errors import IncompleteDagError, IpldmountError
+from ipldmount.ipld import cid as cids
+from ipldmount.mount.control import MAX_MESSAGE, runtime_dir
+from ipldmount.mount.fuse_ops import Operations, close, mount, serve, terminate
+from ipldmount.state.home import StoreHome, mount_id
+from ipldmount.state.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ READ_AHEAD_KB = 1024
 
 @dataclass(frozen=True)
 class MountConfig:
-    store: DirectoryBlockstore
+    home: StoreHome
     mountpoint: Path
     root: bytes | None
     read_only: bool = False
@@ -47,7 +47,8 @@ class MountConfig:
 def run(config: MountConfig, ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted, sync, and return. *ready* is called once the mount is live."""
     session = Session(
-        config.store,
+        config.home.blocks,
+        config.home,
         config.mountpoint,
         config.root,
         read_only=config.read_only,
@@ -56,13 +57,10 @@ def run(config: MountConfig, ready: Callable[[], None]) -> None:
     )
     control = runtime_dir() / f"{mount_id(config.mountpoint)}.sock"
     ops = Operations(session, control)
-    pid_file = session.state / "daemon.pid"
     mount(ops, config.mountpoint, read_only=config.read_only, allow_other=config.allow_other)
     clean = False
     try:
-        fd = session.store.open_file(pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        with os.fdopen(fd, "w") as stream:
-            stream.write(f"{os.getpid()}\n")
+        config.home.write_pid(session.files)
         try:
             trio.run(_serve, ops, control, ready)
         except BaseExceptionGroup as group:
@@ -73,7 +71,7 @@ def run(config: MountConfig, ready: Callable[[], None]) -> None:
         session.close(clean)
         if _bound_by_us(control):
             control.unlink()  # never another daemon's: one that failed to bind leaves it alone
-        pid_file.unlink(missing_ok=True)
+        config.home.forget_pid(session.files)
     log.info("unmounted %s; final root %s", config.mountpoint, session.status()["root"])
 
 

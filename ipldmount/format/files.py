@@ -15,10 +15,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Protocol
 
-from . import cid as cids
-from . import codec, metadata
-from .blockstore import BlockSink, Blockstore
-from .errors import BlockNotFoundError, CorruptBlockError, FileTooLargeError, FormatError
+from ipldmount.blocks import BlockSink, Blockstore
+from ipldmount.errors import BlockNotFoundError, CorruptBlockError, FileTooLargeError, FormatError
+from ipldmount.format import metadata
+from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
 
 BLOCK_LIMIT = 1 << 20
 FBL_WIDTH = 1024

@@ -1,0 +1,390 @@
+"""The block store contract: content-addressed blocks keyed by binary CIDs.
+
+Two implementations share it: :class:`~ipldmount.blocks.memory.MemoryBlockstore`
+and :class:`~ipldmount.blocks.directory.DirectoryBlockstore`. Every put is
+idempotent and content addressed, so two writers racing on the same block write
+the same bytes. A :class:`Staging` holds blocks aside until they are committed
+(all at once) or discarded (all of them); :meth:`Blockstore.batch` is a staging
+for the current thread's puts, made durable together, or (when the ``with`` body
+raises) never visible at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Generic, Protocol, TypeVar
+
+from ipldmount.errors import (
+    BlockNotFoundError,
+    CorruptBlockError,
+    InvalidCIDError,
+)
+from ipldmount.ipld.cid import (
+    DAG_CBOR,
+    RAW,
+    block_cid,
+    cid_to_str,
+    is_supported,
+    verify,
+)
+
+log = logging.getLogger(__name__)
+
+Chunk = bytes | bytearray | memoryview
+
+
+def _check_codec(codec: int) -> int:
+    if codec not in (RAW, DAG_CBOR):
+        raise InvalidCIDError(f"unsupported codec 0x{codec:x} (only raw 0x55 and dag-cbor 0x71)")
+    return codec
+
+
+def _check_range(offset: int, size: int) -> None:
+    if offset < 0 or size < 0:
+        raise ValueError(f"negative offset or size: offset={offset}, size={size}")
+
+
+T = TypeVar("T")
+
+
+class BlockSink(Protocol):
+    """Where new blocks go: a blockstore, a staging over one, or a sink that only computes CIDs."""
+
+    def put(self, data: bytes, codec: int) -> bytes: ...
+
+    def has(self, cid: bytes) -> bool: ...
+
+
+class CidOnly:
+    """A :class:`BlockSink` that stores nothing: for computing what a commit would give."""
+
+    def put(self, data: bytes, codec: int) -> bytes:
+        return block_cid(_check_codec(codec), data)
+
+    def has(self, cid: bytes) -> bool:
+        return True
+
+
+class Staging(ABC, Generic[T]):
+    """Blocks written aside: hashed and kept, but visible only through this object until committed.
+
+    Work that builds many blocks before it knows it will succeed (a file's leaves
+    while it is being written, a commit's nodes, a CAR being imported) stages
+    them here: :meth:`commit` makes them part of the store at once, :meth:`discard`
+    takes every one of them back, so a failure or a full disk never leaves blocks
+    nothing refers to. Safe to use from several threads. An implementation keeps
+    one handle of type ``T`` per staged block (its bytes, or its temporary file).
+    """
+
+    def __init__(self, store: Blockstore) -> None:
+        self.store = store
+        self._items: dict[bytes, T] = {}
+        self._lock = threading.Lock()
+
+    # --- writing ------------------------------------------------------------------
+
+    def put(self, data: Chunk, codec: int) -> bytes:
+        """Stage *data* unless the store or this staging already holds it; return its CID."""
+        cid = block_cid(_check_codec(codec), data)
+        self.put_verified(cid, data)
+        return cid
+
+    def put_verified(self, cid: bytes, data: Chunk) -> None:
+        """Stage a block whose bytes are known to hash to *cid*."""
+        if not self.has(cid):
+            self._keep(cid, self._stage(data))
+
+    def put_stream(self, chunks: Iterable[Chunk], codec: int) -> bytes:
+        """Stage one block given piecewise (hashed while written); return its CID."""
+        cid, handle = self._stage_stream(chunks, _check_codec(codec))
+        if self.has(cid):
+            self._release(handle)
+        else:
+            self._keep(cid, handle)
+        return cid
+
+    def _keep(self, cid: bytes, handle: T) -> None:
+        with self._lock:
+            old = self._items.get(cid)
+            self._items[cid] = handle
+        if old is not None:  # two threads staged the same block: keep one
+            self._release(old)
+
+    # --- reading (staged blocks first, then the store) ----------------------------------
+
+    def holds(self, cid: bytes) -> bool:
+        """True when the block is staged here (not yet in the store)."""
+        return cid in self._items
+
+    def has(self, cid: bytes) -> bool:
+        return cid in self._items or self.store._contains(cid)
+
+    def staged(self) -> list[bytes]:
+        with self._lock:
+            return list(self._items)
+
+    def lookup(self, cid: bytes) -> bytes | None:
+        """A staged block's bytes (our own, written moments ago: not hash-checked), or None."""
+        handle = self._items.get(cid)
+        return None if handle is None else self._read(handle, 0, -1)
+
+    def read_range(self, cid: bytes, offset: int, size: int) -> bytes | None:
+        handle = self._items.get(cid)
+        return None if handle is None else self._read(handle, offset, size)
+
+    def block_size(self, cid: bytes) -> int | None:
+        handle = self._items.get(cid)
+        return None if handle is None else self._size(handle)
+
+    def get(self, cid: bytes) -> bytes:
+        data = self.lookup(cid)
+        return data if data is not None else self.store.get(cid)
+
+    def read(self, cid: bytes, offset: int, size: int) -> bytes:
+        _check_range(offset, size)
+        data = self.read_range(cid, offset, size)
+        return data if data is not None else self.store.read(cid, offset, size)
+
+    # --- ending -------------------------------------------------------------------
+
+    def forget(self, cid: bytes) -> None:
+        """Drop one staged block (no-op if it is not staged here)."""
+        with self._lock:
+            handle = self._items.pop(cid, None)
+        if handle is not None:
+            self._release(handle)
+
+    def commit(self, keep: Collection[bytes] | None = None, *, durable: bool = False) -> None:
+        """Make the staged blocks (only those in *keep*, if given) part of the store; drop the rest.
+
+        With *durable* they survive a machine crash once this returns. If the
+        commit fails, whatever was not yet in place is dropped.
+        """
+        with self._lock:
+            items, self._items = self._items, {}
+        if keep is not None:
+            for cid in [cid for cid in items if cid not in keep]:
+                self._release(items.pop(cid))
+        if items:
+            self._install(items, durable)
+
+    def discard(self) -> None:
+        """Drop everything staged."""
+        with self._lock:
+            items, self._items = self._items, {}
+        for handle in items.values():
+            self._release(handle)
+
+    # --- what an implementation provides -------------------------------------------
+
+    @abstractmethod
+    def _stage(self, data: Chunk) -> T:
+        """Keep a copy of *data* aside."""
+
+    @abstractmethod
+    def _stage_stream(self, chunks: Iterable[Chunk], codec: int) -> tuple[bytes, T]: ...
+
+    @abstractmethod
+    def _read(self, handle: T, offset: int, size: int) -> bytes:
+        """*size* bytes at *offset* of a staged block (``-1``: to its end)."""
+
+    @abstractmethod
+    def _size(self, handle: T) -> int: ...
+
+    @abstractmethod
+    def _release(self, handle: T) -> None:
+        """Let go of a staged copy that will not be installed."""
+
+    @abstractmethod
+    def _install(self, items: dict[bytes, T], durable: bool) -> None:
+        """Put these staged blocks in the store (removed from *items* as they go in);
+        release every one not installed if this fails."""
+
+
+class _ThreadBatches:
+    """The staging of the current thread's open batch (``None`` outside a batch)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    @property
+    def current(self) -> Staging[Any] | None:
+        staging: Staging[Any] | None = getattr(self._local, "staging", None)
+        return staging
+
+    def open(self, staging: Staging[Any]) -> None:
+        self._local.staging = staging
+
+    def close(self) -> Staging[Any] | None:
+        staging = self.current
+        self._local.staging = None
+        return staging
+
+
+class Blockstore(ABC):
+    """A content-addressed block store.
+
+    The public methods (verification, idempotence, batching) live here once;
+    an implementation supplies the storage primitives below and its
+    :class:`Staging`. Inside a :meth:`batch`, the current thread's puts are
+    staged and its reads see them.
+    """
+
+    def __init__(self) -> None:
+        self._batches = _ThreadBatches()
+
+    # --- reading ----------------------------------------------------------------
+
+    def has(self, cid: bytes) -> bool:
+        """True when the block is stored (or staged by this thread's batch)."""
+        if not is_supported(cid):
+            return False
+        batch = self._batches.current
+        return (batch is not None and batch.holds(cid)) or self._contains(cid)
+
+    def get(self, cid: bytes) -> bytes:
+        """The block's bytes, checked against the CID so corruption never passes silently."""
+        data = self._batch_lookup(cid)
+        if data is None:
+            data = self._lookup(cid) if is_supported(cid) else None
+        if data is None:
+            raise self._not_found(cid)
+        if not verify(cid, data):
+            actual = cid_to_str(block_cid(cid[1], data))
+            message = f"block {cid_to_str(cid)} in {self!r} is corrupt: the bytes hash to {actual}"
+            raise CorruptBlockError(message)
+        return data
+
+    def read(self, cid: bytes, offset: int, size: int) -> bytes:
+        """Up to *size* bytes at *offset*, unverified: for reading large raw blocks piecewise."""
+        _check_range(offset, size)
+        batch = self._batches.current
+        data = batch.read_range(cid, offset, size) if batch is not None else None
+        if data is None:
+            data = self._read_range(cid, offset, size) if is_supported(cid) else None
+        if data is None:
+            raise self._not_found(cid)
+        return data
+
+    def size(self, cid: bytes) -> int:
+        """The block's length in bytes, without reading it."""
+        batch = self._batches.current
+        length = batch.block_size(cid) if batch is not None else None
+        if length is None:
+            length = self._block_size(cid) if is_supported(cid) else None
+        if length is None:
+            raise self._not_found(cid)
+        return length
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Every stored CID (and those staged by this thread's batch), in no particular order."""
+        batch = self._batches.current
+        staged = set(batch.staged()) if batch is not None else set()
+        for cid in self._stored_cids():
+            staged.discard(cid)
+            yield cid
+        yield from staged
+
+    def __len__(self) -> int:
+        """How many blocks are stored (a full scan for an on-disk store)."""
+        return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:
+        """Always true: an empty store is still a store, and a truth test must not count blocks."""
+        return True
+
+    def _batch_lookup(self, cid: bytes) -> bytes | None:
+        batch = self._batches.current
+        return batch.lookup(cid) if batch is not None else None
+
+    # --- writing ----------------------------------------------------------------
+
+    def put(self, data: bytes, codec: int) -> bytes:
+        """Store *data* under its CID and return the CID; an existing block is left alone."""
+        batch = self._batches.current
+        if batch is not None:
+            return batch.put(data, codec)
+        cid = block_cid(_check_codec(codec), data)
+        if not self._contains(cid):
+            self._add(cid, data)
+        return cid
+
+    def put_block(self, cid: bytes, data: bytes) -> None:
+        """Store a block that came from outside (CAR, network), refusing bytes that lie."""
+        if not is_supported(cid):
+            raise InvalidCIDError(f"cannot store {cid_to_str(cid)}: only CIDv1 raw/dag-cbor with sha2-256")
+        if not verify(cid, data):
+            raise CorruptBlockError(f"refusing block {cid_to_str(cid)}: its bytes do not hash to the CID")
+        batch = self._batches.current
+        if batch is not None:
+            batch.put_verified(cid, data)
+        elif not self._contains(cid):
+            self._add(cid, bytes(data))
+
+    def put_stream(self, chunks: Iterable[Chunk], codec: int = RAW) -> bytes:
+        """Store one block given piecewise (hashed while written) and return its CID."""
+        batch = self._batches.current
+        if batch is not None:
+            return batch.put_stream(chunks, _check_codec(codec))
+        return self._add_stream(chunks, _check_codec(codec))
+
+    @abstractmethod
+    def staging(self) -> Staging[Any]:
+        """A new, empty :class:`Staging` over this store."""
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Stage this thread's puts and make them durable together on normal exit.
+
+        If the body raises, nothing staged becomes visible. A nested ``batch()``
+        joins the outer one. The batch belongs to the calling thread.
+        """
+        if self._batches.current is not None:
+            yield
+            return
+        staging = self.staging()
+        self._batches.open(staging)
+        try:
+            yield
+        except BaseException:
+            self._batches.close()
+            staging.discard()
+            raise
+        self._batches.close()
+        staging.commit(durable=True)
+
+    def sync(self) -> None:
+        """Make every block put so far durable (a no-op where puts already are, or nothing is on disk)."""
+        return
+
+    def _not_found(self, cid: bytes) -> BlockNotFoundError:
+        return BlockNotFoundError(f"block {cid_to_str(cid)} not found in {self!r}")
+
+    # --- what an implementation provides -----------------------------------------
+
+    @abstractmethod
+    def _contains(self, cid: bytes) -> bool: ...
+
+    @abstractmethod
+    def _lookup(self, cid: bytes) -> bytes | None:
+        """The stored bytes, or None."""
+
+    @abstractmethod
+    def _read_range(self, cid: bytes, offset: int, size: int) -> bytes | None: ...
+
+    @abstractmethod
+    def _block_size(self, cid: bytes) -> int | None: ...
+
+    @abstractmethod
+    def _stored_cids(self) -> Iterator[bytes]: ...
+
+    @abstractmethod
+    def _add(self, cid: bytes, data: bytes) -> None:
+        """Store a block known to be absent, at once (durably if the store is durable)."""
+
+    @abstractmethod
+    def _add_stream(self, chunks: Iterable[Chunk], codec: int) -> bytes: ...

@@ -1,0 +1,117 @@
+"""STORE/: the one object that knows where everything in a store's folder lives.
+
+    STORE/STORE, blocks/, tmp/    the block store's own (marker, one file per block, temporaries)
+    STORE/cars/                   CARs written by sync (unless told otherwise)
+    STORE/mounts/ID/journal       a mountpoint's unsynced changes (ID: its real path, hashed)
+    STORE/mounts/ID/roots.log     every root synced there, one JSON line each
+    STORE/mounts/ID/daemon.pid    while its daemon runs;  daemon.log: what the daemon said
+
+Everything is created with the store's modes (private by default, see
+:class:`~ipldmount.blocks.directory.DirectoryBlockstore`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ipldmount.blocks import DirectoryBlockstore
+from ipldmount.ipld import cid as cids
+
+
+def mount_id(mountpoint: Path) -> str:
+    """A short, stable name for a mountpoint's state (its real path hashed)."""
+    return hashlib.sha256(str(mountpoint.resolve()).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class MountFiles:
+    """The files of one mountpoint's state."""
+
+    folder: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.folder / "journal"
+
+    @property
+    def roots_log(self) -> Path:
+        return self.folder / "roots.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.folder / "daemon.pid"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.folder / "daemon.log"
+
+
+class StoreHome:
+    """A store's folder: its block store, and where mount state and CARs go."""
+
+    def __init__(self, blocks: DirectoryBlockstore) -> None:
+        self.blocks = blocks
+        self.root = blocks.root
+
+    def __repr__(self) -> str:
+        return f"StoreHome({str(self.root)!r})"
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Temporaries (write buffers): on the store's filesystem, private to it."""
+        return self.blocks.tmp_dir
+
+    @property
+    def cars_dir(self) -> Path:
+        return self.blocks.make_dir(self.root / "cars")
+
+    def mount_files(self, mountpoint: Path) -> MountFiles:
+        """A mountpoint's state files. Ask before mounting: it resolves the path, and a daemon
+        that stats its own mountpoint before it serves waits for itself forever."""
+        return MountFiles(self.blocks.make_dir(self.root / "mounts" / mount_id(mountpoint)))
+
+    def open_private(self, path: Path, flags: int) -> int:
+        """``os.open`` a file of the store with the store's file mode."""
+        return self.blocks.open_file(path, flags)
+
+    # --- one line per synced root --------------------------------------------------
+
+    def record_root(self, files: MountFiles, mountpoint: Path, root: bytes, car: Path, when: str) -> None:
+        entry = {"root": cids.cid_to_str(root), "car": str(car), "mountpoint": str(mountpoint), "time": when}
+        fd = self.open_private(files.roots_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with os.fdopen(fd, "a") as log_file:
+            log_file.write(json.dumps(entry) + "\n")
+
+    def last_root(self, files: MountFiles) -> bytes | None:
+        """The root synced last at a mountpoint, if any."""
+        entries = self.roots(files)
+        return cids.parse_cid(entries[-1]["root"]) if entries else None
+
+    def roots(self, files: MountFiles) -> list[dict[str, Any]]:
+        try:
+            text = files.roots_log.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    # --- the daemon ------------------------------------------------------------------
+
+    def write_pid(self, files: MountFiles) -> None:
+        fd = self.open_private(files.pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(f"{os.getpid()}\n")
+
+    def forget_pid(self, files: MountFiles) -> None:
+        files.pid_file.unlink(missing_ok=True)
+
+    def daemon_pid(self, files: MountFiles) -> int | None:
+        """The pid a mountpoint's daemon wrote (it may have died since)."""
+        try:
+            return int(files.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
