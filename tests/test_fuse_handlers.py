@@ -291,3 +291,19 @@ async def test_the_fallocate_hook_writes_nothing_without_a_session(caplog: pytes
     with caplog.at_level(logging.WARNING, logger="ipldmount.mount.fuse_fallocate"):
         assert fuse_fallocate.install(handler) is False
     assert "pyfuse3 has no session" in caplog.text
+
+
+async def test_open_files_are_session_state(tmp_path: Path) -> None:
+    """What is written but not yet closed belongs to the session: a sync (and status) sees it."""
+    ops = _ops(tmp_path)
+    ino, fh = await create(ops, ROOT, b"file")
+    await ops.flush(fh)
+    root = (await ops.sync()).root
+    assert not ops.session.dirty
+    await ops.write(fh, 0, b"unsaved")
+    assert ops.session.open_files.unsaved() == 1 and ops.session.dirty
+    assert (await ops.status())["open_unsaved_files"] == 1
+    assert (await ops.sync()).root != root  # the open file's writes are committed
+    assert ops.session.open_files.unsaved() == 0 and not ops.session.dirty
+    await ops.release(fh)
+    assert ino not in ops.session.open_files

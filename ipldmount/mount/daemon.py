@@ -84,7 +84,7 @@ async def _serve(ops: Operations, control: Path, ready: Callable[[], None]) -> N
         ready()
         log.info("serving %s (root %s)", ops.session.mountpoint, ops.session.status()["root"])
         await serve()
-        if not ops.read_only and (ops.session.dirty or ops.buffers):
+        if not ops.read_only and (ops.session.dirty or len(ops.session.open_files)):
             try:
                 result = await ops.sync()
             except IncompleteDagError as exc:  # the root is committed: nothing is lost, the CAR is

@@ -2,19 +2,15 @@
 
 With :mod:`~ipldmount.mount.fuse_fallocate` (the fallocate operation pyfuse3 lacks),
 the only code that imports pyfuse3 (the daemon mounts and serves through
-:func:`mount`, :func:`serve`, :func:`terminate` and :func:`close`). It owns what exists only while mounted:
-inode numbers, open handles, the write buffers that hold content being
-written (:mod:`~ipldmount.state.writebuffer`), and the in-memory attributes the
-format does not store (mode, owner, times). Every change goes through
+:func:`mount`, :func:`serve`, :func:`terminate` and :func:`close`). It keeps what
+only the kernel protocol needs: inode numbers, open handles, directory listings
+and the in-memory attributes the format does not store (mode, owner, times).
+What a sync needs is the session's: the tree, its journal, and the files being
+written (:class:`~ipldmount.state.openfiles.OpenFiles`), whose buffers this
+adapter fills and settles. Every change goes through
 :class:`~ipldmount.state.session.Session`, which journals it; a file's new
 content reaches the blockstore when the file is closed (``flush``) or fsynced,
-never later.
-
-Blocking I/O (copying, hashing, block reads that miss the cache) runs in
-worker threads so one big file never stalls the other requests; only plain
-memory copies (a write into the leaf being filled, a read of it) stay on the
-event loop, with the tree changes, which are serialized with sync by one lock.
-"""
+never later."""
 
 from __future__ import annotations
 
@@ -38,8 +34,8 @@ from ipldmount.errors import IpldmountError, ReadOnlyError, errno_for
 from ipldmount.format.files import FileReader, check_file_size
 from ipldmount.ipld import cid as cids
 from ipldmount.mount import control, fuse_fallocate
+from ipldmount.state.openfiles import OpenFile
 from ipldmount.state.session import Session, SyncResult
-from ipldmount.state.writebuffer import WriteBuffer, open_buffer
 from ipldmount.tree import NAME_MAX, Broken, Directory, File, Node, NodeState, check_name
 
 log = logging.getLogger(__name__)
@@ -146,18 +142,6 @@ class Meta:
 
 
 @dataclass
-class OpenBuffer:
-    """An inode's content being written, shared by all its handles, with the adapter's bookkeeping."""
-
-    data: WriteBuffer
-    handles: int = 0
-    generation: int = 0  # bumped by every write; a store only clears `dirty` if none came meanwhile
-    dirty: bool = False
-    busy: int = 0  # requests using `data` in a worker thread right now: it stays open until they finish
-    applied: int = -1  # the generation whose content the tree holds: an older store never overwrites it
-
-
-@dataclass
 class Handle:
     ino: int
     node: File
@@ -223,14 +207,13 @@ class Operations(pyfuse3.Operations):
         self.read_only = session.read_only
         self.control_socket = control_socket
         self.inodes = InodeTable(self.tree.root)
-        self.buffers: dict[int, OpenBuffer] = {}
+        self.buffers = session.open_files  # mount state: the session's, so a sync sees every open file
         self.handles: dict[int, Handle] = {}
         self.listings: dict[int, DirListing] = {}
         self._next_fh = 1
         self.lock = trio.Lock()  # tree changes and sync take turns
         self._meta: weakref.WeakKeyDictionary[Node, Meta] = weakref.WeakKeyDictionary()
         self._started_ns = time.time_ns()
-        self._tmp = session.home.tmp_dir
 
     # --- attributes ------------------------------------------------------------
 
@@ -579,8 +562,7 @@ class Operations(pyfuse3.Operations):
                 written = await trio.to_thread.run_sync(buffer.data.write, off, buf)
             finally:
                 buffer.busy -= 1
-        buffer.generation += 1
-        buffer.dirty = True
+        buffer.changed()
         return written
 
     @replies
@@ -607,22 +589,18 @@ class Operations(pyfuse3.Operations):
 
     # --- write buffers ---------------------------------------------------------
 
-    async def _buffer(self, ino: int, node: File) -> OpenBuffer:
+    async def _buffer(self, ino: int, node: File) -> OpenFile:
         """The inode's write buffer, made on first write over the current content."""
         buffer = self.buffers.get(ino)
         if buffer is None:
-            data = await trio.to_thread.run_sync(self._new_write_buffer, node)
+            data = await trio.to_thread.run_sync(self.buffers.new_buffer, node.content)
             buffer = self.buffers.get(ino)  # another request may have made one meanwhile
             if buffer is None:
-                buffer = OpenBuffer(data, handles=sum(1 for h in self.handles.values() if h.ino == ino))
-                self.buffers[ino] = buffer
+                handles = sum(1 for h in self.handles.values() if h.ino == ino)
+                buffer = self.buffers.add(ino, OpenFile(data, handles=handles))
             else:
                 data.close()
         return buffer
-
-    def _new_write_buffer(self, node: File) -> WriteBuffer:
-        """A write buffer over *node*'s content: reads its root node, so a worker thread's job."""
-        return open_buffer(self.session.store, self.tree.chunk_size, node.content, self._tmp)
 
     async def _truncate(self, ino: int, node: File, size: int, fh: int | None) -> None:
         buffer = await self._buffer(ino, node)
@@ -631,11 +609,10 @@ class Operations(pyfuse3.Operations):
             await trio.to_thread.run_sync(buffer.data.truncate, size)
         finally:
             buffer.busy -= 1
-        buffer.generation += 1
-        buffer.dirty = True
+        buffer.changed()
         await self._settle(ino, node, buffer)  # truncate(2) with no open file: store it now
 
-    async def _settle(self, ino: int, node: File, buffer: OpenBuffer) -> None:
+    async def _settle(self, ino: int, node: File, buffer: OpenFile) -> None:
         """Once no handle is open and no request uses the buffer: store what is unsaved, then close it.
 
         Re-checked after every wait, because requests for the same inode (an open and
@@ -643,8 +620,7 @@ class Operations(pyfuse3.Operations):
         """
         while buffer.handles <= 0 and buffer.busy <= 0 and self.buffers.get(ino) is buffer:
             if not buffer.dirty:
-                del self.buffers[ino]
-                buffer.data.close()
+                self.buffers.close(ino)
                 return
             try:
                 await self._store_if_dirty(ino, node)
@@ -654,8 +630,7 @@ class Operations(pyfuse3.Operations):
                 # content of the file's last successful close.
                 if buffer.handles <= 0 and self.buffers.get(ino) is buffer:
                     log.error("%s: unsaved writes dropped after a failed close", self.tree.path_of(node))
-                    del self.buffers[ino]
-                    buffer.data.close()
+                    self.buffers.close(ino)
                 raise
 
     async def _store_if_dirty(self, ino: int, node: Node) -> None:
@@ -683,7 +658,7 @@ class Operations(pyfuse3.Operations):
 
     async def store_all(self) -> None:
         """Store every file still open with unsaved writes (before a sync or exit)."""
-        for ino in list(self.buffers):
+        for ino in self.buffers:
             node = self.inodes.node(ino)
             await self._store_if_dirty(ino, node)
 
@@ -693,7 +668,7 @@ class Operations(pyfuse3.Operations):
         """What ``ipldmount status`` shows: the session's state, the files still open with
         unsaved writes, and whether a sync would change the root (computed, nothing stored)."""
         status = self.session.status()
-        unsaved = sum(buffer.dirty for buffer in self.buffers.values())
+        unsaved = self.buffers.unsaved()
         status["open_unsaved_files"] = unsaved
         if self.read_only:
             status["sync_changes_root"] = False
@@ -736,7 +711,7 @@ class Operations(pyfuse3.Operations):
         buffer = self.buffers.get(ino)
         if buffer is not None and buffer.dirty:
             state = NodeState(changed=True)
-        if ino == pyfuse3.ROOT_INODE and not self.read_only and any(b.dirty for b in self.buffers.values()):
+        if ino == pyfuse3.ROOT_INODE and not self.read_only and self.buffers.unsaved():
             state = NodeState(changed=True)
         found: dict[bytes, bytes] = {}
         if state.cid is not None:

@@ -22,6 +22,7 @@ from ipldmount.format.files import FileContent, InlineFile, PendingFile, StoredF
 from ipldmount.ipld import cid as cids
 from ipldmount.state.home import StoreHome
 from ipldmount.state.journal import Journal, Pending, decode_data, encode_data
+from ipldmount.state.openfiles import OpenFiles
 from ipldmount.state.writebuffer import WriteBuffer, buffer_content
 from ipldmount.tree import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node, Tree
 
@@ -63,6 +64,7 @@ class Session:
         # An empty mount starts from the empty tree's root, stored, so every root shown is fetchable.
         self.base_root = root if root is not None else store.put(EMPTY_DIRECTORY, cids.DAG_CBOR)
         self.tree = Tree(store, self.base_root, whole_files=whole_files, read_only=read_only)
+        self.open_files = OpenFiles(store, self.tree.chunk_size, home.tmp_dir)
         self.recovered = 0
         if not read_only:
             self._recover_or_start(self.base_root)
@@ -181,7 +183,8 @@ class Session:
 
     @property
     def dirty(self) -> bool:
-        return self.journal.pending > 0 or self.tree.root.dirty
+        """Whether there is anything a sync would commit (open files' unsaved writes included)."""
+        return self.journal.pending > 0 or self.tree.root.dirty or self.open_files.unsaved() > 0
 
     def sync_changes_root(self) -> bool:
         """Whether a sync now would give another root (computed without storing anything)."""
