@@ -35,6 +35,7 @@ from ipldmount.mount import control
 from ipldmount.progress import Progress
 from ipldmount.state.home import StoreHome
 from ipldmount.state.journal import Journal
+from ipldmount.state.registry import RootRecord
 from ipldmount.tree import Directory, File, Node, Tree
 
 log = logging.getLogger("ipldmount")
@@ -44,10 +45,20 @@ def _open_store(args: argparse.Namespace, durable: bool = True) -> DirectoryBloc
     return DirectoryBlockstore(Path(args.store) if args.store else default_store_path(), durable=durable)
 
 
-def _split_target(target: str) -> tuple[bytes, str]:
-    """``CID[/PATH]`` -> (binary CID, path)."""
+def _split_target(store: DirectoryBlockstore, target: str) -> tuple[bytes, str]:
+    """``ROOT[/PATH]`` -> (binary CID, path); ROOT is a CID or a tag."""
     text, _, path = target.partition("/")
-    return cids.parse_cid(text), path
+    return _root_or_tag(store, text), path
+
+
+def _root_or_tag(store: DirectoryBlockstore, text: str) -> bytes:
+    try:
+        return cids.parse_cid(text)
+    except InvalidCIDError:
+        tagged = StoreHome(store).tags.get(text) if store.root.is_dir() else None
+        if tagged is None:
+            raise
+        return tagged
 
 
 def _open_existing_store(args: argparse.Namespace) -> DirectoryBlockstore:
@@ -93,13 +104,21 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_import(store: DirectoryBlockstore, path: str, roots: list[bytes]) -> None:
+    where = str(Path(path).resolve()) if Path(path).is_file() else path
+    for root in roots:
+        StoreHome(store).registry.record(RootRecord(cids.cid_to_str(root), RootRecord.now(), "import", where))
+
+
 def _import(store: DirectoryBlockstore, path: str, *, single_root: bool) -> list[bytes]:
     """Import a CAR file whose roots are all directory trees (one, if *single_root*): all or nothing."""
     try:
         with open(path, "rb") as stream:
             size = _regular_file_size(stream.fileno())
             with _progress(f"import {path}", total_bytes=size) as progress:
-                return car.import_car(store, stream, progress, _check_roots(store, path, single_root))
+                roots = car.import_car(store, stream, progress, _check_roots(store, path, single_root))
+        _record_import(store, path, roots)
+        return roots
     except FileNotFoundError:
         raise IpldmountError(f"no such file: {path}") from None
     except IsADirectoryError:
@@ -134,10 +153,10 @@ def _check_roots(store: DirectoryBlockstore, path: str, single_root: bool) -> Ca
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    root, path = _split_target(args.cid)
+    store = _open_existing_store(args)
+    root, path = _split_target(store, args.cid)
     if path.strip("/"):
         raise IpldmountError("export takes a root CID, not a path (export the CID `ls -l` shows for it)")
-    store = _open_existing_store(args)
     _open_tree(store, root)  # refuse a root that is missing or not a directory before writing anything
     to_stdout = args.output == "-"
     if not to_stdout:
@@ -162,8 +181,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    root, path = _split_target(args.target)
-    tree = _open_tree(_open_existing_store(args), root)
+    store = _open_existing_store(args)
+    root, path = _split_target(store, args.target)
+    tree = _open_tree(store, root)
     with _path_errors(args.target):
         node = tree.resolve(path)
     if isinstance(node, Directory):
@@ -192,8 +212,9 @@ def _ls_line(tree: Tree, name: str, node: Node) -> str:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    root, path = _split_target(args.target)
-    tree = _open_tree(_open_existing_store(args), root)
+    store = _open_existing_store(args)
+    root, path = _split_target(store, args.target)
+    tree = _open_tree(store, root)
     with _path_errors(args.target):
         file = tree.resolve_file(path)
     reader = tree.reader(file)
@@ -216,7 +237,7 @@ def _resolve_root(home: StoreHome, root: str, mountpoint: Path) -> bytes | None:
         return _last_root(home, mountpoint)
     if Path(root).exists() and not Path(root).is_dir():  # a .car file, or a pipe (/dev/stdin)
         return _import(store, root, single_root=True)[0]
-    cid = _parse_root(root)
+    cid = _parse_root(store, root)
     if not store.has(cid):
         raise IpldmountError(
             f"root {root} is not in the store {store.root} (import its CAR first, or pass the .car)"
@@ -225,14 +246,16 @@ def _resolve_root(home: StoreHome, root: str, mountpoint: Path) -> bytes | None:
     return cid
 
 
-def _parse_root(text: str) -> bytes:
-    """ROOT as typed: a CID, or else say what ROOT may be."""
+def _parse_root(store: DirectoryBlockstore, text: str) -> bytes:
+    """ROOT as typed: a CID or a tag, or else say what ROOT may be."""
     try:
-        return cids.parse_cid(text)
+        return _root_or_tag(store, text)
     except InvalidCIDError as exc:
         if Path(text).exists():
             raise IpldmountError(f"{text} is not a CAR file") from None
-        raise IpldmountError(f"ROOT must be a CID, a .car file, 'empty' or 'resume'; {exc}") from None
+        raise IpldmountError(
+            f"ROOT must be a CID, a tag, a .car file, 'empty' or 'resume'; {exc} (and no tag has that name)"
+        ) from None
 
 
 def _last_root(home: StoreHome, mountpoint: Path) -> bytes | None:
@@ -241,7 +264,8 @@ def _last_root(home: StoreHome, mountpoint: Path) -> bytes | None:
     pending = Journal(home.mount_files(mountpoint).journal).read()
     if pending is not None:
         return pending.root
-    return home.last_root(home.mount_files(mountpoint))
+    synced = home.registry.history(str(mountpoint))
+    return cids.parse_cid(synced[0].root) if synced else None
 
 
 def _check_mountpoint(mountpoint: Path, home: StoreHome, nonempty: bool = False) -> None:
@@ -410,7 +434,7 @@ def _spawn_daemon(args: argparse.Namespace, home: StoreHome, mountpoint: Path, r
 def cmd_sync(args: argparse.Namespace) -> int:
     car_path = str(Path(args.car).resolve()) if args.car else None
     try:
-        answer = control.request(Path(args.mountpoint), "sync", car=car_path)
+        answer = control.request(Path(args.mountpoint), "sync", car=car_path, message=args.message)
     except control.ControlError as exc:
         if exc.answer.get("root"):  # committed: only the CAR failed
             print(exc.answer["root"])
@@ -488,6 +512,73 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- history ------------------------------------------------------------------------
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    home = StoreHome(_open_existing_store(args))
+    where = None if args.mountpoint is None else str(Path(args.mountpoint).resolve())
+    records = home.registry.history(where)
+    if args.json:
+        print(json.dumps([record.as_json() for record in records], indent=2))
+        return 0
+    names: dict[str, list[str]] = {}
+    for name, root in sorted(home.tags.all().items()):
+        names.setdefault(root, []).append(name)
+    for record in records:
+        line = f"{record.time}  {record.root}  {record.source} {record.where}".rstrip()
+        if record.root in names:
+            line += f"  (tag: {', '.join(names[record.root])})"
+        print(line + (f"\n    {record.message}" if record.message else ""))
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    store = _open_existing_store(args)
+    tags = StoreHome(store).tags
+    if args.delete:
+        if args.root is not None:
+            raise UsageError("tag -d NAME takes no ROOT")
+        tags.delete(args.name)
+        print(f"deleted tag {args.name}")
+        return 0
+    if args.name in COMMANDS:
+        raise IpldmountError(f"{args.name!r} cannot be a tag name: it is an ipldmount command")
+    root = _tag_target(store, args.root)
+    if not store.has(root):
+        raise IpldmountError(f"root {cids.cid_to_str(root)} is not in the store {store.root}")
+    Tree(store, root, read_only=True)  # only trees get names
+    tags.set(args.name, root)
+    print(f"{args.name} {cids.cid_to_str(root)}")
+    return 0
+
+
+def _tag_target(store: DirectoryBlockstore, text: str | None) -> bytes:
+    """ROOT of `tag NAME [ROOT]`: a CID, a tag, or a mountpoint (its last synced root); else the newest."""
+    history = StoreHome(store).registry.history
+    if text is not None and Path(text).is_dir():
+        synced = history(str(Path(text).resolve()))
+        if not synced:
+            raise IpldmountError(f"nothing was synced at {text} yet")
+        return cids.parse_cid(synced[0].root)
+    if text is not None:
+        return _root_or_tag(store, text)
+    newest = history()
+    if not newest:
+        raise IpldmountError("no root was made in this store yet: name one (tag NAME ROOT)")
+    return cids.parse_cid(newest[0].root)
+
+
+def cmd_tags(args: argparse.Namespace) -> int:
+    tags = StoreHome(_open_existing_store(args)).tags.all()
+    if args.json:
+        print(json.dumps(tags, indent=2, sort_keys=True))
+        return 0
+    for name, root in sorted(tags.items()):
+        print(f"{name} {root}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "mount": (cmd_mount, "mount ROOT at MOUNTPOINT (the default command: `ipldmount ROOT MOUNTPOINT`)"),
     "sync": (cmd_sync, "commit a mount's changes; prints the new root CID and writes its CAR"),
@@ -497,6 +588,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "export": (cmd_export, "write the CARv1 of a root CID"),
     "ls": (cmd_ls, "list a directory of a stored tree"),
     "cat": (cmd_cat, "write a stored file to stdout"),
+    "log": (cmd_log, "the roots made in the store (syncs, imports, freezes), newest first"),
+    "tag": (cmd_tag, "name a root (tag NAME [ROOT]), or delete a name (tag -d NAME)"),
+    "tags": (cmd_tags, "list the names of roots"),
 }
 
 
@@ -540,9 +634,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["unmount"].add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the unmount"
     )
+    sub.choices["sync"].add_argument("-m", "--message", help="say what changed (shown by `ipldmount log`)")
     sub.choices["status"].add_argument("--json", action="store_true", help="print JSON")
+    log_parser = sub.choices["log"]
+    which = log_parser.add_mutually_exclusive_group()
+    which.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="only the roots synced there")
+    which.add_argument("--all", action="store_true", help="every root of the store (the default)")
+    log_parser.add_argument("--json", action="store_true", help="print JSON: a list of records, newest first")
+    sub.choices["tag"].add_argument("name", metavar="NAME")
+    sub.choices["tag"].add_argument(
+        "root", metavar="ROOT", nargs="?", help="a CID, a tag or a mountpoint (default: the newest root)"
+    )
+    sub.choices["tag"].add_argument("-d", "--delete", action="store_true", help="delete the tag NAME")
+    sub.choices["tags"].add_argument("--json", action="store_true", help="print JSON: name -> CID")
     sub.choices["import"].add_argument("car", metavar="FILE.car", help="the CARv1 archive to import")
-    sub.choices["export"].add_argument("cid", metavar="CID", help="root CID to export")
+    sub.choices["export"].add_argument("cid", metavar="CID", help="root CID (or tag) to export")
     sub.choices["export"].add_argument(
         "-o",
         "--output",
@@ -551,7 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the archive ('-' for stdout)",
     )
     sub.choices["ls"].add_argument(
-        "target", metavar="CID[/PATH]", help="a root CID, optionally with a path in it"
+        "target", metavar="CID[/PATH]", help="a root CID or tag, optionally with a path in it"
     )
     sub.choices["ls"].add_argument(
         "-l",
@@ -560,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="show kind, size and CID ('inline': no block of its own)",
     )
     sub.choices["cat"].add_argument(
-        "target", metavar="CID/PATH", help="a root CID and the path of a file in it"
+        "target", metavar="CID/PATH", help="a root CID or tag and the path of a file in it"
     )
     return parser
 
@@ -569,7 +675,7 @@ def _mount_arguments(mount: argparse.ArgumentParser) -> None:
     mount.add_argument(
         "root",
         metavar="ROOT",
-        help="a root CID in the store, a .car file to import, 'empty', or 'resume' (the root this "
+        help="a root CID in the store, a tag, a .car file to import, 'empty', or 'resume' (the root this "
         "mountpoint had last, with its unsynced changes)",
     )
     mount.add_argument(

@@ -17,9 +17,11 @@ from typing import Any, BinaryIO
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
-from ipldmount.blocks import Blockstore, MemoryBlockstore, car
+from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, car
 from ipldmount.errors import NotADirectoryError_, NotFoundError
 from ipldmount.ipld import cid as cids
+from ipldmount.state.home import StoreHome
+from ipldmount.state.registry import RootRecord
 from ipldmount.state.writebuffer import buffer_content, open_buffer
 from ipldmount.tree import Directory, File, Tree, split_path
 
@@ -101,9 +103,21 @@ class IPLDStore(Store):
         return cids.cid_to_str(self._root) if self._root else None
 
     def freeze(self) -> str:
-        """Commit everything written so far and return the root CID (``bafy...``)."""
+        """Commit everything written so far and return the root CID (``bafy...``).
+
+        A new root of a store on disk is recorded in its history (``ipldmount log``).
+        """
         with self._lock:
-            self._root = self.tree.commit()
+            parent, self._root = self._root, self.tree.commit()
+            if self._root != parent and isinstance(self.blockstore, DirectoryBlockstore):
+                record = RootRecord(
+                    cids.cid_to_str(self._root),
+                    RootRecord.now(),
+                    "api",
+                    str(self.blockstore.root),
+                    cids.cid_to_str(parent) if parent is not None else None,
+                )
+                StoreHome(self.blockstore).registry.record(record)
             return cids.cid_to_str(self._root)
 
     def export_car(self, out: BinaryIO) -> int:

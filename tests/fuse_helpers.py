@@ -239,10 +239,12 @@ class Mount:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def roots_log(self) -> list[dict[str, object]]:
-        path = self.state_dir() / "roots.log"
+        """The roots synced at this mountpoint, oldest first (from the store's STORE/roots.log)."""
+        path = self.store / "roots.log"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [entry for entry in records if entry["source"] == "mount" and entry["where"] == str(self.path)]
 
     def kill(self, sig: int) -> int:
         pid = self.daemon_pid()

@@ -6,6 +6,7 @@ Every test drives a real mount through the installed commands and checks what a 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import signal
@@ -263,7 +264,38 @@ def test_a_daemon_killed_mid_write_leaves_nothing_world_readable(mounts: Mounts)
     mnt.sync()
     wait_for(lambda: mnt.daemon_log() != "", 30, "the daemon to log")
     assert marker.decode() not in mnt.daemon_log()
-    for name in ("daemon.log", "roots.log"):
-        path = mnt.state_dir() / name
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+    for path in (mnt.state_dir() / "daemon.log", mnt.store / "roots.log"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert last_line(check(mnt.cli("unmount", mnt.path)).stdout)
+
+
+# --- history: sync -m, log, tags as roots ---------------------------------------------------------
+
+
+def test_syncs_are_recorded_with_their_message_and_parent(mounts: Mounts) -> None:
+    mnt = mounts().mount("empty")
+    write_file(mnt / "a", b"1")
+    first = last_line(check(mnt.cli("sync", mnt.path, "-m", "added a")).stdout)
+    write_file(mnt / "b", b"2")
+    second = last_line(check(mnt.cli("sync", mnt.path, "--message", "added b")).stdout)
+    check(mnt.cli("sync", mnt.path, "-m", "nothing changed"))  # no new root: no record
+    records = json.loads(check(mnt.cli("log", mnt.path, "--json")).stdout)
+    assert [(r["root"], r["parent"], r["message"]) for r in records] == [
+        (second, first, "added b"),
+        (first, cid_to_str(EMPTY_ROOT), "added a"),
+    ]
+    assert all(r["source"] == "mount" and r["where"] == str(mnt.path) for r in records)
+    text = check(mnt.cli("log", mnt.path)).stdout
+    assert text.index(second) < text.index(first) and "    added a" in text
+    check(mnt.cli("tag", "v1", first))
+    final = mnt.unmount()
+    assert final == second
+    assert json.loads(check(mnt.cli("log", "--all", "--json")).stdout)[0]["root"] == second
+
+    # a tag mounts like its CID; `resume` finds the last root synced here in the store's history
+    again = mounts("again").mount("v1", "--read-only")
+    assert sorted(os.listdir(again.path)) == ["a"]
+    again.unmount()
+    mnt.mount("resume")
+    assert sorted(os.listdir(mnt.path)) == ["a", "b"]
+    mnt.unmount()

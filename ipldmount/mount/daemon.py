@@ -160,9 +160,9 @@ def _parse(data: bytes) -> tuple[str, dict[str, Any]] | None:
         return None
     if not isinstance(request, dict) or not isinstance(request.get("command"), str):
         return None
-    car = request.get("car")
-    if car is not None and not isinstance(car, str):
-        return None
+    for key in ("car", "message"):
+        if request.get(key) is not None and not isinstance(request[key], str):
+            return None
     return request["command"], request
 
 
@@ -180,7 +180,8 @@ async def _dispatch(ops: Operations, data: bytes) -> dict[str, Any]:
         if ops.read_only:
             answer.update(root=ops.session.status()["root"])
         else:
-            result = await ops.sync(Path(request["car"]) if request.get("car") else None)
+            car = Path(request["car"]) if request.get("car") else None
+            result = await ops.sync(car, request.get("message"))
             answer.update(root=result.root, car=str(result.car), car_bytes=result.car_bytes)
     except IncompleteDagError as exc:  # the root is committed; only its CAR is missing
         log.error("sync of %s: %s", ops.session.mountpoint, exc)

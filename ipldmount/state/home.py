@@ -1,9 +1,10 @@
 """STORE/: the one object that knows where everything in a store's folder lives.
 
     STORE/STORE, blocks/, tmp/    the block store's own (marker, one file per block, temporaries)
+    STORE/roots.log               every root made here (sync, import, freeze): one JSON line each
+    STORE/tags.json               names for roots
     STORE/cars/                   CARs written by sync (unless told otherwise)
     STORE/mounts/ID/journal       a mountpoint's unsynced changes (ID: its real path, hashed)
-    STORE/mounts/ID/roots.log     every root synced there, one JSON line each
     STORE/mounts/ID/daemon.pid    while its daemon runs;  daemon.log: what the daemon said
 
 Everything is created with the store's modes (private by default, see
@@ -13,14 +14,12 @@ Everything is created with the store's modes (private by default, see
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ipldmount.blocks import DirectoryBlockstore
-from ipldmount.ipld import cid as cids
+from ipldmount.state.registry import Registry, Tags
 
 
 def mount_id(mountpoint: Path) -> str:
@@ -37,10 +36,6 @@ class MountFiles:
     @property
     def journal(self) -> Path:
         return self.folder / "journal"
-
-    @property
-    def roots_log(self) -> Path:
-        return self.folder / "roots.log"
 
     @property
     def pid_file(self) -> Path:
@@ -79,25 +74,15 @@ class StoreHome:
         """``os.open`` a file of the store with the store's file mode."""
         return self.blocks.open_file(path, flags)
 
-    # --- one line per synced root --------------------------------------------------
+    # --- history ---------------------------------------------------------------------
 
-    def record_root(self, files: MountFiles, mountpoint: Path, root: bytes, car: Path, when: str) -> None:
-        entry = {"root": cids.cid_to_str(root), "car": str(car), "mountpoint": str(mountpoint), "time": when}
-        fd = self.open_private(files.roots_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        with os.fdopen(fd, "a") as log_file:
-            log_file.write(json.dumps(entry) + "\n")
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.root / "roots.log", self.open_private)
 
-    def last_root(self, files: MountFiles) -> bytes | None:
-        """The root synced last at a mountpoint, if any."""
-        entries = self.roots(files)
-        return cids.parse_cid(entries[-1]["root"]) if entries else None
-
-    def roots(self, files: MountFiles) -> list[dict[str, Any]]:
-        try:
-            text = files.roots_log.read_text()
-        except FileNotFoundError:
-            return []
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    @property
+    def tags(self) -> Tags:
+        return Tags(self.root / "tags.json", self.tmp_dir, self.open_private)
 
     # --- the daemon ------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from ipldmount.ipld import cid as cids
 from ipldmount.state.home import StoreHome
 from ipldmount.state.journal import Journal, Pending, decode_data, encode_data
 from ipldmount.state.openfiles import OpenFiles
+from ipldmount.state.registry import RootRecord
 from ipldmount.state.writebuffer import WriteBuffer, buffer_content
 from ipldmount.tree import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node, Tree
 
@@ -192,7 +192,7 @@ class Session:
 
     # --- sync ------------------------------------------------------------------
 
-    def sync(self, car_path: Path | None = None) -> SyncResult:
+    def sync(self, car_path: Path | None = None, message: str | None = None) -> SyncResult:
         """Commit, start a fresh journal on the new root, then write the CAR.
 
         Blocks first, then the journal: a crash at any point leaves either the old
@@ -206,15 +206,19 @@ class Session:
         default_car = self.car_dir / f"{cids.cid_to_str(root)}.car"
         car_path = car_path or default_car
         if root != self.base_root or self.journal.pending:
+            parent, self.base_root = self.base_root, root
             self.journal.reset(root)
-            self.base_root = root
-            self.home.record_root(
-                self.files,
-                self.mountpoint,
-                root,
-                car_path,
-                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # After the journal: a crash in between loses this line only, never the root.
+            record = RootRecord(
+                cids.cid_to_str(root),
+                RootRecord.now(),
+                "mount",
+                str(self.mountpoint),
+                cids.cid_to_str(parent),
+                message,
+                str(car_path),
             )
+            self.home.registry.record(record)
         if car_path == default_car and car_path.exists():
             car_bytes = car_path.stat().st_size  # named by its root and written atomically: already right
         else:
