@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 
 import b_codec  # noqa: E402
 import b_fuse  # noqa: E402
+import b_history  # noqa: E402
 import b_sparse  # noqa: E402
 import b_tree  # noqa: E402
 import b_zarr  # noqa: E402
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
     ),
     "sync": (b_tree.sync, {"small"}, "ipldmount sync / IPLDStore.freeze()+to_car() of the small-files tree"),
     "zarr_xarray": (b_zarr.run, set(), "~200 MB xarray dataset to/from zarr v3 on every store"),
+    "history": (b_history.run, set(), "diff of two roots 1 chunk apart in 100k vs a full export"),
     "commit_scaling": (
         b_tree.commit_scaling,
         set(),

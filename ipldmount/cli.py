@@ -30,6 +30,7 @@ from ipldmount.errors import (
     NotADirectoryError_,
     NotFoundError,
 )
+from ipldmount.format.diff import diff_roots
 from ipldmount.ipld import cid as cids
 from ipldmount.mount import control
 from ipldmount.progress import Progress
@@ -569,6 +570,30 @@ def _tag_target(store: DirectoryBlockstore, text: str | None) -> bytes:
     return cids.parse_cid(newest[0].root)
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    store = _open_existing_store(args)
+    before, after = (_diff_side(store, text) for text in (args.a, args.b))
+    changes = list(diff_roots(store, before, after))
+    if args.json:
+        print(json.dumps([{"change": change.kind, "path": change.path} for change in changes], indent=2))
+        return 0
+    for change in changes:
+        print(f"{DIFF_MARKS[change.kind]} {change.path}")
+    return 0
+
+
+DIFF_MARKS = {"added": "A", "removed": "D", "modified": "M"}
+
+
+def _diff_side(store: DirectoryBlockstore, text: str) -> bytes:
+    """A side of `diff`: a CID, a tag, or a mountpoint (the root last synced there)."""
+    root = _tag_target(store, text)
+    if not store.has(root):
+        raise IpldmountError(f"root {cids.cid_to_str(root)} is not in the store {store.root}")
+    Tree(store, root, read_only=True)
+    return root
+
+
 def cmd_tags(args: argparse.Namespace) -> int:
     tags = StoreHome(_open_existing_store(args)).tags.all()
     if args.json:
@@ -591,6 +616,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "log": (cmd_log, "the roots made in the store (syncs, imports, freezes), newest first"),
     "tag": (cmd_tag, "name a root (tag NAME [ROOT]), or delete a name (tag -d NAME)"),
     "tags": (cmd_tags, "list the names of roots"),
+    "diff": (cmd_diff, "the paths added (A), removed (D) and modified (M) from one root to another"),
 }
 
 
@@ -647,6 +673,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.choices["tag"].add_argument("-d", "--delete", action="store_true", help="delete the tag NAME")
     sub.choices["tags"].add_argument("--json", action="store_true", help="print JSON: name -> CID")
+    for side in ("a", "b"):
+        sub.choices["diff"].add_argument(
+            side, metavar=side.upper(), help="a CID, a tag or a mountpoint (the root last synced there)"
+        )
+    sub.choices["diff"].add_argument(
+        "--json", action="store_true", help='print JSON: [{"change": "added|removed|modified", "path": ...}]'
+    )
     sub.choices["import"].add_argument("car", metavar="FILE.car", help="the CARv1 archive to import")
     sub.choices["export"].add_argument("cid", metavar="CID", help="root CID (or tag) to export")
     sub.choices["export"].add_argument(

@@ -73,20 +73,68 @@ def _element(store: BlockSink, group: list[_Item], depth: int) -> Any:
 
 def iter_entries(store: Blockstore, root: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """Every (name, entry) of a HAMT, checking the structure as it goes."""
+    _check_root(root)
+    yield from _node_entries(store, root["hamt"])
+
+
+def _check_root(root: dict[str, Any]) -> None:
     if root["hashAlg"] != HASH_ALG or root["bucketSize"] != BUCKET_SIZE:
         raise FormatError(
             f"unsupported HAMT parameters hashAlg={root['hashAlg']} bucketSize={root['bucketSize']}"
         )
-    stack = [root["hamt"]]
-    while stack:
-        _, data = _check_node(stack.pop())
-        for element in data:
-            if isinstance(element, codec.Link):
-                stack.append(codec.decode(store.get(element.cid)))
-            elif isinstance(element, list) and 0 < len(element) <= BUCKET_SIZE:
-                yield from _bucket_entries(element)
-            else:
-                raise FormatError("malformed HAMT element (expected a link or a bucket of 1-3 entries)")
+
+
+MISSING = object()  # the side of a difference where a name is absent
+
+
+def diff_entries(store: Blockstore, a: dict[str, Any], b: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
+    """``(name, entry in a, entry in b)`` for every name whose entry differs (:data:`MISSING` where
+    absent), walking both HAMTs node by node: a child both link to by the same CID is never read."""
+    _check_root(a)
+    _check_root(b)
+    yield from _diff_nodes(store, a["hamt"], b["hamt"])
+
+
+def _diff_nodes(store: Blockstore, a: Any, b: Any) -> Iterator[tuple[str, Any, Any]]:
+    left, right = _slots(a), _slots(b)
+    for slot in sorted(left.keys() | right.keys()):
+        x, y = left.get(slot), right.get(slot)
+        if x == y:
+            continue
+        if isinstance(x, codec.Link) and isinstance(y, codec.Link):
+            yield from _diff_nodes(store, codec.decode(store.get(x.cid)), codec.decode(store.get(y.cid)))
+            continue
+        old, new = dict(_element_entries(store, x)), dict(_element_entries(store, y))
+        for name in sorted(old.keys() | new.keys()):
+            before, after = old.get(name, MISSING), new.get(name, MISSING)
+            if before != after:
+                yield name, before, after
+
+
+def _slots(node: Any) -> dict[int, Any]:
+    """Slot number -> element of one node (slot i is bit i of the big-endian bitmap)."""
+    bitmap, data = _check_node(node)
+    number = int.from_bytes(bitmap, "big")
+    slots = [slot for slot in range(BITMAP_BYTES * 8) if number >> slot & 1]
+    return dict(zip(slots, data, strict=True))
+
+
+def _element_entries(store: Blockstore, element: Any) -> Iterator[tuple[str, Any]]:
+    """The entries under one element of a node: a link to a child node, or a bucket (None: none)."""
+    if element is None:
+        return
+    if isinstance(element, codec.Link):
+        yield from _node_entries(store, codec.decode(store.get(element.cid)))
+    elif isinstance(element, list) and 0 < len(element) <= BUCKET_SIZE:
+        yield from _bucket_entries(element)
+    else:
+        raise FormatError("malformed HAMT element (expected a link or a bucket of 1-3 entries)")
+
+
+def _node_entries(store: Blockstore, node: Any) -> Iterator[tuple[str, Any]]:
+    _, data = _check_node(node)
+    for element in data:
+        yield from _element_entries(store, element)
 
 
 def _check_node(node: Any) -> tuple[bytes, list[Any]]:
