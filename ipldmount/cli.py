@@ -520,18 +520,35 @@ def cmd_log(args: argparse.Namespace) -> int:
     home = StoreHome(_open_existing_store(args))
     where = None if args.mountpoint is None else str(Path(args.mountpoint).resolve())
     records = home.registry.history(where)
+    changed = [_changed_paths(home.blocks, record) for record in records]
     if args.json:
-        print(json.dumps([record.as_json() for record in records], indent=2))
+        entries = [
+            record.as_json() | {"changed": count} for record, count in zip(records, changed, strict=True)
+        ]
+        print(json.dumps(entries, indent=2))
         return 0
     names: dict[str, list[str]] = {}
     for name, root in sorted(home.tags.all().items()):
         names.setdefault(root, []).append(name)
-    for record in records:
+    for record, count in zip(records, changed, strict=True):
         line = f"{record.time}  {record.root}  {record.source} {record.where}".rstrip()
+        if count is not None:
+            line += f"  ({count} changed)"
         if record.root in names:
             line += f"  (tag: {', '.join(names[record.root])})"
         print(line + (f"\n    {record.message}" if record.message else ""))
     return 0
+
+
+def _changed_paths(store: DirectoryBlockstore, record: RootRecord) -> int | None:
+    """How many paths differ from the record's parent: a diff, so it costs the change; None where
+    there is no parent, or a block of either tree is not in the store."""
+    if record.parent is None:
+        return None
+    try:
+        return sum(1 for _ in diff_roots(store, cids.parse_cid(record.parent), cids.parse_cid(record.root)))
+    except IpldmountError:
+        return None
 
 
 def cmd_tag(args: argparse.Namespace) -> int:

@@ -106,6 +106,7 @@ def test_import_is_recorded_and_log_shows_it(capsys: pytest.CaptureFixture[str],
     code, out, _ = run(capsys, "log", "--json", "--store", store)
     (record,) = json.loads(out)
     assert code == 0 and record["root"] == SEED_ROOT and record["source"] == "import"
+    assert record["changed"] is None  # an import has no parent to compare with
     assert record["where"] == str(SEED_CAR.resolve())
     code, out, _ = run(capsys, "log", "--store", store)
     assert code == 0 and SEED_ROOT in out and "import" in out

@@ -285,8 +285,9 @@ def test_syncs_are_recorded_with_their_message_and_parent(mounts: Mounts) -> Non
         (first, cid_to_str(EMPTY_ROOT), "added a"),
     ]
     assert all(r["source"] == "mount" and r["where"] == str(mnt.path) for r in records)
+    assert [r["changed"] for r in records] == [1, 1]  # one path each (from its parent, by diff)
     text = check(mnt.cli("log", mnt.path)).stdout
-    assert text.index(second) < text.index(first) and "    added a" in text
+    assert text.index(second) < text.index(first) and "    added a" in text and "(1 changed)" in text
     check(mnt.cli("tag", "v1", first))
     final = mnt.unmount()
     assert final == second
