@@ -56,7 +56,7 @@ def _root_or_tag(store: DirectoryBlockstore, text: str) -> bytes:
     try:
         return cids.parse_cid(text)
     except InvalidCIDError:
-        tagged = StoreHome(store).tags.get(text) if store.root.is_dir() else None
+        tagged = StoreHome(store).tags.get(text)
         if tagged is None:
             raise
         return tagged
@@ -107,8 +107,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _record_import(store: DirectoryBlockstore, path: str, roots: list[bytes]) -> None:
     where = str(Path(path).resolve()) if Path(path).is_file() else path
+    registry = StoreHome(store).registry
     for root in roots:
-        StoreHome(store).registry.record(RootRecord(cids.cid_to_str(root), RootRecord.now(), "import", where))
+        registry.record(RootRecord(cids.cid_to_str(root), RootRecord.now(), "import", where))
 
 
 def _import(store: DirectoryBlockstore, path: str, *, single_root: bool) -> list[bytes]:
@@ -563,9 +564,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     if args.name in COMMANDS:
         raise IpldmountError(f"{args.name!r} cannot be a tag name: it is an ipldmount command")
     root = _tag_target(store, args.root)
-    if not store.has(root):
-        raise IpldmountError(f"root {cids.cid_to_str(root)} is not in the store {store.root}")
-    Tree(store, root, read_only=True)  # only trees get names
+    _open_tree(store, root)  # only stored trees get names
     tags.set(args.name, root)
     print(f"{args.name} {cids.cid_to_str(root)}")
     return 0
@@ -605,9 +604,7 @@ DIFF_MARKS = {"added": "A", "removed": "D", "modified": "M"}
 def _diff_side(store: DirectoryBlockstore, text: str) -> bytes:
     """A side of `diff`: a CID, a tag, or a mountpoint (the root last synced there)."""
     root = _tag_target(store, text)
-    if not store.has(root):
-        raise IpldmountError(f"root {cids.cid_to_str(root)} is not in the store {store.root}")
-    Tree(store, root, read_only=True)
+    _open_tree(store, root)
     return root
 
 

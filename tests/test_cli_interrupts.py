@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fuse_helpers import SEED_CAR, SEED_ROOT, cli, is_mounted, wait_for
+from fuse_helpers import SEED_CAR, SEED_ROOT, Mounts, cli, is_mounted, wait_for
 
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.blocks.car import read_car
@@ -100,9 +100,9 @@ def test_import_interrupted(tmp_path: Path, half_a_car: Path, signum: int) -> No
     assert list(DirectoryBlockstore(store)) == [] and os.listdir(store / "tmp") == []
 
 
-def test_mount_of_a_car_interrupted_while_importing(tmp_path: Path, half_a_car: Path) -> None:
-    store, mountpoint = tmp_path / "store", tmp_path / "mnt"
-    mountpoint.mkdir()
+def test_mount_of_a_car_interrupted_while_importing(mounts: Mounts, half_a_car: Path) -> None:
+    mnt = mounts()  # should the mount happen after all, the fixture unmounts it
+    store, mountpoint = mnt.store, mnt.path
     process = _start("mount", half_a_car, mountpoint, "--store", store)
     wait_for(lambda: _waiting_in(process.pid, "pipe"), 60, "the import to wait for more of the CAR")
     code, _, err = _stop(process, signal.SIGINT)

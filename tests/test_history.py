@@ -152,3 +152,23 @@ def test_a_tag_must_name_a_stored_tree(capsys: pytest.CaptureFixture[str], tmp_p
     code, _, err = run(capsys, "tag", "chunk", chunk, "--store", store)
     assert code == 1 and "not a dag-cbor directory node" in err
     assert run(capsys, "tags", "--store", store)[1] == ""
+
+
+def test_tags_set_at_once_by_many_processes_all_count(home: StoreHome) -> None:
+    """Each `tag` reads, changes and replaces the file under a lock: no update is lost."""
+    import multiprocessing
+
+    root = home.blocks.put(b"\xa0", 0x71)
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_tag_in_child, args=(home.root, f"t{i}", root)) for i in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0] * 8
+    assert sorted(home.tags.all()) == sorted(f"t{i}" for i in range(8))
+    assert os.listdir(home.tmp_dir) == []
+
+
+def _tag_in_child(store: Path, name: str, root: bytes) -> None:
+    StoreHome(DirectoryBlockstore(store)).tags.set(name, root)

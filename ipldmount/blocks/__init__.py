@@ -4,7 +4,7 @@ Imports point down only: to :mod:`ipldmount.ipld` and :mod:`ipldmount.errors`.
 """
 
 from ipldmount.blocks.base import BlockSink, Blockstore, Chunk, CidOnly, Staging
-from ipldmount.blocks.directory import DirectoryBlockstore, NotAStoreError, default_store_path
+from ipldmount.blocks.directory import DirectoryBlockstore, NotAStoreError, default_store_path, fsync_dir
 from ipldmount.blocks.memory import MemoryBlockstore
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "NotAStoreError",
     "Staging",
     "default_store_path",
+    "fsync_dir",
 ]

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from multiformats import multicodec
 
-from ipldmount.blocks import Blockstore
+from ipldmount.blocks import Blockstore, fsync_dir
 from ipldmount.errors import (
     BlockNotFoundError,
     CarError,
@@ -226,11 +226,7 @@ def write_car_file(store: Blockstore, root: bytes, path: Path, progress: Progres
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    fsync_dir(path.parent)
     return size
 
 

@@ -90,7 +90,7 @@ def _sync_filesystem(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     """Make a rename or a new entry in *path* durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -317,7 +317,7 @@ class DirectoryBlockstore(Blockstore):
         with os.fdopen(fd, "w", encoding="utf-8") as stream:
             stream.write(marker_text)
         os.replace(temp, marker)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         log.debug("created blockstore at %s", self.root)
 
     def _remove_stale_temps(self) -> None:
@@ -432,7 +432,7 @@ class DirectoryBlockstore(Blockstore):
                 _unlink_quietly(temp)
                 raise
             if sync:
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
 
     def _ensure_shard(self, shard: Path, sync: bool) -> None:
         """Create a shard folder once; only a durable put pays for making its entry durable now
@@ -441,5 +441,5 @@ class DirectoryBlockstore(Blockstore):
             return
         os.makedirs(shard, mode=self.dir_mode, exist_ok=True)
         if sync:
-            _fsync_dir(self._blocks)
+            fsync_dir(self._blocks)
         self._shards.add(shard.name)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipldmount.blocks import fsync_dir
 from ipldmount.errors import IpldmountError
 from ipldmount.ipld import cid as cids
 
@@ -98,7 +99,7 @@ class Journal:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, self.path)
-        _fsync_directory(self.path.parent)
+        fsync_dir(self.path.parent)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -131,11 +132,3 @@ def _parse_line(line: bytes, path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise JournalError(f"{path}: journal record is not an object")
     return value
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

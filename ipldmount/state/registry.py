@@ -9,16 +9,20 @@ says where both live.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
+import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ipldmount.blocks import fsync_dir
 from ipldmount.errors import InvalidCIDError, IpldmountError
 from ipldmount.ipld import cid as cids
 
@@ -117,30 +121,40 @@ class Tags:
 
     def set(self, name: str, root: bytes) -> None:
         check_tag_name(name)
-        tags = self.all()
-        tags[name] = cids.cid_to_str(root)
-        self._replace(tags)
+        with self._changing() as tags:
+            tags[name] = cids.cid_to_str(root)
 
     def delete(self, name: str) -> None:
-        tags = self.all()
-        if tags.pop(name, None) is None:
-            raise IpldmountError(f"no tag named {name!r}")
-        self._replace(tags)
+        with self._changing() as tags:
+            if tags.pop(name, None) is None:
+                raise IpldmountError(f"no tag named {name!r}")
+
+    @contextmanager
+    def _changing(self) -> Iterator[dict[str, str]]:
+        """Read, change and replace the tags as one writer: two `tag` commands at once both count."""
+        folder = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX)
+            tags = self.all()
+            yield tags
+            self._replace(tags)
+        finally:
+            os.close(folder)  # and the lock with it
 
     def _replace(self, tags: dict[str, str]) -> None:
-        temporary = self._tmp_dir / f"{os.getpid()}-tags.tmp"
-        fd = self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        with os.fdopen(fd, "w") as stream:
-            json.dump(tags, stream, indent=1, sort_keys=True)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        temporary = self._tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+        fd = self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+            with os.fdopen(fd, "w") as stream:
+                json.dump(tags, stream, indent=1, sort_keys=True)
+                stream.write("\n")
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.path.parent)
 
 
 def check_tag_name(name: str) -> None:
