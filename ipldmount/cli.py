@@ -21,7 +21,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from ipldmount import __version__
-from ipldmount.blocks import DirectoryBlockstore, car, default_store_path
+from ipldmount.blocks import DirectoryBlockstore, car, dag, default_store_path
 from ipldmount.blocks.car import write_car_file
 from ipldmount.errors import (
     InvalidCIDError,
@@ -167,7 +167,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not parent.is_dir():
             what = "is not a directory" if parent.exists() else "does not exist"
             raise IpldmountError(f"cannot write {args.output}: directory {parent} {what}")
-    total = car.closure_size(store, root) if sys.stderr.isatty() else None  # a first pass, for the % only
+    total = dag.closure_size(store, root) if sys.stderr.isatty() else None  # a first pass, for the % only
     with _progress(f"export {args.cid}", total_blocks=total) as progress:
         if to_stdout:
             missing: list[bytes] = []
@@ -436,7 +436,9 @@ def _spawn_daemon(args: argparse.Namespace, home: StoreHome, mountpoint: Path, r
 def cmd_sync(args: argparse.Namespace) -> int:
     car_path = str(Path(args.car).resolve()) if args.car else None
     try:
-        answer = control.request(Path(args.mountpoint), "sync", car=car_path, message=args.message)
+        answer = control.request(
+            Path(args.mountpoint), "sync", car=car_path, message=args.message, full_car=args.full_car
+        )
     except control.ControlError as exc:
         if exc.answer.get("root"):  # committed: only the CAR failed
             print(exc.answer["root"])
@@ -448,7 +450,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def _print_synced(answer: dict[str, object]) -> None:
     if answer.get("car"):
-        print(f"wrote CAR {answer['car']} ({answer['car_bytes']} bytes)")
+        what = "the whole DAG" if answer.get("full_car") else "the blocks new since the last sync"
+        print(f"wrote CAR {answer['car']} ({answer['car_bytes']} bytes: {what})")
+    elif "changed" in answer:  # a read-only mount answers with its root only
+        print("nothing changed since the last sync: no CAR written (--full-car writes one)")
     print(answer["root"])
 
 
@@ -462,7 +467,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         return 0
     car_path = str(Path(args.car).resolve()) if args.car else None
     try:
-        answer = control.request(mountpoint, "unmount", car=car_path)
+        answer = control.request(mountpoint, "unmount", car=car_path, full_car=args.full_car)
     except control.ControlError as exc:
         if not exc.answer.get("unmounting"):
             raise
@@ -620,7 +625,10 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "mount": (cmd_mount, "mount ROOT at MOUNTPOINT (the default command: `ipldmount ROOT MOUNTPOINT`)"),
-    "sync": (cmd_sync, "commit a mount's changes; prints the new root CID and writes its CAR"),
+    "sync": (
+        cmd_sync,
+        "commit a mount's changes; prints the new root CID and writes the CAR of the change",
+    ),
     "unmount": (cmd_unmount, "sync, then unmount and stop the daemon"),
     "status": (cmd_status, "show a mount's root, unsynced changes and store"),
     "import": (cmd_import, "import a CARv1 file into the store; prints its root CID"),
@@ -669,7 +677,15 @@ def build_parser() -> argparse.ArgumentParser:
         sub.choices[name].add_argument("mountpoint", metavar="MOUNTPOINT")
     for name in ("sync", "unmount"):
         sub.choices[name].add_argument(
-            "--car", metavar="PATH", help="write the CAR here (default: STORE/cars/ROOT.car)"
+            "--car",
+            metavar="PATH",
+            help="write the CAR here, even if nothing changed (default: STORE/cars/ROOT.car, "
+            "or ROOT.full.car with --full-car)",
+        )
+        sub.choices[name].add_argument(
+            "--full-car",
+            action="store_true",
+            help="write the whole DAG, not just the blocks new since the last sync",
         )
     sub.choices["unmount"].add_argument(
         "--timeout", type=float, default=60.0, help="seconds to wait for the unmount"

@@ -205,9 +205,9 @@ class Mount:
         assert is_mounted(self.path), f"{self.path} is not mounted after a successful `ipldmount mount`"
         return self
 
-    def sync(self, car: Path | None = None) -> str:
+    def sync(self, car: Path | None = None, *options: str) -> str:
         """``ipldmount sync``: the new root CID (the last line of its output)."""
-        args = ["sync", self.path] + (["--car", car] if car else [])
+        args = ["sync", self.path, *options] + (["--car", car] if car else [])
         return last_line(check(self.cli(*args)).stdout)
 
     def unmount(self) -> str:

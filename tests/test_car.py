@@ -13,15 +13,14 @@ from hypothesis import strategies as st
 
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
 from ipldmount.blocks.car import (
-    block_links,
     decode_varint,
     encode_varint,
     export_car,
     import_car,
-    iter_closure,
     read_car,
     write_car,
 )
+from ipldmount.blocks.dag import block_links, iter_closure
 from ipldmount.errors import BlockNotFoundError, CarError
 from ipldmount.ipld import codec
 from ipldmount.ipld.cid import DAG_CBOR, RAW, block_cid, cid_to_str, parse_cid

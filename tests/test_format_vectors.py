@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from ipldmount.blocks import MemoryBlockstore
-from ipldmount.blocks.car import export_car, iter_closure
+from ipldmount.blocks.car import export_car
+from ipldmount.blocks.dag import iter_closure
 from ipldmount.format import hamt
 from ipldmount.ipld import codec
 from ipldmount.ipld.cid import cid_to_str

@@ -31,7 +31,7 @@ from zarr.core.buffer.cpu import Buffer as CPUBuffer
 from zarr.core.sync import _collect_aiterator, sync
 from zarr.testing.store import StoreTests
 
-from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, car
+from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, car, dag
 from ipldmount.errors import BlockNotFoundError, CarError, FileTooLargeError, FormatError, ReadOnlyError
 from ipldmount.format.files import BLOCK_LIMIT, MAX_FILE_SIZE
 from ipldmount.ipld import cid as cids
@@ -277,7 +277,7 @@ def test_import_car_refuses_multiple_roots() -> None:
     other = IPLDStore(source.blockstore)
     other.set_sync("b/zarr.json", _buf(b"{}"))
     other_root = cids.parse_cid(other.freeze())
-    blocks = [*car.iter_closure(source.blockstore, root), *car.iter_closure(source.blockstore, other_root)]
+    blocks = [*dag.iter_closure(source.blockstore, root), *dag.iter_closure(source.blockstore, other_root)]
     archive = _car_bytes([root, other_root], blocks)
 
     store = IPLDStore(MemoryBlockstore())

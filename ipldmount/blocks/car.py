@@ -17,6 +17,7 @@ from typing import BinaryIO
 from multiformats import multicodec
 
 from ipldmount.blocks import Blockstore, fsync_dir
+from ipldmount.blocks.dag import block_links, iter_closure, iter_new_blocks
 from ipldmount.errors import (
     BlockNotFoundError,
     CarError,
@@ -25,7 +26,7 @@ from ipldmount.errors import (
     InvalidCIDError,
 )
 from ipldmount.ipld import codec
-from ipldmount.ipld.cid import DAG_CBOR, RAW, SHA2_256, cid_to_str, codec_of, verify
+from ipldmount.ipld.cid import DAG_CBOR, RAW, SHA2_256, cid_to_str, verify
 from ipldmount.ipld.codec import Link
 
 Progress = Callable[[int, int], None]
@@ -104,92 +105,27 @@ def _write(out: BinaryIO, data: bytes) -> int:
     return len(data)
 
 
-def block_links(cid: bytes, data: bytes) -> list[bytes]:
-    """The CIDs a block links to, in the order they appear in its encoding."""
-    if codec_of(cid) != DAG_CBOR:
-        return []
-    try:
-        value = codec.decode(data)
-    except CorruptBlockError as exc:
-        raise CorruptBlockError(f"block {cid_to_str(cid)}: {exc}") from None
-    found: list[bytes] = []
-    stack = [value]
-    while stack:  # explicit stack: nesting depth must not hit the recursion limit
-        item = stack.pop()
-        if isinstance(item, Link):
-            found.append(item.cid)
-        elif isinstance(item, dict):
-            stack.extend(reversed(list(item.values())))
-        elif isinstance(item, list):
-            stack.extend(reversed(item))
-    return found
-
-
-def iter_closure(
-    store: Blockstore, root: bytes, missing: list[bytes] | None = None
-) -> Iterator[tuple[bytes, bytes]]:
-    """Every block reachable from *root*, once each: depth first, parents before children.
-
-    Raises BlockNotFoundError for a missing block, CorruptBlockError for a bad one;
-    or, given a *missing* list, notes each such block there and goes on without it.
-    """
-    read: dict[bytes, bytes] = {}  # the block just read, handed from links_of to the loop
-
-    def links_of(cid: bytes) -> list[bytes] | None:
-        try:
-            data = store.get(cid)
-            links = block_links(cid, data)
-        except (BlockNotFoundError, CorruptBlockError):
-            if missing is None:
-                raise
-            missing.append(cid)
-            return None
-        read[cid] = data
-        return links
-
-    for cid in _depth_first(root, links_of):
-        yield cid, read.pop(cid)
-
-
-def _depth_first(root: bytes, links_of: Callable[[bytes], list[bytes] | None]) -> Iterator[bytes]:
-    """Each CID reachable from *root* once, parents first, children in link order
-    (*links_of* returns None for a block to leave out, with everything below it)."""
-    seen: set[bytes] = set()
-    stack = [root]
-    while stack:
-        cid = stack.pop()
-        if cid in seen:
-            continue
-        seen.add(cid)
-        links = links_of(cid)
-        if links is None:
-            continue
-        yield cid
-        stack.extend(reversed(links))
-
-
 def export_car(
     store: Blockstore,
     root: bytes,
     out: BinaryIO,
     progress: Progress | None = None,
     missing: list[bytes] | None = None,
+    since: bytes | None = None,
 ) -> int:
     """Write the DAG under *root* as a CARv1; return the bytes written.
 
-    With a *missing* list, blocks that cannot be read are noted there and left out
-    (the archive is then incomplete: the caller must not present it as the DAG).
+    With *since* (an earlier root), only the blocks *root* adds to it
+    (:func:`~ipldmount.blocks.dag.iter_new_blocks`): a CAR of the change, which
+    rebuilds *root* in a store that holds *since*. With a *missing* list, blocks
+    that cannot be read are noted there and left out (the archive is then
+    incomplete: the caller must not present it as the DAG).
     """
-    return write_car(out, [root], iter_closure(store, root, missing), progress=progress)
-
-
-def closure_size(store: Blockstore, root: bytes) -> int:
-    """How many blocks :func:`export_car` would write (reads every DAG-CBOR node, no raw block)."""
-
-    def links_of(cid: bytes) -> list[bytes]:
-        return block_links(cid, store.get(cid)) if codec_of(cid) == DAG_CBOR and store.has(cid) else []
-
-    return sum(1 for _ in _depth_first(root, links_of))
+    if since is None:
+        blocks = iter_closure(store, root, missing)
+    else:
+        blocks = iter_new_blocks(store, root, since, missing)
+    return write_car(out, [root], blocks, progress=progress)
 
 
 def incomplete_dag(
@@ -206,8 +142,15 @@ def incomplete_dag(
     )
 
 
-def write_car_file(store: Blockstore, root: bytes, path: Path, progress: Progress | None = None) -> int:
-    """Write a root's CAR to *path* atomically and durably: never a half-written archive.
+def write_car_file(
+    store: Blockstore,
+    root: bytes,
+    path: Path,
+    progress: Progress | None = None,
+    since: bytes | None = None,
+) -> int:
+    """Write a root's CAR (of the change since *since*, if given) to *path* atomically and
+    durably: never a half-written archive.
 
     Raises IncompleteDagError, naming every block that cannot be read, instead of
     writing an archive without them.
@@ -217,7 +160,7 @@ def write_car_file(store: Blockstore, root: bytes, path: Path, progress: Progres
     missing: list[bytes] = []
     try:
         with os.fdopen(handle, "wb") as stream:
-            size = export_car(store, root, stream, progress=progress, missing=missing)
+            size = export_car(store, root, stream, progress=progress, missing=missing, since=since)
             if missing:
                 raise incomplete_dag(root, missing)
             stream.flush()

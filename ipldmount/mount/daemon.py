@@ -97,7 +97,7 @@ async def _serve(ops: Operations, control: Path, ready: Callable[[], None]) -> N
                     f"journal {ops.session.journal.path} and come back when this mountpoint mounts the "
                     f"same root again"
                 ) from exc
-            log.info("final sync on exit: root %s, CAR %s", result.root, result.car)
+            log.info("final sync on exit: root %s, CAR %s", result.root, result.car or "(unchanged, none)")
         nursery.cancel_scope.cancel()
 
 
@@ -163,6 +163,8 @@ def _parse(data: bytes) -> tuple[str, dict[str, Any]] | None:
     for key in ("car", "message"):
         if request.get(key) is not None and not isinstance(request[key], str):
             return None
+    if not isinstance(request.get("full_car", False), bool):
+        return None
     return request["command"], request
 
 
@@ -181,8 +183,9 @@ async def _dispatch(ops: Operations, data: bytes) -> dict[str, Any]:
             answer.update(root=ops.session.status()["root"])
         else:
             car = Path(request["car"]) if request.get("car") else None
-            result = await ops.sync(car, request.get("message"))
-            answer.update(root=result.root, car=str(result.car), car_bytes=result.car_bytes)
+            result = await ops.sync(car, request.get("message"), full_car=request.get("full_car", False))
+            answer.update(root=result.root, changed=result.changed, car_bytes=result.car_bytes)
+            answer.update(car=str(result.car) if result.car else None, full_car=result.full_car)
     except IncompleteDagError as exc:  # the root is committed; only its CAR is missing
         log.error("sync of %s: %s", ops.session.mountpoint, exc)
         answer.update(ok=False, error=str(exc), root=cids.cid_to_str(exc.root))

@@ -679,12 +679,16 @@ class Operations(pyfuse3.Operations):
                 status["sync_changes_root"] = await trio.to_thread.run_sync(self.session.sync_changes_root)
         return status
 
-    async def sync(self, car: Path | None = None, message: str | None = None) -> SyncResult:
+    async def sync(
+        self, car: Path | None = None, message: str | None = None, *, full_car: bool = False
+    ) -> SyncResult:
         """Everything written so far, including files still open, committed and exported."""
         self._writable()
         await self.store_all()
         async with self.lock:
-            return await trio.to_thread.run_sync(self.session.sync, car, message)
+            return await trio.to_thread.run_sync(
+                functools.partial(self.session.sync, car, message, full_car=full_car)
+            )
 
     # --- file system -----------------------------------------------------------
 

@@ -35,9 +35,13 @@ class PendingChangesError(IpldmountError):
 
 @dataclass(frozen=True)
 class SyncResult:
+    """A sync's outcome: the root, and the CAR written (None when nothing changed and none was asked for)."""
+
     root: str
-    car: Path
+    car: Path | None
     car_bytes: int
+    changed: bool
+    full_car: bool
 
 
 class Session:
@@ -192,45 +196,58 @@ class Session:
 
     # --- sync ------------------------------------------------------------------
 
-    def sync(self, car_path: Path | None = None, message: str | None = None) -> SyncResult:
+    def sync(
+        self, car_path: Path | None = None, message: str | None = None, *, full_car: bool = False
+    ) -> SyncResult:
         """Commit, start a fresh journal on the new root, then write the CAR.
 
         Blocks first, then the journal: a crash at any point leaves either the old
         root with its journal or the new root, never a mix. The CAR comes last and
-        is derived: if blocks the change did not touch cannot be read, the root is
-        committed all the same and IncompleteDagError names them (a later sync
-        writes the CAR once they are back).
+        is derived: by default it holds the blocks new since the previous synced
+        root (a CAR of the change, FORMAT.md §8), the whole DAG with *full_car*; a
+        sync that changed nothing writes none unless asked (*car_path*, *full_car*).
+        If blocks cannot be read, the root is committed all the same and
+        IncompleteDagError names them (a later full sync or export writes the CAR
+        once they are back).
         """
+        parent = self.base_root
         root = self.tree.commit()
         self.store.sync()  # also the blocks stored at close, which the daemon does not fsync one by one
-        default_car = self.car_dir / f"{cids.cid_to_str(root)}.car"
-        car_path = car_path or default_car
-        if root != self.base_root or self.journal.pending:
-            parent, self.base_root = self.base_root, root
+        changed = root != parent
+        if changed or self.journal.pending:
+            self.base_root = root
             self.journal.reset(root)
-            # After the journal: a crash in between loses this line only, never the root.
-            record = RootRecord(
-                cids.cid_to_str(root),
-                RootRecord.now(),
-                "mount",
-                str(self.mountpoint),
-                cids.cid_to_str(parent),
-                message,
-                str(car_path),
-            )
-            self.home.registry.record(record)
-        if car_path == default_car and car_path.exists():
-            car_bytes = car_path.stat().st_size  # named by its root and written atomically: already right
-        else:
-            car_bytes = write_car_file(self.store, root, car_path)
+        if changed:  # after the journal: a crash in between loses this line only, never the root
+            self._record(root, parent, message, car_path or self._default_car(root, full_car))
+        if not (changed or full_car or car_path):
+            log.info("synced %s: root %s, unchanged", self.mountpoint, cids.cid_to_str(root))
+            return SyncResult(cids.cid_to_str(root), None, 0, changed, full_car)
+        car_path = car_path or self._default_car(root, full_car)
+        car_bytes = write_car_file(self.store, root, car_path, since=None if full_car else parent)
         log.info(
-            "synced %s: root %s, CAR %s (%d bytes)",
+            "synced %s: root %s, %s CAR %s (%d bytes)",
             self.mountpoint,
             cids.cid_to_str(root),
+            "full" if full_car else "change",
             car_path,
             car_bytes,
         )
-        return SyncResult(cids.cid_to_str(root), car_path, car_bytes)
+        return SyncResult(cids.cid_to_str(root), car_path, car_bytes, changed, full_car)
+
+    def _default_car(self, root: bytes, full_car: bool) -> Path:
+        return self.car_dir / f"{cids.cid_to_str(root)}{'.full' if full_car else ''}.car"
+
+    def _record(self, root: bytes, parent: bytes, message: str | None, car_path: Path) -> None:
+        record = RootRecord(
+            cids.cid_to_str(root),
+            RootRecord.now(),
+            "mount",
+            str(self.mountpoint),
+            cids.cid_to_str(parent),
+            message,
+            str(car_path),
+        )
+        self.home.registry.record(record)
 
     def status(self) -> dict[str, Any]:
         return {
