@@ -34,9 +34,11 @@ from ipldmount.format.diff import diff_roots
 from ipldmount.ipld import cid as cids
 from ipldmount.mount import control
 from ipldmount.progress import Progress
-from ipldmount.state.home import StoreHome
+from ipldmount.state.home import StoreHome, process_alive
 from ipldmount.state.journal import Journal
 from ipldmount.state.registry import RootRecord
+from ipldmount.state.retention import DEFAULT_GRACE, GcReport, Retention
+from ipldmount.state.retention import collect as retention_gc
 from ipldmount.tree import Directory, File, Node, Tree
 
 log = logging.getLogger("ipldmount")
@@ -114,12 +116,14 @@ def _record_import(store: DirectoryBlockstore, path: str, roots: list[bytes]) ->
 
 def _import(store: DirectoryBlockstore, path: str, *, single_root: bool) -> list[bytes]:
     """Import a CAR file whose roots are all directory trees (one, if *single_root*): all or nothing."""
+    started = time.time()
     try:
         with open(path, "rb") as stream:
             size = _regular_file_size(stream.fileno())
             with _progress(f"import {path}", total_bytes=size) as progress:
                 roots = car.import_car(store, stream, progress, _check_roots(store, path, single_root))
         _record_import(store, path, roots)
+        store.settle(started)  # the roots are in the history: garbage collection keeps them
         return roots
     except FileNotFoundError:
         raise IpldmountError(f"no such file: {path}") from None
@@ -276,7 +280,7 @@ def _check_mountpoint(mountpoint: Path, home: StoreHome, nonempty: bool = False)
         control.check_mountpoint(mountpoint)
     except control.StaleMountError:
         pid = home.daemon_pid(home.mount_files(mountpoint))
-        if pid is None or _alive(pid):
+        if pid is None or process_alive(pid):
             raise
         print(
             f"ipldmount: {mountpoint} was left mounted by a daemon that died (pid {pid}); clearing it",
@@ -317,15 +321,6 @@ def _discard_pending(home: StoreHome, mountpoint: Path) -> None:
             file=sys.stderr,
         )
     journal.remove()
-
-
-def _alive(pid: int) -> bool:
-    """True while *pid* runs (a zombie, dead but not yet reaped, does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat_file:
-            return stat_file.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def _fusermount_unmount(mountpoint: Path) -> None:
@@ -613,6 +608,72 @@ def _diff_side(store: DirectoryBlockstore, text: str) -> bytes:
     return root
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    home = StoreHome(_open_existing_store(args))
+    retention = Retention(args.keep_last, args.keep_within, args.grace)
+    with _progress("gc: marking") as marking, _progress("gc: sweeping") as sweeping:
+        report = retention_gc(home, retention, dry_run=args.dry_run, marking=marking, sweeping=sweeping)
+    found = report.collection
+    if args.json:
+        print(json.dumps(_gc_json(report), indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"kept {len(report.kept)} roots ({found.kept_blocks} blocks)")
+    for root, reasons in sorted(report.kept.items()):
+        print(f"  {root}  {'; '.join(reasons)}")
+    print(f"{verb} {found.removed_blocks} blocks ({_megabytes(found.removed_bytes)})")
+    if found.recent_blocks:
+        print(
+            f"kept {found.recent_blocks} unreferenced blocks written in the last {args.grace:g} s "
+            f"or held by a running writer"
+        )
+    if report.cars_removed:
+        folder = report.cars_removed[0].parent
+        print(f"{verb} {len(report.cars_removed)} CARs of roots not kept from {folder}")
+    if found.missing:
+        raise car.incomplete_dag(
+            cids.parse_cid(next(iter(report.kept))),
+            found.missing,
+            consequence="kept roots are incomplete (nothing they reach was removed)",
+        )
+    return 0
+
+
+def _gc_json(report: GcReport) -> dict[str, object]:
+    found = report.collection
+    return {
+        "dry_run": found.dry_run,
+        "kept_roots": report.kept,
+        "kept_blocks": found.kept_blocks,
+        "removed_blocks": found.removed_blocks,
+        "removed_bytes": found.removed_bytes,
+        "recent_blocks": found.recent_blocks,
+        "cars_removed": [str(path) for path in report.cars_removed],
+        "missing": [cids.cid_to_str(cid) for cid in found.missing],
+    }
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 100_000 else f"{count} bytes"
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``45s``, ``10m``, ``12h``, ``30d``, ``2w``: seconds."""
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (say 90, 45s, 10m, 12h, 30d, 2w)"
+        ) from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"a duration must be a finite number >= 0: {text!r}")
+    return value * DURATION_UNITS[unit]
+
+
 def cmd_tags(args: argparse.Namespace) -> int:
     tags = StoreHome(_open_existing_store(args)).tags.all()
     if args.json:
@@ -639,6 +700,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "tag": (cmd_tag, "name a root (tag NAME [ROOT]), or delete a name (tag -d NAME)"),
     "tags": (cmd_tags, "list the names of roots"),
     "diff": (cmd_diff, "the paths added (A), removed (D) and modified (M) from one root to another"),
+    "gc": (cmd_gc, "remove the blocks no kept root reaches (tags, recent history, mounts)"),
 }
 
 
@@ -654,6 +716,41 @@ def _common_options(default: object) -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=default, help="more logging (-vv for debug)"
     )
     return common
+
+
+def _gc_arguments(gc: argparse.ArgumentParser) -> None:
+    gc.add_argument("--dry-run", action="store_true", help="remove nothing; say what would go")
+    gc.add_argument(
+        "--keep-last",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="keep the newest N roots of each mountpoint, imported CAR and in-process store (default 1)",
+    )
+    gc.add_argument(
+        "--keep-within",
+        type=parse_duration,
+        metavar="DURATION",
+        help="also keep every root made within DURATION (90, 45s, 10m, 12h, 30d, 2w)",
+    )
+    gc.add_argument(
+        "--grace",
+        type=parse_duration,
+        default=DEFAULT_GRACE,
+        metavar="DURATION",
+        help=f"never remove blocks written this recently (default {DEFAULT_GRACE:g}s)",
+    )
+    gc.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -710,6 +807,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["diff"].add_argument(
         "--json", action="store_true", help='print JSON: [{"change": "added|removed|modified", "path": ...}]'
     )
+    _gc_arguments(sub.choices["gc"])
     sub.choices["import"].add_argument("car", metavar="FILE.car", help="the CARv1 archive to import")
     sub.choices["export"].add_argument("cid", metavar="CID", help="root CID (or tag) to export")
     sub.choices["export"].add_argument(

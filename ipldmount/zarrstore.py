@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, BinaryIO
 
@@ -18,10 +19,12 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, car
+from ipldmount.blocks.gc import Collection, collect_garbage
 from ipldmount.errors import NotADirectoryError_, NotFoundError
 from ipldmount.ipld import cid as cids
 from ipldmount.state.home import StoreHome
 from ipldmount.state.registry import RootRecord
+from ipldmount.state.retention import Retention, kept_roots
 from ipldmount.state.writebuffer import buffer_content, open_buffer
 from ipldmount.tree import Directory, File, Tree, split_path
 
@@ -107,7 +110,7 @@ class IPLDStore(Store):
 
         A new root of a store on disk is recorded in its history (``ipldmount log``).
         """
-        with self._lock:
+        with self._lock:  # every write holds it: all this store stored so far is in the root
             parent, self._root = self._root, self.tree.commit()
             if self._root != parent and isinstance(self.blockstore, DirectoryBlockstore):
                 record = RootRecord(
@@ -118,7 +121,21 @@ class IPLDStore(Store):
                     cids.cid_to_str(parent) if parent is not None else None,
                 )
                 StoreHome(self.blockstore).registry.record(record)
+            self.blockstore.settle(time.time())  # what it stored is in a recorded root now
             return cids.cid_to_str(self._root)
+
+    def collect_garbage(
+        self, keep: Iterable[str] = (), *, grace: float = 0.0, dry_run: bool = False
+    ) -> Collection:
+        """Remove the blocks this store's tree (as of a :meth:`freeze` now) and the *keep* roots
+        do not reach. On a store on disk, everything ``ipldmount gc`` keeps is kept as well
+        (tags, the newest root of each origin, mounts), and blocks other processes are writing."""
+        with self._lock:
+            roots = [cids.parse_cid(self.freeze()), *(cids.parse_cid(root) for root in keep)]
+            if isinstance(self.blockstore, DirectoryBlockstore):
+                kept = kept_roots(StoreHome(self.blockstore), Retention(grace=grace))
+                roots += [cids.parse_cid(root) for root in kept]
+            return collect_garbage(self.blockstore, roots, grace=grace, dry_run=dry_run)
 
     def export_car(self, out: BinaryIO) -> int:
         """Write a CARv1 of the committed tree to *out*; returns the bytes written."""

@@ -414,7 +414,7 @@ def test_concurrent_creation_of_one_store(tmp_path: Path) -> None:
     for thread in threads:
         thread.join()
     assert errors == []
-    assert sorted(os.listdir(tmp_path / "new")) == ["STORE", "blocks", "tmp"]
+    assert sorted(os.listdir(tmp_path / "new")) == ["STORE", "blocks", "gc.lock", "leases", "tmp"]
 
 
 def test_an_empty_directory_becomes_a_store(tmp_path: Path) -> None:

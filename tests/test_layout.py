@@ -95,7 +95,18 @@ def test_the_cli_loads_neither_zarr_nor_the_mount_until_it_mounts() -> None:
 
 # The names of STORE/'s files and folders: spelled out by the store's owner (state/home.py) and, for
 # its own marker, blocks and temporaries, the block store; nowhere else.
-STORE_NAMES = {"STORE", "tmp", "cars", "mounts", "roots.log", "tags.json", "daemon.pid", "daemon.log"}
+STORE_NAMES = {
+    "STORE",
+    "tmp",
+    "cars",
+    "mounts",
+    "roots.log",
+    "tags.json",
+    "daemon.pid",
+    "daemon.log",
+    "gc.lock",
+    "leases",
+}
 STORE_OWNERS = {"ipldmount.state.home", "ipldmount.blocks.directory"}
 
 

@@ -58,6 +58,11 @@ class BlockSink(Protocol):
 
     def has(self, cid: bytes) -> bool: ...
 
+    def claim(self, cid: bytes) -> bool:
+        """Like :meth:`has`, for a writer about to rely on the block instead of storing it:
+        a stored block is then kept from garbage collection as if just written."""
+        ...
+
 
 class CidOnly:
     """A :class:`BlockSink` that stores nothing: for computing what a commit would give."""
@@ -66,6 +71,9 @@ class CidOnly:
         return block_cid(_check_codec(codec), data)
 
     def has(self, cid: bytes) -> bool:
+        return True
+
+    def claim(self, cid: bytes) -> bool:
         return True
 
 
@@ -95,13 +103,13 @@ class Staging(ABC, Generic[T]):
 
     def put_verified(self, cid: bytes, data: Chunk) -> None:
         """Stage a block whose bytes are known to hash to *cid*."""
-        if not self.has(cid):
+        if not self.claim(cid):
             self._keep(cid, self._stage(data))
 
     def put_stream(self, chunks: Iterable[Chunk], codec: int) -> bytes:
         """Stage one block given piecewise (hashed while written); return its CID."""
         cid, handle = self._stage_stream(chunks, _check_codec(codec))
-        if self.has(cid):
+        if self.claim(cid):
             self._release(handle)
         else:
             self._keep(cid, handle)
@@ -122,6 +130,9 @@ class Staging(ABC, Generic[T]):
 
     def has(self, cid: bytes) -> bool:
         return cid in self._items or self.store._contains(cid)
+
+    def claim(self, cid: bytes) -> bool:
+        return cid in self._items or self.store._claim(cid)
 
     def staged(self) -> list[bytes]:
         with self._lock:
@@ -246,6 +257,13 @@ class Blockstore(ABC):
         batch = self._batches.current
         return (batch is not None and batch.holds(cid)) or self._contains(cid)
 
+    def claim(self, cid: bytes) -> bool:
+        """:meth:`has`, for a writer that will rely on the block (see :class:`BlockSink`)."""
+        if not is_supported(cid):
+            return False
+        batch = self._batches.current
+        return (batch is not None and batch.holds(cid)) or self._claim(cid)
+
     def get(self, cid: bytes) -> bytes:
         """The block's bytes, checked against the CID so corruption never passes silently."""
         data = self._batch_lookup(cid)
@@ -309,7 +327,7 @@ class Blockstore(ABC):
         if batch is not None:
             return batch.put(data, codec)
         cid = block_cid(_check_codec(codec), data)
-        if not self._contains(cid):
+        if not self._claim(cid):
             self._add(cid, data)
         return cid
 
@@ -322,7 +340,7 @@ class Blockstore(ABC):
         batch = self._batches.current
         if batch is not None:
             batch.put_verified(cid, data)
-        elif not self._contains(cid):
+        elif not self._claim(cid):
             self._add(cid, bytes(data))
 
     def put_stream(self, chunks: Iterable[Chunk], codec: int = RAW) -> bytes:
@@ -361,6 +379,34 @@ class Blockstore(ABC):
         """Make every block put so far durable (a no-op where puts already are, or nothing is on disk)."""
         return
 
+    # --- garbage collection -------------------------------------------------------
+
+    def delete(self, cid: bytes) -> bool:
+        """Remove a stored block; False if it was not stored. Nothing checks that no one needs it:
+        see :func:`~ipldmount.blocks.dag.collect_garbage` for the safe way."""
+        return is_supported(cid) and self._remove(cid, None) is not None
+
+    def remove_unused(self, cid: bytes, older_than: float | None, dry_run: bool = False) -> int | None:
+        """For a collector that knows no kept root reaches *cid*: remove the block unless it was
+        written or claimed at or after *older_than*. Its size, or None if absent or kept."""
+        return self._remove(cid, older_than, dry_run) if is_supported(cid) else None
+
+    def settle(self, before: float) -> None:
+        """Say that every block this process stored or claimed before *before* (``time.time()``)
+        is now referenced by a root or journal that garbage collection keeps: that part of its
+        lease (if the store keeps leases) ends."""
+        return
+
+    def protected_since(self) -> float | None:
+        """Blocks written or claimed at or after this time (``time.time()``) may be in use by a
+        live writer of another process: collecting garbage must keep them. None: no such writer."""
+        return None
+
+    @contextmanager
+    def sweeping(self) -> Iterator[None]:
+        """Held while garbage collection removes a batch of blocks: no claim runs meanwhile."""
+        yield
+
     def _not_found(self, cid: bytes) -> BlockNotFoundError:
         return BlockNotFoundError(f"block {cid_to_str(cid)} not found in {self!r}")
 
@@ -368,6 +414,15 @@ class Blockstore(ABC):
 
     @abstractmethod
     def _contains(self, cid: bytes) -> bool: ...
+
+    def _claim(self, cid: bytes) -> bool:
+        """:meth:`_contains`, renewing a stored block's protection from garbage collection."""
+        return self._contains(cid)
+
+    @abstractmethod
+    def _remove(self, cid: bytes, older_than: float | None, dry_run: bool = False) -> int | None:
+        """Delete a block unless it was written or claimed at or after *older_than*; return its
+        size, or None when it was absent or kept (*dry_run*: only say so)."""
 
     @abstractmethod
     def _lookup(self, cid: bytes) -> bytes | None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ipldmount.blocks.base import Blockstore, Chunk, Staging
+from ipldmount.blocks.lease import SweepLock, WriterLease, live_horizons
 from ipldmount.errors import (
     InvalidCIDError,
     IpldmountError,
@@ -177,12 +178,14 @@ class DirectoryStaging(Staging[Path]):
         process may have stored the same block meanwhile.
         """
         store = self.store
+        store._lease.begin()
         try:
-            with store._full_disk_is_store_full("committing staged blocks"):
+            with store._full_disk_is_store_full("committing staged blocks"), store._sweep_lock.shared():
                 if durable:
                     _sync_filesystem(store.root)
                 for cid in list(items):
-                    store._install(items.pop(cid), cid, sync=False)
+                    # Written maybe long ago: dated now, so that a collection keeps it (lease.py).
+                    store._install(items.pop(cid), cid, sync=False, touch=True)
                 if durable:
                     _sync_filesystem(store.root)
         except BaseException:
@@ -215,6 +218,9 @@ class DirectoryBlockstore(Blockstore):
         self._tmp = self.root / "tmp"
         self._shards: set[str] = set()
         self._open()
+        self._sweep_lock = SweepLock(self.root / "gc.lock", self.open_file)
+        self._lease = WriterLease(self.root / "leases", self.open_file, self.make_dir)
+        live_horizons(self.root / "leases")  # removes the leases of writers that died
 
     def __repr__(self) -> str:
         return f"<DirectoryBlockstore at {str(self.root)!r}>"
@@ -363,6 +369,41 @@ class DirectoryBlockstore(Blockstore):
         except FileNotFoundError:
             return None
 
+    # --- garbage collection (lease.py says how it never races a writer) ---------------
+
+    def _claim(self, cid: bytes) -> bool:
+        self._lease.begin()
+        with self._sweep_lock.shared():
+            try:
+                os.utime(self.block_path(cid))
+            except FileNotFoundError:
+                return False
+        return True
+
+    def _remove(self, cid: bytes, older_than: float | None, dry_run: bool = False) -> int | None:
+        path = self.block_path(cid)
+        try:
+            status = os.lstat(path)
+            if older_than is not None and status.st_mtime >= older_than:
+                return None
+            if not dry_run:
+                os.unlink(path)
+        except FileNotFoundError:
+            return None
+        return status.st_size
+
+    def settle(self, before: float) -> None:
+        self._lease.settle(before)
+
+    def protected_since(self) -> float | None:
+        horizons = live_horizons(self.root / "leases")
+        return min(horizons) if horizons else None
+
+    @contextmanager
+    def sweeping(self) -> Iterator[None]:
+        with self._sweep_lock.exclusive():
+            yield
+
     def _stored_cids(self) -> Iterator[bytes]:
         with os.scandir(self._blocks) as shards:
             shard_paths = [entry.path for entry in shards if entry.is_dir(follow_symlinks=False)]
@@ -376,14 +417,16 @@ class DirectoryBlockstore(Blockstore):
     # --- writing ----------------------------------------------------------------
 
     def _add(self, cid: bytes, data: bytes) -> None:
+        self._lease.begin()
         temp = self._write_temp([data], sync=self.durable)
         self._install(temp, cid, sync=self.durable)
 
     def _add_stream(self, chunks: Iterable[Chunk], codec: int) -> bytes:
+        self._lease.begin()
         hasher = hashlib.sha256()
         temp = self._write_temp(chunks, sync=self.durable, hasher=hasher)
         cid = digest_cid(codec, hasher.digest())
-        if self._contains(cid):
+        if self._claim(cid):
             _unlink_quietly(temp)
         else:
             self._install(temp, cid, sync=self.durable)
@@ -421,12 +464,14 @@ class DirectoryBlockstore(Blockstore):
                 raise
         return path
 
-    def _install(self, temp: Path, cid: bytes, sync: bool) -> None:
-        """Rename a finished temp file into place (removing it if that fails)."""
+    def _install(self, temp: Path, cid: bytes, sync: bool, touch: bool = False) -> None:
+        """Rename a finished temp file into place (removing it if that fails), dated now if *touch*."""
         final = self.block_path(cid)
         with self._full_disk_is_store_full(f"storing block {cid_to_str(cid)}"):
             try:
                 self._ensure_shard(final.parent, sync)
+                if touch:
+                    os.utime(temp)
                 os.rename(temp, final)
             except BaseException:
                 _unlink_quietly(temp)

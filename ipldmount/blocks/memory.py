@@ -79,6 +79,13 @@ class MemoryBlockstore(Blockstore):
     def _stored_cids(self) -> Iterator[bytes]:
         yield from list(self._blocks)
 
+    def _remove(self, cid: bytes, older_than: float | None, dry_run: bool = False) -> int | None:
+        """In memory there are no other processes: a collector runs with its writers' cooperation
+        (:meth:`IPLDStore.collect_garbage <ipldmount.zarrstore.IPLDStore.collect_garbage>` holds
+        the store's lock), so *older_than* does not apply."""
+        data = self._blocks.get(cid) if dry_run else self._blocks.pop(cid, None)
+        return None if data is None else len(data)
+
     def __len__(self) -> int:
         batch = self._batches.current
         staged = batch.staged() if batch is not None else []
@@ -94,6 +101,6 @@ class MemoryBlockstore(Blockstore):
             hasher.update(chunk)
             parts.append(bytes(chunk))
         cid = digest_cid(codec, hasher.digest())
-        if not self._contains(cid):
+        if not self._claim(cid):
             self._add(cid, b"".join(parts))
         return cid

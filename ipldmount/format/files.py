@@ -125,7 +125,7 @@ class InlineFile:
 
     def link(self, store: Blockstore) -> bytes:
         # Never trust a cached CID alone: the commit that stored it may have been rolled back.
-        if self._cid is None or not store.has(self._cid):
+        if self._cid is None or not store.claim(self._cid):
             self._cid = store.put(self.data, cids.RAW)
         return self._cid
 
@@ -160,8 +160,9 @@ class PendingFile:
         return len(self.data)
 
     def link(self, store: Blockstore) -> bytes:
-        # Never trust a cached CID alone: the commit that stored it may have been rolled back.
-        if self._cid is None or not store.has(self._cid):
+        # Never trust a cached CID alone: the commit that stored it may have been rolled back, or
+        # garbage collected since. A claim covers one block: chunked content is stored again.
+        if self._cid is None or cids.codec_of(self._cid) != cids.RAW or not store.claim(self._cid):
             self._cid = store_bytes(store, self.data, self.chunk_size).cid
         return self._cid
 
@@ -295,7 +296,7 @@ def put_zero_leaf(store: BlockSink, chunk_size: int, length: int) -> bytes:
     """The CID of a leaf of *length* zero bytes, stored."""
     if length == chunk_size:
         cid, data = zero_leaf(chunk_size)
-        if not store.has(cid):
+        if not store.claim(cid):
             store.put(data, cids.RAW)
         return cid
     return store.put(bytes(length), cids.RAW)
@@ -304,11 +305,13 @@ def put_zero_leaf(store: BlockSink, chunk_size: int, length: int) -> bytes:
 def put_zero_node(store: BlockSink, chunk_size: int, level: int) -> bytes:
     """The CID of the full all-zero node of *level*, stored with everything below it."""
     cid, data = zero_node(chunk_size, level)
-    if not store.has(cid):
-        if level == 1:
-            put_zero_leaf(store, chunk_size, chunk_size)
-        else:
-            put_zero_node(store, chunk_size, level - 1)
+    # Every level is claimed or stored, not just this node: a claim covers one block, and the
+    # levels below must outlive a garbage collection as long as this one does.
+    if level == 1:
+        put_zero_leaf(store, chunk_size, chunk_size)
+    else:
+        put_zero_node(store, chunk_size, level - 1)
+    if not store.claim(cid):
         store.put(data, cids.DAG_CBOR)
     return cid
 

@@ -684,10 +684,11 @@ class Operations(pyfuse3.Operations):
     ) -> SyncResult:
         """Everything written so far, including files still open, committed and exported."""
         self._writable()
+        started = time.time()
         await self.store_all()
         async with self.lock:
             return await trio.to_thread.run_sync(
-                functools.partial(self.session.sync, car, message, full_car=full_car)
+                functools.partial(self.session.sync, car, message, full_car=full_car, started=started)
             )
 
     # --- file system -----------------------------------------------------------

@@ -6,6 +6,8 @@
     STORE/cars/                   CARs written by sync (unless told otherwise)
     STORE/mounts/ID/journal       a mountpoint's unsynced changes (ID: its real path, hashed)
     STORE/mounts/ID/daemon.pid    while its daemon runs;  daemon.log: what the daemon said
+    STORE/mounts/ID/root          the root a running daemon serves (kept by garbage collection)
+    STORE/gc.lock, leases/        the block store's guards against collecting what writers use
 
 Everything is created with the store's modes (private by default, see
 :class:`~ipldmount.blocks.directory.DirectoryBlockstore`).
@@ -45,6 +47,10 @@ class MountFiles:
     def daemon_log(self) -> Path:
         return self.folder / "daemon.log"
 
+    @property
+    def root_file(self) -> Path:
+        return self.folder / "root"
+
 
 class StoreHome:
     """A store's folder: its block store, and where mount state and CARs go."""
@@ -64,6 +70,18 @@ class StoreHome:
     @property
     def cars_dir(self) -> Path:
         return self.blocks.make_dir(self.root / "cars")
+
+    def all_mount_files(self) -> list[MountFiles]:
+        """The state of every mountpoint this store has served (or serves)."""
+        folder = self.root / "mounts"
+        if not folder.is_dir():
+            return []
+        return [MountFiles(path) for path in sorted(folder.iterdir()) if path.is_dir()]
+
+    def sync_cars(self) -> list[Path]:
+        """The CARs syncs wrote into STORE/cars (``ROOT.car``, ``ROOT.full.car``)."""
+        folder = self.root / "cars"
+        return sorted(folder.glob("*.car")) if folder.is_dir() else []
 
     def mount_files(self, mountpoint: Path) -> MountFiles:
         """A mountpoint's state files. Ask before mounting: it resolves the path, and a daemon
@@ -93,6 +111,25 @@ class StoreHome:
 
     def forget_pid(self, files: MountFiles) -> None:
         files.pid_file.unlink(missing_ok=True)
+        files.root_file.unlink(missing_ok=True)
+
+    def write_root(self, files: MountFiles, root: str) -> None:
+        """Say which root the running daemon serves, atomically (garbage collection reads it)."""
+        temp = files.folder / f".root.{os.getpid()}"
+        fd = self.open_private(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(f"{root}\n")
+        os.replace(temp, files.root_file)
+
+    def served_root(self, files: MountFiles) -> str | None:
+        """The root a live daemon serves at that mountpoint (None: no live daemon)."""
+        pid = self.daemon_pid(files)
+        if pid is None or not process_alive(pid):
+            return None
+        try:
+            return files.root_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     def daemon_pid(self, files: MountFiles) -> int | None:
         """The pid a mountpoint's daemon wrote (it may have died since)."""
@@ -100,3 +137,12 @@ class StoreHome:
             return int(files.pid_file.read_text())
         except (FileNotFoundError, ValueError):
             return None
+
+
+def process_alive(pid: int) -> bool:
+    """True while *pid* runs (a zombie, dead but not yet reaped, does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            return stat_file.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, IndexError):
+        return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class Session:
         self.recovered = 0
         if not read_only:
             self._recover_or_start(self.base_root)
+        home.write_root(self.files, cids.cid_to_str(self.base_root))  # for garbage collection
 
     # --- journal recovery ------------------------------------------------------
 
@@ -197,7 +199,12 @@ class Session:
     # --- sync ------------------------------------------------------------------
 
     def sync(
-        self, car_path: Path | None = None, message: str | None = None, *, full_car: bool = False
+        self,
+        car_path: Path | None = None,
+        message: str | None = None,
+        *,
+        full_car: bool = False,
+        started: float | None = None,
     ) -> SyncResult:
         """Commit, start a fresh journal on the new root, then write the CAR.
 
@@ -208,17 +215,21 @@ class Session:
         sync that changed nothing writes none unless asked (*car_path*, *full_car*).
         If blocks cannot be read, the root is committed all the same and
         IncompleteDagError names them (a later full sync or export writes the CAR
-        once they are back).
+        once they are back). *started* (``time.time()``) is when the caller began storing
+        what the commit takes in (open files): blocks stored or claimed since may belong to
+        later writes, and stay leased from garbage collection.
         """
-        parent = self.base_root
+        parent, started = self.base_root, started or time.time()
         root = self.tree.commit()
         self.store.sync()  # also the blocks stored at close, which the daemon does not fsync one by one
         changed = root != parent
         if changed or self.journal.pending:
             self.base_root = root
             self.journal.reset(root)
+            self.home.write_root(self.files, cids.cid_to_str(root))
         if changed:  # after the journal: a crash in between loses this line only, never the root
             self._record(root, parent, message, car_path or self._default_car(root, full_car))
+        self.store.settle(started)  # what was stored before the commit is in the root now
         if not (changed or full_car or car_path):
             log.info("synced %s: root %s, unchanged", self.mountpoint, cids.cid_to_str(root))
             return SyncResult(cids.cid_to_str(root), None, 0, changed, full_car)

@@ -416,6 +416,9 @@ class _Recording:
     def has(self, cid: bytes) -> bool:
         return cid in self._used or self._staging.store.has(cid)
 
+    def claim(self, cid: bytes) -> bool:
+        return cid in self._used or self._staging.store.claim(cid)
+
 
 class WholeFileBuffer:
     """Content that will be one raw block: in memory up to 1 MiB, beyond that in a sparse

@@ -1,0 +1,124 @@
+"""Which roots a store keeps, and garbage collection of the rest (``ipldmount gc``).
+
+Kept: every tag; the newest ``keep_last`` roots of each origin in the history (a mountpoint,
+a CAR file imported, a store frozen in-process) and every root younger than ``keep_within``;
+the base root and every block of every mount journal (live mounts, and crashed ones that
+``resume`` would bring back); the root each running daemon serves (read-only mounts too).
+Everything a writer stored but has not referenced yet is protected by the block store itself
+(:mod:`ipldmount.blocks.lease`). CARs in ``STORE/cars`` of roots not kept are removed too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from ipldmount.blocks.gc import Collection, Progress, collect_garbage
+from ipldmount.errors import InvalidCIDError, IpldmountError
+from ipldmount.ipld import cid as cids
+from ipldmount.state.home import StoreHome
+from ipldmount.state.journal import Journal, JournalError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE = 300.0  # seconds: blocks younger than this are never collected
+
+
+@dataclass(frozen=True)
+class Retention:
+    keep_last: int = 1  # roots of each origin
+    keep_within: float | None = None  # seconds: roots younger than this
+    grace: float = DEFAULT_GRACE  # seconds: blocks written or claimed this recently
+
+
+@dataclass
+class GcReport:
+    kept: dict[str, list[str]]  # root CID -> why it is kept
+    collection: Collection
+    cars_removed: list[Path] = field(default_factory=list)
+
+
+def kept_roots(home: StoreHome, retention: Retention, now: float | None = None) -> dict[str, list[str]]:
+    """Every root (or journal-referenced block) to keep, as CID text, with the reasons why."""
+    kept: dict[str, list[str]] = defaultdict(list)
+    for name, root in home.tags.all().items():
+        kept[root].append(f"tag {name}")
+    _keep_history(home, retention, now or time.time(), kept)
+    _keep_mounts(home, kept)
+    return dict(kept)
+
+
+def _keep_history(home: StoreHome, retention: Retention, now: float, kept: dict[str, list[str]]) -> None:
+    seen: dict[tuple[str, str], int] = defaultdict(int)
+    for record in home.registry.history():  # newest first
+        if not _stored(home, record.root):
+            continue  # collected before: the history remembers it, the store no longer has it
+        origin = (record.source, record.where)
+        seen[origin] += 1
+        if seen[origin] <= retention.keep_last:
+            kept[record.root].append(f"last {retention.keep_last} of {record.source} {record.where}")
+        elif retention.keep_within is not None and now - _timestamp(record.time) <= retention.keep_within:
+            kept[record.root].append(f"made within the last {retention.keep_within:g} s")
+
+
+def _stored(home: StoreHome, root: str) -> bool:
+    try:
+        return home.blocks.has(cids.parse_cid(root))
+    except InvalidCIDError:
+        return False
+
+
+def _timestamp(text: str) -> float:
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _keep_mounts(home: StoreHome, kept: dict[str, list[str]]) -> None:
+    for files in home.all_mount_files():
+        try:
+            pending = Journal(files.journal).read()
+        except (JournalError, OSError, ValueError, KeyError, InvalidCIDError) as exc:
+            raise IpldmountError(
+                f"cannot tell what the journal {files.journal} needs ({exc}); nothing was collected "
+                f"(mount that mountpoint to recover or discard its changes first)"
+            ) from None
+        if pending is not None:
+            where = f"journal {files.journal}"
+            if pending.root is not None:
+                kept[cids.cid_to_str(pending.root)].append(f"base of {where}")
+            for record in pending.records:
+                if "cid" in record:
+                    kept[str(record["cid"])].append(f"written in {where}")
+        served = home.served_root(files)
+        if served is not None:
+            kept[served].append(f"served by the daemon of {files.folder}")
+
+
+def collect(
+    home: StoreHome,
+    retention: Retention,
+    *,
+    dry_run: bool = False,
+    marking: Progress | None = None,
+    sweeping: Progress | None = None,
+) -> GcReport:
+    """Remove every block no kept root reaches (and that no writer may be using), and the CARs of
+    roots not kept. *dry_run*: remove nothing, say what would go."""
+    kept = kept_roots(home, retention)
+    roots = [cids.parse_cid(text) for text in kept]
+    collection = collect_garbage(
+        home.blocks, roots, grace=retention.grace, dry_run=dry_run, marking=marking, sweeping=sweeping
+    )
+    report = GcReport(kept, collection)
+    for path in home.sync_cars():
+        if path.name.split(".", 1)[0] not in kept:
+            report.cars_removed.append(path)
+            if not dry_run:
+                path.unlink(missing_ok=True)
+    return report
