@@ -207,7 +207,7 @@ class Operations(pyfuse3.Operations):
         self.read_only = session.read_only
         self.control_socket = control_socket
         self.inodes = InodeTable(self.tree.root)
-        self.buffers = session.open_files  # mount state: the session's, so a sync sees every open file
+        self.open_files = session.open_files  # mount state: the session's, so a sync sees every open file
         self.handles: dict[int, Handle] = {}
         self.listings: dict[int, DirListing] = {}
         self._next_fh = 1
@@ -235,7 +235,7 @@ class Operations(pyfuse3.Operations):
             meta.mtime_ns = meta.ctime_ns = now
 
     def _size(self, ino: int, node: Node) -> int:
-        buffer = self.buffers.get(ino)
+        buffer = self.open_files.get(ino)
         if buffer is not None:
             return buffer.data.size
         if isinstance(node, File):
@@ -310,7 +310,7 @@ class Operations(pyfuse3.Operations):
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
-            in_use = ino in self.buffers or any(handle.ino == ino for handle in self.handles.values())
+            in_use = ino in self.open_files or any(handle.ino == ino for handle in self.handles.values())
             self.inodes.forget(ino, count, in_use)
 
     @replies
@@ -491,7 +491,7 @@ class Operations(pyfuse3.Operations):
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         fh = self._new_fh()
         self.handles[fh] = Handle(ino, node, writable)
-        buffer = self.buffers.get(ino)
+        buffer = self.open_files.get(ino)
         if buffer is not None:
             buffer.handles += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
@@ -507,7 +507,7 @@ class Operations(pyfuse3.Operations):
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         if writable:
             self._writable()
-        if inode not in self.buffers and not (writable and flags & os.O_TRUNC):
+        if inode not in self.open_files and not (writable and flags & os.O_TRUNC):
             self.tree.size(node)  # unreadable content (a block is missing) is EIO here, not an empty file
         info = self._open_handle(inode, node, flags)
         if writable and flags & os.O_TRUNC:
@@ -530,7 +530,7 @@ class Operations(pyfuse3.Operations):
     @replies
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.handles[fh]
-        buffer = self.buffers.get(handle.ino)
+        buffer = self.open_files.get(handle.ino)
         if buffer is not None:
             if buffer.data.read_is_cheap(off, off + size):
                 return buffer.data.read(off, size)
@@ -581,7 +581,7 @@ class Operations(pyfuse3.Operations):
     @replies
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
-        buffer = self.buffers.get(handle.ino)
+        buffer = self.open_files.get(handle.ino)
         if buffer is None:
             return
         buffer.handles -= 1
@@ -591,13 +591,13 @@ class Operations(pyfuse3.Operations):
 
     async def _buffer(self, ino: int, node: File) -> OpenFile:
         """The inode's write buffer, made on first write over the current content."""
-        buffer = self.buffers.get(ino)
+        buffer = self.open_files.get(ino)
         if buffer is None:
-            data = await trio.to_thread.run_sync(self.buffers.new_buffer, node.content)
-            buffer = self.buffers.get(ino)  # another request may have made one meanwhile
+            data = await trio.to_thread.run_sync(self.open_files.new_buffer, node.content)
+            buffer = self.open_files.get(ino)  # another request may have made one meanwhile
             if buffer is None:
                 handles = sum(1 for h in self.handles.values() if h.ino == ino)
-                buffer = self.buffers.add(ino, OpenFile(data, handles=handles))
+                buffer = self.open_files.add(ino, OpenFile(data, handles=handles))
             else:
                 data.close()
         return buffer
@@ -618,9 +618,9 @@ class Operations(pyfuse3.Operations):
         Re-checked after every wait, because requests for the same inode (an open and
         write, another release) run while this one waits for its worker thread.
         """
-        while buffer.handles <= 0 and buffer.busy <= 0 and self.buffers.get(ino) is buffer:
+        while buffer.handles <= 0 and buffer.busy <= 0 and self.open_files.get(ino) is buffer:
             if not buffer.dirty:
-                self.buffers.close(ino)
+                self.open_files.close(ino)
                 return
             try:
                 await self._store_if_dirty(ino, node)
@@ -628,13 +628,13 @@ class Operations(pyfuse3.Operations):
                 # The last close got the error (ENOSPC, say); a buffer kept for a retry
                 # nobody can make would only fail every later sync. The tree keeps the
                 # content of the file's last successful close.
-                if buffer.handles <= 0 and self.buffers.get(ino) is buffer:
+                if buffer.handles <= 0 and self.open_files.get(ino) is buffer:
                     log.error("%s: unsaved writes dropped after a failed close", self.tree.path_of(node))
-                    self.buffers.close(ino)
+                    self.open_files.close(ino)
                 raise
 
     async def _store_if_dirty(self, ino: int, node: Node) -> None:
-        buffer = self.buffers.get(ino)
+        buffer = self.open_files.get(ino)
         if buffer is None or not buffer.dirty or not isinstance(node, File):
             return
         if not node.links:  # unlinked while open: no name will ever show this content
@@ -658,7 +658,7 @@ class Operations(pyfuse3.Operations):
 
     async def store_all(self) -> None:
         """Store every file still open with unsaved writes (before a sync or exit)."""
-        for ino in self.buffers:
+        for ino in self.open_files:
             node = self.inodes.node(ino)
             await self._store_if_dirty(ino, node)
 
@@ -668,7 +668,7 @@ class Operations(pyfuse3.Operations):
         """What ``ipldmount status`` shows: the session's state, the files still open with
         unsaved writes, and whether a sync would change the root (computed, nothing stored)."""
         status = self.session.status()
-        unsaved = self.buffers.unsaved()
+        unsaved = self.open_files.unsaved()
         status["open_unsaved_files"] = unsaved
         if self.read_only:
             status["sync_changes_root"] = False
@@ -713,10 +713,10 @@ class Operations(pyfuse3.Operations):
     def _attributes_of(self, ino: int) -> dict[bytes, bytes]:
         """The extended attributes of an inode: what it is made of, and for the root the socket."""
         state = self.tree.describe(self.inodes.node(ino))
-        buffer = self.buffers.get(ino)
+        buffer = self.open_files.get(ino)
         if buffer is not None and buffer.dirty:
             state = NodeState(changed=True)
-        if ino == pyfuse3.ROOT_INODE and not self.read_only and self.buffers.unsaved():
+        if ino == pyfuse3.ROOT_INODE and not self.read_only and self.open_files.unsaved():
             state = NodeState(changed=True)
         found: dict[bytes, bytes] = {}
         if state.cid is not None:
