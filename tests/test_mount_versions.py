@@ -3,6 +3,9 @@ rebuilt in another store by importing them in order."""
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,75 @@ def test_unmount_writes_the_change_of_its_final_sync(mounts: Mounts) -> None:
     assert [record["root"] for record in records] == [first, second]
     assert records[-1]["parent"] == first
     assert records[-1]["car"] == str(mnt.store / "cars" / f"{second}.car")
+
+
+# --- attributes outside the CID --------------------------------------------------------
+
+
+def test_mode_mtime_and_owner_survive_an_unmount_without_changing_the_root(mounts: Mounts) -> None:
+    mnt = mounts().mount("empty")
+    write_file(mnt / "f", b"bytes")
+    os.mkdir(mnt / "d")
+    os.chmod(mnt / "f", 0o600)
+    os.utime(mnt / "f", ns=(1_500_000_000_000_000_000, 1_500_000_000_123_456_789))
+    os.chown(mnt / "f", 1234, 5678)
+    os.utime(mnt / "d", ns=(1_400_000_000_000_000_000, 1_400_000_000_000_000_000))
+    root = mnt.unmount()
+    assert root == plain_root(mnt.store, {"f": b"bytes", "d/": b""})  # names and bytes only
+
+    mnt.mount(root)
+    info = os.stat(mnt / "f")
+    assert stat.S_IMODE(info.st_mode) == 0o600 and (info.st_uid, info.st_gid) == (1234, 5678)
+    assert info.st_mtime_ns == 1_500_000_000_123_456_789
+    assert os.stat(mnt / "d").st_mtime_ns == 1_400_000_000_000_000_000
+    write_file(mnt / "f", b"new bytes")  # new content: a new mtime, kept in turn
+    mtime = os.stat(mnt / "f").st_mtime_ns
+    assert mtime != 1_500_000_000_123_456_789
+    assert mnt.unmount() != root
+    mnt.mount("resume")
+    assert os.stat(mnt / "f").st_mtime_ns == mtime
+
+
+def plain_root(store: Path, files: dict[str, bytes]) -> str:
+    from ipldmount.blocks import MemoryBlockstore
+    from ipldmount.tree import Tree
+
+    tree = Tree(MemoryBlockstore())
+    for path, data in files.items():
+        if path.endswith("/"):
+            tree.makedirs(path.rstrip("/"))
+        else:
+            tree.write_file(path, data)
+    return cid_to_str(tree.commit())
+
+
+def test_rsync_twice_across_a_remount_transfers_nothing(mounts: Mounts, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    for index in range(30):
+        folder = source / f"arr{index % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index}").write_bytes(os.urandom(1000 + index * 5000))
+        os.chmod(folder / f"{index}", 0o640 if index % 2 else 0o600)
+    mnt = mounts().mount("empty")
+    first = rsync(source, mnt.path)
+    assert first["files"] == 30
+    root = mnt.unmount()
+    mnt.mount(root)
+    second = rsync(source, mnt.path)
+    assert second["files"] == 0 and second["bytes"] == 0, second
+    assert mnt.sync(None, "--full-car") == root  # nothing changed
+
+
+def rsync(source: Path, target: Path) -> dict[str, int]:
+    """``rsync -a`` and what it says it transferred: files, and bytes of file data."""
+    result = subprocess.run(
+        ["rsync", "-a", "--stats", f"{source}/", f"{target}/"], capture_output=True, text=True, check=True
+    )
+    numbers = {}
+    for line in result.stdout.splitlines():
+        key, _, value = line.partition(":")
+        numbers[key.strip()] = value.strip().split(" ")[0].replace(",", "")
+    return {
+        "files": int(numbers["Number of regular files transferred"]),
+        "bytes": int(numbers["Total transferred file size"]),
+    }

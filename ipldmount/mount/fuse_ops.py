@@ -3,11 +3,11 @@
 With :mod:`~ipldmount.mount.fuse_fallocate` (the fallocate operation pyfuse3 lacks),
 the only code that imports pyfuse3 (the daemon mounts and serves through
 :func:`mount`, :func:`serve`, :func:`terminate` and :func:`close`). It keeps what
-only the kernel protocol needs: inode numbers, open handles, directory listings
-and the in-memory attributes the format does not store (mode, owner, times).
-What a sync needs is the session's: the tree, its journal, and the files being
+only the kernel protocol needs: inode numbers, open handles and directory listings.
+What a sync needs is the session's: the tree, its journal, the files being
 written (:class:`~ipldmount.state.openfiles.OpenFiles`), whose buffers this
-adapter fills and settles. Every change goes through
+adapter fills and settles, and the attributes the format does not store (mode,
+owner, times: :class:`~ipldmount.state.attributes.Attributes`). Every change goes through
 :class:`~ipldmount.state.session.Session`, which journals it; a file's new
 content reaches the blockstore when the file is closed (``flush``) or fsynced,
 never later."""
@@ -21,7 +21,6 @@ import logging
 import os
 import stat
 import time
-import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from ipldmount.errors import IpldmountError, ReadOnlyError, errno_for
 from ipldmount.format.files import FileReader, check_file_size
 from ipldmount.ipld import cid as cids
 from ipldmount.mount import control, fuse_fallocate
+from ipldmount.state.attributes import Meta
 from ipldmount.state.openfiles import OpenFile
 from ipldmount.state.session import Session, SyncResult
 from ipldmount.tree import NAME_MAX, Broken, Directory, File, Node, NodeState, check_name
@@ -130,18 +130,6 @@ def decode_name(raw: bytes) -> str:
 
 
 @dataclass
-class Meta:
-    """What POSIX wants and the format does not keep: lives in memory for the session."""
-
-    mode: int
-    uid: int
-    gid: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-
-
-@dataclass
 class Handle:
     ino: int
     node: File
@@ -212,27 +200,18 @@ class Operations(pyfuse3.Operations):
         self.listings: dict[int, DirListing] = {}
         self._next_fh = 1
         self.lock = trio.Lock()  # tree changes and sync take turns
-        self._meta: weakref.WeakKeyDictionary[Node, Meta] = weakref.WeakKeyDictionary()
-        self._started_ns = time.time_ns()
 
     # --- attributes ------------------------------------------------------------
 
     def meta(self, node: Node) -> Meta:
-        meta = self._meta.get(node)
-        if meta is None:
-            directory = isinstance(node, Directory) or (isinstance(node, Broken) and node.directory)
-            perm = 0o755 if directory else 0o644
-            kind = stat.S_IFDIR if directory else stat.S_IFREG
-            now = self._started_ns
-            meta = Meta(kind | perm, os.getuid(), os.getgid(), now, now, now)
-            self._meta[node] = meta
-        return meta
+        return self.session.attributes.get(node)
 
     def _touch(self, *nodes: Node) -> None:
         now = time.time_ns()
         for node in nodes:
             meta = self.meta(node)
             meta.mtime_ns = meta.ctime_ns = now
+            self.session.attributes.changed(node)
 
     def _size(self, ino: int, node: Node) -> int:
         buffer = self.open_files.get(ino)
@@ -344,6 +323,7 @@ class Operations(pyfuse3.Operations):
         if fields.update_mtime:
             meta.mtime_ns = attr.st_mtime_ns
         meta.ctime_ns = attr.st_ctime_ns if fields.update_ctime else time.time_ns()
+        self.session.attributes.changed(node)
         return self.attributes(inode, node)
 
     @replies
@@ -380,7 +360,7 @@ class Operations(pyfuse3.Operations):
 
     def _new_meta(self, node: Node, mode: int, ctx: pyfuse3.RequestContext) -> None:
         now = time.time_ns()
-        self._meta[node] = Meta(mode, ctx.uid, ctx.gid, now, now, now)
+        self.session.attributes.set(node, Meta(mode, ctx.uid, ctx.gid, now, now, now))
 
     @replies
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -3,6 +3,7 @@
     STORE/STORE, blocks/, tmp/    the block store's own (marker, one file per block, temporaries)
     STORE/roots.log               every root made here (sync, import, freeze): one JSON line each
     STORE/tags.json               names for roots
+    STORE/attributes.sqlite       mode, owner and mtime by path and content (outside the CIDs)
     STORE/cars/                   CARs written by sync (unless told otherwise)
     STORE/mounts/ID/journal       a mountpoint's unsynced changes (ID: its real path, hashed)
     STORE/mounts/ID/daemon.pid    while its daemon runs;  daemon.log: what the daemon said
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipldmount.blocks import DirectoryBlockstore
+from ipldmount.state.attributes import AttributeTable
 from ipldmount.state.registry import Registry, Tags
 
 
@@ -58,6 +60,7 @@ class StoreHome:
     def __init__(self, blocks: DirectoryBlockstore) -> None:
         self.blocks = blocks
         self.root = blocks.root
+        self._attributes: AttributeTable | None = None
 
     def __repr__(self) -> str:
         return f"StoreHome({str(self.root)!r})"
@@ -101,6 +104,13 @@ class StoreHome:
     @property
     def tags(self) -> Tags:
         return Tags(self.root / "tags.json", self.tmp_dir, self.open_private)
+
+    @property
+    def attribute_table(self) -> AttributeTable:
+        """Mode, owner and mtime of files, kept outside the CIDs (one table, opened on first use)."""
+        if self._attributes is None:
+            self._attributes = AttributeTable(self.root / "attributes.sqlite", self.open_private)
+        return self._attributes
 
     # --- the daemon ------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from ipldmount.blocks.car import write_car_file
 from ipldmount.errors import IpldmountError
 from ipldmount.format.files import FileContent, InlineFile, PendingFile, StoredFile
 from ipldmount.ipld import cid as cids
+from ipldmount.state.attributes import Attributes
 from ipldmount.state.home import StoreHome
 from ipldmount.state.journal import Journal, Pending, decode_data, encode_data
 from ipldmount.state.openfiles import OpenFiles
@@ -70,6 +71,7 @@ class Session:
         self.base_root = root if root is not None else store.put(EMPTY_DIRECTORY, cids.DAG_CBOR)
         self.tree = Tree(store, self.base_root, whole_files=whole_files, read_only=read_only)
         self.open_files = OpenFiles(store, self.tree.chunk_size, home.tmp_dir)
+        self.attributes = Attributes(home.attribute_table, self.tree)
         self.recovered = 0
         if not read_only:
             self._recover_or_start(self.base_root)
@@ -158,6 +160,7 @@ class Session:
         src, dst = self._path(source, name), self._path(target, new_name)
         self.tree.rename(source, name, target, new_name, replace=replace)
         self.journal.append("rename", src=src, dst=dst)
+        self.attributes.changed(self.tree.lookup(target, new_name))  # kept under its new path
 
     def link(self, node: Node, directory: Directory, name: str) -> None:
         src = self.tree.path_of(node)
@@ -221,6 +224,7 @@ class Session:
         """
         parent, started = self.base_root, started or time.time()
         root = self.tree.commit()
+        self.attributes.save()  # changed or not, the files' modes and times outlive the mount
         self.store.sync()  # also the blocks stored at close, which the daemon does not fsync one by one
         changed = root != parent
         if changed or self.journal.pending:

@@ -1,0 +1,154 @@
+"""Mode, owner and times: what POSIX wants and the format does not keep (a CID depends only on
+names and bytes). A mount holds them in memory; each sync saves the ones that changed in the
+store's attribute table, keyed by path and content CID, so a remount of any root finds them for
+every file whose path and bytes are the same: ``rsync -a`` into a remounted tree sees unchanged
+files as unchanged. Directories are keyed by path alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipldmount.tree import Broken, Directory, File, Node, Tree
+
+log = logging.getLogger(__name__)
+
+DIRECTORY_KEY = b""  # the content key of every directory: kept by path only
+
+
+@dataclass
+class Meta:
+    """One node's attributes."""
+
+    mode: int
+    uid: int
+    gid: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+class AttributeTable:
+    """``path, content CID -> mode, uid, gid, mtime`` for a whole store (SQLite: one file, safe
+    for several mounts at once). A table that cannot be read or written costs the attributes,
+    never the data: it is logged and the mount goes on with defaults."""
+
+    def __init__(self, path: Path, open_private: Callable[[Path, int], int]) -> None:
+        self.path = path
+        self._open_private = open_private
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._empty: bool | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            os.close(self._open_private(self.path, os.O_RDWR | os.O_CREAT))  # the store's file mode
+            db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS attributes (path TEXT NOT NULL, cid BLOB NOT NULL, mode INTEGER,"
+                " uid INTEGER, gid INTEGER, mtime_ns INTEGER, PRIMARY KEY (path, cid)) WITHOUT ROWID"
+            )
+            self._db = db
+        return self._db
+
+    def lookup(self, path: str, cid: bytes) -> Meta | None:
+        with self._lock:
+            try:
+                db = self._connect()
+                if self._empty is None:
+                    self._empty = db.execute("SELECT 1 FROM attributes LIMIT 1").fetchone() is None
+                if self._empty:
+                    return None  # most stores never keep any: no query per file
+                row = db.execute(
+                    "SELECT mode, uid, gid, mtime_ns FROM attributes WHERE path = ? AND cid = ?", (path, cid)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                log.error("attribute table %s cannot be read: %s", self.path, exc)
+                return None
+        if row is None:
+            return None
+        mode, uid, gid, mtime_ns = row
+        return Meta(mode, uid, gid, mtime_ns, mtime_ns, mtime_ns)
+
+    def save(self, rows: Iterable[tuple[str, bytes, Meta]]) -> None:
+        values = [(path, cid, m.mode, m.uid, m.gid, m.mtime_ns) for path, cid, m in rows]
+        if not values:
+            return
+        with self._lock:
+            try:
+                db = self._connect()
+                with db:
+                    db.execute("BEGIN")
+                    db.executemany("INSERT OR REPLACE INTO attributes VALUES (?, ?, ?, ?, ?, ?)", values)
+                self._empty = False
+            except sqlite3.Error as exc:
+                log.error("attribute table %s cannot be written (%d lost): %s", self.path, len(values), exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+
+class Attributes:
+    """A mount's attributes: loaded from the table on first use, saved at sync when changed."""
+
+    def __init__(self, table: AttributeTable, tree: Tree) -> None:
+        self.table = table
+        self.tree = tree
+        self._meta: weakref.WeakKeyDictionary[Node, Meta] = weakref.WeakKeyDictionary()
+        self._changed: weakref.WeakSet[Node] = weakref.WeakSet()
+        self._started_ns = time.time_ns()
+
+    def get(self, node: Node) -> Meta:
+        meta = self._meta.get(node)
+        if meta is None:
+            meta = self._load(node) or self._default(node)
+            self._meta[node] = meta
+        return meta
+
+    def set(self, node: Node, meta: Meta) -> None:
+        """A new node's attributes (create, mkdir)."""
+        self._meta[node] = meta
+        self._changed.add(node)
+
+    def changed(self, node: Node) -> None:
+        """Its attributes or its path changed: save them at the next sync."""
+        self._changed.add(node)
+
+    def save(self) -> None:
+        """After a commit: every changed node still in the tree, under its path and content CID."""
+        rows = []
+        for node in list(self._changed):
+            meta, path = self._meta.get(node), self.tree.path_of(node)
+            if meta is not None and path is not None and not isinstance(node, Broken):
+                rows.append((path, _content_key(node), meta))
+        self.table.save(rows)
+        self._changed = weakref.WeakSet()
+
+    def _load(self, node: Node) -> Meta | None:
+        if isinstance(node, Broken):
+            return None
+        path = self.tree.path_of(node)
+        return None if path is None else self.table.lookup(path, _content_key(node))
+
+    def _default(self, node: Node) -> Meta:
+        directory = isinstance(node, Directory) or (isinstance(node, Broken) and node.directory)
+        kind, perm = (stat.S_IFDIR, 0o755) if directory else (stat.S_IFREG, 0o644)
+        now = self._started_ns
+        return Meta(kind | perm, os.getuid(), os.getgid(), now, now, now)
+
+
+def _content_key(node: Node) -> bytes:
+    return node.content.content_cid() if isinstance(node, File) else DIRECTORY_KEY
