@@ -611,17 +611,18 @@ def _diff_side(store: DirectoryBlockstore, text: str) -> bytes:
 def cmd_gc(args: argparse.Namespace) -> int:
     home = StoreHome(_open_existing_store(args))
     retention = Retention(args.keep_last, args.keep_within, args.grace)
-    with _progress("gc: marking") as marking, _progress("gc: sweeping") as sweeping:
+    total = len(home.blocks) if sys.stderr.isatty() else None  # a listing, for the % only
+    with _progress("gc: marking") as marking, _progress("gc: sweeping", total_blocks=total) as sweeping:
         report = retention_gc(home, retention, dry_run=args.dry_run, marking=marking, sweeping=sweeping)
     found = report.collection
     if args.json:
         print(json.dumps(_gc_json(report), indent=2))
         return 0
     verb = "would remove" if args.dry_run else "removed"
-    print(f"kept {len(report.kept)} roots ({found.kept_blocks} blocks)")
+    print(f"kept {_count_of(len(report.kept), 'root')} ({_count_of(found.kept_blocks, 'block')})")
     for root, reasons in sorted(report.kept.items()):
         print(f"  {root}  {'; '.join(reasons)}")
-    print(f"{verb} {found.removed_blocks} blocks ({_megabytes(found.removed_bytes)})")
+    print(f"{verb} {_count_of(found.removed_blocks, 'block')} ({_megabytes(found.removed_bytes)})")
     if found.recent_blocks:
         print(
             f"kept {found.recent_blocks} unreferenced blocks written in the last {args.grace:g} s "
@@ -651,6 +652,10 @@ def _gc_json(report: GcReport) -> dict[str, object]:
         "cars_removed": [str(path) for path in report.cars_removed],
         "missing": [cids.cid_to_str(cid) for cid in found.missing],
     }
+
+
+def _count_of(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 def _megabytes(count: int) -> str:

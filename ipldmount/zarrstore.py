@@ -117,7 +117,7 @@ class IPLDStore(Store):
                     cids.cid_to_str(self._root),
                     RootRecord.now(),
                     "api",
-                    str(self.blockstore.root),
+                    str(self.blockstore.root.resolve()),
                     cids.cid_to_str(parent) if parent is not None else None,
                 )
                 StoreHome(self.blockstore).registry.record(record)

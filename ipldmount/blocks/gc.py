@@ -24,7 +24,8 @@ from ipldmount.ipld.cid import DAG_CBOR, codec_of
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-"""Called as ``progress(blocks, nbytes)``: blocks marked or removed so far, and their bytes."""
+"""Called as ``progress(blocks, nbytes)``: blocks marked (or, sweeping, looked at) so far, and the
+bytes removed."""
 
 SWEEP_BATCH = 512  # blocks removed per hold of the sweep lock: a claim waits at most that long
 
@@ -76,19 +77,28 @@ def sweep(
 ) -> Collection:
     """Remove every stored block not *marked* and not written or claimed since *older_than*."""
     result = Collection(dry_run=dry_run)
-    candidates = (cid for cid in store if cid not in marked)
-    while batch := [cid for _, cid in zip(range(SWEEP_BATCH), candidates, strict=False)]:
+    stored = iter(store)
+    examined = 0
+    while batch := [cid for _, cid in zip(range(SWEEP_BATCH), stored, strict=False)]:
+        examined += len(batch)
         with store.sweeping():
             for cid in batch:
-                size = store.remove_unused(cid, older_than, dry_run)
-                if size is None:
-                    result.recent_blocks += 1
-                else:
-                    result.removed_blocks += 1
-                    result.removed_bytes += size
+                if cid not in marked:
+                    _sweep_one(store, cid, older_than, dry_run, result)
         if progress is not None:
-            progress(result.removed_blocks, result.removed_bytes)
+            progress(examined, result.removed_bytes)
     return result
+
+
+def _sweep_one(
+    store: Blockstore, cid: bytes, older_than: float | None, dry_run: bool, result: Collection
+) -> None:
+    size = store.remove_unused(cid, older_than, dry_run)
+    if size is None:
+        result.recent_blocks += 1
+    else:
+        result.removed_blocks += 1
+        result.removed_bytes += size
 
 
 def collect_garbage(
