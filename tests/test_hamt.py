@@ -243,3 +243,87 @@ def test_malformed_child_node(store: Blockstore, child: Any) -> None:
     cid = store.put(codec.encode(child), cids.DAG_CBOR)
     with pytest.raises(FormatError):
         dict(hamt.iter_entries(store, root_with([BITMAP, [codec.Link(cid)]])))
+
+
+# --- updates in place -------------------------------------------------------------------
+
+
+class CountingStore(MemoryBlockstore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.puts = 0
+
+    def get(self, cid: bytes) -> bytes:
+        self.reads += 1
+        return super().get(cid)
+
+    def put(self, data: bytes, codec: int) -> bytes:
+        self.puts += 1
+        return super().put(data, codec)
+
+
+def _blocks_of(store: Blockstore, root: dict[str, Any]) -> dict[bytes, bytes]:
+    """Every HAMT node block under *root*."""
+    found: dict[bytes, bytes] = {}
+    stack = [root["hamt"]]
+    while stack:
+        _, data = stack.pop()
+        for element in data:
+            if isinstance(element, codec.Link):
+                block = store.get(element.cid)
+                found[element.cid] = block
+                stack.append(codec.decode(block))
+    return found
+
+
+names_strategy = st.text(alphabet="abc.0123456789", min_size=1, max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sets(names_strategy, max_size=600),
+    st.lists(st.tuples(names_strategy, st.booleans(), st.integers(0, 3)), max_size=60),
+)
+def test_an_update_gives_byte_for_byte_what_a_build_gives(
+    initial: set[str], ops: list[tuple[str, bool, int]]
+) -> None:
+    store = MemoryBlockstore()
+    entries: dict[str, Any] = {name: link_for(name) for name in initial}
+    root = hamt.build(store, entries)
+    changes: dict[str, Any] = {}
+    for name, remove, version in ops:
+        changes[name] = hamt.REMOVE if remove else link_for(f"{name}/{version}")
+    for name, value in changes.items():
+        if value is hamt.REMOVE:
+            entries.pop(name, None)
+        else:
+            entries[name] = value
+    fresh = MemoryBlockstore()
+    expected = hamt.build(fresh, entries)
+    updated = hamt.update(store, store, root, changes)
+    assert codec.encode(updated) == codec.encode(expected)
+    assert _blocks_of(store, updated) == _blocks_of(fresh, expected)
+
+
+def test_removing_entries_collapses_nodes_down_to_the_empty_root() -> None:
+    store = MemoryBlockstore()
+    entries = chunk_entries(3000)
+    root = hamt.build(store, entries)
+    for batch in range(0, 3000, 500):
+        names = list(entries)[batch : batch + 500]
+        root = hamt.update(store, store, root, dict.fromkeys(names, hamt.REMOVE))
+        left = {name: entries[name] for name in list(entries)[batch + 500 :]}
+        assert codec.encode(root) == codec.encode(hamt.build(MemoryBlockstore(), left))
+    assert codec.encode(root) == codec.encode(hamt.build(MemoryBlockstore(), {}))
+
+
+def test_one_change_in_a_hundred_thousand_touches_only_its_path() -> None:
+    store = CountingStore()
+    entries = chunk_entries(100_000)
+    root = hamt.build(store, entries)
+    store.reads = store.puts = 0
+    updated = hamt.update(store, store, root, {"7.7": link_for("new")})
+    assert store.reads <= 3 and store.puts <= 3, (store.reads, store.puts)
+    entries["7.7"] = link_for("new")
+    assert codec.encode(updated) == codec.encode(hamt.build(MemoryBlockstore(), entries))

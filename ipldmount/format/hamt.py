@@ -71,6 +71,99 @@ def _element(store: BlockSink, group: list[_Item], depth: int) -> Any:
     return codec.Link(store.put(codec.encode(child), cids.DAG_CBOR))
 
 
+REMOVE = object()  # in the changes given to update(): the name goes
+
+
+def update(
+    reader: Blockstore, sink: BlockSink, root: dict[str, Any], changes: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The root map of the HAMT that :func:`build` would give for *root*'s entries with *changes*
+    applied (name -> new entry, or :data:`REMOVE`), rewriting only the nodes on the changed names'
+    paths: the nodes read come from *reader*, the new ones go to *sink*. Byte for byte what
+    :func:`build` gives, because both follow the one canonical shape: a slot holds a bucket of up
+    to 3 entries sorted by key, or a link to a child node when more share it."""
+    _check_root(root)
+    items = sorted((hashlib.sha256(key).digest(), key, value) for key, value in _keyed(changes))
+    node = _update_node(reader, sink, root["hamt"], items, 0)
+    return {"hashAlg": HASH_ALG, "bucketSize": BUCKET_SIZE, "hamt": node if node is not None else _EMPTY_NODE}
+
+
+_EMPTY_NODE: list[Any] = [bytes(BITMAP_BYTES), []]
+
+
+def _update_node(
+    reader: Blockstore, sink: BlockSink, node: Any, changes: list[_Item], depth: int
+) -> list[Any] | None:
+    """A node with *changes* applied (None when nothing is left in it)."""
+    if depth >= _MAX_DEPTH:
+        raise FormatError("HAMT ran out of hash bits (identical sha2-256 digests)")
+    slots = _slots(node)
+    for slot, group in _by_slot(changes, depth):
+        element = _update_element(reader, sink, slots.get(slot), group, depth)
+        if element is None:
+            slots.pop(slot, None)
+        else:
+            slots[slot] = element
+    if not slots:
+        return None
+    bitmap = sum(1 << slot for slot in slots)
+    return [bitmap.to_bytes(BITMAP_BYTES, "big"), [slots[slot] for slot in sorted(slots)]]
+
+
+def _by_slot(items: list[_Item], depth: int) -> Iterator[tuple[int, list[_Item]]]:
+    start = 0
+    while start < len(items):
+        slot, end = items[start][0][depth], start
+        while end < len(items) and items[end][0][depth] == slot:
+            end += 1
+        yield slot, items[start:end]
+        start = end
+
+
+def _update_element(
+    reader: Blockstore, sink: BlockSink, element: Any, changes: list[_Item], depth: int
+) -> Any:
+    """One slot's element with *changes* applied: a bucket, a link to a child, or None (empty)."""
+    if isinstance(element, codec.Link):
+        child = _update_node(reader, sink, codec.decode(reader.get(element.cid)), changes, depth + 1)
+        if child is None:
+            return None
+        few = _few_entries(child)
+        if few is not None:  # what is left fits in a bucket: the child goes
+            return _element(sink, few, depth)
+        return codec.Link(sink.put(codec.encode(child), cids.DAG_CBOR))
+    current = {key: value for key, value in _bucket_items(element)} if element is not None else {}
+    for _, key, value in changes:
+        if value is REMOVE:
+            current.pop(key, None)
+        else:
+            current[key] = value
+    if not current:
+        return None
+    group = sorted((hashlib.sha256(key).digest(), key, value) for key, value in current.items())
+    return _element(sink, group, depth)
+
+
+def _few_entries(node: list[Any]) -> list[_Item] | None:
+    """A node's entries if it holds no link and at most a bucket's worth, else None."""
+    _, data = _check_node(node)
+    if any(isinstance(element, codec.Link) for element in data):
+        return None
+    found = [item for element in data for item in _bucket_items(element)]
+    if len(found) > BUCKET_SIZE:
+        return None
+    return sorted((hashlib.sha256(key).digest(), key, value) for key, value in found)
+
+
+def _bucket_items(bucket: Any) -> list[tuple[bytes, Any]]:
+    if not (isinstance(bucket, list) and 0 < len(bucket) <= BUCKET_SIZE):
+        raise FormatError("malformed HAMT element (expected a link or a bucket of 1-3 entries)")
+    for entry in bucket:
+        if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is bytes):
+            raise FormatError("malformed HAMT bucket entry (expected [key, value])")
+    return [(entry[0], entry[1]) for entry in bucket]
+
+
 def iter_entries(store: Blockstore, root: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """Every (name, entry) of a HAMT, checking the structure as it goes."""
     _check_root(root)
