@@ -71,11 +71,14 @@ class File(Node):
 
 
 class Directory(Node):
-    __slots__ = ("_entries", "_form", "dirty", "subdirs")
+    __slots__ = ("_entries", "_form", "_previous", "changed", "dirty", "subdirs")
 
     def __init__(self, form: DirectoryForm | None = None) -> None:
         super().__init__()
         self._form = form  # the current encoding; None while dirty
+        self._previous: DirectoryForm | None = None  # while dirty: the encoding as of the last commit
+        # While dirty: the names whose entries changed since then (None: any may have).
+        self.changed: set[str] | None = None if form is None else set()
         self._entries: dict[str, Node] | None = None if form is not None else {}
         self.dirty = form is None
         self.subdirs: int | None = None if form is not None else 0  # known once counted or loaded
@@ -332,14 +335,14 @@ class Tree:
         node.links.append((directory, name))
         if isinstance(node, Directory) and directory.subdirs is not None:
             directory.subdirs += 1
-        _mark_dirty(directory)
+        _mark_dirty(directory, name)
 
     def _detach(self, directory: Directory, name: str) -> Node:
         node = self.entries(directory).pop(name)
         node.links.remove((directory, name))
         if isinstance(node, Directory) and directory.subdirs is not None:
             directory.subdirs -= 1
-        _mark_dirty(directory)
+        _mark_dirty(directory, name)
         return node
 
     def create(self, directory: Directory, name: str, content: FileContent | None = None) -> File:
@@ -356,8 +359,8 @@ class Tree:
         """Replace a file's content (every name that links to it sees the change)."""
         self._writable()
         file.content = content
-        for parent, _ in file.links:
-            _mark_dirty(parent)
+        for parent, name in file.links:
+            _mark_dirty(parent, name)
 
     def store_bytes(self, data: bytes) -> StoredFile:
         """Put *data* in the blockstore as file content, by this tree's chunking rule."""
@@ -451,21 +454,21 @@ class Tree:
         together, or (if it fails) not at all, and then the tree is as it was:
         every directory the commit touched is still marked changed.
         """
-        laid_out: list[Directory] = []
+        laid_out: list[tuple[Directory, set[str] | None]] = []
         try:
             with self.store.batch():
                 for directory in _dirty_postorder(self.root):
                     directory._form = self._layout(directory, self.store, _committed_form)
-                    directory.dirty = False
-                    laid_out.append(directory)
+                    laid_out.append((directory, directory.changed))
+                    directory.dirty, directory.changed, directory._previous = False, set(), None
                 assert self.root._form is not None
                 root = self.root._form.store(self.store)
         except BaseException:
-            for directory in laid_out:
-                directory._form, directory.dirty = None, True
+            for directory, _ in laid_out:  # as before: dirty, and any entry may have changed
+                directory._form, directory.dirty, directory.changed = None, True, None
             raise
-        for directory in laid_out:
-            self._settle_contents(directory)
+        for directory, changed in laid_out:
+            self._settle_contents(directory, changed)
         return root
 
     def preview_root(self) -> bytes:
@@ -485,9 +488,37 @@ class Tree:
         self, directory: Directory, sink: BlockSink, form_of: Callable[[Directory], DirectoryForm]
     ) -> DirectoryForm:
         entries = self.entries(directory)
+        updated = self._update_sharded(directory, entries, sink, form_of)
+        if updated is not None:
+            return updated
         return dirnode.layout(
             sink, {name: self._entry_form(name, node, sink, form_of) for name, node in entries.items()}
         )
+
+    def _update_sharded(
+        self,
+        directory: Directory,
+        entries: dict[str, Node],
+        sink: BlockSink,
+        form_of: Callable[[Directory], DirectoryForm],
+    ) -> DirectoryForm | None:
+        """A sharded directory whose changes can only make it bigger stays sharded (FORMAT.md 6.3):
+        only the HAMT nodes on the changed names' paths are rewritten (:func:`hamt.update`, byte for
+        byte what a full layout gives). None when a full layout is needed: a name went, or an entry
+        that may be inline (and so smaller than a link) came."""
+        previous, changed = directory._previous, directory.changed
+        if previous is None or not previous.sharded or changed is None:
+            return None
+        links: dict[str, Any] = {}
+        for name in changed:
+            node = entries.get(name)
+            if node is None:
+                return None
+            form = self._entry_form(name, node, sink, form_of)
+            if form.inlinable:
+                return None
+            links[name] = codec.Link(form.link())
+        return DirectoryForm(hamt.update(self.store, sink, previous.value, links))
 
     def _entry_form(
         self, name: str, node: Node, sink: BlockSink, form_of: Callable[[Directory], DirectoryForm]
@@ -517,15 +548,22 @@ class Tree:
         broken_cid = node.cid
         return EntryForm(link=lambda: broken_cid)
 
-    def _settle_contents(self, directory: Directory) -> None:
+    def _settle_contents(self, directory: Directory, changed: set[str] | None) -> None:
         """After a commit, say of each file what it now is: a stored block or inline in its node.
 
         Content written since the last commit (:class:`PendingFile`) has been
         decided by the layout; metadata may have moved between inline and raw.
+        Only *changed* names can have moved (None: any).
         """
         form = directory._form
         assert form is not None and directory._entries is not None
-        for name, node in directory._entries.items():
+        names = (
+            directory._entries
+            if changed is None
+            else (name for name in changed if name in directory._entries)
+        )
+        for name in names:
+            node = directory._entries[name]
             if not isinstance(node, File) or (isinstance(node.content, StoredFile) and form.sharded):
                 continue
             content = node.content
@@ -641,15 +679,18 @@ def _committed_form(directory: Directory) -> DirectoryForm:
     return form
 
 
-def _mark_dirty(directory: Directory) -> None:
-    """Mark *directory* and its ancestors dirty (they already are if it is)."""
-    stack = [directory]
+def _mark_dirty(directory: Directory, name: str) -> None:
+    """Note that entry *name* of *directory* changed, and mark it and its ancestors dirty (they
+    already are, and name it, if it was)."""
+    stack = [(directory, name)]
     while stack:
-        current = stack.pop()
+        current, changed = stack.pop()
+        if current.changed is not None:
+            current.changed.add(changed)
         if not current.dirty:
             current.dirty = True
-            current._form = None
-            stack.extend(parent for parent, _ in current.links)
+            current._previous, current._form = current._form, None
+            stack.extend(current.links)
 
 
 def _dirty_postorder(root: Directory) -> list[Directory]:
@@ -659,9 +700,14 @@ def _dirty_postorder(root: Directory) -> list[Directory]:
     while stack:
         directory = stack.pop()
         order.append(directory)
-        assert directory._entries is not None, "a dirty directory has loaded entries"
-        stack.extend(
-            node for node in directory._entries.values() if isinstance(node, Directory) and node.dirty
-        )
+        entries = directory._entries
+        assert entries is not None, "a dirty directory has loaded entries"
+        children = entries.values() if directory.changed is None else _changed_entries(directory, entries)
+        stack.extend(node for node in children if isinstance(node, Directory) and node.dirty)
     order.reverse()
     return order
+
+
+def _changed_entries(directory: Directory, entries: dict[str, Node]) -> list[Node]:
+    assert directory.changed is not None
+    return [entries[name] for name in directory.changed if name in entries]

@@ -1212,3 +1212,84 @@ def test_describe_says_what_a_node_is_made_of(store: Blockstore) -> None:
     assert tree.describe(tree.root).cid == tree.root.cid
     tree.write_file("small/more", b"m")
     assert tree.describe(tree.resolve("small")).changed and tree.describe(tree.root).changed
+
+
+# --- sharded directories committed in place ---------------------------------------------
+
+
+@pytest.fixture
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2 KB block limit: directories shard at a few dozen entries, so hypothesis can reach it."""
+    from ipldmount.format import dirnode
+
+    monkeypatch.setattr(dirnode.layout, "__defaults__", (2000,))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["write", "write", "write", "remove", "mkdir", "commit"]),
+            st.integers(0, 119),
+            st.integers(0, 3),
+        ),
+        max_size=80,
+    )
+)
+def test_a_sharded_directory_committed_in_place_equals_one_built_afresh(
+    small_blocks: None, ops: list[tuple[str, int, int]]
+) -> None:
+    store = MemoryBlockstore()
+    tree = Tree(store)
+    model: dict[str, bytes | None] = {f"arr/{i}": b"chunk %d" % i for i in range(100)}  # None: a folder
+    for path, data in model.items():
+        tree.write_file(path, data or b"")
+    tree.commit()
+    for op, index, version in ops:
+        path = f"arr/{index}"
+        if op == "commit":
+            tree.commit()
+        elif op == "remove" and path in model:
+            tree.remove(path) if model[path] is not None else tree.rmdir(*tree.locate(path))
+            del model[path]
+        elif op == "mkdir" and path not in model:
+            tree.makedirs(path)
+            model[path] = None
+        elif op == "write" and model.get(path, b"") is not None:
+            data = b"v%d of %d" % (version, index)
+            tree.write_file(path, data)
+            model[path] = data
+    assert tree.commit() == _built_afresh(model)
+
+
+def _built_afresh(model: dict[str, bytes | None]) -> bytes:
+    fresh = Tree(MemoryBlockstore())
+    for path, data in model.items():
+        fresh.makedirs(path) if data is None else fresh.write_file(path, data)
+    return fresh.commit()
+
+
+def test_one_chunk_written_into_a_sharded_directory_rewrites_only_its_path(
+    small_blocks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipldmount.format import hamt
+
+    store = MemoryBlockstore()
+    tree = Tree(store)
+    model: dict[str, bytes | None] = {f"arr/{i}": b"chunk %d" % i for i in range(300)}
+    for path, data in model.items():
+        tree.write_file(path, data or b"")
+    tree.commit()
+    calls: list[str] = []
+    real_build = hamt.build
+    monkeypatch.setattr(hamt, "build", lambda *args: calls.append("build") or pytest.fail("a full build"))
+    real_update = hamt.update
+    monkeypatch.setattr(hamt, "update", lambda *args: calls.append("update") or real_update(*args))
+    tree.write_file("arr/7", b"overwritten")
+    model["arr/7"] = b"overwritten"
+    tree.write_file("arr/new", b"added")
+    model["arr/new"] = b"added"
+    root = tree.commit()
+    assert calls == ["update"]
+    monkeypatch.setattr(hamt, "build", real_build)
+    assert root == _built_afresh(model)
