@@ -11,7 +11,8 @@ reuses the stored encoding of everything else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,22 @@ from ipldmount.ipld import codec
 
 log = logging.getLogger(__name__)
 
+HAMT_NODE_CACHE = 512  # decoded HAMT nodes a tree keeps for lookups (the few on a million names' paths)
+
+
+class _BoundedCache(OrderedDict[bytes, Any]):
+    """The most recently stored *limit* items."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.limit:
+            self.popitem(last=False)
+
+
 NAME_MAX = 255
 EMPTY_DIRECTORY = codec.encode({})  # the block of an empty tree's root (FORMAT.md §6.5)
 EMPTY_ROOT = cids.block_cid(cids.DAG_CBOR, EMPTY_DIRECTORY)
@@ -71,7 +88,7 @@ class File(Node):
 
 
 class Directory(Node):
-    __slots__ = ("_entries", "_form", "_previous", "changed", "dirty", "subdirs")
+    __slots__ = ("_entries", "_form", "_previous", "changed", "complete", "dirty", "subdirs")
 
     def __init__(self, form: DirectoryForm | None = None) -> None:
         super().__init__()
@@ -79,7 +96,10 @@ class Directory(Node):
         self._previous: DirectoryForm | None = None  # while dirty: the encoding as of the last commit
         # While dirty: the names whose entries changed since then (None: any may have).
         self.changed: set[str] | None = None if form is None else set()
+        # The entries read so far: all of them once complete; a sharded directory reads only the
+        # names asked for (Tree.get_entry) until something needs them all (Tree.entries).
         self._entries: dict[str, Node] | None = None if form is not None else {}
+        self.complete = form is None
         self.dirty = form is None
         self.subdirs: int | None = None if form is not None else 0  # known once counted or loaded
 
@@ -176,6 +196,7 @@ class Tree:
         self.chunk_size: int | None = None if whole_files else BLOCK_LIMIT
         self.read_only = read_only
         self.root = self._open_root(root) if root is not None else Directory()
+        self._hamt_nodes: MutableMapping[bytes, Any] = _BoundedCache(HAMT_NODE_CACHE)
 
     def _open_root(self, cid: bytes) -> Directory:
         if cids.codec_of(cid) != cids.DAG_CBOR:
@@ -195,21 +216,56 @@ class Tree:
         FormatError every time it is asked, and nothing of it is kept: a change
         to it must fail, never commit the part that happened to load.
         """
-        if directory._entries is None:
-            loaded = self._load_entries(directory)
-            for name, node in loaded.items():
-                node.links.append((directory, name))
-            directory._entries = loaded
+        if not directory.complete:
+            loaded, fresh = self._load_entries(directory)
+            for name in fresh:  # only once all were read: a failure keeps nothing
+                loaded[name].links.append((directory, name))
+            directory._entries, directory.complete = loaded, True
             directory.subdirs = sum(isinstance(node, Directory) for node in loaded.values())
+        assert directory._entries is not None
         return directory._entries
 
-    def _load_entries(self, directory: Directory) -> dict[str, Node]:
-        assert directory._form is not None
+    def _load_entries(self, directory: Directory) -> tuple[dict[str, Node], list[str]]:
+        """Every entry, in the order of the committed node (those read before keep their nodes,
+        names removed since stay removed, names added since come last), and the names read now."""
+        committed = directory._form or directory._previous
+        assert committed is not None, "a directory that is not complete has a committed encoding"
+        known = directory._entries or {}
+        gone = directory.changed or set()  # changed and not known: removed
         loaded: dict[str, Node] = {}
-        for name, value in dirnode.plain_entries(self.store, directory._form.value).items():
-            self._check_stored_name(directory, name)
-            loaded[name] = self._node_for(name, value)
-        return loaded
+        fresh: list[str] = []
+        for name, value in dirnode.plain_entries(self.store, committed.value).items():
+            if name in known:
+                loaded[name] = known[name]
+            elif name not in gone:
+                self._check_stored_name(directory, name)
+                loaded[name] = self._node_for(name, value)
+                fresh.append(name)
+        loaded.update((name, node) for name, node in known.items() if name not in loaded)
+        return loaded, fresh
+
+    def get_entry(self, directory: Directory, name: str) -> Node | None:
+        """The entry *name*, or None; in a sharded directory only the HAMT nodes on its path are
+        read, so a lookup among a million names costs a few small blocks, not the directory."""
+        if directory.complete:
+            assert directory._entries is not None
+            return directory._entries.get(name)
+        committed = directory._form or directory._previous
+        assert committed is not None
+        if not committed.sharded:
+            return self.entries(directory).get(name)
+        known = directory._entries if directory._entries is not None else {}
+        directory._entries = known
+        if name in known or name in (directory.changed or ()):
+            return known.get(name)  # read before, or changed since: removed unless known
+        value = hamt.find(self.store, committed.value, name, self._hamt_nodes)
+        if value is hamt.MISSING:
+            return None
+        self._check_stored_name(directory, name)
+        node = self._node_for(name, value)
+        node.links.append((directory, name))
+        known[name] = node
+        return node
 
     def _check_stored_name(self, directory: Directory, name: object) -> None:
         try:
@@ -224,6 +280,8 @@ class Tree:
         from the first byte of the block it names (a map is a directory, a list a
         chunked file), so a ``stat`` never decodes the children.
         """
+        if directory.subdirs is None and directory._form is None:  # changed since: count them all
+            self.entries(directory)
         if directory.subdirs is None:
             assert directory._form is not None
             count = 0
@@ -272,11 +330,21 @@ class Tree:
             log.info("entry %r (%s) is unreadable: %s", name, cids.cid_to_str(cid), exc)
             return Broken(cid, exc, _may_be_directory(cid, data))
 
+    def is_empty(self, directory: Directory) -> bool:
+        """Whether *directory* has no entries; a sharded one is not read beyond its first entry."""
+        committed = directory._form or directory._previous
+        if directory.complete or committed is None or not committed.sharded:
+            return not self.entries(directory)
+        if directory._entries:
+            return False
+        gone = directory.changed or set()
+        return all(name in gone for name, _ in hamt.iter_entries(self.store, committed.value))
+
     def lookup(self, directory: Directory, name: str) -> Node:
-        try:
-            return self.entries(directory)[name]
-        except KeyError:
-            raise NotFoundError(name) from None
+        node = self.get_entry(directory, name)
+        if node is None:
+            raise NotFoundError(name)
+        return node
 
     def size(self, node: Node) -> int:
         if isinstance(node, File):
@@ -331,14 +399,19 @@ class Tree:
             raise ReadOnlyError("the tree is read-only")
 
     def _insert(self, directory: Directory, name: str, node: Node) -> None:
-        self.entries(directory)[name] = node
+        self.get_entry(directory, name)  # what it replaces, if anything, is read first
+        assert directory._entries is not None
+        directory._entries[name] = node
         node.links.append((directory, name))
         if isinstance(node, Directory) and directory.subdirs is not None:
             directory.subdirs += 1
         _mark_dirty(directory, name)
 
     def _detach(self, directory: Directory, name: str) -> Node:
-        node = self.entries(directory).pop(name)
+        if self.get_entry(directory, name) is None:
+            raise KeyError(name)
+        assert directory._entries is not None
+        node = directory._entries.pop(name)
         node.links.remove((directory, name))
         if isinstance(node, Directory) and directory.subdirs is not None:
             directory.subdirs -= 1
@@ -349,7 +422,7 @@ class Tree:
         """A new file *name* in *directory* (EEXIST if the name is taken)."""
         self._writable()
         check_name(name)
-        if name in self.entries(directory):
+        if self.get_entry(directory, name) is not None:
             raise AlreadyExistsError(name)
         file = File(content if content is not None else self.store_bytes(b""))
         self._insert(directory, name, file)
@@ -375,7 +448,7 @@ class Tree:
     def mkdir(self, directory: Directory, name: str) -> Directory:
         self._writable()
         check_name(name)
-        if name in self.entries(directory):
+        if self.get_entry(directory, name) is not None:
             raise AlreadyExistsError(name)
         child = Directory()
         self._insert(directory, name, child)
@@ -393,7 +466,7 @@ class Tree:
         node = self.lookup(directory, name)
         if not isinstance(node, Directory):
             raise NotADirectoryError_(name)
-        if self.entries(node):
+        if not self.is_empty(node):
             raise DirectoryNotEmptyError(name)
         self._detach(directory, name)
 
@@ -403,7 +476,7 @@ class Tree:
         check_name(name)
         if isinstance(file, Directory):
             raise IsADirectoryError_(name, "Hard links to directories are not allowed")
-        if name in self.entries(directory):
+        if self.get_entry(directory, name) is not None:
             raise AlreadyExistsError(name)
         self._insert(directory, name, file)
 
@@ -414,7 +487,7 @@ class Tree:
         self._writable()
         check_name(new_name)
         node = self.lookup(source, name)
-        existing = self.entries(target).get(new_name)
+        existing = self.get_entry(target, new_name)
         if existing is node:
             return
         if isinstance(node, Directory) and self._is_ancestor(node, target):
@@ -431,7 +504,7 @@ class Tree:
         if isinstance(existing, Directory):
             if not isinstance(node, Directory):
                 raise IsADirectoryError_(name)
-            if self.entries(existing):
+            if not self.is_empty(existing):
                 raise DirectoryNotEmptyError(name)
         elif isinstance(node, Directory):
             raise NotADirectoryError_(name)
@@ -457,17 +530,18 @@ class Tree:
         laid_out: list[tuple[Directory, set[str] | None]] = []
         try:
             with self.store.batch():
-                for directory in _dirty_postorder(self.root):
+                for directory in self._dirty_postorder():
                     directory._form = self._layout(directory, self.store, _committed_form)
                     laid_out.append((directory, directory.changed))
-                    directory.dirty, directory.changed, directory._previous = False, set(), None
+                    directory.dirty, directory.changed = False, set()
                 assert self.root._form is not None
                 root = self.root._form.store(self.store)
         except BaseException:
-            for directory, _ in laid_out:  # as before: dirty, and any entry may have changed
-                directory._form, directory.dirty, directory.changed = None, True, None
+            for directory, changed in laid_out:  # as it was: dirty, with the same changes
+                directory._form, directory.dirty, directory.changed = None, True, changed
             raise
         for directory, changed in laid_out:
+            directory._previous = None
             self._settle_contents(directory, changed)
         return root
 
@@ -480,38 +554,49 @@ class Tree:
             assert form is not None, "dirty directories are laid out children first"
             return form
 
-        for directory in _dirty_postorder(self.root):
+        for directory in self._dirty_postorder():
             forms[id(directory)] = self._layout(directory, CidOnly(), form_of)
         return form_of(self.root).cid
+
+    def _dirty_postorder(self) -> list[Directory]:
+        """The dirty directories, every child before its parent; only changed names are looked at."""
+        order: list[Directory] = []
+        stack = [self.root] if self.root.dirty else []
+        while stack:
+            directory = stack.pop()
+            order.append(directory)
+            if directory.changed is None:
+                children: Iterable[Node] = self.entries(directory).values()
+            else:
+                children = _changed_entries(directory)
+            stack.extend(node for node in children if isinstance(node, Directory) and node.dirty)
+        order.reverse()
+        return order
 
     def _layout(
         self, directory: Directory, sink: BlockSink, form_of: Callable[[Directory], DirectoryForm]
     ) -> DirectoryForm:
-        entries = self.entries(directory)
-        updated = self._update_sharded(directory, entries, sink, form_of)
+        updated = self._update_sharded(directory, sink, form_of)
         if updated is not None:
             return updated
+        entries = self.entries(directory)
         return dirnode.layout(
             sink, {name: self._entry_form(name, node, sink, form_of) for name, node in entries.items()}
         )
 
     def _update_sharded(
-        self,
-        directory: Directory,
-        entries: dict[str, Node],
-        sink: BlockSink,
-        form_of: Callable[[Directory], DirectoryForm],
+        self, directory: Directory, sink: BlockSink, form_of: Callable[[Directory], DirectoryForm]
     ) -> DirectoryForm | None:
         """A sharded directory whose changes can only make it bigger stays sharded (FORMAT.md 6.3):
         only the HAMT nodes on the changed names' paths are rewritten (:func:`hamt.update`, byte for
         byte what a full layout gives). None when a full layout is needed: a name went, or an entry
         that may be inline (and so smaller than a link) came."""
-        previous, changed = directory._previous, directory.changed
-        if previous is None or not previous.sharded or changed is None:
+        previous, changed, entries = directory._previous, directory.changed, directory._entries
+        if previous is None or not previous.sharded or changed is None or entries is None:
             return None
         links: dict[str, Any] = {}
         for name in changed:
-            node = entries.get(name)
+            node = entries.get(name)  # every changed name still there is known
             if node is None:
                 return None
             form = self._entry_form(name, node, sink, form_of)
@@ -583,10 +668,10 @@ class Tree:
                 raise node.error
             if not isinstance(node, Directory):
                 raise NotADirectoryError_(path)
-            try:
-                node = self.entries(node)[part]
-            except KeyError:
-                raise NotFoundError(path) from None
+            found = self.get_entry(node, part)
+            if found is None:
+                raise NotFoundError(path)
+            node = found
         if isinstance(node, Broken):
             raise node.error
         return node
@@ -617,7 +702,7 @@ class Tree:
         """The directory at *path*, creating missing ones like ``mkdir -p``."""
         directory = self.root
         for part in split_path(path):
-            node = self.entries(directory).get(part)
+            node = self.get_entry(directory, part)
             if node is None:
                 node = self.mkdir(directory, part)
             elif not isinstance(node, Directory):
@@ -632,7 +717,7 @@ class Tree:
         check_name(name)
         directory = self.makedirs("/".join(parents))
         content = self.content_for(name, data) if isinstance(data, bytes | bytearray | memoryview) else data
-        existing = self.entries(directory).get(name)
+        existing = self.get_entry(directory, name)
         if existing is None:
             return self.create(directory, name, content)
         if not isinstance(existing, File):
@@ -693,21 +778,7 @@ def _mark_dirty(directory: Directory, name: str) -> None:
             stack.extend(current.links)
 
 
-def _dirty_postorder(root: Directory) -> list[Directory]:
-    """The dirty directories under *root*, every child before its parent."""
-    order: list[Directory] = []
-    stack = [root] if root.dirty else []
-    while stack:
-        directory = stack.pop()
-        order.append(directory)
-        entries = directory._entries
-        assert entries is not None, "a dirty directory has loaded entries"
-        children = entries.values() if directory.changed is None else _changed_entries(directory, entries)
-        stack.extend(node for node in children if isinstance(node, Directory) and node.dirty)
-    order.reverse()
-    return order
-
-
-def _changed_entries(directory: Directory, entries: dict[str, Node]) -> list[Node]:
-    assert directory.changed is not None
-    return [entries[name] for name in directory.changed if name in entries]
+def _changed_entries(directory: Directory) -> list[Node]:
+    """The nodes under the names that changed (every one still there is known)."""
+    entries = directory._entries or {}
+    return [entries[name] for name in directory.changed or () if name in entries]

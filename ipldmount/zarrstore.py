@@ -288,7 +288,7 @@ class IPLDStore(Store):
                 parent = self.tree.resolve_dir("/".join(parts[:-1]))
             except _ABSENT:
                 return
-            if isinstance(self.tree.entries(parent).get(parts[-1]), Directory):
+            if isinstance(self.tree.get_entry(parent, parts[-1]), Directory):
                 self._remove_subtree(parent, parts[-1])
                 self._prune_empty_parents(prefix)
 
@@ -306,8 +306,8 @@ class IPLDStore(Store):
         parts = split_path(key)[:-1]
         while parts:
             parent = self.tree.resolve_dir("/".join(parts[:-1]))
-            child = self.tree.entries(parent).get(parts[-1])
-            if not isinstance(child, Directory) or self.tree.entries(child):
+            child = self.tree.get_entry(parent, parts[-1])
+            if not isinstance(child, Directory) or not self.tree.is_empty(child):
                 return
             self.tree.rmdir(parent, parts[-1])
             parts.pop()

@@ -1229,7 +1229,7 @@ def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["write", "write", "write", "remove", "mkdir", "commit"]),
+            st.sampled_from(["write", "write", "write", "remove", "mkdir", "commit", "list", "read"]),
             st.integers(0, 119),
             st.integers(0, 3),
         ),
@@ -1244,11 +1244,18 @@ def test_a_sharded_directory_committed_in_place_equals_one_built_afresh(
     model: dict[str, bytes | None] = {f"arr/{i}": b"chunk %d" % i for i in range(100)}  # None: a folder
     for path, data in model.items():
         tree.write_file(path, data or b"")
-    tree.commit()
+    tree = Tree(store, tree.commit())  # opened afresh: the sharded directory is read name by name
     for op, index, version in ops:
         path = f"arr/{index}"
         if op == "commit":
             tree.commit()
+        elif op == "list":
+            assert sorted(tree.listdir("arr")) == sorted(p.split("/")[1] for p in model)
+        elif op == "read":
+            found = tree.resolve(path) if path in model else None
+            assert (found is None) == (path not in model)
+            if model.get(path) is not None:
+                assert tree.read_file(path) == model[path]
         elif op == "remove" and path in model:
             tree.remove(path) if model[path] is not None else tree.rmdir(*tree.locate(path))
             del model[path]
@@ -1267,6 +1274,22 @@ def _built_afresh(model: dict[str, bytes | None]) -> bytes:
     for path, data in model.items():
         fresh.makedirs(path) if data is None else fresh.write_file(path, data)
     return fresh.commit()
+
+
+def test_a_lookup_in_a_sharded_directory_reads_only_its_path(small_blocks: None) -> None:
+    store = MemoryBlockstore()
+    tree = Tree(store)
+    for i in range(2000):
+        tree.write_file(f"arr/{i}", b"chunk %d" % i)
+    tree = Tree(store, tree.commit())
+    arr = tree.resolve_dir("arr")
+    assert tree.read_file("arr/1234") == b"chunk 1234"
+    tree.write_file("arr/77", b"overwritten")
+    assert tree.get_entry(arr, "nope") is None
+    root = tree.commit()
+    assert not arr.complete and len(tree.entries(arr)) == 2000 and arr.complete
+    assert tree.read_file("arr/77") == b"overwritten" and tree.read_file("arr/78") == b"chunk 78"
+    assert Tree(store, root).read_file("arr/77") == b"overwritten"
 
 
 def test_one_chunk_written_into_a_sharded_directory_rewrites_only_its_path(

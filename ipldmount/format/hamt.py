@@ -10,7 +10,7 @@ so it depends on the entries alone, never on insertion order (FORMAT.md).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 from ipldmount.blocks import BlockSink, Blockstore
@@ -177,7 +177,37 @@ def _check_root(root: dict[str, Any]) -> None:
         )
 
 
-MISSING = object()  # the side of a difference where a name is absent
+MISSING = object()  # the side of a difference where a name is absent; find() of an absent name
+
+NodeCache = MutableMapping[bytes, Any]
+"""Decoded child nodes by CID, kept between lookups by whoever owns the mapping."""
+
+
+def find(store: Blockstore, root: dict[str, Any], name: str, cache: NodeCache | None = None) -> Any:
+    """The entry under *name*, or :data:`MISSING`: only the nodes on its digest's path are read."""
+    _check_root(root)
+    key = name.encode("utf-8")
+    digest = hashlib.sha256(key).digest()
+    node = root["hamt"]
+    for depth in range(_MAX_DEPTH):
+        bitmap, data = _check_node(node)
+        number, slot = int.from_bytes(bitmap, "big"), digest[depth]
+        if not number >> slot & 1:
+            return MISSING
+        element = data[(number & ((1 << slot) - 1)).bit_count()]
+        if not isinstance(element, codec.Link):
+            return next((value for found, value in _bucket_items(element) if found == key), MISSING)
+        node = _child(store, element.cid, cache)
+    raise FormatError("HAMT deeper than its hash has bits")
+
+
+def _child(store: Blockstore, cid: bytes, cache: NodeCache | None) -> Any:
+    node = cache.get(cid) if cache is not None else None
+    if node is None:
+        node = codec.decode(store.get(cid))
+        if cache is not None:
+            cache[cid] = node
+    return node
 
 
 def diff_entries(store: Blockstore, a: dict[str, Any], b: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
