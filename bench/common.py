@@ -23,7 +23,7 @@ MB = 1_000_000  # throughput is reported in MB/s with MB = 10^6 bytes (as dd and
 MiB = 1 << 20
 
 # Units where a larger figure is better; for every other unit (ms, s) smaller is better.
-HIGHER_IS_BETTER = {"MB/s", "ops/s"}
+HIGHER_IS_BETTER = {"MB/s", "ops/s", "entries/s", "files/s"}
 
 IPLDMOUNT = [sys.executable, "-m", "ipldmount"]
 
@@ -401,9 +401,10 @@ class Context:
     runner closes it (unmounting) once the last benchmark that needs it is done.
     """
 
-    def __init__(self, workdir: Path, quick: bool, repeats: int | None = None) -> None:
+    def __init__(self, workdir: Path, quick: bool, repeats: int | None = None, scale: int = 100_000) -> None:
         self.workdir = workdir
         self.quick = quick
+        self.scale = scale  # chunks in the scale benchmark's array
         # How often each measurement is repeated; the best (fastest) repetition counts, which
         # filters out interference from whatever else the machine is doing.
         self.repeats = max(repeats if repeats is not None else 1 if quick else 3, 1)

@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py               # everything (~3-5 minutes)
     .venv/bin/python bench/run.py --quick       # smaller sizes (< 1 minute)
     .venv/bin/python bench/run.py --only codec  # one benchmark (repeatable)
+    .venv/bin/python bench/run.py --only scale --scale 1000000   # the million-chunk array
     .venv/bin/python bench/run.py --list
 
 See bench/README.md for what each benchmark does and how to read the table.
@@ -29,6 +30,7 @@ sys.path.insert(0, str(HERE))
 import b_codec  # noqa: E402
 import b_fuse  # noqa: E402
 import b_history  # noqa: E402
+import b_scale  # noqa: E402
 import b_sparse  # noqa: E402
 import b_tree  # noqa: E402
 import b_zarr  # noqa: E402
@@ -48,6 +50,11 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
     "sync": (b_tree.sync, {"small"}, "ipldmount sync / IPLDStore.freeze()+to_car() of the small-files tree"),
     "zarr_xarray": (b_zarr.run, set(), "~200 MB xarray dataset to/from zarr v3 on every store"),
     "history": (b_history.run, set(), "diff of two roots 1 chunk apart in 100k vs a full export"),
+    "scale": (
+        b_scale.run,
+        set(),
+        "zarr v2 array of --scale N chunks in one directory: mount, ls, reads, sync vs ext4, RSS",
+    ),
     "commit_scaling": (
         b_tree.commit_scaling,
         set(),
@@ -76,6 +83,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         metavar="N",
         help="repetitions per measurement, best counts (default 3; 1 with --quick)",
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="chunks in the scale benchmark's array (default 100,000; the issue's size is 1,000,000)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
@@ -112,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.workdir)
     base.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="ipldmount-bench-", dir=base)).resolve()
-    ctx = Context(workdir, quick=args.quick, repeats=args.repeats)
+    ctx = Context(workdir, quick=args.quick, repeats=args.repeats, scale=args.scale)
     # Close each fixture right after the last selected benchmark that uses it.
     last_user = {fixture: name for name in selected for fixture in BENCHMARKS[name][1]}
 
