@@ -261,3 +261,35 @@ def test_gc_removes_the_sync_cars_of_roots_it_does_not_keep(tmp_path: Path) -> N
         [f"{roots[0]}.car", f"{roots[0]}.full.car", f"{roots[1]}.car"]
     )
     assert [path.name for path in home.sync_cars()] == [f"{roots[2]}.car"]
+
+
+def test_a_gc_killed_half_way_leaves_every_kept_root_complete(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "store"
+    blockstore = DirectoryBlockstore(path)
+    store = IPLDStore(blockstore)
+    for version in range(40):  # 40 versions of 100 chunks: all but the last are garbage
+        for chunk in range(100):
+            store.set_sync(f"x/{chunk}", buffer(b"v%d c%d " % (version, chunk) * 50))
+        kept = store.freeze()
+    age(blockstore)
+    before = len(blockstore)
+    gc = subprocess.Popen(
+        [sys.executable, "-m", "ipldmount", "gc", "--grace", "0", "--store", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(blockstore) > before - 50 and gc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)  # until it has removed something
+    finally:
+        gc.send_signal(signal.SIGKILL)
+        gc.wait()
+    assert closure(blockstore, cids.parse_cid(kept)) <= set(blockstore)
+    assert cli.main(["export", kept, "-o", str(tmp_path / "kept.car"), "--store", str(path)]) == 0
+    assert cli.main(["gc", "--grace", "0", "--store", str(path)]) == 0  # and the next one finishes
+    assert set(blockstore) == closure(blockstore, cids.parse_cid(kept))
