@@ -79,6 +79,11 @@ class StoredFile:
             )
         return self._size
 
+    @property
+    def known_size(self) -> int | None:
+        """The size if already known (never reads the store)."""
+        return self._size
+
     def link(self, store: Blockstore) -> bytes:
         return self.cid
 

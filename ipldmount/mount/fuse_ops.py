@@ -30,7 +30,7 @@ import pyfuse3
 import trio
 
 from ipldmount.errors import IpldmountError, ReadOnlyError, errno_for
-from ipldmount.format.files import FileReader, check_file_size
+from ipldmount.format.files import FileReader, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
 from ipldmount.mount import control, fuse_fallocate
 from ipldmount.state.attributes import Meta
@@ -519,13 +519,17 @@ class Operations(pyfuse3.Operations):
                 return await trio.to_thread.run_sync(buffer.data.read, off, size)
             finally:
                 buffer.busy -= 1
+        small = _small_raw(handle.node)  # one small block: cheaper read here than a thread hop
         if handle.reader is None or handle.reader_content is not handle.node.content:
             handle.reader_content = handle.node.content
-            handle.reader = await trio.to_thread.run_sync(self.tree.reader, handle.node)
+            if small:
+                handle.reader = self.tree.reader(handle.node)
+            else:
+                handle.reader = await trio.to_thread.run_sync(self.tree.reader, handle.node)
         reader = handle.reader
         data = reader.cached(off, size)
         if data is None:
-            data = await trio.to_thread.run_sync(reader.read, off, size)
+            data = reader.read(off, size) if small else await trio.to_thread.run_sync(reader.read, off, size)
         return data
 
     @replies
@@ -725,3 +729,17 @@ class Operations(pyfuse3.Operations):
 
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         return True  # the kernel checks permissions itself (default_permissions)
+
+
+SMALL_READ = 64 << 10  # a raw block this small is read in the event loop: a thread hop costs more
+
+
+def _small_raw(node: File) -> bool:
+    """Whether *node* is one raw block of at most SMALL_READ bytes, its size already known."""
+    content = node.content
+    return (
+        isinstance(content, StoredFile)
+        and cids.codec_of(content.cid) == cids.RAW
+        and content.known_size is not None
+        and content.known_size <= SMALL_READ
+    )
