@@ -577,7 +577,10 @@ class Operations(pyfuse3.Operations):
         """The inode's write buffer, made on first write over the current content."""
         buffer = self.open_files.get(ino)
         if buffer is None:
-            data = await trio.to_thread.run_sync(self.open_files.new_buffer, node.content)
+            if isinstance(node.content, StoredFile):  # reads its root node: a worker thread's job
+                data = await trio.to_thread.run_sync(self.open_files.new_buffer, node.content)
+            else:  # content in memory (a file just created, metadata): nothing to wait for
+                data = self.open_files.new_buffer(node.content)
             buffer = self.open_files.get(ino)  # another request may have made one meanwhile
             if buffer is None:
                 handles = sum(1 for h in self.handles.values() if h.ino == ino)
