@@ -48,6 +48,7 @@ XATTR_INLINE = b"user.ipld.inline"  # "1": held inside its parent's block, no bl
 XATTR_DIRTY = b"user.ipld.dirty"  # "1": changed since the last sync, no block yet
 XATTR_BROKEN = b"user.ipld.broken"  # why the block (user.ipld.cid) cannot be read
 XATTR_SOCKET = control.XATTR_SOCKET.encode()
+XATTR_PREFIX = b"user.ipld."  # every attribute above starts with it
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -692,6 +693,8 @@ class Operations(pyfuse3.Operations):
 
     @replies
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(XATTR_PREFIX):  # ls -l asks every entry for ACLs and SELinux labels
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         value = self._attributes_of(inode).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
