@@ -7,6 +7,7 @@ import io
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_diff import consistent
 
 from ipldmount.blocks import Blockstore, MemoryBlockstore
 from ipldmount.blocks.car import export_car, import_car, read_car
@@ -40,18 +41,6 @@ contents = st.sampled_from([b"", b"x", b"y", b"{}", b"z" * 3000])
 trees = st.dictionaries(paths, contents, max_size=10)
 
 
-def _consistent(files: Files) -> Files:
-    """Drop paths that need a file to be a directory too (the tree refuses those)."""
-    kept: Files = {}
-    for path in sorted(files, key=len):
-        parents = ["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)]
-        if not any(parent in kept for parent in parents) and not any(
-            other.startswith(path + "/") for other in kept
-        ):
-            kept[path] = files[path]
-    return kept
-
-
 def test_against_the_empty_tree_it_is_the_whole_closure_in_export_order() -> None:
     store = MemoryBlockstore()
     root = build(store, {f"d{i}/f{j}": b"%d.%d" % (i, j) for i in range(5) for j in range(40)})
@@ -63,7 +52,7 @@ def test_against_the_empty_tree_it_is_the_whole_closure_in_export_order() -> Non
 @given(trees, trees)
 def test_it_sends_every_new_block_and_only_blocks_of_the_new_root(a: Files, b: Files) -> None:
     store = MemoryBlockstore()
-    old, new = build(store, _consistent(a)), build(store, _consistent(b))
+    old, new = build(store, consistent(a)), build(store, consistent(b))
     blocks = sent(store, new, old)
     assert len(blocks) == len(set(blocks)), "a block sent twice"
     assert closure(store, new) - closure(store, old) <= set(blocks) <= closure(store, new)
@@ -73,7 +62,7 @@ def test_it_sends_every_new_block_and_only_blocks_of_the_new_root(a: Files, b: F
 @given(trees, trees)
 def test_its_car_rebuilds_the_new_root_where_the_old_one_is(a: Files, b: Files) -> None:
     store = MemoryBlockstore()
-    old, new = build(store, _consistent(a)), build(store, _consistent(b))
+    old, new = build(store, consistent(a)), build(store, consistent(b))
     change = io.BytesIO()
     export_car(store, new, change, since=old)
     elsewhere = MemoryBlockstore()
@@ -133,3 +122,4 @@ def test_one_chunk_changed_among_ten_thousand_sends_its_path_and_reads_little() 
     assert len(blocks) <= 6, f"{len(blocks)} blocks for one chunk: the root, arr, its HAMT path, the chunk"
     replaced = closure(store, before) - closure(store, after)
     assert set(reads) <= set(blocks) | replaced, "read a block the change did not touch"
+    assert len(reads) == len(set(reads)), "read a block twice"

@@ -87,7 +87,7 @@ paths = st.lists(names, min_size=1, max_size=3).map("/".join)
 trees = st.dictionaries(paths, st.sampled_from([b"", b"x", b"y", b"{}"]), max_size=8)
 
 
-def _consistent(files: Files) -> Files:
+def consistent(files: Files) -> Files:
     """Drop paths that need a file to be a directory too (the tree refuses those)."""
     kept: Files = {}
     for path in sorted(files, key=len):
@@ -102,7 +102,7 @@ def _consistent(files: Files) -> Files:
 @settings(max_examples=150, deadline=None)
 @given(trees, trees)
 def test_diff_matches_a_reference_over_dicts(a: Files, b: Files) -> None:
-    a, b = _consistent(a), _consistent(b)
+    a, b = consistent(a), consistent(b)
     store = MemoryBlockstore()
     assert list(diff_roots(store, build(store, a), build(store, b))) == reference(nest(a), nest(b))
 

@@ -293,3 +293,15 @@ def test_a_gc_killed_half_way_leaves_every_kept_root_complete(tmp_path: Path) ->
     assert cli.main(["export", kept, "-o", str(tmp_path / "kept.car"), "--store", str(path)]) == 0
     assert cli.main(["gc", "--grace", "0", "--store", str(path)]) == 0  # and the next one finishes
     assert set(blockstore) == closure(blockstore, cids.parse_cid(kept))
+
+
+def test_gc_refuses_to_guess_when_the_tags_are_unreadable(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    path = tmp_path / "store"
+    versions(path, 3)
+    (path / "tags.json").write_text("{not json")
+    before = len(DirectoryBlockstore(path))
+    code, _, err = run(capsys, "gc", "--grace", "0", "--store", path)
+    assert code == 1 and "tags.json" in err and len(err.strip().splitlines()) == 1
+    assert len(DirectoryBlockstore(path)) == before  # a tag it cannot read may name any root

@@ -383,7 +383,7 @@ class Blockstore(ABC):
 
     def delete(self, cid: bytes) -> bool:
         """Remove a stored block; False if it was not stored. Nothing checks that no one needs it:
-        see :func:`~ipldmount.blocks.dag.collect_garbage` for the safe way."""
+        see :func:`~ipldmount.blocks.gc.collect_garbage` for the safe way."""
         return is_supported(cid) and self._remove(cid, None) is not None
 
     def remove_unused(self, cid: bytes, older_than: float | None, dry_run: bool = False) -> int | None:

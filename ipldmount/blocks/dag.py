@@ -148,7 +148,10 @@ def iter_new_blocks(
                 yield found, reader.take(found)
         elif cid not in sent:
             sent.add(cid)
-            if reader.links_of(cid) is not None:
+            data = walk.changed.pop(cid, None)  # read (and checked) by the first pass
+            if data is not None:
+                yield cid, data
+            elif reader.links_of(cid) is not None:  # a raw block, or one the first pass could not read
                 yield cid, reader.take(cid)
 
 
@@ -158,6 +161,7 @@ class _ChangeWalk:
     def __init__(self, store: Blockstore, since: bytes) -> None:
         self.store = store
         self.present: set[bytes] = {since}
+        self.changed: dict[bytes, bytes] = {}  # the new side's changed blocks, read once, sent later
 
     def plan(self, root: bytes, since: bytes) -> list[tuple[bool, bytes]]:
         """``(whole, cid)`` in sending order: a changed block alone, or a new subtree whole."""
@@ -174,7 +178,7 @@ class _ChangeWalk:
 
     def _pairs(self, new: bytes, old: bytes) -> list[tuple[bytes, bytes | None]]:
         """The links of *new* that *old* lacks, each with the link of *old* at its position (or None)."""
-        new_links, old_links = self._links(new), self._links(old)
+        new_links, old_links = self._links(new, keep=True), self._links(old)
         if new_links is None:
             return []  # unreadable: the second pass notes it
         old_links = old_links or []
@@ -191,10 +195,14 @@ class _ChangeWalk:
             pairs.append((link, partner))
         return pairs
 
-    def _links(self, cid: bytes) -> list[tuple[_Position, bytes]] | None:
+    def _links(self, cid: bytes, keep: bool = False) -> list[tuple[_Position, bytes]] | None:
         if codec_of(cid) != DAG_CBOR:
             return []  # a raw block has no links: never read here
         try:
-            return _positioned_links(cid, self.store.get(cid))
+            data = self.store.get(cid)
+            links = _positioned_links(cid, data)
         except (BlockNotFoundError, CorruptBlockError):
             return None
+        if keep:
+            self.changed[cid] = data
+        return links

@@ -10,7 +10,7 @@ so it depends on the entries alone, never on insertion order (FORMAT.md).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from ipldmount.blocks import BlockSink, Blockstore
@@ -38,13 +38,21 @@ def is_root(value: Any) -> bool:
 
 def build(store: BlockSink, entries: Mapping[str, Any]) -> dict[str, Any]:
     """The root map of a HAMT holding *entries*; child nodes are stored as blocks."""
-    items = sorted((hashlib.sha256(key).digest(), key, value) for key, value in _keyed(entries))
-    return {"hashAlg": HASH_ALG, "bucketSize": BUCKET_SIZE, "hamt": _build_node(store, items, 0)}
+    return {
+        "hashAlg": HASH_ALG,
+        "bucketSize": BUCKET_SIZE,
+        "hamt": _build_node(store, _hashed(_keyed(entries)), 0),
+    }
 
 
 def _keyed(entries: Mapping[str, Any]) -> Iterator[tuple[bytes, Any]]:
     for name, value in entries.items():
         yield name.encode("utf-8"), value
+
+
+def _hashed(pairs: Iterable[tuple[bytes, Any]]) -> list[_Item]:
+    """``(digest, key, value)`` items in the order the HAMT lays them out: by digest."""
+    return sorted((hashlib.sha256(key).digest(), key, value) for key, value in pairs)
 
 
 def _build_node(store: BlockSink, items: list[_Item], depth: int) -> list[Any]:
@@ -83,8 +91,7 @@ def update(
     :func:`build` gives, because both follow the one canonical shape: a slot holds a bucket of up
     to 3 entries sorted by key, or a link to a child node when more share it."""
     _check_root(root)
-    items = sorted((hashlib.sha256(key).digest(), key, value) for key, value in _keyed(changes))
-    node = _update_node(reader, sink, root["hamt"], items, 0)
+    node = _update_node(reader, sink, root["hamt"], _hashed(_keyed(changes)), 0)
     return {"hashAlg": HASH_ALG, "bucketSize": BUCKET_SIZE, "hamt": node if node is not None else _EMPTY_NODE}
 
 
@@ -140,8 +147,7 @@ def _update_element(
             current[key] = value
     if not current:
         return None
-    group = sorted((hashlib.sha256(key).digest(), key, value) for key, value in current.items())
-    return _element(sink, group, depth)
+    return _element(sink, _hashed(current.items()), depth)
 
 
 def _few_entries(node: list[Any]) -> list[_Item] | None:
@@ -150,9 +156,7 @@ def _few_entries(node: list[Any]) -> list[_Item] | None:
     if any(isinstance(element, codec.Link) for element in data):
         return None
     found = [item for element in data for item in _bucket_items(element)]
-    if len(found) > BUCKET_SIZE:
-        return None
-    return sorted((hashlib.sha256(key).digest(), key, value) for key, value in found)
+    return _hashed(found) if len(found) <= BUCKET_SIZE else None
 
 
 def _bucket_items(bucket: Any) -> list[tuple[bytes, Any]]:
@@ -248,10 +252,8 @@ def _element_entries(store: Blockstore, element: Any) -> Iterator[tuple[str, Any
         return
     if isinstance(element, codec.Link):
         yield from _node_entries(store, codec.decode(store.get(element.cid)))
-    elif isinstance(element, list) and 0 < len(element) <= BUCKET_SIZE:
-        yield from _bucket_entries(element)
     else:
-        raise FormatError("malformed HAMT element (expected a link or a bucket of 1-3 entries)")
+        yield from _bucket_entries(element)  # checks it is a bucket
 
 
 def _node_entries(store: Blockstore, node: Any) -> Iterator[tuple[str, Any]]:
@@ -270,11 +272,9 @@ def _check_node(node: Any) -> tuple[bytes, list[Any]]:
 
 
 def _bucket_entries(bucket: list[Any]) -> Iterator[tuple[str, Any]]:
-    for entry in bucket:
-        if not (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is bytes):
-            raise FormatError("malformed HAMT bucket entry (expected [key, value])")
+    for key, value in _bucket_items(bucket):
         try:
-            name = entry[0].decode("utf-8")
+            name = key.decode("utf-8")
         except UnicodeDecodeError:
             raise FormatError("HAMT key is not UTF-8") from None
-        yield name, entry[1]
+        yield name, value
