@@ -26,8 +26,8 @@ SKIP_SYSDEPS ?=
 
 # Debian packages needed to build and run pyfuse3 and to exercise the mount
 # (getfattr/setfattr come from attr; systemd-analyze, to verify the unit, from systemd;
-# rsync drives the mount in the tests).
-SYSDEPS_PKGS ?= fuse3 libfuse3-dev pkg-config attr gcc python3-dev systemd rsync
+# rsync drives the mount in the tests; strace counts the requests ls -l makes).
+SYSDEPS_PKGS ?= fuse3 libfuse3-dev pkg-config attr gcc python3-dev systemd rsync strace
 
 ZARR_MIN    := 3.0.8
 MIN_VENV    := .venv-zarr-min
@@ -52,6 +52,7 @@ sysdeps:
 	  command -v getfattr >/dev/null 2>&1 || missing+=(attr)
 	  command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 	  command -v rsync >/dev/null 2>&1 || missing+=(rsync)
+	  command -v strace >/dev/null 2>&1 || missing+=(strace)
 	fi
 	if [ $${#missing[@]} -eq 0 ]; then
 	  echo "sysdeps: all present ($(SYSDEPS_PKGS))"

@@ -204,6 +204,9 @@ async def test_attributes_say_what_a_node_is_made_of(ops: Operations) -> None:
     assert await ops.getxattr(sub, b"user.ipld.inline", CTX) == b"1"
     assert await ops.getxattr(meta_ino, b"user.ipld.inline", CTX) == b"1"
     assert await errno_of(ops.getxattr, meta_ino, b"user.ipld.cid", CTX) == pyfuse3.ENOATTR
+    assert await errno_of(ops.getxattr, meta_ino, b"user.other", CTX) == pyfuse3.ENOATTR
+    for name in (b"security.selinux", b"system.posix_acl_access", b"trusted.x"):
+        assert await errno_of(ops.getxattr, meta_ino, name, CTX) == errno.ENOTSUP
 
 
 async def test_a_broken_directory_answers_eio(tmp_path: Path) -> None:

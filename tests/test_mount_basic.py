@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import subprocess
 import os
 import stat
 from pathlib import Path
@@ -200,6 +201,27 @@ def test_enotsup_for_setxattr(tree: Path) -> None:
     expect_errno(errno.ENOTSUP, os.removexattr, tree / "file", "user.test")
     # a missing attribute is ENODATA (ENOATTR)
     expect_errno(errno.ENODATA, os.getxattr, tree / "file", "user.nothing")
+    # no ACLs, no security labels: the namespaces are "not supported", which ls -l, cp -a and
+    # rsync -AX remember per file system instead of asking again for every file
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        expect_errno(errno.ENOTSUP, os.getxattr, tree / "file", name)
+    expect_errno(errno.ENOTSUP, os.setxattr, tree / "file", "security.selinux", b"v")
+
+
+def test_ls_l_asks_once_for_acls_and_labels(tree: Path, tmp_path: Path) -> None:
+    """ls -l of a directory costs no extended-attribute request per entry (strace counts them)."""
+    folder = tree / "many"
+    folder.mkdir()
+    for i in range(50):
+        (folder / f"f{i}").write_bytes(b"x")
+    trace = tmp_path / "ls.strace"
+    subprocess.run(
+        ["strace", "-f", "-e", "trace=%file,getxattr,lgetxattr", "-o", str(trace), "ls", "-l", str(folder)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    asked = [line for line in trace.read_text().splitlines() if "getxattr(" in line]
+    assert 1 <= len(asked) <= 4, asked  # the first entry only (label, ACL), not 2 x 50
 
 
 def test_statvfs(tree: Path, tmp_path: Path) -> None:

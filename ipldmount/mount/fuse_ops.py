@@ -49,6 +49,7 @@ XATTR_DIRTY = b"user.ipld.dirty"  # "1": changed since the last sync, no block y
 XATTR_BROKEN = b"user.ipld.broken"  # why the block (user.ipld.cid) cannot be read
 XATTR_SOCKET = control.XATTR_SOCKET.encode()
 XATTR_PREFIX = b"user.ipld."  # every attribute above starts with it
+XATTR_USER = b"user."  # the only namespace served: no system.posix_acl_*, security.*, trusted.*
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -693,7 +694,11 @@ class Operations(pyfuse3.Operations):
 
     @replies
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if not name.startswith(XATTR_PREFIX):  # ls -l asks every entry for ACLs and SELinux labels
+        if not name.startswith(XATTR_USER):
+            # No ACLs, no security labels: "not supported" (not "no such attribute") lets ls -l,
+            # cp -a and rsync -AX stop asking after the first file of the file system.
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if not name.startswith(XATTR_PREFIX):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         value = self._attributes_of(inode).get(name)
         if value is None:
