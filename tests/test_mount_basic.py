@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import errno
-import subprocess
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest

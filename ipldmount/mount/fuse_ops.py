@@ -1,6 +1,6 @@
 """The FUSE adapter: kernel requests in, tree operations out.
 
-With :mod:`~ipldmount.mount.fuse_fallocate` (the fallocate operation pyfuse3 lacks),
+With :mod:`~ipldmount.mount.fuse_session` (what pyfuse3 does not pass on: fallocate, open flags),
 the only code that imports pyfuse3 (the daemon mounts and serves through
 :func:`mount`, :func:`serve`, :func:`terminate` and :func:`close`). It keeps what
 only the kernel protocol needs: inode numbers, open handles and directory listings.
@@ -22,7 +22,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -32,7 +32,7 @@ import trio
 from ipldmount.errors import IpldmountError, ReadOnlyError, errno_for
 from ipldmount.format.files import FileReader, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
-from ipldmount.mount import control, fuse_fallocate
+from ipldmount.mount import control, fuse_session
 from ipldmount.state.attributes import Meta
 from ipldmount.state.openfiles import OpenFile
 from ipldmount.state.session import Session, SyncResult
@@ -101,7 +101,8 @@ def mount(ops: Operations, mountpoint: Path, *, read_only: bool, allow_other: bo
     if allow_other:
         options.add("allow_other")
     pyfuse3.init(ops, str(mountpoint), options)
-    fuse_fallocate.install(ops.fallocate)
+    fuse_session.install_fallocate(ops.fallocate)
+    fuse_session.install_open_flags()
 
 
 async def serve() -> None:
@@ -142,7 +143,11 @@ class Handle:
 
 @dataclass
 class DirListing:
-    entries: list[tuple[str, Node]] = field(default_factory=list)
+    """An open directory. Its entries are listed on the first readdir: the kernel may answer
+    from its own cache of the listing and never ask."""
+
+    directory: Directory
+    entries: list[tuple[str, Node]] | None = None
 
 
 class InodeTable:
@@ -330,10 +335,10 @@ class Operations(pyfuse3.Operations):
 
     @replies
     async def fallocate(self, inode: int, mode: int, offset: int, length: int) -> None:
-        """fallocate(2) (through fuse_fallocate): mode 0 extends the file with a hole, as
+        """fallocate(2) (through fuse_session): mode 0 extends the file with a hole, as
         truncate does; FALLOC_FL_KEEP_SIZE reserves nothing (there is nothing to reserve:
         blocks are written whole, when stored) and succeeds; other modes are not supported."""
-        if mode & ~fuse_fallocate.FALLOC_FL_KEEP_SIZE:
+        if mode & ~fuse_session.FALLOC_FL_KEEP_SIZE:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         node = self.inodes.node(inode)
         if not isinstance(node, File):
@@ -343,7 +348,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         end = offset + length
         check_file_size(end, self.tree.chunk_size)
-        if not mode & fuse_fallocate.FALLOC_FL_KEEP_SIZE and end > self._size(inode, node):
+        if not mode & fuse_session.FALLOC_FL_KEEP_SIZE and end > self._size(inode, node):
             await self._truncate(inode, node, end, None)
 
     # --- directories -----------------------------------------------------------
@@ -375,15 +380,14 @@ class Operations(pyfuse3.Operations):
     @replies
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         directory = self._directory(inode)
-        entries = sorted(self.tree.entries(directory).items())
-        parent = directory.links[0][0] if directory.links else directory
+        self.tree.is_empty(directory)  # reads its (first) block: a missing one is EIO here, at opendir
         fh = self._new_fh()
-        self.listings[fh] = DirListing([(".", directory), ("..", parent), *entries])
+        self.listings[fh] = DirListing(directory)
         return fh
 
     @replies
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self.listings[fh].entries
+        entries = self._listed(self.listings[fh])
         for index in range(start_id, len(entries)):
             name, node = entries[index]
             ino = self.inodes.ino(node)
@@ -391,6 +395,14 @@ class Operations(pyfuse3.Operations):
                 return
             if index >= 2:  # the kernel takes no reference for "." and ".."
                 self.inodes.remember(node)
+
+    def _listed(self, listing: DirListing) -> list[tuple[str, Node]]:
+        if listing.entries is None:
+            directory = listing.directory
+            parent = directory.links[0][0] if directory.links else directory
+            entries = sorted(self.tree.entries(directory).items())
+            listing.entries = [(".", directory), ("..", parent), *entries]
+        return listing.entries
 
     async def releasedir(self, fh: int) -> None:
         self.listings.pop(fh, None)
