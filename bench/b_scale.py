@@ -1,18 +1,24 @@
 """scale: a zarr v2 array of N chunks (shape (side, side), chunks (1, 1)) in one directory.
 
 Built in-process with the tree over a DirectoryBlockstore, mounted, then driven through the
-mount beside the same files written to a plain directory (ext4): mount live, `ls -f` (first and
-again), `ls -l`, 1,000 random chunk open+read, overwrite one chunk and `ipldmount sync`, and the
-daemon's peak RSS. Listing and reads alternate between the two, medians of the rounds.
+mount beside the same files written to a plain directory (ext4) and served by a bare pyfuse3 file
+system that does no work (floorfs.py: the floor of any Python FUSE daemon): mount live, `ls -f`
+(first and again), `ls -l`, 1,000 random chunk open+read, 100,000 files created into one
+directory, overwrite one chunk and `ipldmount sync`, and the daemon's peak RSS. Listing and reads
+alternate between the three, medians of the rounds.
 `run.py --scale N` sets N (default 100,000; 1,000,000 is the issue's size).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import statistics
 import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common import Context, Mount, Row, Timer, log
@@ -22,6 +28,7 @@ from ipldmount.ipld.cid import cid_to_str
 from ipldmount.tree import Tree
 
 READS = 1000
+CREATES = 100_000  # files created through the mount into one directory (--quick: a tenth)
 
 
 def _zarray(side: int) -> bytes:
@@ -68,6 +75,30 @@ def _ls(path: Path, *flags: str) -> float:
     return timer.seconds
 
 
+def _creates(folders: dict[str, Path], count: int, slices: int = 10) -> dict[str, list[float]]:
+    """Create+write+close *count* 8-byte files in each folder, a slice at a time for each in turn;
+    returns the total seconds of each (as a one-element list)."""
+    for folder in folders.values():
+        folder.mkdir(exist_ok=True)
+    seconds = dict.fromkeys(folders, 0.0)
+    for part in range(slices):
+        names = range(part * count // slices, (part + 1) * count // slices)
+        for place, folder in folders.items():
+            with Timer() as timer:
+                for index in names:
+                    fd = os.open(folder / f"{index}.0", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    try:
+                        os.write(fd, index.to_bytes(8, "little"))
+                    finally:
+                        os.close(fd)
+            seconds[place] += timer.seconds
+    return {place: [total] for place, total in seconds.items()}
+
+
+def _name(rng: random.Random, side: int) -> str:
+    return f"{rng.randrange(side)}.{rng.randrange(side)}"
+
+
 def _reads(folder: Path, names: list[str]) -> float:
     with Timer() as timer:
         for name in names:
@@ -88,6 +119,31 @@ def _peak_rss_mb(pid: int | None) -> float | None:
     return None
 
 
+class Floor:
+    """bench/floorfs.py mounted at *mountpoint*: the same array from a file system doing no work."""
+
+    def __init__(self, mountpoint: Path, side: int) -> None:
+        self.mountpoint = mountpoint
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        script = Path(__file__).with_name("floorfs.py")
+        self.process = subprocess.Popen([sys.executable, str(script), str(mountpoint), str(side)])
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mountpoint):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the bare pyfuse3 file system did not mount")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", str(self.mountpoint)], check=False, capture_output=True)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 def run(ctx: Context) -> None:
     count = ctx.scale
     side = max(2, int(count**0.5))
@@ -97,57 +153,68 @@ def run(ctx: Context) -> None:
     mount = Mount(ctx.workdir / "scale" / "store", ctx.workdir / "scale" / "mnt", root=root)
     with Timer() as timer:
         mount.start()
+    floor: Floor | None = None
     try:
         ctx.add(Row("scale", f"mount live ({n:,} chunks)", timer.seconds, "s", note="one run"))
-        arr = mount.mountpoint / "arr"
-        first = _ls(arr, "-f")
-        ctx.add(
-            Row("scale", "ls -f, first (entries/s)", n / first, "entries/s", n / _ls(plain, "-f"), "ext4")
+        floor = Floor(ctx.workdir / "scale" / "floor", side)
+        places = {"ext4": plain, "floor": floor.mountpoint / "arr", "mount": mount.mountpoint / "arr"}
+        first = {name: _ls(path, "-f") for name, path in places.items()}
+        _add_rates(ctx, "ls -f, first (entries/s)", n, {k: [v] for k, v in first.items()}, "one run")
+        _add_rates(
+            ctx, "ls -f, again (entries/s)", n, _interleaved(places, rounds, lambda p, _: _ls(p, "-f"))
         )
-        mounted, ext4 = [], []
-        for _ in range(rounds):
-            ext4.append(_ls(plain, "-f"))
-            mounted.append(_ls(arr, "-f"))
-        ctx.add(_rate("ls -f, again (entries/s)", n, mounted, ext4, rounds))
-        mounted, ext4 = [], []
-        for _ in range(rounds):
-            ext4.append(_ls(plain, "-l"))
-            mounted.append(_ls(arr, "-l"))
-        ctx.add(_rate("ls -l (entries/s)", n, mounted, ext4, rounds))
+        _add_rates(ctx, "ls -l (entries/s)", n, _interleaved(places, rounds, lambda p, _: _ls(p, "-l")))
         rng = random.Random(11)
-        mounted, ext4 = [], []
-        for _ in range(rounds):
-            names = [f"{rng.randrange(side)}.{rng.randrange(side)}" for _ in range(READS)]
-            ext4.append(_reads(plain, names))
-            mounted.append(_reads(arr, names))
-        ctx.add(_rate(f"{READS:,} random chunk open+read (/s)", READS, mounted, ext4, rounds))
+        picks = [
+            [f"{rng.randrange(side)}.{rng.randrange(side)}" for _ in range(READS)] for _ in range(rounds)
+        ]
+        reads = _interleaved(places, rounds, lambda p, index: _reads(p, picks[index]))  # same names for all
+        _add_rates(ctx, f"{READS:,} random chunk open+read (/s)", READS, reads)
+        creates = min(n, CREATES // 10 if ctx.quick else CREATES)
+        folders = {name: path.parent / "new" for name, path in places.items()}
+        made = _creates(folders, creates)
+        _add_rates(
+            ctx,
+            f"{creates:,} files created into one directory (/s)",
+            creates,
+            made,
+            "10 slices each, interleaved",
+        )
+        floor.stop()
+        floor = None
+        ctx.add(Row("scale", f"ipldmount sync of those {creates:,} files", mount.sync(), "s", note="one run"))
+        arr = mount.mountpoint / "arr"
         (arr / "7.7").write_bytes(b"overwrit")
         syncs = [mount.sync()]
         for value in range(rounds - 1):
             (arr / "7.7").write_bytes(value.to_bytes(8, "little"))
             syncs.append(mount.sync())
-        ctx.add(
-            Row(
-                "scale",
-                "overwrite one chunk, ipldmount sync",
-                statistics.median(syncs),
-                "s",
-                note=f"median of {len(syncs)}",
-            )
-        )
+        note = f"median of {len(syncs)}"
+        ctx.add(Row("scale", "overwrite one chunk, ipldmount sync", statistics.median(syncs), "s", note=note))
         rss = _peak_rss_mb(mount.pid)
         ctx.add(Row("scale", "daemon peak RSS (VmHWM)", rss, "MB", note="the whole session"))
     finally:
+        if floor is not None:
+            floor.stop()
         mount.stop()
 
 
-def _rate(case: str, amount: int, mounted: list[float], ext4: list[float], rounds: int) -> Row:
-    return Row(
-        "scale",
-        case,
-        amount / statistics.median(mounted),
-        "entries/s" if "ls" in case else "files/s",
-        amount / statistics.median(ext4),
-        "ext4",
-        f"median of {rounds}, interleaved",
-    )
+def _interleaved(
+    places: dict[str, Path], rounds: int, measure: Callable[[Path, int], float]
+) -> dict[str, list[float]]:
+    """``measure(place, round)`` for each place in turn, *rounds* times: every round visits all."""
+    times: dict[str, list[float]] = {name: [] for name in places}
+    for index in range(rounds):
+        for name, path in places.items():
+            times[name].append(measure(path, index))
+    return times
+
+
+def _add_rates(ctx: Context, case: str, amount: int, times: dict[str, list[float]], note: str = "") -> None:
+    """Two rows: the mount against ext4, and against the bare pyfuse3 floor."""
+    note = note or f"median of {len(times['mount'])}, interleaved"
+    mounted = amount / statistics.median(times["mount"])
+    unit = "entries/s" if "ls" in case else "files/s"
+    ctx.add(Row("scale", case, mounted, unit, amount / statistics.median(times["ext4"]), "ext4", note))
+    floor = amount / statistics.median(times["floor"])
+    ctx.add(Row("scale", case, mounted, unit, floor, "bare pyfuse3", "the floor of any Python daemon"))

@@ -34,6 +34,7 @@ import b_scale  # noqa: E402
 import b_sparse  # noqa: E402
 import b_tree  # noqa: E402
 import b_zarr  # noqa: E402
+import b_zarr_bulk  # noqa: E402
 from common import Context, format_table, fs_description, log, remove_tree, sigterm_as_interrupt  # noqa: E402
 
 # name -> (function, fixtures it uses, one-line description); run in this order.
@@ -49,6 +50,11 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
     ),
     "sync": (b_tree.sync, {"small"}, "ipldmount sync / IPLDStore.freeze()+to_car() of the small-files tree"),
     "zarr_xarray": (b_zarr.run, set(), "~200 MB xarray dataset to/from zarr v3 on every store"),
+    "zarr_bulk": (
+        b_zarr_bulk.run,
+        set(),
+        "1 GiB of 4 MiB chunks through zarr, write and read: IPLDStore vs MemoryStore and LocalStore",
+    ),
     "history": (b_history.run, set(), "diff of two roots 1 chunk apart in 100k vs a full export"),
     "scale": (
         b_scale.run,

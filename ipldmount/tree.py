@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from ipldmount.blocks import BlockSink, Blockstore, CidOnly
+from ipldmount.blocks import BlockSink, Blockstore, Chunk, CidOnly
 from ipldmount.errors import (
     AlreadyExistsError,
     BlockNotFoundError,
@@ -39,6 +39,7 @@ from ipldmount.format.files import (
     FileContent,
     FileReader,
     InlineFile,
+    LeafStore,
     PendingFile,
     StoredFile,
     decode_fbl,
@@ -73,10 +74,24 @@ EMPTY_ROOT = cids.block_cid(cids.DAG_CBOR, EMPTY_DIRECTORY)
 class Node:
     """Something a directory entry can name."""
 
-    __slots__ = ("__weakref__", "links")
+    __slots__ = ("__weakref__", "ino", "links", "meta")
 
     def __init__(self) -> None:
-        self.links: list[tuple[Directory, str]] = []  # every (directory, name) that refers to this node
+        # Every (directory, name) that refers to this node: a tuple, as nearly all have one (a
+        # list would cost 56 bytes more per node, and a listed directory has millions).
+        self.links: tuple[tuple[Directory, str], ...] = ()
+        # Kept here for the mount (its inode number, its mode/owner/times): a field costs 8 bytes
+        # per node, a dictionary entry beside the tree 50-130, and a listed directory has millions.
+        self.ino: int | None = None
+        self.meta: object = None
+
+    def add_link(self, directory: Directory, name: str) -> None:
+        self.links = (*self.links, (directory, name))
+
+    def remove_link(self, directory: Directory, name: str) -> None:
+        links = list(self.links)
+        links.remove((directory, name))
+        self.links = tuple(links)
 
 
 class File(Node):
@@ -219,7 +234,7 @@ class Tree:
         if not directory.complete:
             loaded, fresh = self._load_entries(directory)
             for name in fresh:  # only once all were read: a failure keeps nothing
-                loaded[name].links.append((directory, name))
+                loaded[name].add_link(directory, name)
             directory._entries, directory.complete = loaded, True
             directory.subdirs = sum(isinstance(node, Directory) for node in loaded.values())
         assert directory._entries is not None
@@ -263,7 +278,7 @@ class Tree:
             return None
         self._check_stored_name(directory, name)
         node = self._node_for(name, value)
-        node.links.append((directory, name))
+        node.add_link(directory, name)
         known[name] = node
         return node
 
@@ -290,6 +305,19 @@ class Tree:
                 count += self._names_directory(name, value)
             directory.subdirs = count
         return directory.subdirs
+
+    def known_subdirectories(self, directory: Directory) -> int | None:
+        """:meth:`subdirectories` if that is cheap: None for a sharded directory not read in full
+        (counting would read every node of it: seconds for a million entries, on a mere stat)."""
+        committed = directory._form or directory._previous
+        if (
+            directory.subdirs is None
+            and committed is not None
+            and committed.sharded
+            and not directory.complete
+        ):
+            return None
+        return self.subdirectories(directory)
 
     def _names_directory(self, name: str, value: Any) -> bool:
         if not isinstance(value, codec.Link):
@@ -402,7 +430,7 @@ class Tree:
         self.get_entry(directory, name)  # what it replaces, if anything, is read first
         assert directory._entries is not None
         directory._entries[name] = node
-        node.links.append((directory, name))
+        node.add_link(directory, name)
         if isinstance(node, Directory) and directory.subdirs is not None:
             directory.subdirs += 1
         _mark_dirty(directory, name)
@@ -412,7 +440,7 @@ class Tree:
             raise KeyError(name)
         assert directory._entries is not None
         node = directory._entries.pop(name)
-        node.links.remove((directory, name))
+        node.remove_link(directory, name)
         if isinstance(node, Directory) and directory.subdirs is not None:
             directory.subdirs -= 1
         _mark_dirty(directory, name)
@@ -439,11 +467,16 @@ class Tree:
         """Put *data* in the blockstore as file content, by this tree's chunking rule."""
         return store_bytes(self.store, data, self.chunk_size)
 
-    def content_for(self, name: str, data: bytes | bytearray | memoryview) -> FileContent:
-        """File content for *data* written under *name*: metadata waits in memory for the commit."""
+    def content_for(self, name: str, data: Chunk, sink: LeafStore | None = None) -> FileContent:
+        """File content for *data* written under *name*: metadata waits in memory for the commit.
+
+        Other content is stored at once, in *sink* (a staging, say; default: the tree's store).
+        Nothing of the tree is touched, so a caller may run this outside whatever lock guards
+        the tree: hashing and storing a large value is most of the cost of writing it.
+        """
         if metadata.is_metadata_name(name) and len(data) <= metadata.MAX_INLINE_SOURCE:
             return PendingFile(bytes(data), self.chunk_size)
-        return self.store_bytes(bytes(data))
+        return store_bytes(self.store if sink is None else sink, data, self.chunk_size)
 
     def mkdir(self, directory: Directory, name: str) -> Directory:
         self._writable()

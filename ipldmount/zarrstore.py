@@ -1,32 +1,83 @@
 """A zarr v3 ``Store`` over the tree and a blockstore: ipldstore's role in today's zarr.
 
 zarr drives stores from its own asyncio loop in a background thread, and users
-may call the ``*_sync`` methods from theirs; the tree is not thread-safe, so
-every operation holds one lock. Nothing here awaits while holding it, and
-nothing here knows about trio or FUSE.
+may call the ``*_sync`` methods from theirs. zarr asks for many chunks at once,
+so the coroutines hand the work to threads (``asyncio.to_thread``, as zarr's
+own ``LocalStore`` does) and the costly part of each request runs there in
+parallel: hashing, copying and block I/O release the GIL. The tree is not
+thread-safe, so what touches it holds one lock, briefly: a write hashes and
+stores its blocks first and takes the lock only to link the finished content
+in; a read takes it only to find the content (immutable) it then reads.
+Nothing here awaits while holding it, and nothing here knows about trio or FUSE.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, BinaryIO
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, BinaryIO, ParamSpec, TypeVar
 
+import numpy as np
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
-from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, car
+from ipldmount.blocks import Blockstore, Chunk, DirectoryBlockstore, MemoryBlockstore, car
 from ipldmount.blocks.gc import Collection, collect_garbage
 from ipldmount.errors import NotADirectoryError_, NotFoundError
+from ipldmount.format.files import FileContent
 from ipldmount.ipld import cid as cids
 from ipldmount.state.home import StoreHome
 from ipldmount.state.registry import RootRecord
 from ipldmount.state.retention import Retention, kept_roots
 from ipldmount.state.writebuffer import buffer_content, open_buffer
-from ipldmount.tree import Directory, File, Tree, split_path
+from ipldmount.tree import Directory, File, Tree, check_name, split_path
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Gate:
+    """Any number of holders at once, or one exclusive holder that waits for them all to leave.
+
+    Chunk reads and writes hold it shared while they touch blocks outside the tree's lock;
+    a garbage collection holds it exclusively, so that it never removes the blocks of a
+    value that is stored but not linked into the tree yet, or that is being read.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._holders = 0
+        self._exclusive = False  # held, or waited for: new holders wait too (no starvation)
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._exclusive)
+            self._holders += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._holders -= 1
+                self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._exclusive)
+            self._exclusive = True
+            self._condition.wait_for(lambda: not self._holders)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._exclusive = False
+                self._condition.notify_all()
 
 
 class IPLDStore(Store):
@@ -34,6 +85,10 @@ class IPLDStore(Store):
 
     >>> store = IPLDStore()            # in memory; pass DirectoryBlockstore(path) to persist
     >>> # ds.to_zarr(store); store.freeze() -> 'bafy...'; store.to_car() -> CARv1 bytes
+
+    A value's blocks are written without an fsync each (nothing refers to them before a
+    root does); :meth:`freeze` makes them durable, with one sync of the filesystem, before
+    it commits the root that refers to them.
     """
 
     supports_writes = True
@@ -53,7 +108,11 @@ class IPLDStore(Store):
         self.blockstore = blockstore if blockstore is not None else MemoryBlockstore()
         self._root = cids.parse_cid(root) if isinstance(root, str) else root
         self._whole_files = whole_files
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards the tree; held only for what touches it
+        self._gate = _Gate()  # see _Gate: block work outside the lock vs garbage collection
+        self._unsynced = False  # blocks were stored without an fsync since the last freeze
+        # Reads from memory cost a copy: a hop to a thread would cost more than it overlaps.
+        self._reads_in_thread = not isinstance(self.blockstore, MemoryBlockstore)
         self.tree = Tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
 
     # --- identity, pickling --------------------------------------------------
@@ -110,7 +169,10 @@ class IPLDStore(Store):
 
         A new root of a store on disk is recorded in its history (``ipldmount log``).
         """
-        with self._lock:  # every write holds it: all this store stored so far is in the root
+        with self._lock:  # every write links under it: all this store stored so far is in the root
+            if self._unsynced:  # cleared first: blocks stored from now on are synced next time
+                self._unsynced = False
+                self.blockstore.sync()
             parent, self._root = self._root, self.tree.commit()
             if self._root != parent and isinstance(self.blockstore, DirectoryBlockstore):
                 record = RootRecord(
@@ -130,7 +192,7 @@ class IPLDStore(Store):
         """Remove the blocks this store's tree (as of a :meth:`freeze` now) and the *keep* roots
         do not reach. On a store on disk, everything ``ipldmount gc`` keeps is kept as well
         (tags, the newest root of each origin, mounts), and blocks other processes are writing."""
-        with self._lock:
+        with self._gate.exclusive(), self._lock:
             roots = [cids.parse_cid(self.freeze()), *(cids.parse_cid(root) for root in keep)]
             if isinstance(self.blockstore, DirectoryBlockstore):
                 kept = kept_roots(StoreHome(self.blockstore), Retention(grace=grace))
@@ -172,6 +234,19 @@ class IPLDStore(Store):
         with self._lock:
             self._root, self.tree = roots[0], tree
 
+    # --- threads -------------------------------------------------------------
+
+    async def _in_thread(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run *function* in a worker thread, off zarr's event loop: it may block on the disk,
+        or hash, and other requests go on meanwhile."""
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    async def _reading(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a read: in a worker thread, unless the blocks are in memory (no I/O, no hashing)."""
+        if self._reads_in_thread:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        return function(*args, **kwargs)
+
     # --- reading -------------------------------------------------------------
 
     def _file(self, key: str) -> File | None:
@@ -181,15 +256,21 @@ class IPLDStore(Store):
             return None
         return node if isinstance(node, File) else None
 
+    def _content(self, key: str) -> FileContent | None:
+        """What *key* holds now. Content is immutable: it can be read after the lock is let go."""
+        with self._lock:
+            file = self._file(key)
+            return None if file is None else file.content
+
     def get_sync(
         self, key: str, *, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
     ) -> Buffer | None:
         prototype = prototype or default_buffer_prototype()
-        with self._lock:
-            file = self._file(key)
-            if file is None:
+        with self._gate.shared():
+            content = self._content(key)
+            if content is None:
                 return None
-            reader = self.tree.reader(file)
+            reader = content.reader(self.blockstore)
             start, stop = _byte_span(reader.size, byte_range)
             return prototype.buffer.from_bytes(reader.read(start, stop - start))
 
@@ -198,18 +279,30 @@ class IPLDStore(Store):
     ) -> Buffer | None:
         if not self._is_open:
             await self._open()
-        return self.get_sync(key, prototype=prototype, byte_range=byte_range)
+        return await self._reading(self.get_sync, key, prototype=prototype, byte_range=byte_range)
 
     async def get_partial_values(
         self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
-        return [self.get_sync(key, prototype=prototype, byte_range=request) for key, request in key_ranges]
+        requests = list(key_ranges)
+        return await self._reading(self._get_ranges, prototype, requests)
+
+    def _get_ranges(
+        self, prototype: BufferPrototype, requests: list[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
+        return [self.get_sync(key, prototype=prototype, byte_range=request) for key, request in requests]
 
     async def exists(self, key: str) -> bool:
+        return await self._reading(self._exists_sync, key)
+
+    def _exists_sync(self, key: str) -> bool:
         with self._lock:
             return self._file(key) is not None
 
     async def getsize(self, key: str) -> int:
+        return await self._reading(self._getsize_sync, key)
+
+    def _getsize_sync(self, key: str) -> int:
         with self._lock:
             file = self._file(key)
             if file is None:
@@ -219,16 +312,52 @@ class IPLDStore(Store):
     # --- writing -------------------------------------------------------------
 
     def set_sync(self, key: str, value: Buffer) -> None:
-        self._check_writable()
-        if not isinstance(value, Buffer):
-            raise TypeError(f"IPLDStore.set(): value must be a Buffer, not {type(value).__name__}")
-        with self._lock:
-            self.tree.write_file(key, value.to_bytes())
+        self._set(key, value, replace=True)
 
     async def set(self, key: str, value: Buffer) -> None:
         if not self._is_open:
             await self._open()
-        self.set_sync(key, value)
+        await self._in_thread(self._set, key, value, replace=True)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        await self._in_thread(self._set, key, value, replace=False)
+
+    def _set(self, key: str, value: Buffer, *, replace: bool) -> None:
+        """Store *value*'s blocks, then link it in as *key* (unless *key* exists and not *replace*).
+
+        Only the linking holds the tree's lock: concurrent writes hash and store in parallel.
+        """
+        self._check_writable()
+        if not isinstance(value, Buffer):
+            raise TypeError(f"IPLDStore.set(): value must be a Buffer, not {type(value).__name__}")
+        if not replace and self._exists_sync(key):
+            return
+        with self._gate.shared():
+            content = self._store_value(key, _view(value))
+            with self._lock:
+                if replace or self._file(key) is None:  # checked again: another write may have won
+                    self.tree.write_file(key, content)
+
+    def _store_value(self, key: str, data: Chunk) -> FileContent:
+        """*data* as the content of a file named like *key*: its blocks hashed and stored.
+
+        Runs outside the tree's lock (it touches no tree state). The blocks are staged and
+        installed together, without an fsync each (see the class docstring), so a failure
+        leaves none behind.
+        """
+        *_, name = split_path(key) or [""]
+        check_name(name)  # before any block is stored for it
+        staging = self.blockstore.staging()
+        try:
+            content = self.tree.content_for(name, data, staging)
+            staged = bool(staging.staged())
+            staging.commit()
+        except BaseException:
+            staging.discard()
+            raise
+        if staged:  # after they are in place and before they are linked: see freeze()
+            self._unsynced = True
+        return content
 
     async def set_partial_values(
         self, key_start_values: Iterable[tuple[str, int, bytes | bytearray | memoryview]]
@@ -239,6 +368,9 @@ class IPLDStore(Store):
         *start* read as zeros and cost nothing (a hole, as through the mount).
         """
         self._check_writable()
+        await self._in_thread(self._set_ranges, list(key_start_values))
+
+    def _set_ranges(self, key_start_values: list[tuple[str, int, bytes | bytearray | memoryview]]) -> None:
         for key, start, value in key_start_values:
             data = value.to_bytes() if isinstance(value, Buffer) else bytes(value)
             self.set_range_sync(key, start, data)
@@ -260,12 +392,6 @@ class IPLDStore(Store):
                 buffer.close()
             self.tree.set_content(file, content)
 
-    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        self._check_writable()
-        with self._lock:
-            if self._file(key) is None:
-                self.set_sync(key, value)
-
     def delete_sync(self, key: str) -> None:
         self._check_writable()
         with self._lock:
@@ -274,10 +400,13 @@ class IPLDStore(Store):
                 self._prune_empty_parents(key)
 
     async def delete(self, key: str) -> None:
-        self.delete_sync(key)
+        await self._in_thread(self.delete_sync, key)
 
     async def delete_dir(self, prefix: str) -> None:
         self._check_writable()
+        await self._in_thread(self._delete_dir_sync, prefix)
+
+    def _delete_dir_sync(self, prefix: str) -> None:
         with self._lock:
             parts = split_path(prefix)
             if not parts:
@@ -315,36 +444,46 @@ class IPLDStore(Store):
     # --- listing -------------------------------------------------------------
 
     async def list(self) -> AsyncIterator[str]:
-        with self._lock:
-            keys = [path for path, _ in self.tree.walk_files()]
-        for key in keys:
+        for key in await self._reading(self._keys_under, ""):
             yield key
 
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        directory = prefix.rpartition("/")[0]
-        with self._lock:
-            try:
-                base = directory + "/" if directory else ""
-                keys = [base + path for path, _ in self.tree.walk_files(directory)]
-            except _ABSENT:  # nothing under that prefix; a missing or corrupt block still raises
-                keys = []
-        for key in keys:
+        for key in await self._reading(self._keys_under, prefix.rpartition("/")[0]):
             if key.startswith(prefix):
                 yield key
 
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
+        for name in await self._reading(self._names_in, prefix.rstrip("/")):
+            yield name
+
+    def _keys_under(self, directory: str) -> Sequence[str]:
+        """Every key below *directory* ("" for all); none if it is absent."""
+        base = directory + "/" if directory else ""
         with self._lock:
             try:
-                names = self.tree.listdir(prefix.rstrip("/"))
+                return [base + path for path, _ in self.tree.walk_files(directory)]
+            except _ABSENT:  # nothing under that prefix; a missing or corrupt block still raises
+                return []
+
+    def _names_in(self, directory: str) -> Sequence[str]:
+        with self._lock:
+            try:
+                return self.tree.listdir(directory)
             except _ABSENT:
-                names = []
-        for name in names:
-            yield name
+                return []
 
 
 # What a path lookup raises when there is simply nothing at that path (as opposed
 # to a block that is missing or corrupt, which must never read as "no keys").
 _ABSENT = (NotFoundError, NotADirectoryError_)
+
+
+def _view(value: Buffer) -> memoryview:
+    """A zarr buffer's bytes without a copy (one only if they are not contiguous).
+
+    The store hashes the view and copies or writes each block once; nothing keeps it.
+    """
+    return np.ascontiguousarray(value.as_numpy_array()).data.cast("B")
 
 
 def _same_blockstore(a: Blockstore, b: Blockstore) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.ipld.cid import parse_cid
@@ -55,3 +56,33 @@ def test_a_renamed_file_keeps_its_attributes_under_its_new_path(tmp_path: Path) 
     tree = Tree(home.blocks, root)
     meta = Attributes(home.attribute_table, tree).get(tree.resolve("final"))
     assert meta.mode == stat.S_IFREG | 0o640 and meta.mtime_ns == 5
+
+
+def test_a_directory_s_rows_are_read_at_once_and_kept_right(tmp_path: Path, monkeypatch: Any) -> None:
+    """A listing asks for every entry: one query per directory, not per entry; deeper paths, a
+    directory too big to keep and rows saved later all still answer right."""
+    rows = table(tmp_path)
+    modes = {"a": 0o600, "b": 0o640}
+    meta = {name: Meta(stat.S_IFREG | mode, 7, 8, mode, mode, mode) for name, mode in modes.items()}
+    rows.save(
+        [
+            ("d/a", b"cid-a", meta["a"]),
+            ("d/sub/a", b"cid-a", meta["b"]),  # same name and bytes one level down: another file
+            ("top", b"cid-t", meta["b"]),
+            ("big/x", b"cid-x", meta["a"]),
+            ("big/y", b"cid-y", meta["b"]),
+            ("big/z", b"cid-z", meta["a"]),
+        ]
+    )
+    queries: list[str] = []
+    rows._connect().set_trace_callback(queries.append)
+    monkeypatch.setattr("ipldmount.state.attributes.DIRECTORY_ROWS", 2)
+    assert rows.lookup("d/a", b"cid-a") == meta["a"]
+    assert rows.lookup("d/a", b"other") is None and rows.lookup("d/nothing", b"cid-a") is None
+    assert rows.lookup("d/sub/a", b"cid-a") == meta["b"]
+    assert rows.lookup("top", b"cid-t") == meta["b"] and rows.lookup("d", b"") is None
+    assert len(queries) == 5, queries  # d, d/sub: one each; the root's subtree is too big: 1 + 2
+    assert [rows.lookup(f"big/{n}", f"cid-{n}".encode()) for n in "xyz"] == [meta["a"], meta["b"], meta["a"]]
+    assert len(queries) == 5 + 1 + 3  # too many under big/ too: one query each
+    rows.save([("d/new", b"cid-n", meta["b"])])
+    assert rows.lookup("d/new", b"cid-n") == meta["b"]  # a save forgets what was read

@@ -16,13 +16,14 @@ import pyfuse3
 import pytest
 
 from ipldmount.blocks import DirectoryBlockstore
-from ipldmount.format.files import MAX_FILE_SIZE, MAX_WHOLE_FILE_SIZE
+from ipldmount.format.files import MAX_FILE_SIZE, MAX_WHOLE_FILE_SIZE, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
 from ipldmount.mount import fuse_session
 from ipldmount.mount.fuse_ops import Operations
 from ipldmount.state.home import StoreHome
 from ipldmount.state.session import Session
+from ipldmount.tree import File, Tree
 
 pytestmark = pytest.mark.trio
 
@@ -343,3 +344,37 @@ async def test_open_flags_are_set_before_pyfuse3_answers() -> None:
     info[1] = 0
     fuse_session._OpenFlagsHook(address, broken).callback(8, 43, ctypes.addressof(info))
     assert seen == [(8, 43, 0)], "pyfuse3 still answers the request"
+
+
+async def test_a_listing_finds_sizes_of_stored_blocks_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sizes of blocks nobody has read come from the blockstore, many at a time; a missing block
+    is size 0 and not cached (the listing goes on), the others are exact."""
+    store = DirectoryBlockstore(tmp_path / "store", durable=False)
+    tree = Tree(store)
+    for i in range(1200):
+        tree.write_file(f"arr/{i}", b"%05d" % i * (i % 7 + 1))
+    root = tree.commit()
+    gone = Tree(store, root).resolve("arr/555")
+    assert isinstance(gone, File) and isinstance(gone.content, StoredFile)
+    store.block_path(gone.content.cid).unlink()
+    ops = Operations(Session(store, StoreHome(store), tmp_path / "mnt", root))
+    listed: dict[bytes, pyfuse3.EntryAttributes] = {}
+
+    def reply(token: object, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        listed[name] = attrs
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    arr = (await ops.lookup(ROOT, b"arr", CTX)).st_ino
+    handle = await ops.opendir(arr, CTX)
+    await ops.readdir(handle, 0, object())  # type: ignore[arg-type]
+    await ops.releasedir(handle)
+    assert len(listed) == 1202
+    for i in range(1200):
+        attrs = listed[str(i).encode()]
+        if i == 555:
+            assert attrs.st_size == 0 and attrs.attr_timeout == 0
+        else:
+            assert attrs.st_size == 5 * (i % 7 + 1) and attrs.attr_timeout > 0, i

@@ -1316,3 +1316,21 @@ def test_one_chunk_written_into_a_sharded_directory_rewrites_only_its_path(
     assert calls == ["update"]
     monkeypatch.setattr(hamt, "build", real_build)
     assert root == _built_afresh(model)
+
+
+def test_a_stat_of_a_sharded_directory_does_not_count_its_subdirectories(small_blocks: None) -> None:
+    """Counting would read every node; known once the directory is read in full, and kept right."""
+    store = MemoryBlockstore()
+    tree = Tree(store)
+    for i in range(300):
+        tree.write_file(f"arr/{i}", b"chunk %d" % i)
+    tree.mkdir(tree.resolve_dir("arr"), "sub")
+    tree = Tree(store, tree.commit())
+    arr = tree.resolve_dir("arr")
+    assert tree.known_subdirectories(arr) is None
+    tree.write_file("arr/7", b"changed")  # dirty now: still not counted
+    assert tree.known_subdirectories(arr) is None and not arr.complete
+    assert tree.subdirectories(arr) == 1  # asked for exactly: read in full
+    tree.mkdir(arr, "sub2")
+    assert tree.known_subdirectories(arr) == 2
+    assert tree.known_subdirectories(tree.root) == 1  # a plain directory: always counted

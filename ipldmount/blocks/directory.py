@@ -112,7 +112,7 @@ def _unlink_quietly(path: Path) -> None:
         os.unlink(path)
 
 
-def _read_file(path: Path, offset: int = 0, size: int = -1) -> bytes | None:
+def _read_file(path: str | Path, offset: int = 0, size: int = -1) -> bytes | None:
     try:
         with open(path, "rb") as file:
             if offset:
@@ -215,6 +215,7 @@ class DirectoryBlockstore(Blockstore):
         self.root = Path(root)
         self.durable = durable
         self._blocks = self.root / "blocks"
+        self._blocks_prefix = f"{self._blocks}{os.sep}"
         self._tmp = self.root / "tmp"
         self._shards: set[str] = set()
         self._open()
@@ -354,18 +355,23 @@ class DirectoryBlockstore(Blockstore):
 
     # --- reading ----------------------------------------------------------------
 
+    def _block_file(self, cid: bytes) -> str:
+        """:meth:`block_path` as a string, made without pathlib (a listing asks it per entry)."""
+        name = cid_to_str(cid)
+        return f"{self._blocks_prefix}{name[-3:-1]}/{name}"
+
     def _contains(self, cid: bytes) -> bool:
-        return os.path.exists(self.block_path(cid))
+        return os.path.exists(self._block_file(cid))
 
     def _lookup(self, cid: bytes) -> bytes | None:
-        return _read_file(self.block_path(cid))
+        return _read_file(self._block_file(cid))
 
     def _read_range(self, cid: bytes, offset: int, size: int) -> bytes | None:
-        return _read_file(self.block_path(cid), offset, size)
+        return _read_file(self._block_file(cid), offset, size)
 
     def _block_size(self, cid: bytes) -> int | None:
         try:
-            return os.stat(self.block_path(cid)).st_size
+            return os.stat(self._block_file(cid)).st_size
         except FileNotFoundError:
             return None
 
@@ -416,7 +422,7 @@ class DirectoryBlockstore(Blockstore):
 
     # --- writing ----------------------------------------------------------------
 
-    def _add(self, cid: bytes, data: bytes) -> None:
+    def _add(self, cid: bytes, data: Chunk) -> None:
         self._lease.begin()
         temp = self._write_temp([data], sync=self.durable)
         self._install(temp, cid, sync=self.durable)

@@ -38,15 +38,23 @@ class MemoryStaging(Staging[bytes]):
 
     def _install(self, items: dict[bytes, bytes], durable: bool) -> None:
         for cid in list(items):
-            self.store._blocks.setdefault(cid, items.pop(cid))
+            self.store._keep(cid, items.pop(cid))  # staged blocks were all hashed as they came
 
 
 class MemoryBlockstore(Blockstore):
-    """Blocks in a dict."""
+    """Blocks in a dict.
+
+    A block this store hashed itself on the way in is not hashed again by :meth:`get`:
+    it is an immutable ``bytes`` that cannot have changed since, and hashing it on every
+    read would cost as much as the write did. Blocks that came from a pickle, or that
+    anything put into the dict behind the store's back, are checked as on a disk.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self._blocks: dict[bytes, bytes] = {}
+        # The very bytes objects hashed by this store, by CID (identity is what is trusted).
+        self._hashed: dict[bytes, bytes] = {}
 
     def __repr__(self) -> str:
         return f"<MemoryBlockstore of {len(self._blocks)} blocks>"
@@ -58,6 +66,7 @@ class MemoryBlockstore(Blockstore):
     def __setstate__(self, state: dict[str, dict[bytes, bytes]]) -> None:
         Blockstore.__init__(self)
         self._blocks = state["blocks"]
+        self._hashed = {}  # bytes from a pickle are checked when read
 
     def staging(self) -> MemoryStaging:
         return MemoryStaging(self)
@@ -67,6 +76,9 @@ class MemoryBlockstore(Blockstore):
 
     def _lookup(self, cid: bytes) -> bytes | None:
         return self._blocks.get(cid)
+
+    def _known_intact(self, cid: bytes, data: bytes) -> bool:
+        return self._hashed.get(cid) is data
 
     def _read_range(self, cid: bytes, offset: int, size: int) -> bytes | None:
         data = self._blocks.get(cid)
@@ -83,7 +95,11 @@ class MemoryBlockstore(Blockstore):
         """In memory there are no other processes: a collector runs with its writers' cooperation
         (:meth:`IPLDStore.collect_garbage <ipldmount.zarrstore.IPLDStore.collect_garbage>` holds
         the store's lock), so *older_than* does not apply."""
-        data = self._blocks.get(cid) if dry_run else self._blocks.pop(cid, None)
+        if dry_run:
+            data = self._blocks.get(cid)
+        else:
+            data = self._blocks.pop(cid, None)
+            self._hashed.pop(cid, None)
         return None if data is None else len(data)
 
     def __len__(self) -> int:
@@ -91,8 +107,14 @@ class MemoryBlockstore(Blockstore):
         staged = batch.staged() if batch is not None else []
         return len(self._blocks) + sum(1 for cid in staged if cid not in self._blocks)
 
-    def _add(self, cid: bytes, data: bytes) -> None:
-        self._blocks[cid] = bytes(data)
+    def _add(self, cid: bytes, data: Chunk) -> None:
+        """Keep a copy of *data* (our own: a view's owner may change it), hashed by the caller."""
+        self._keep(cid, bytes(data))
+
+    def _keep(self, cid: bytes, data: bytes) -> None:
+        """Store *data*, which this store hashed (or verified) as it came in, unless *cid* is there."""
+        if self._blocks.setdefault(cid, data) is data:
+            self._hashed[cid] = data
 
     def _add_stream(self, chunks: Iterable[Chunk], codec: int) -> bytes:
         hasher = hashlib.sha256()

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, Protocol
 
-from ipldmount.blocks import BlockSink, Blockstore
+from ipldmount.blocks import BlockSink, Blockstore, Chunk, Staging
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError, FileTooLargeError, FormatError
 from ipldmount.format import metadata
 from ipldmount.ipld import cid as cids
@@ -70,7 +70,7 @@ class StoredFile:
     def __init__(self, cid: bytes, size: int | None = None) -> None:
         self.cid = cid
         self._size = size
-        self._inline: dict[metadata.Render, tuple[Any, bytes] | None] = {}
+        self._inline: dict[metadata.Render, tuple[Any, bytes] | None] | None = None  # made for metadata only
 
     def size_in(self, store: Blockstore) -> int:
         if self._size is None:
@@ -94,6 +94,8 @@ class StoredFile:
         rule_key = metadata.RULES.get(name)
         if rule_key is None:
             return None
+        if self._inline is None:
+            self._inline = {}
         if rule_key not in self._inline:
             try:
                 small = cids.is_supported(self.cid) and cids.codec_of(self.cid) == cids.RAW
@@ -184,8 +186,15 @@ class PendingFile:
 # --- writing ------------------------------------------------------------------
 
 
-def store_bytes(store: Blockstore, data: bytes, chunk_size: int | None = BLOCK_LIMIT) -> StoredFile:
-    """Store *data* as a file's content (one raw block, or chunked)."""
+LeafStore = Blockstore | Staging[Any]
+"""Where :func:`store_bytes` puts leaves: both take views, and hash and copy each block once."""
+
+
+def store_bytes(store: LeafStore, data: Chunk, chunk_size: int | None = BLOCK_LIMIT) -> StoredFile:
+    """Store *data* as a file's content (one raw block, or chunked).
+
+    The leaves are views of *data*, never copies: the store copies (or writes) each once.
+    """
     if chunk_size is None or len(data) <= chunk_size:
         return StoredFile(store.put(data, cids.RAW), len(data))
     view = memoryview(data)
@@ -206,13 +215,13 @@ def store_stream(store: Blockstore, stream: BinaryIO, chunk_size: int | None = B
     return store_chunks(store, _chain_chunks(first, second, stream, chunk_size), chunk_size)
 
 
-def store_chunks(store: Blockstore, chunks: Iterable[bytes | memoryview], chunk_size: int) -> StoredFile:
+def store_chunks(store: LeafStore, chunks: Iterable[Chunk], chunk_size: int) -> StoredFile:
     """Store pre-cut leaves (every one but the last exactly *chunk_size*) under an FBL root."""
-    entries = [(store.put(bytes(chunk), cids.RAW), len(chunk)) for chunk in chunks if chunk]
+    entries = [(store.put(chunk, cids.RAW), len(chunk)) for chunk in chunks if chunk]
     return store_leaves(store, entries, chunk_size)
 
 
-def store_leaves(store: Blockstore, entries: list[tuple[bytes, int]], chunk_size: int) -> StoredFile:
+def store_leaves(store: BlockSink, entries: list[tuple[bytes, int]], chunk_size: int) -> StoredFile:
     """A file made of raw leaves already stored, as ``(cid, length)`` in order: every leaf but
     the last holds exactly *chunk_size* bytes (an FBL root if there are several)."""
     if any(length != chunk_size for _, length in entries[:-1]):

@@ -45,8 +45,21 @@ def is_supported(cid: bytes) -> bool:
 
 
 def cid_to_str(cid: bytes) -> str:
-    """Base32 multibase text (``bafy...``/``bafk...``), as IPFS prints CIDv1."""
-    return "b" + base64.b32encode(cid).decode("ascii").rstrip("=").lower()
+    """Base32 multibase text (``bafy...``/``bafk...``), as IPFS prints CIDv1.
+
+    RFC 4648 base32, lower case, unpadded: ten bits at a time through a table (a block's
+    path in the store is made of it, for every block a listing or a read touches; the
+    standard library's encoder loops in Python five bytes at a time).
+    """
+    padding = -len(cid) % 5
+    number = int.from_bytes(cid + bytes(padding), "big")
+    pairs = (len(cid) + padding) * 4 // 5  # two characters for every ten bits
+    text = "".join([_BASE32_PAIRS[(number >> shift) & 1023] for shift in range(10 * pairs - 10, -10, -10)])
+    return "b" + text[: (len(cid) * 8 + 4) // 5]
+
+
+_BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+_BASE32_PAIRS = [first + second for first in _BASE32 for second in _BASE32]
 
 
 def verify(cid: bytes, data: bytes | memoryview) -> bool:

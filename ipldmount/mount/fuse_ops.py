@@ -14,6 +14,7 @@ never later."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import inspect
@@ -29,6 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from ipldmount.blocks import Blockstore
 from ipldmount.errors import IpldmountError, ReadOnlyError, errno_for
 from ipldmount.format.files import FileReader, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
@@ -148,14 +150,15 @@ class DirListing:
 
     directory: Directory
     entries: list[tuple[str, Node]] | None = None
+    sized_until: int = 0  # entries before this index had their sizes looked for
 
 
 class InodeTable:
     """Inode numbers for tree nodes, with the kernel's lookup counts."""
 
     def __init__(self, root: Directory) -> None:
-        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
-        self._inodes: dict[int, int] = {id(root): pyfuse3.ROOT_INODE}
+        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}  # and node.ino says the number
+        root.ino = pyfuse3.ROOT_INODE
         self._lookups: dict[int, int] = {}
         self._next = pyfuse3.ROOT_INODE + 1
 
@@ -166,12 +169,11 @@ class InodeTable:
             raise pyfuse3.FUSEError(errno.ESTALE) from None
 
     def ino(self, node: Node) -> int:
-        ino = self._inodes.get(id(node))
+        ino = node.ino
         if ino is None:
-            ino = self._next
+            ino = node.ino = self._next
             self._next += 1
             self._nodes[ino] = node
-            self._inodes[id(node)] = ino
         return ino
 
     def remember(self, node: Node) -> int:
@@ -189,7 +191,7 @@ class InodeTable:
         if not in_use:
             node = self._nodes.pop(ino, None)
             if node is not None:
-                self._inodes.pop(id(node), None)
+                node.ino = None
 
 
 class Operations(pyfuse3.Operations):
@@ -216,9 +218,8 @@ class Operations(pyfuse3.Operations):
     def _touch(self, *nodes: Node) -> None:
         now = time.time_ns()
         for node in nodes:
-            meta = self.meta(node)
+            meta = self.session.attributes.editable(node)
             meta.mtime_ns = meta.ctime_ns = now
-            self.session.attributes.changed(node)
 
     def _size(self, ino: int, node: Node) -> int:
         buffer = self.open_files.get(ino)
@@ -252,7 +253,8 @@ class Operations(pyfuse3.Operations):
 
     def _link_count(self, ino: int, node: Node) -> int:
         """As on any Linux file system: a file's names (0 once unlinked), 2 + subdirectories for a
-        directory (0 once removed); 1, "not known", for a directory that cannot be read."""
+        directory (0 once removed); 1, "not counted", for a directory that cannot be read and for a
+        sharded one not listed yet (find and fts read 1 so)."""
         if isinstance(node, File):
             return len(node.links)
         if not isinstance(node, Directory):
@@ -260,10 +262,11 @@ class Operations(pyfuse3.Operations):
         if not node.links and ino != pyfuse3.ROOT_INODE:
             return 0
         try:
-            return 2 + self.tree.subdirectories(node)
+            count = self.tree.known_subdirectories(node)
         except IpldmountError as exc:
             log.error("directory %s cannot be read: %s", self.tree.path_of(node), exc)
             return 1
+        return 1 if count is None else 2 + count
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         """Attributes for a reply that hands the kernel a new reference to *node*."""
@@ -318,7 +321,7 @@ class Operations(pyfuse3.Operations):
             if not isinstance(node, File):
                 raise pyfuse3.FUSEError(errno.EISDIR)
             await self._truncate(inode, node, attr.st_size, fh)
-        meta = self.meta(node)
+        meta = self.session.attributes.editable(node)
         if fields.update_mode:
             meta.mode = stat.S_IFMT(meta.mode) | stat.S_IMODE(attr.st_mode)
         if fields.update_uid:
@@ -330,7 +333,6 @@ class Operations(pyfuse3.Operations):
         if fields.update_mtime:
             meta.mtime_ns = attr.st_mtime_ns
         meta.ctime_ns = attr.st_ctime_ns if fields.update_ctime else time.time_ns()
-        self.session.attributes.changed(node)
         return self.attributes(inode, node)
 
     @replies
@@ -387,8 +389,12 @@ class Operations(pyfuse3.Operations):
 
     @replies
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        entries = self._listed(self.listings[fh])
+        listing = self.listings[fh]
+        entries = self._listed(listing)
         for index in range(start_id, len(entries)):
+            if index >= listing.sized_until:
+                listing.sized_until = index + SIZE_LOOKAHEAD
+                await self._find_sizes(entries[index : listing.sized_until])
             name, node = entries[index]
             ino = self.inodes.ino(node)
             if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(ino, node), index + 1):
@@ -403,6 +409,23 @@ class Operations(pyfuse3.Operations):
             entries = sorted(self.tree.entries(directory).items())
             listing.entries = [(".", directory), ("..", parent), *entries]
         return listing.entries
+
+    async def _find_sizes(self, entries: list[tuple[str, Node]]) -> None:
+        """Learn the sizes of the raw blocks of *entries* (a stat of each block file) at once. In
+        the page cache a stat takes microseconds: done here. When the first few show they wait
+        on the disk, the rest are spread over worker threads, whose waits overlap."""
+        unknown = [content for _, node in entries if (content := _size_unknown(node)) is not None]
+        store = self.tree.store
+        started = time.perf_counter()
+        _find_sizes(store, unknown[:SIZE_PROBE])
+        rest = unknown[SIZE_PROBE:]
+        if time.perf_counter() - started < SIZE_PROBE * WARM_STAT:
+            _find_sizes(store, rest)
+            return
+        async with trio.open_nursery() as nursery:
+            for worker in range(SIZE_WORKERS):
+                part = rest[worker::SIZE_WORKERS]
+                nursery.start_soon(functools.partial(trio.to_thread.run_sync, _find_sizes, store, part))
 
     async def releasedir(self, fh: int) -> None:
         self.listings.pop(fh, None)
@@ -645,7 +668,10 @@ class Operations(pyfuse3.Operations):
         name = node.links[0][1] if node.links else ""
         buffer.busy += 1
         try:
-            content = await trio.to_thread.run_sync(self.session.content_of_buffer, buffer.data, name)
+            if buffer.data.size <= SMALL_STORE:  # hashing and writing it costs less than a thread hop
+                content = self.session.content_of_buffer(buffer.data, name)
+            else:
+                content = await trio.to_thread.run_sync(self.session.content_of_buffer, buffer.data, name)
         finally:
             buffer.busy -= 1
         async with self.lock:
@@ -754,7 +780,24 @@ class Operations(pyfuse3.Operations):
         return True  # the kernel checks permissions itself (default_permissions)
 
 
+SIZE_LOOKAHEAD = 512  # readdir finds the sizes of this many entries ahead at once...
+SIZE_WORKERS = 16  # ...in this many worker threads (a cold stat waits on the disk: they overlap),
+SIZE_PROBE = 16  # unless this many of them, found first, took less than
+WARM_STAT = 20e-6  # seconds each: then their inodes are cached and threads would only cost
+SMALL_STORE = 64 << 10  # a file this small is stored (hashed, written) in the event loop on close
 SMALL_READ = 64 << 10  # a raw block this small is read in the event loop: a thread hop costs more
+
+
+def _find_sizes(store: Blockstore, contents: list[StoredFile]) -> None:
+    for content in contents:
+        with contextlib.suppress(IpldmountError):  # attributes() logs it when it gets there
+            content.size_in(store)
+
+
+def _size_unknown(node: Node) -> StoredFile | None:
+    """*node*'s content if it is stored and nobody has looked up its size yet."""
+    content = node.content if isinstance(node, File) else None
+    return content if isinstance(content, StoredFile) and content.known_size is None else None
 
 
 def _small_raw(node: File) -> bool:

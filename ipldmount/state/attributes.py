@@ -7,6 +7,7 @@ files as unchanged. Directories are keyed by path alone.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -14,6 +15,7 @@ import stat
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,11 @@ class Meta:
     ctime_ns: int
 
 
+DIRECTORY_ROWS = 4096  # a directory whose subtree has more rows is asked entry by entry
+CACHED_DIRECTORIES = 16  # directories whose rows are kept (the ones listed last)
+_Rows = dict[tuple[str, bytes], tuple[int, int, int, int]]  # (name, cid) -> mode, uid, gid, mtime_ns
+
+
 class AttributeTable:
     """``path, content CID -> mode, uid, gid, mtime`` for a whole store (SQLite: one file, safe
     for several mounts at once). A table that cannot be read or written costs the attributes,
@@ -48,6 +55,7 @@ class AttributeTable:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._empty: bool | None = None
+        self._directories: OrderedDict[str, _Rows | None] = OrderedDict()  # recently asked, LRU
 
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
@@ -69,9 +77,15 @@ class AttributeTable:
                     self._empty = db.execute("SELECT 1 FROM attributes LIMIT 1").fetchone() is None
                 if self._empty:
                     return None  # most stores never keep any: no query per file
-                row = db.execute(
-                    "SELECT mode, uid, gid, mtime_ns FROM attributes WHERE path = ? AND cid = ?", (path, cid)
-                ).fetchone()
+                directory, _, name = path.rpartition("/")
+                rows = self._directory_rows(db, directory)
+                if rows is not None:
+                    row = rows.get((name, cid))
+                else:
+                    row = db.execute(
+                        "SELECT mode, uid, gid, mtime_ns FROM attributes WHERE path = ? AND cid = ?",
+                        (path, cid),
+                    ).fetchone()
             except sqlite3.Error as exc:
                 log.error("attribute table %s cannot be read: %s", self.path, exc)
                 return None
@@ -79,6 +93,30 @@ class AttributeTable:
             return None
         mode, uid, gid, mtime_ns = row
         return Meta(mode, uid, gid, mtime_ns, mtime_ns, mtime_ns)
+
+    def _directory_rows(self, db: sqlite3.Connection, directory: str) -> _Rows | None:
+        """The rows of *directory*'s entries, read in one query when first asked (a listing asks
+        for every entry); None when its subtree holds too many to keep: then one query each."""
+        if directory in self._directories:
+            self._directories.move_to_end(directory)
+            return self._directories[directory]
+        prefix = directory + "/" if directory else ""
+        end = directory + "0" if directory else "\U0010ffff"  # "0" follows "/": the subtree's paths
+        found = db.execute(
+            "SELECT path, cid, mode, uid, gid, mtime_ns FROM attributes WHERE path >= ? AND path < ? LIMIT ?",
+            (prefix, end, DIRECTORY_ROWS + 1),
+        ).fetchall()
+        rows: _Rows | None = None
+        if len(found) <= DIRECTORY_ROWS:
+            rows = {}
+            for path, cid, *values in found:
+                name = path[len(prefix) :]
+                if "/" not in name:
+                    rows[(name, cid)] = tuple(values)
+        self._directories[directory] = rows
+        if len(self._directories) > CACHED_DIRECTORIES:
+            self._directories.popitem(last=False)
+        return rows
 
     def save(self, rows: Iterable[tuple[str, bytes, Meta]]) -> None:
         values = [(path, cid, m.mode, m.uid, m.gid, m.mtime_ns) for path, cid, m in rows]
@@ -91,6 +129,7 @@ class AttributeTable:
                     db.execute("BEGIN")
                     db.executemany("INSERT OR REPLACE INTO attributes VALUES (?, ?, ?, ?, ?, ?)", values)
                 self._empty = False
+                self._directories.clear()
             except sqlite3.Error as exc:
                 log.error("attribute table %s cannot be written (%d lost): %s", self.path, len(values), exc)
 
@@ -102,37 +141,49 @@ class AttributeTable:
 
 
 class Attributes:
-    """A mount's attributes: loaded from the table on first use, saved at sync when changed."""
+    """A mount's attributes: loaded from the table on first use, saved at sync when changed.
+
+    Each node holds its own in ``node.meta``; the many that were never changed and are not in
+    the table share one default per kind (do not modify what :meth:`get` returns: take
+    :meth:`editable`)."""
 
     def __init__(self, table: AttributeTable, tree: Tree) -> None:
         self.table = table
         self.tree = tree
-        self._meta: weakref.WeakKeyDictionary[Node, Meta] = weakref.WeakKeyDictionary()
         self._changed: weakref.WeakSet[Node] = weakref.WeakSet()
         self._started_ns = time.time_ns()
+        self._defaults: dict[int, Meta] = {}
 
     def get(self, node: Node) -> Meta:
-        meta = self._meta.get(node)
+        meta = node.meta
         if meta is None:
-            meta = self._load(node) or self._default(node)
-            self._meta[node] = meta
+            meta = node.meta = self._load(node) or self._default(node)
+        assert isinstance(meta, Meta)
+        return meta
+
+    def editable(self, node: Node) -> Meta:
+        """*node*'s own attributes, to change in place: saved at the next sync."""
+        meta = self.get(node)
+        if any(meta is default for default in self._defaults.values()):
+            meta = node.meta = dataclasses.replace(meta)
+        self._changed.add(node)
         return meta
 
     def set(self, node: Node, meta: Meta) -> None:
         """A new node's attributes (create, mkdir)."""
-        self._meta[node] = meta
+        node.meta = meta
         self._changed.add(node)
 
     def changed(self, node: Node) -> None:
-        """Its attributes or its path changed: save them at the next sync."""
-        self._changed.add(node)
+        """Its path changed: save its attributes under the new one at the next sync."""
+        self.editable(node)
 
     def save(self) -> None:
         """After a commit: every changed node still in the tree, under its path and content CID."""
         rows = []
         for node in list(self._changed):
-            meta, path = self._meta.get(node), self.tree.path_of(node)
-            if meta is not None and path is not None and not isinstance(node, Broken):
+            meta, path = node.meta, self.tree.path_of(node)
+            if isinstance(meta, Meta) and path is not None and not isinstance(node, Broken):
                 rows.append((path, _content_key(node), meta))
         self.table.save(rows)
         self._changed = weakref.WeakSet()
@@ -146,8 +197,11 @@ class Attributes:
     def _default(self, node: Node) -> Meta:
         directory = isinstance(node, Directory) or (isinstance(node, Broken) and node.directory)
         kind, perm = (stat.S_IFDIR, 0o755) if directory else (stat.S_IFREG, 0o644)
-        now = self._started_ns
-        return Meta(kind | perm, os.getuid(), os.getgid(), now, now, now)
+        meta = self._defaults.get(kind)
+        if meta is None:
+            now = self._started_ns
+            meta = self._defaults[kind] = Meta(kind | perm, os.getuid(), os.getgid(), now, now, now)
+        return meta
 
 
 def _content_key(node: Node) -> bytes:

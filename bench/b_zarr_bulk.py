@@ -1,0 +1,190 @@
+"""zarr_bulk: 1 GiB of 4 MiB chunks written through zarr and read back, IPLDStore vs zarr's own stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from common import MB, Context, MiB, Row, Timer, log
+from zarr.storage import LocalStore, MemoryStore
+
+from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
+from ipldmount.zarrstore import IPLDStore
+
+CHUNK = 4 * MiB  # one zarr chunk: four 1 MiB leaves under an FBL node in the blockstore
+LEAF = MiB
+
+
+@dataclass(frozen=True)
+class Layout:
+    """An uncompressed array of 4 MiB chunks over the same bytes."""
+
+    name: str
+    dtype: str
+    row: int  # elements per row (1: a 1-d array)
+
+    def array(self, data: np.ndarray) -> np.ndarray:
+        values = data.view(self.dtype)
+        return values if self.row == 1 else values.reshape(-1, self.row)
+
+    def chunks(self) -> tuple[int, ...]:
+        items = CHUNK // np.dtype(self.dtype).itemsize
+        return (items,) if self.row == 1 else (items // self.row, self.row)
+
+
+# zarr's own cost differs a lot between the two: with uint8 it does more per byte than with float32.
+LAYOUTS = (Layout("uint8", "uint8", 1), Layout("float32 1024x1024", "float32", 1024))
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An IPLDStore and its baseline, measured in the same rounds."""
+
+    name: str  # the row's case
+    ipld: str  # key of the IPLDStore contender
+    baseline: str  # key of zarr's own store
+    baseline_name: str
+
+
+PAIRS = (
+    Pair("IPLDStore(MemoryBlockstore)", "ipld_mem", "memory", "MemoryStore"),
+    Pair("IPLDStore(DirectoryBlockstore)", "ipld_dir", "local", "LocalStore on disk"),
+)
+ON_DISK = ("ipld_dir", "local")
+
+
+def stamp(data: np.ndarray, round_: int) -> None:
+    """Stamp every leaf of *data* with a number unique to it and the round: no block dedupes."""
+    leaves = len(data) // LEAF
+    data[: leaves * LEAF].view("<u8")[:: LEAF // 8] = np.arange(leaves, dtype="<u8") + np.uint64(
+        round_ * leaves
+    )
+
+
+def write_array(store: Any, values: np.ndarray, layout: Layout) -> float:
+    """Seconds for ``array[...] = values`` into a new uncompressed array (creating it not counted)."""
+    array = zarr.create_array(
+        store, shape=values.shape, chunks=layout.chunks(), dtype=layout.dtype, compressors=None, fill_value=0
+    )
+    with Timer() as timer:
+        array[...] = values
+    return timer.seconds
+
+
+def read_array(store: Any, expected: np.ndarray) -> float:
+    """Seconds to open the array and read all of it; the values are checked (not timed)."""
+    with Timer() as timer:
+        values = zarr.open_array(store, mode="r")[...]
+    if not np.array_equal(values.view(np.uint8), expected.view(np.uint8)):  # random floats hold NaNs
+        raise RuntimeError(f"read back different data from {store!r}")
+    return timer.seconds
+
+
+def one_store(ctx: Context, key: str, where: Path, values: np.ndarray, layout: Layout) -> dict[str, float]:
+    """Write then read the array on a fresh store of kind *key*; seconds by step.
+
+    ``durable`` is the write plus what makes it survive a crash: ``freeze()`` (which
+    syncs the filesystem before it commits the root) for an IPLDStore on disk, a
+    ``sync`` for LocalStore (which never fsyncs by itself).
+    """
+    result: dict[str, float] = {}
+    if key in ON_DISK:
+        ctx.caches.drop()  # the previous store's writeback must not land in this one's time
+    if key == "memory":
+        memory = MemoryStore()
+        result["write"] = write_array(memory, values, layout)
+        reopen: Callable[[], Any] = lambda: memory  # noqa: E731
+    elif key == "local":
+        result["write"] = write_array(LocalStore(where), values, layout)
+        with Timer() as syncing:
+            os.sync()
+        result["durable"] = result["write"] + syncing.seconds
+        reopen = lambda: LocalStore(where, read_only=True)  # noqa: E731
+    else:
+        blockstore = DirectoryBlockstore(where) if key == "ipld_dir" else MemoryBlockstore()
+        store = IPLDStore(blockstore)
+        result["write"] = write_array(store, values, layout)
+        with Timer() as freezing:
+            root = store.freeze()
+        result["freeze"] = freezing.seconds
+        result["durable"] = result["write"] + freezing.seconds
+        reopen = lambda: IPLDStore(blockstore, root, read_only=True)  # noqa: E731
+    if key in ON_DISK:
+        ctx.caches.drop()  # cold reads
+    result["read"] = read_array(reopen(), values)
+    return result
+
+
+def run(ctx: Context) -> None:
+    warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+    total = (256 if ctx.quick else 1024) * MiB
+    rounds = max(ctx.repeats, 3 if ctx.quick else 5)
+    log(f"{total // MiB} MiB in {total // CHUNK} chunks of 4 MiB, {rounds} rounds, zarr {zarr.__version__}")
+    data = np.frombuffer(np.random.default_rng(11).bytes(total), dtype=np.uint8).copy()
+    keys = [key for pair in PAIRS for key in (pair.baseline, pair.ipld)]
+    for layout in LAYOUTS:
+        seconds: dict[tuple[str, str], list[float]] = {}
+        for round_ in range(rounds):
+            stamp(data, round_)
+            values = layout.array(data)
+            for key in keys if round_ % 2 == 0 else keys[::-1]:  # who goes first alternates
+                where = ctx.workdir / "zarr_bulk" / f"{key}-{round_}"
+                try:
+                    for step, value in one_store(ctx, key, where, values, layout).items():
+                        seconds.setdefault((step, key), []).append(value)
+                finally:
+                    shutil.rmtree(where, ignore_errors=True)
+            log(f"{layout.name}: round {round_ + 1}/{rounds} done")
+        add_rows(
+            ctx, layout, total, rounds, {key: statistics.median(values) for key, values in seconds.items()}
+        )
+
+
+def add_rows(
+    ctx: Context, layout: Layout, total: int, rounds: int, median: dict[tuple[str, str], float]
+) -> None:
+    size = f"{total // MiB} MiB {layout.name}"
+    cold = ctx.caches.cold_note or "cold"
+    for pair in PAIRS:
+        disk = pair.ipld in ON_DISK
+        for step in ("write", "read"):
+            ctx.add(
+                Row(
+                    "zarr_bulk",
+                    f"{step} {size}: {pair.name}",
+                    total / MB / median[step, pair.ipld],
+                    "MB/s",
+                    total / MB / median[step, pair.baseline],
+                    pair.baseline_name,
+                    f"median of {rounds}" + (f", {cold}" if disk and step == "read" else ""),
+                )
+            )
+        if disk:
+            ctx.add(
+                Row(
+                    "zarr_bulk",
+                    f"write+freeze {size}: {pair.name}",
+                    total / MB / median["durable", pair.ipld],
+                    "MB/s",
+                    total / MB / median["durable", pair.baseline],
+                    "LocalStore write+sync",
+                    "durable: syncs the filesystem",
+                )
+            )
+        ctx.add(
+            Row(
+                "zarr_bulk",
+                f"{pair.name}.freeze() after writing {size}",
+                median["freeze", pair.ipld],
+                "s",
+                note="informational",
+            )
+        )
