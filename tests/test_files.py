@@ -322,3 +322,69 @@ def test_whole_file_may_exceed_the_limit(store: Blockstore) -> None:
     assert store.size(stored.cid) == 2 * MIB
     reader = open_reader(store, stored.cid)
     assert_random_reads(reader, data, count=50)
+
+
+def test_a_chunked_file_loads_different_leaves_side_by_side_and_each_once() -> None:
+    """The kernel's read-ahead asks for several leaves at once (from several threads): they load
+    together, requests for one leaf share its load, and a failed load fails all who waited."""
+    import threading
+    import time
+
+    from ipldmount.blocks import MemoryBlockstore
+
+    store = MemoryBlockstore()
+    data = payload(6 * MIB, seed=6)
+    stored = store_bytes(store, data)
+    reader = open_reader(store, stored.cid)
+    assert isinstance(reader, FblReader)
+    lock, loads, active, most = threading.Lock(), [], [0], [0]
+    real_get = store.get
+    leaves = {cid for cid, _ in fbl_entries(store, stored.cid)}
+
+    def slow_get(cid: bytes) -> bytes:
+        if cid in leaves:
+            with lock:
+                loads.append(cid)
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            time.sleep(0.05)
+            with lock:
+                active[0] -= 1
+        return real_get(cid)
+
+    store.get = slow_get  # type: ignore[method-assign]
+    results: dict[int, bytes] = {}
+    offsets = [k * MIB + part * (MIB // 4) for k in range(6) for part in range(4)]
+    threads = [
+        threading.Thread(target=lambda o=o: results.__setitem__(o, reader.read(o, MIB // 4))) for o in offsets
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(results[o] == data[o : o + MIB // 4] for o in offsets)
+    assert sorted(loads) == sorted(leaves), "each leaf loaded once"
+    assert most[0] >= 2, "leaves load side by side"
+
+    broken = open_reader(store, stored.cid)
+
+    def failing_get(cid: bytes) -> bytes:
+        time.sleep(0.05)
+        raise CorruptBlockError("bad leaf")
+
+    store.get = failing_get  # type: ignore[method-assign]
+    errors: list[Exception] = []
+
+    def read_first() -> None:
+        try:
+            broken.read(0, 10)
+        except CorruptBlockError as exc:
+            errors.append(exc)
+
+    assert isinstance(broken, FblReader)
+    waiters = [threading.Thread(target=read_first) for _ in range(3)]
+    for thread in waiters:
+        thread.start()
+    for thread in waiters:
+        thread.join()
+    assert len(errors) == 3

@@ -13,6 +13,7 @@ import functools
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from typing import Any, BinaryIO, Protocol
 
 from ipldmount.blocks import BlockSink, Blockstore, Chunk, Staging
@@ -458,12 +459,14 @@ def fbl_size(store: Blockstore, cid: bytes) -> int:
 class FblReader:
     """Random access into a chunked file, keeping the few leaves it read last.
 
-    The kernel reads ahead with several requests at once, each a slice of the
-    same leaf; the lock makes them share one load (and one hash check) of it.
+    The kernel reads ahead with several requests at once, slices of one leaf or of
+    the next few: requests for one leaf share one load (and one hash check) of it,
+    and different leaves load at the same time (reading a block file and hashing it
+    let other threads run: a cold sequential read keeps the disk and both cores busy).
     Leaves are kept by CID, so a hole (one zero leaf, many times) is read once.
     """
 
-    LEAVES_KEPT = 4
+    LEAVES_KEPT = 8  # more than the kernel's read-ahead has in flight, or it reloads leaves
 
     def __init__(self, store: Blockstore, root: bytes) -> None:
         self.store = store
@@ -473,6 +476,7 @@ class FblReader:
         self._blocks: OrderedDict[bytes, bytes] = OrderedDict()  # leaf CID -> its bytes
         self._recent: OrderedDict[int, bytes] = OrderedDict()  # file offset of a leaf -> its bytes
         self._canonical: dict[tuple[bytes, int, int], bool] = {}
+        self._loading: dict[bytes, Future[bytes]] = {}  # leaf CID -> the load under way
         self._lock = threading.Lock()
 
     def _node(self, cid: bytes) -> tuple[list[int], list[bytes]]:
@@ -494,19 +498,39 @@ class FblReader:
                 self._recent.move_to_end(start)
                 return leaf
             block = self._blocks.get(cid)
-            if block is None:
-                block = self.store.get(cid)
-                self._blocks[cid] = block
-                if len(self._blocks) > self.LEAVES_KEPT:
-                    self._blocks.popitem(last=False)
-            else:
-                self._blocks.move_to_end(cid)
+            loading = self._loading.get(cid) if block is None else None
+            mine = block is None and loading is None
+            if mine:
+                loading = self._loading[cid] = Future()
+        if block is None:
+            assert loading is not None
+            block = self._load(cid, loading) if mine else loading.result()
+        with self._lock:
+            self._keep(self._blocks, cid, block)
             # only the bytes its entry states count
             leaf = block[:length] if length is not None and len(block) > length else block
-            self._recent[start] = leaf
-            if len(self._recent) > self.LEAVES_KEPT:
-                self._recent.popitem(last=False)
+            self._keep(self._recent, start, leaf)
             return leaf
+
+    def _load(self, cid: bytes, loading: Future[bytes]) -> bytes:
+        """Read and check a leaf, outside the lock; whoever waits for it gets it (or the error)."""
+        try:
+            block = self.store.get(cid)
+        except BaseException as exc:
+            loading.set_exception(exc)
+            raise
+        else:
+            loading.set_result(block)
+            return block
+        finally:
+            with self._lock:
+                self._loading.pop(cid, None)
+
+    def _keep(self, kept: OrderedDict[Any, bytes], key: Any, data: bytes) -> None:
+        kept[key] = data
+        kept.move_to_end(key)
+        if len(kept) > self.LEAVES_KEPT:
+            kept.popitem(last=False)
 
     def cached(self, offset: int, size: int) -> bytes | None:
         end = min(offset + size, self.size)

@@ -30,7 +30,7 @@ from ipldmount.state.session import Session
 
 log = logging.getLogger(__name__)
 
-READ_AHEAD_KB = 1024
+READ_AHEAD_KB = 4096
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,9 @@ def is_mounted(mountpoint: Path) -> bool:
 
 
 async def _raise_read_ahead(mountpoint: Path) -> None:
-    """Raise the mount's read-ahead to 1 MiB: cold sequential reads go ~1.7x faster (bench).
+    """Raise the mount's read-ahead to 4 MiB, a few leaves: the reader loads them side by side
+    (cold sequential reads: 1.7x faster at 1 MiB than the default, 1.3x more at 4 MiB; more
+    does not help: dd of a 1 GiB file after dropping caches).
 
     The kernel sets it from the FUSE INIT reply, which serve() sends once it runs;
     a value written before that is lowered again. So write it again until it stays.
