@@ -74,15 +74,17 @@ EMPTY_ROOT = cids.block_cid(cids.DAG_CBOR, EMPTY_DIRECTORY)
 class Node:
     """Something a directory entry can name."""
 
-    __slots__ = ("__weakref__", "ino", "links", "meta")
+    __slots__ = ("__weakref__", "ino", "links", "lookups", "meta")
 
     def __init__(self) -> None:
         # Every (directory, name) that refers to this node: a tuple, as nearly all have one (a
         # list would cost 56 bytes more per node, and a listed directory has millions).
         self.links: tuple[tuple[Directory, str], ...] = ()
-        # Kept here for the mount (its inode number, its mode/owner/times): a field costs 8 bytes
-        # per node, a dictionary entry beside the tree 50-130, and a listed directory has millions.
+        # Kept here for the mount (its inode, the kernel's references to it, its mode/owner/times):
+        # a field costs 8 bytes per node, a dictionary entry beside the tree 50-130, and a listed
+        # directory has millions.
         self.ino: int | None = None
+        self.lookups = 0  # the kernel's references to that inode
         self.meta: object = None
 
     def add_link(self, directory: Directory, name: str) -> None:

@@ -171,7 +171,7 @@ async def test_readdir_lists_dot_and_dotdot_without_taking_references(
     ops: Operations, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sub = await mkdir(ops, ROOT, b"sub")
-    _, fh = await create(ops, sub, b"f")
+    created, fh = await create(ops, sub, b"f")
     await close(ops, fh)
     listed: list[tuple[bytes, int]] = []
 
@@ -181,14 +181,15 @@ async def test_readdir_lists_dot_and_dotdot_without_taking_references(
 
     monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
     handle = await ops.opendir(sub, CTX)
-    before = dict(ops.inodes._lookups)
+    before = {ino: ops.inodes.lookups(ino) for ino in (sub, ROOT, created)}
     await ops.readdir(handle, 0, object())  # type: ignore[arg-type]
     await ops.releasedir(handle)
     assert [name for name, _ in listed] == [b".", b"..", b"f"]
     assert listed[0][1] == sub and listed[1][1] == ROOT
     file_ino = listed[2][1]
-    assert ops.inodes._lookups.get(file_ino, 0) == before.get(file_ino, 0) + 1
-    assert ops.inodes._lookups.get(sub) == before.get(sub), "no reference for '.'"
+    assert file_ino == created and ops.inodes.lookups(file_ino) == before[created] + 1
+    assert ops.inodes.lookups(sub) == before[sub], "no reference for '.'"
+    assert ops.inodes.lookups(ROOT) == before[ROOT], "none for '..'"
 
 
 async def test_attributes_say_what_a_node_is_made_of(ops: Operations) -> None:

@@ -154,12 +154,12 @@ class DirListing:
 
 
 class InodeTable:
-    """Inode numbers for tree nodes, with the kernel's lookup counts."""
+    """Inode numbers for tree nodes, with the kernel's lookup counts (both kept on the node:
+    ``node.ino``, ``node.lookups``; a listed directory hands the kernel millions)."""
 
     def __init__(self, root: Directory) -> None:
-        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}  # and node.ino says the number
+        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
         root.ino = pyfuse3.ROOT_INODE
-        self._lookups: dict[int, int] = {}
         self._next = pyfuse3.ROOT_INODE + 1
 
     def node(self, ino: int) -> Node:
@@ -179,19 +179,23 @@ class InodeTable:
     def remember(self, node: Node) -> int:
         """The inode for *node*, counting one more kernel reference to it."""
         ino = self.ino(node)
-        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+        node.lookups += 1
         return ino
 
+    def lookups(self, ino: int) -> int:
+        """The kernel's references to inode *ino*."""
+        node = self._nodes.get(ino)
+        return 0 if node is None else node.lookups
+
     def forget(self, ino: int, count: int, in_use: bool) -> None:
-        left = self._lookups.get(ino, 0) - count
-        if left > 0 or ino == pyfuse3.ROOT_INODE:
-            self._lookups[ino] = max(left, 0)
+        node = self._nodes.get(ino)
+        if node is None:
             return
-        self._lookups.pop(ino, None)
-        if not in_use:
-            node = self._nodes.pop(ino, None)
-            if node is not None:
-                node.ino = None
+        node.lookups = max(node.lookups - count, 0)
+        if node.lookups or ino == pyfuse3.ROOT_INODE or in_use:
+            return
+        del self._nodes[ino]
+        node.ino = None
 
 
 class Operations(pyfuse3.Operations):
