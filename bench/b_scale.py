@@ -6,7 +6,7 @@ system that does no work (floorfs.py: the floor of any Python FUSE daemon): moun
 (first and again), `ls -l`, 1,000 random chunk open+read, 100,000 files created into one
 directory, overwrite one chunk and `ipldmount sync`, and the daemon's peak RSS. Listing and reads
 alternate between the three, medians of the rounds.
-`run.py --scale N` sets N (default 100,000; 1,000,000 is the issue's size).
+`run.py --scale N` sets N (default 100,000, 10,000 with --quick; 1,000,000 is the issue's size).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ipldmount benchmarks: every figure next to a baseline measured in the same run.
 
-    .venv/bin/python bench/run.py               # everything (~3-5 minutes)
+    .venv/bin/python bench/run.py               # everything (about 7 minutes)
     .venv/bin/python bench/run.py --quick       # smaller sizes (< 1 minute)
     .venv/bin/python bench/run.py --only codec  # one benchmark (repeatable)
     .venv/bin/python bench/run.py --only scale --scale 1000000   # the million-chunk array
@@ -93,9 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scale",
         type=int,
-        default=100_000,
+        default=None,
         metavar="N",
-        help="chunks in the scale benchmark's array (default 100,000; the issue's size is 1,000,000)",
+        help="chunks in the scale benchmark's array (default 100,000; --quick: 10,000; the issue: 1,000,000)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.workdir)
     base.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="ipldmount-bench-", dir=base)).resolve()
-    ctx = Context(workdir, quick=args.quick, repeats=args.repeats, scale=args.scale)
+    scale = args.scale if args.scale is not None else 10_000 if args.quick else 100_000
+    ctx = Context(workdir, quick=args.quick, repeats=args.repeats, scale=scale)
     # Close each fixture right after the last selected benchmark that uses it.
     last_user = {fixture: name for name in selected for fixture in BENCHMARKS[name][1]}
 
