@@ -251,10 +251,15 @@ class Tree:
         gone = directory.changed or set()  # changed and not known: removed
         loaded: dict[str, Node] = {}
         fresh: list[str] = []
-        for name, value in dirnode.plain_entries(self.store, committed.value).items():
+        skipped: set[str] = set()
+        for name, value in dirnode.iter_entries(self.store, committed.value):  # no map of them all
+            if name in loaded or name in skipped:
+                raise dirnode.duplicate_name(name)
             if name in known:
                 loaded[name] = known[name]
-            elif name not in gone:
+            elif name in gone:
+                skipped.add(name)
+            else:
                 self._check_stored_name(directory, name)
                 loaded[name] = self._node_for(name, value)
                 fresh.append(name)

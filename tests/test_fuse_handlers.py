@@ -379,3 +379,31 @@ async def test_a_listing_finds_sizes_of_stored_blocks_in_batches(
             assert attrs.st_size == 0 and attrs.attr_timeout == 0
         else:
             assert attrs.st_size == 5 * (i % 7 + 1) and attrs.attr_timeout > 0, i
+
+
+async def test_a_listing_in_progress_skips_names_removed_meanwhile(
+    ops: Operations, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = await mkdir(ops, ROOT, b"sub")
+    for name in (b"a", b"b", b"c"):
+        _, fh = await create(ops, sub, name)
+        await close(ops, fh)
+    listed: list[tuple[bytes, int]] = []
+    room = [3]  # the kernel's buffer holds ".", ".." and "a"
+
+    def reply(token: object, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        if not room[0]:
+            return False
+        room[0] -= 1
+        listed.append((name, next_id))
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    handle = await ops.opendir(sub, CTX)
+    await ops.readdir(handle, 0, object())  # type: ignore[arg-type]
+    assert [name for name, _ in listed] == [b".", b"..", b"a"]
+    await ops.unlink(sub, b"b", CTX)
+    room[0] = 10
+    await ops.readdir(handle, listed[-1][1], object())  # type: ignore[arg-type]
+    await ops.releasedir(handle)
+    assert [name for name, _ in listed] == [b".", b"..", b"a", b"c"]

@@ -8,7 +8,7 @@ entries become links; if even all-links is too big, the directory is sharded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,16 +79,35 @@ class EntryForm:
 
 def plain_entries(store: Blockstore, value: Any) -> Mapping[str, Any]:
     """The name -> entry map of a directory node, whether plain or sharded."""
+    if not hamt.is_root(value):
+        if type(value) is not dict:
+            raise not_a_directory(value)
+        return value
+    entries: dict[str, Any] = {}
+    for name, entry in iter_entries(store, value):
+        if name in entries:
+            raise duplicate_name(name)
+        entries[name] = entry
+    return entries
+
+
+def iter_entries(store: Blockstore, value: Any) -> Iterable[tuple[str, Any]]:
+    """The (name, entry) pairs of a directory node, one at a time (a sharded one node by node:
+    no map of a million entries at once). The caller checks that no name comes twice."""
     if hamt.is_root(value):
-        entries: dict[str, Any] = {}
-        for name, entry in hamt.iter_entries(store, value):
-            if name in entries:  # FORMAT.md 6.4: a name appears once; which copy counts is undefined
-                raise FormatError(f"sharded directory holds the name {name!r} twice")
-            entries[name] = entry
-        return entries
+        return hamt.iter_entries(store, value)
     if type(value) is not dict:
-        raise FormatError(f"not a directory node (a {type(value).__name__})")
-    return value
+        raise not_a_directory(value)
+    return value.items()
+
+
+def not_a_directory(value: Any) -> FormatError:
+    return FormatError(f"not a directory node (a {type(value).__name__})")
+
+
+def duplicate_name(name: str) -> FormatError:
+    # FORMAT.md 6.4: a name appears once; which copy counts is undefined
+    return FormatError(f"sharded directory holds the name {name!r} twice")
 
 
 def layout(store: BlockSink, entries: Mapping[str, EntryForm], limit: int = BLOCK_LIMIT) -> DirectoryForm:

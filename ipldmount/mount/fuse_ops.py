@@ -149,7 +149,8 @@ class DirListing:
     from its own cache of the listing and never ask."""
 
     directory: Directory
-    entries: list[tuple[str, Node]] | None = None
+    names: list[str] | None = None  # ".", "..", then the entries' names in order (not their
+    # nodes: a list of (name, node) pairs would cost 64 bytes more per entry of a huge directory)
     sized_until: int = 0  # entries before this index had their sizes looked for
 
 
@@ -394,31 +395,42 @@ class Operations(pyfuse3.Operations):
     @replies
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.listings[fh]
-        entries = self._listed(listing)
-        for index in range(start_id, len(entries)):
+        names = self._listed(listing)
+        for index in range(start_id, len(names)):
             if index >= listing.sized_until:
                 listing.sized_until = index + SIZE_LOOKAHEAD
-                await self._find_sizes(entries[index : listing.sized_until])
-            name, node = entries[index]
+                ahead = range(index, min(listing.sized_until, len(names)))
+                await self._find_sizes([self._listed_node(listing, i, names[i]) for i in ahead])
+            node = self._listed_node(listing, index, names[index])
+            if node is None:
+                continue  # removed since the listing began
             ino = self.inodes.ino(node)
-            if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(ino, node), index + 1):
+            if not pyfuse3.readdir_reply(
+                token, names[index].encode("utf-8"), self.attributes(ino, node), index + 1
+            ):
                 return
             if index >= 2:  # the kernel takes no reference for "." and ".."
                 self.inodes.remember(node)
 
-    def _listed(self, listing: DirListing) -> list[tuple[str, Node]]:
-        if listing.entries is None:
-            directory = listing.directory
-            parent = directory.links[0][0] if directory.links else directory
-            entries = sorted(self.tree.entries(directory).items())
-            listing.entries = [(".", directory), ("..", parent), *entries]
-        return listing.entries
+    def _listed(self, listing: DirListing) -> list[str]:
+        if listing.names is None:
+            listing.names = [".", "..", *sorted(self.tree.entries(listing.directory))]
+        return listing.names
 
-    async def _find_sizes(self, entries: list[tuple[str, Node]]) -> None:
-        """Learn the sizes of the raw blocks of *entries* (a stat of each block file) at once. In
+    def _listed_node(self, listing: DirListing, index: int, name: str) -> Node | None:
+        directory = listing.directory
+        if index == 0:
+            return directory
+        if index == 1:
+            return directory.links[0][0] if directory.links else directory
+        return self.tree.entries(directory).get(name)
+
+    async def _find_sizes(self, nodes: list[Node | None]) -> None:
+        """Learn the sizes of the raw blocks of *nodes* (a stat of each block file) at once. In
         the page cache a stat takes microseconds: done here. When the first few show they wait
         on the disk, the rest are spread over worker threads, whose waits overlap."""
-        unknown = [content for _, node in entries if (content := _size_unknown(node)) is not None]
+        found = (_size_unknown(node) for node in nodes if node is not None)
+        unknown = [content for content in found if content is not None]
         store = self.tree.store
         started = time.perf_counter()
         _find_sizes(store, unknown[:SIZE_PROBE])
