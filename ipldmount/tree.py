@@ -74,26 +74,53 @@ EMPTY_ROOT = cids.block_cid(cids.DAG_CBOR, EMPTY_DIRECTORY)
 class Node:
     """Something a directory entry can name."""
 
-    __slots__ = ("__weakref__", "ino", "links", "lookups", "meta")
+    __slots__ = ("__weakref__", "_more_links", "_name", "_parent", "ino", "lookups", "meta")
 
     def __init__(self) -> None:
-        # Every (directory, name) that refers to this node: a tuple, as nearly all have one (a
-        # list would cost 56 bytes more per node, and a listed directory has millions).
-        self.links: tuple[tuple[Directory, str], ...] = ()
+        # Every (directory, name) that refers to this node: nearly all have one, kept in two
+        # fields (a tuple of pairs would cost 88 bytes more per node, and a listed directory
+        # has millions); hard links beyond the first in a tuple.
+        self._parent: Directory | None = None
+        self._name = ""
+        self._more_links: tuple[tuple[Directory, str], ...] = ()
         # Kept here for the mount (its inode, the kernel's references to it, its mode/owner/times):
-        # a field costs 8 bytes per node, a dictionary entry beside the tree 50-130, and a listed
-        # directory has millions.
+        # a field costs 8 bytes per node, a dictionary entry beside the tree 50-130.
         self.ino: int | None = None
         self.lookups = 0  # the kernel's references to that inode
         self.meta: object = None
 
+    @property
+    def links(self) -> tuple[tuple[Directory, str], ...]:
+        """Every (directory, name) that refers to this node, the first one first."""
+        return () if self._parent is None else ((self._parent, self._name), *self._more_links)
+
+    @property
+    def first_link(self) -> tuple[Directory, str] | None:
+        return None if self._parent is None else (self._parent, self._name)
+
+    @property
+    def parent(self) -> Directory | None:
+        """The directory of its first link (None once nothing refers to it)."""
+        return self._parent
+
+    @property
+    def link_count(self) -> int:
+        return 0 if self._parent is None else 1 + len(self._more_links)
+
     def add_link(self, directory: Directory, name: str) -> None:
-        self.links = (*self.links, (directory, name))
+        if self._parent is None:
+            self._parent, self._name = directory, name
+        else:
+            self._more_links = (*self._more_links, (directory, name))
 
     def remove_link(self, directory: Directory, name: str) -> None:
         links = list(self.links)
         links.remove((directory, name))
-        self.links = tuple(links)
+        if links:
+            (self._parent, self._name), *more = links
+        else:
+            self._parent, self._name, more = None, "", []
+        self._more_links = tuple(more)
 
 
 class File(Node):
@@ -392,9 +419,10 @@ class Tree:
         """A path that names *node* now (its first link), or None if nothing does."""
         parts: list[str] = []
         while node is not self.root:
-            if not node.links:
+            link = node.first_link
+            if link is None:
                 return None
-            node, name = node.links[0]
+            node, name = link
             parts.append(name)
         return "/".join(reversed(parts))
 
@@ -555,7 +583,7 @@ class Tree:
         while current is not None:
             if current is node:
                 return True
-            current = current.links[0][0] if current.links else None
+            current = current.parent
         return False
 
     # --- committing ------------------------------------------------------------

@@ -1334,3 +1334,20 @@ def test_a_stat_of_a_sharded_directory_does_not_count_its_subdirectories(small_b
     tree.mkdir(arr, "sub2")
     assert tree.known_subdirectories(arr) == 2
     assert tree.known_subdirectories(tree.root) == 1  # a plain directory: always counted
+
+
+def test_a_file_s_links_follow_hard_links_and_unlinks() -> None:
+    """The first link is kept in the node itself, the others beside it: every order of unlinking
+    leaves the right names, and a path always follows a name that still exists."""
+    tree = Tree(MemoryBlockstore())
+    file = tree.write_file("a/f", b"x")
+    a, b = tree.resolve_dir("a"), tree.makedirs("b")
+    tree.link(file, b, "g")
+    tree.link(file, a, "h")
+    assert file.links == ((a, "f"), (b, "g"), (a, "h")) and file.link_count == 3
+    tree.unlink(a, "f")  # the first goes: the next one becomes first
+    assert file.links == ((b, "g"), (a, "h")) and tree.path_of(file) == "b/g" and file.parent is b
+    tree.unlink(a, "h")
+    assert file.links == ((b, "g"),) and file.link_count == 1
+    tree.unlink(b, "g")
+    assert file.links == () and file.link_count == 0 and file.parent is None and tree.path_of(file) is None

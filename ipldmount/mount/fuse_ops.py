@@ -261,10 +261,10 @@ class Operations(pyfuse3.Operations):
         directory (0 once removed); 1, "not counted", for a directory that cannot be read and for a
         sharded one not listed yet (find and fts read 1 so)."""
         if isinstance(node, File):
-            return len(node.links)
+            return node.link_count
         if not isinstance(node, Directory):
             return 1
-        if not node.links and ino != pyfuse3.ROOT_INODE:
+        if not node.link_count and ino != pyfuse3.ROOT_INODE:
             return 0
         try:
             count = self.tree.known_subdirectories(node)
@@ -299,7 +299,8 @@ class Operations(pyfuse3.Operations):
         if name == b".":
             return self._entry(directory)
         if name == b"..":
-            return self._entry(directory.links[0][0] if directory.links else directory)
+            parent = directory.parent
+            return self._entry(directory if parent is None else parent)
         return self._entry(self.tree.lookup(directory, decode_name(name)))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -422,7 +423,8 @@ class Operations(pyfuse3.Operations):
         if index == 0:
             return directory
         if index == 1:
-            return directory.links[0][0] if directory.links else directory
+            parent = directory.parent
+            return directory if parent is None else parent
         return self.tree.entries(directory).get(name)
 
     async def _find_sizes(self, nodes: list[Node | None]) -> None:
@@ -677,11 +679,12 @@ class Operations(pyfuse3.Operations):
         buffer = self.open_files.get(ino)
         if buffer is None or not buffer.dirty or not isinstance(node, File):
             return
-        if not node.links:  # unlinked while open: no name will ever show this content
+        link = node.first_link
+        if link is None:  # unlinked while open: no name will ever show this content
             buffer.dirty = False
             return
         generation = buffer.generation
-        name = node.links[0][1] if node.links else ""
+        name = link[1]
         buffer.busy += 1
         try:
             if buffer.data.size <= SMALL_STORE:  # hashing and writing it costs less than a thread hop
