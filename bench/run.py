@@ -2,7 +2,7 @@
 """ipldmount benchmarks: every figure next to a baseline measured in the same run.
 
     .venv/bin/python bench/run.py               # everything (about 7 minutes)
-    .venv/bin/python bench/run.py --quick       # smaller sizes (< 1 minute)
+    .venv/bin/python bench/run.py --quick       # smaller sizes (about a minute)
     .venv/bin/python bench/run.py --only codec  # one benchmark (repeatable)
     .venv/bin/python bench/run.py --only scale --scale 1000000   # the million-chunk array
     .venv/bin/python bench/run.py --list
@@ -73,7 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="smaller sizes: the whole run in under a minute")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: the whole run in about a minute")
     parser.add_argument(
         "--only", action="append", metavar="NAME", choices=list(BENCHMARKS), help="run only NAME (repeatable)"
     )
