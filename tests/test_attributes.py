@@ -86,3 +86,16 @@ def test_a_directory_s_rows_are_read_at_once_and_kept_right(tmp_path: Path, monk
     assert len(queries) == 5 + 1 + 3  # too many under big/ too: one query each
     rows.save([("d/new", b"cid-n", meta["b"])])
     assert rows.lookup("d/new", b"cid-n") == meta["b"]  # a save forgets what was read
+
+
+def test_an_empty_table_costs_no_path_per_file(tmp_path: Path, monkeypatch: Any) -> None:
+    """Most stores keep no attributes: a listing then makes no path (nor query) per entry."""
+    tree = Tree(MemoryBlockstore())
+    file = tree.write_file("d/a", b"bytes")
+    attributes = Attributes(table(tmp_path), tree)
+
+    def no_path(node: object) -> str:
+        raise AssertionError("path_of asked although the table is empty")
+
+    monkeypatch.setattr(tree, "path_of", no_path)
+    assert attributes.get(file).mode == stat.S_IFREG | 0o644

@@ -7,6 +7,7 @@ answer EIO where it cannot read, keep every entry it cannot read, and keep synci
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import signal
 import stat
@@ -252,3 +253,19 @@ def test_an_unlink_acked_while_a_writer_held_the_file_stays_done(mounts: Mounts)
     root = mnt.unmount()
     listing = check(mnt.cli("ls", f"{root}/d")).stdout.split()
     assert listing == ["other"]
+
+
+def test_a_sharded_directory_holding_a_name_twice_answers_eio_and_the_daemon_lives(mounts: Mounts) -> None:
+    def build(store: DirectoryBlockstore) -> bytes:
+        key = b"a"
+        bitmap = (1 << hashlib.sha256(key).digest()[0]).to_bytes(32, "big")
+        first, second = _raw(store, b"one"), _raw(store, b"two")
+        bucket = [[key, cbor2.CBORTag(42, b"\0" + first.cid)], [key, cbor2.CBORTag(42, b"\0" + second.cid)]]
+        node = {"hashAlg": cids.SHA2_256, "bucketSize": 3, "hamt": [bitmap, [bucket]]}
+        sharded = store.put(cbor2.dumps(node, canonical=True), cids.DAG_CBOR)
+        return _put_directory(store, {"d": codec.Link(sharded), "f": _raw(store, b"f")})
+
+    mnt, root = _mounted(mounts, build)
+    expect_errno(errno.EIO, os.listdir, mnt / "d")
+    assert sorted(os.listdir(mnt.path)) == ["d", "f"] and read_file(mnt / "f") == b"f"
+    assert mnt.unmount() == cids.cid_to_str(root)

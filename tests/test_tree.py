@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import random
@@ -1351,3 +1352,32 @@ def test_a_file_s_links_follow_hard_links_and_unlinks() -> None:
     assert file.links == ((b, "g"),) and file.link_count == 1
     tree.unlink(b, "g")
     assert file.links == () and file.link_count == 0 and file.parent is None and tree.path_of(file) is None
+
+
+def _sharded_with_a_name_twice(store: Blockstore) -> bytes:
+    """A root whose directory "d" is a HAMT holding "a" twice (one bucket, two entries)."""
+    key = b"a"
+    bitmap = (1 << hashlib.sha256(key).digest()[0]).to_bytes(32, "big")
+    first, second = (codec.Link(store.put(data, cids.RAW)) for data in (b"one", b"two"))
+    hamt_root = {"hashAlg": cids.SHA2_256, "bucketSize": 3, "hamt": [bitmap, [[[key, first], [key, second]]]]}
+    directory = store.put(codec.encode(hamt_root), cids.DAG_CBOR)
+    return store.put(codec.encode({"d": codec.Link(directory)}), cids.DAG_CBOR)
+
+
+def test_a_sharded_directory_holding_a_name_twice_is_refused_as_it_is_read(store: Blockstore) -> None:
+    """Read entry by entry, the duplicate is still found: listing refuses, also once the name
+    is removed (which copy it named is undefined), and nothing of the directory is kept."""
+    root = _sharded_with_a_name_twice(store)
+    tree = Tree(store, root)
+    directory = tree.resolve_dir("d")
+    with pytest.raises(FormatError, match="twice"):
+        tree.entries(directory)
+    assert not directory.complete
+    hamt_root = codec.decode(store.get(codec.decode(store.get(root))["d"].cid))
+    with pytest.raises(FormatError, match="twice"):
+        dirnode.plain_entries(store, hamt_root)
+    again = Tree(store, root)
+    removed = again.resolve_dir("d")
+    again.unlink(removed, "a")
+    with pytest.raises(FormatError, match="twice"):
+        again.entries(removed)

@@ -246,8 +246,7 @@ class DirectoryBlockstore(Blockstore):
 
     def block_path(self, cid: bytes) -> Path:
         """Where the block with this CID lives (or would live)."""
-        name = cid_to_str(cid)
-        return self._blocks / name[-3:-1] / name
+        return Path(self._block_file(cid))
 
     @property
     def tmp_dir(self) -> Path:
@@ -356,9 +355,10 @@ class DirectoryBlockstore(Blockstore):
     # --- reading ----------------------------------------------------------------
 
     def _block_file(self, cid: bytes) -> str:
-        """:meth:`block_path` as a string, made without pathlib (a listing asks it per entry)."""
+        """Where the block with this CID lives, as a string (made without pathlib: a listing asks
+        it per entry): ``blocks/<the name's last-but-one two characters>/<name>``."""
         name = cid_to_str(cid)
-        return f"{self._blocks_prefix}{name[-3:-1]}/{name}"
+        return f"{self._blocks_prefix}{name[-3:-1]}{os.sep}{name}"
 
     def _contains(self, cid: bytes) -> bool:
         return os.path.exists(self._block_file(cid))

@@ -20,8 +20,13 @@ class MemoryStaging(Staging[bytes]):
 
     store: MemoryBlockstore
 
+    def put(self, data: Chunk, codec: int) -> bytes:
+        """Copied first, then hashed: the bytes kept are the bytes hashed, even if the caller's
+        buffer changes meanwhile (the store trusts them from then on, see MemoryBlockstore)."""
+        return super().put(bytes(data), codec)
+
     def _stage(self, data: Chunk) -> bytes:
-        return bytes(data)
+        return bytes(data)  # no copy of what put() copied already
 
     def _stage_stream(self, chunks: Iterable[Chunk], codec: int) -> tuple[bytes, bytes]:
         data = b"".join(bytes(chunk) for chunk in chunks)
@@ -67,6 +72,10 @@ class MemoryBlockstore(Blockstore):
         Blockstore.__init__(self)
         self._blocks = state["blocks"]
         self._hashed = {}  # bytes from a pickle are checked when read
+
+    def put(self, data: Chunk, codec: int) -> bytes:
+        """Copied first, then hashed (as :meth:`MemoryStaging.put`): what is kept is what was hashed."""
+        return super().put(bytes(data), codec)
 
     def staging(self) -> MemoryStaging:
         return MemoryStaging(self)

@@ -435,15 +435,15 @@ class Operations(pyfuse3.Operations):
         unknown = [content for content in found if content is not None]
         store = self.tree.store
         started = time.perf_counter()
-        _find_sizes(store, unknown[:SIZE_PROBE])
+        _look_up_sizes(store, unknown[:SIZE_PROBE])
         rest = unknown[SIZE_PROBE:]
         if time.perf_counter() - started < SIZE_PROBE * WARM_STAT:
-            _find_sizes(store, rest)
+            _look_up_sizes(store, rest)
             return
         async with trio.open_nursery() as nursery:
             for worker in range(SIZE_WORKERS):
                 part = rest[worker::SIZE_WORKERS]
-                nursery.start_soon(functools.partial(trio.to_thread.run_sync, _find_sizes, store, part))
+                nursery.start_soon(functools.partial(trio.to_thread.run_sync, _look_up_sizes, store, part))
 
     async def releasedir(self, fh: int) -> None:
         self.listings.pop(fh, None)
@@ -807,7 +807,7 @@ SMALL_STORE = 64 << 10  # a file this small is stored (hashed, written) in the e
 SMALL_READ = 64 << 10  # a raw block this small is read in the event loop: a thread hop costs more
 
 
-def _find_sizes(store: Blockstore, contents: list[StoredFile]) -> None:
+def _look_up_sizes(store: Blockstore, contents: list[StoredFile]) -> None:
     for content in contents:
         with contextlib.suppress(IpldmountError):  # attributes() logs it when it gets there
             content.size_in(store)

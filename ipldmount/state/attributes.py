@@ -69,14 +69,26 @@ class AttributeTable:
             self._db = db
         return self._db
 
+    def holds_rows(self) -> bool:
+        """Whether the table holds any row: most stores never keep any, and then nothing is
+        asked (nor a path made) per file."""
+        with self._lock:
+            try:
+                if self._empty is None:
+                    self._empty = (
+                        self._connect().execute("SELECT 1 FROM attributes LIMIT 1").fetchone() is None
+                    )
+            except sqlite3.Error as exc:
+                log.error("attribute table %s cannot be read: %s", self.path, exc)
+                return False
+            return not self._empty
+
     def lookup(self, path: str, cid: bytes) -> Meta | None:
+        if not self.holds_rows():
+            return None
         with self._lock:
             try:
                 db = self._connect()
-                if self._empty is None:
-                    self._empty = db.execute("SELECT 1 FROM attributes LIMIT 1").fetchone() is None
-                if self._empty:
-                    return None  # most stores never keep any: no query per file
                 directory, _, name = path.rpartition("/")
                 rows = self._directory_rows(db, directory)
                 if rows is not None:
@@ -189,7 +201,7 @@ class Attributes:
         self._changed = weakref.WeakSet()
 
     def _load(self, node: Node) -> Meta | None:
-        if isinstance(node, Broken):
+        if isinstance(node, Broken) or not self.table.holds_rows():
             return None
         path = self.tree.path_of(node)
         return None if path is None else self.table.lookup(path, _content_key(node))
