@@ -10,6 +10,7 @@ reuses the stored encoding of everything else.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
@@ -34,6 +35,7 @@ from ipldmount.errors import (
 )
 from ipldmount.format import dirnode, hamt, metadata
 from ipldmount.format.dirnode import DirectoryForm, EntryForm
+from ipldmount.format.entrytable import EntryTable
 from ipldmount.format.files import (
     BLOCK_LIMIT,
     FileContent,
@@ -132,7 +134,7 @@ class File(Node):
 
 
 class Directory(Node):
-    __slots__ = ("_entries", "_form", "_previous", "changed", "complete", "dirty", "subdirs")
+    __slots__ = ("_entries", "_form", "_previous", "changed", "complete", "dirty", "subdirs", "table")
 
     def __init__(self, form: DirectoryForm | None = None) -> None:
         super().__init__()
@@ -143,6 +145,9 @@ class Directory(Node):
         # The entries read so far: all of them once complete; a sharded directory reads only the
         # names asked for (Tree.get_entry) until something needs them all (Tree.entries).
         self._entries: dict[str, Node] | None = None if form is not None else {}
+        # Once complete, the entries read but never used stay packed here, not in _entries (a
+        # listed directory of a million chunks): the two hold every entry, each name in one.
+        self.table: EntryTable | None = None
         self.complete = form is None
         self.dirty = form is None
         self.subdirs: int | None = None if form is not None else 0  # known once counted or loaded
@@ -241,6 +246,8 @@ class Tree:
         self.read_only = read_only
         self.root = self._open_root(root) if root is not None else Directory()
         self._hamt_nodes: MutableMapping[bytes, Any] = _BoundedCache(HAMT_NODE_CACHE)
+        # Told of every node made from a packed row (a mount gives it the row's inode number).
+        self.took: Callable[[EntryTable, int, Node], None] | None = None
 
     def _open_root(self, cid: bytes) -> Directory:
         if cids.codec_of(cid) != cids.DAG_CBOR:
@@ -254,24 +261,82 @@ class Tree:
     # --- reading ---------------------------------------------------------------
 
     def entries(self, directory: Directory) -> dict[str, Node]:
-        """The directory's entries by name, loading them on first use.
+        """The directory's entries by name, loading them on first use (a node for each: see
+        :meth:`listing` for a directory too big for that).
 
         A directory that cannot be read (an invalid name, a malformed HAMT) raises
         FormatError every time it is asked, and nothing of it is kept: a change
         to it must fail, never commit the part that happened to load.
         """
         if not directory.complete:
-            loaded, fresh = self._load_entries(directory)
-            for name in fresh:  # only once all were read: a failure keeps nothing
-                loaded[name].add_link(directory, name)
-            directory._entries, directory.complete = loaded, True
-            directory.subdirs = sum(isinstance(node, Directory) for node in loaded.values())
+            self._load(directory)
+        table = directory.table
+        if table is not None:
+            for position in table.live_positions():
+                self._take(directory, table, position)
+            directory.table = None
         assert directory._entries is not None
         return directory._entries
 
-    def _load_entries(self, directory: Directory) -> tuple[dict[str, Node], list[str]]:
+    def listing(self, directory: Directory) -> tuple[list[str], EntryTable | None]:
+        """Every entry without a node for each: the names of those with a node, sorted, and the
+        table of the rest (None if there are none), by position. Loads the directory if needed."""
+        if not directory.complete:
+            self._load(directory)
+        assert directory._entries is not None
+        table = directory.table
+        return sorted(directory._entries), table if table is not None and table.live else None
+
+    def names(self, directory: Directory) -> list[str]:
+        """The entries' names, sorted."""
+        names, table = self.listing(directory)
+        if table is not None:
+            names = sorted([*names, *(table.name(position) for position in table.live_positions())])
+        return names
+
+    def find_row(self, directory: Directory, name: str) -> tuple[EntryTable, int] | None:
+        """Entry *name* if it is still a packed row (nothing made a node for it): its table and
+        position. None otherwise, also when the directory has not been read yet (ask get_entry)."""
+        table = directory.table
+        if table is None or not directory.complete:
+            return None
+        assert directory._entries is not None
+        if name in directory._entries:
+            return None
+        position = table.find(name)
+        return None if position is None else (table, position)
+
+    def take(self, directory: Directory, table: EntryTable, position: int) -> Node:
+        """The node for a packed row (made now; from then on the entry)."""
+        assert directory.table is table and table.is_live(position)
+        return self._take(directory, table, position)
+
+    def _take(self, directory: Directory, table: EntryTable, position: int) -> Node:
+        name = table.name(position)
+        node = File(StoredFile(table.cid(position), table.size(position)))
+        table.take(position)
+        node.add_link(directory, name)
+        assert directory._entries is not None
+        directory._entries[name] = node
+        if self.took is not None:
+            self.took(table, position, node)
+        return node
+
+    def _load(self, directory: Directory) -> None:
+        """Read every entry of the committed node: links to raw blocks into a packed table, the
+        rest as nodes. Nothing is kept unless all of it reads."""
+        table = EntryTable()
+        loaded, fresh = self._read_committed(directory, table)
+        for name in fresh:
+            loaded[name].add_link(directory, name)
+        directory._entries, directory.complete = loaded, True
+        directory.table = table if table.live else None
+        directory.subdirs = sum(isinstance(node, Directory) for node in loaded.values())
+
+    def _read_committed(self, directory: Directory, table: EntryTable) -> tuple[dict[str, Node], list[str]]:
         """Every entry, in the order of the committed node (those read before keep their nodes,
-        names removed since stay removed, names added since come last), and the names read now."""
+        names removed since stay removed, names added since come last), and the names read now;
+        the links to raw blocks read now go to *table* instead (sealed here)."""
         committed = directory._form or directory._previous
         assert committed is not None, "a directory that is not complete has a committed encoding"
         known = directory._entries or {}
@@ -288,21 +353,39 @@ class Tree:
                 skipped.add(name)
             else:
                 self._check_stored_name(directory, name)
+                if isinstance(value, codec.Link) and table.holds(value.cid):
+                    table.add(name, value.cid)
+                    continue
                 loaded[name] = self._node_for(name, value)
                 fresh.append(name)
+        twice = table.seal()
+        if twice is None:
+            twice = next((name for name in (*loaded, *skipped) if table.find(name) is not None), None)
+        if twice is not None:
+            raise dirnode.duplicate_name(twice)
         loaded.update((name, node) for name, node in known.items() if name not in loaded)
         return loaded, fresh
 
     def get_entry(self, directory: Directory, name: str) -> Node | None:
         """The entry *name*, or None; in a sharded directory only the HAMT nodes on its path are
         read, so a lookup among a million names costs a few small blocks, not the directory."""
-        if directory.complete:
-            assert directory._entries is not None
-            return directory._entries.get(name)
-        committed = directory._form or directory._previous
-        assert committed is not None
-        if not committed.sharded:
-            return self.entries(directory).get(name)
+        if not directory.complete:
+            committed = directory._form or directory._previous
+            assert committed is not None
+            if committed.sharded:
+                return self._find_unread(directory, committed, name)
+            self._load(directory)
+        assert directory._entries is not None
+        node = directory._entries.get(name)
+        table = directory.table
+        if node is None and table is not None:
+            position = table.find(name)
+            if position is not None:
+                node = self._take(directory, table, position)
+        return node
+
+    def _find_unread(self, directory: Directory, committed: DirectoryForm, name: str) -> Node | None:
+        """Entry *name* of a sharded directory not read in full: through the HAMT nodes on its path."""
         known = directory._entries if directory._entries is not None else {}
         directory._entries = known
         if name in known or name in (directory.changed or ()):
@@ -330,7 +413,7 @@ class Tree:
         chunked file), so a ``stat`` never decodes the children.
         """
         if directory.subdirs is None and directory._form is None:  # changed since: count them all
-            self.entries(directory)
+            self._load(directory)
         if directory.subdirs is None:
             assert directory._form is not None
             count = 0
@@ -395,8 +478,11 @@ class Tree:
     def is_empty(self, directory: Directory) -> bool:
         """Whether *directory* has no entries; a sharded one is not read beyond its first entry."""
         committed = directory._form or directory._previous
-        if directory.complete or committed is None or not committed.sharded:
-            return not self.entries(directory)
+        if not directory.complete and committed is not None and not committed.sharded:
+            self._load(directory)
+        if directory.complete:
+            return not directory._entries and (directory.table is None or not directory.table.live)
+        assert committed is not None
         if directory._entries:
             return False
         gone = directory.changed or set()
@@ -647,10 +733,34 @@ class Tree:
         updated = self._update_sharded(directory, sink, form_of)
         if updated is not None:
             return updated
-        entries = self.entries(directory)
-        return dirnode.layout(
-            sink, {name: self._entry_form(name, node, sink, form_of) for name, node in entries.items()}
-        )
+        if not directory.complete:
+            self._load(directory)
+        assert directory._entries is not None
+        forms = {
+            name: self._entry_form(name, node, sink, form_of) for name, node in directory._entries.items()
+        }
+        table = directory.table
+        if table is not None:
+            forms.update(
+                self._row_form(directory, table, position, sink, form_of)
+                for position in table.live_positions()
+            )
+        return dirnode.layout(sink, forms)
+
+    def _row_form(
+        self,
+        directory: Directory,
+        table: EntryTable,
+        position: int,
+        sink: BlockSink,
+        form_of: Callable[[Directory], DirectoryForm],
+    ) -> tuple[str, EntryForm]:
+        """A packed row's entry in a full layout: its link, without making a node, unless it is
+        metadata (which may go inline: its node decides)."""
+        name = table.name(position)
+        if metadata.is_metadata_name(name):
+            return name, self._entry_form(name, self._take(directory, table, position), sink, form_of)
+        return name, EntryForm(link=functools.partial(bytes, table.cid(position)))
 
     def _update_sharded(
         self, directory: Directory, sink: BlockSink, form_of: Callable[[Directory], DirectoryForm]
@@ -808,7 +918,7 @@ class Tree:
             self.unlink(directory, name)
 
     def listdir(self, path: str = "") -> list[str]:
-        return sorted(self.entries(self.resolve_dir(path)))
+        return self.names(self.resolve_dir(path))
 
     def walk_files(self, path: str = "") -> Iterator[tuple[str, File]]:
         """Every file below *path* as (relative path, file), depth first."""

@@ -407,3 +407,119 @@ async def test_a_listing_in_progress_skips_names_removed_meanwhile(
     await ops.readdir(handle, listed[-1][1], object())  # type: ignore[arg-type]
     await ops.releasedir(handle)
     assert [name for name, _ in listed] == [b".", b"..", b"a", b"c"]
+
+
+def _stored_array(tmp_path: Path, count: int) -> tuple[Operations, dict[bytes, bytes]]:
+    """A mount over a stored root whose "arr" holds *count* chunks, each a packed row once listed."""
+    store = DirectoryBlockstore(tmp_path / "store", durable=False)
+    tree = Tree(store)
+    files = {str(i).encode(): b"%06d" % i for i in range(count)}
+    for name, data in files.items():
+        tree.write_file(f"arr/{name.decode()}", data)
+    root = tree.commit()
+    return Operations(Session(store, StoreHome(store), tmp_path / "mnt", root)), files
+
+
+class Replies:
+    """Stands in for pyfuse3.readdir_reply: records (name, inode, next_id), room for *room* entries."""
+
+    def __init__(self, room: int = 1 << 30) -> None:
+        self.room = room
+        self.listed: list[tuple[bytes, int, int]] = []
+
+    def __call__(self, token: object, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int) -> bool:
+        if not self.room:
+            return False
+        self.room -= 1
+        self.listed.append((name, attrs.st_ino, next_id))
+        return True
+
+
+async def test_a_listing_hands_out_rows_without_making_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk of a listed directory gets an inode number and a kernel reference, but no tree
+    node: lookup, getattr and forget answer from the row; the same name keeps the same number."""
+    ops, files = _stored_array(tmp_path, 2000)
+    replies = Replies()
+    monkeypatch.setattr(pyfuse3, "readdir_reply", replies)
+    arr = (await ops.lookup(ROOT, b"arr", CTX)).st_ino
+    handle = await ops.opendir(arr, CTX)
+    await ops.readdir(handle, 0, object())  # type: ignore[arg-type]
+    await ops.releasedir(handle)
+    inos = {name: ino for name, ino, _ in replies.listed[2:]}
+    assert sorted(inos) == sorted(files) and len(set(inos.values())) == len(files)
+    directory = ops.tree.resolve_dir("arr")
+    assert directory._entries == {}, "no node for any chunk"
+    ino = inos[b"42"]
+    assert ops.inodes.lookups(ino) == 1
+    attrs = await ops.lookup(arr, b"42", CTX)
+    assert attrs.st_ino == ino and attrs.st_size == 6 and attrs.st_nlink == 1
+    assert ops.inodes.lookups(ino) == 2
+    assert (await ops.getattr(ino, CTX)).st_size == 6
+    await ops.forget([(ino, 2)])
+    assert ops.inodes.lookups(ino) == 0 and (await ops.getattr(ino, CTX)).st_ino == ino
+    assert directory._entries == {}
+
+
+async def test_a_row_used_becomes_a_node_under_its_inode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops, files = _stored_array(tmp_path, 300)
+    replies = Replies()
+    monkeypatch.setattr(pyfuse3, "readdir_reply", replies)
+    arr = (await ops.lookup(ROOT, b"arr", CTX)).st_ino
+    handle = await ops.opendir(arr, CTX)
+    await ops.readdir(handle, 0, object())  # type: ignore[arg-type]
+    await ops.releasedir(handle)
+    inos = {name: ino for name, ino, _ in replies.listed[2:]}
+    ino = inos[b"7"]
+    info = await ops.open(ino, os.O_RDWR, CTX)
+    assert await ops.read(info.fh, 0, 100) == files[b"7"]
+    node = ops.inodes.node(ino)
+    assert isinstance(node, File) and node.ino == ino and ops.inodes.lookups(ino) == 1
+    await ops.write(info.fh, 0, b"written")
+    await close(ops, info.fh)
+    await ops.rename(arr, b"7", ROOT, b"moved", 0, CTX)
+    assert (await ops.lookup(ROOT, b"moved", CTX)).st_ino == ino and ops.inodes.lookups(ino) == 2
+    assert (await ops.getattr(ino, CTX)).st_size == 7
+    await ops.unlink(ROOT, b"moved", CTX)
+    assert (await ops.getattr(ino, CTX)).st_nlink == 0, "unlinked, still referenced by the kernel"
+    await ops.forget([(ino, 2)])
+    assert await errno_of(ops.getattr, ino, CTX) == errno.ESTALE
+    other = inos[b"8"]
+    await ops.unlink(arr, b"8", CTX)  # a row unlinked by name: its number goes with its node
+    assert (await ops.getattr(other, CTX)).st_nlink == 0
+    await ops.forget([(other, 1)])
+    assert await errno_of(ops.getattr, other, CTX) == errno.ESTALE
+    assert sorted(ops.tree.listdir("arr")) == sorted(
+        name.decode() for name in files if name not in (b"7", b"8")
+    )
+
+
+async def test_a_listing_names_each_entry_once_while_rows_become_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row made a node before the listing began is listed by its node; one made meanwhile, under
+    its row's place; one renamed away meanwhile, not at all; each name exactly once."""
+    ops, files = _stored_array(tmp_path, 40)
+    arr = (await ops.lookup(ROOT, b"arr", CTX)).st_ino
+    first = await ops.lookup(arr, b"1", CTX)
+    info = await ops.open(first.st_ino, os.O_RDONLY, CTX)  # a node now
+    await ops.release(info.fh)
+    replies = Replies(room=5)
+    monkeypatch.setattr(pyfuse3, "readdir_reply", replies)
+    handle = await ops.opendir(arr, CTX)
+    await ops.readdir(handle, 0, object())  # type: ignore[arg-type]
+    seen = [name for name, _, _ in replies.listed]
+    later = [name for name in files if name not in seen]
+    taken, moved = later[0], later[1]
+    ops.inodes.node((await ops.lookup(arr, taken, CTX)).st_ino)  # a node made during the listing
+    await ops.rename(arr, moved, ROOT, b"away", 0, CTX)
+    replies.room = 1 << 30
+    await ops.readdir(handle, replies.listed[-1][2], object())  # type: ignore[arg-type]
+    await ops.releasedir(handle)
+    names = [name for name, _, _ in replies.listed]
+    assert names[:2] == [b".", b".."]
+    assert sorted(names[2:]) == sorted(name for name in files if name != moved)
+    assert names.count(b"1") == 1 and names.count(taken) == 1

@@ -14,6 +14,7 @@ never later."""
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import functools
@@ -22,6 +23,7 @@ import logging
 import os
 import stat
 import time
+from array import array
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +34,14 @@ import trio
 
 from ipldmount.blocks import Blockstore
 from ipldmount.errors import IpldmountError, ReadOnlyError, errno_for
+from ipldmount.format.entrytable import EntryTable
 from ipldmount.format.files import FileReader, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
 from ipldmount.mount import control, fuse_session
 from ipldmount.state.attributes import Meta
 from ipldmount.state.openfiles import OpenFile
 from ipldmount.state.session import Session, SyncResult
-from ipldmount.tree import NAME_MAX, Broken, Directory, File, Node, NodeState, check_name
+from ipldmount.tree import NAME_MAX, Broken, Directory, File, Node, NodeState, Tree, check_name
 
 log = logging.getLogger(__name__)
 
@@ -149,25 +152,63 @@ class DirListing:
     from its own cache of the listing and never ask."""
 
     directory: Directory
-    names: list[str] | None = None  # ".", "..", then the entries' names in order (not their
-    # nodes: a list of (name, node) pairs would cost 64 bytes more per entry of a huge directory)
+    names: list[str] | None = None  # ".", "..", then the names of the entries that have a node
+    # (not the nodes: a list of (name, node) pairs would cost 64 bytes more per entry)...
+    table: EntryTable | None = None  # ...then the packed rows, by position
     sized_until: int = 0  # entries before this index had their sizes looked for
+
+
+@dataclass(slots=True)
+class Rows:
+    """The inode numbers of a directory's packed rows (base + position), with the kernel's
+    references to each row that is still packed."""
+
+    base: int
+    table: EntryTable
+    directory: Directory
+    lookups: array[int]
 
 
 class InodeTable:
     """Inode numbers for tree nodes, with the kernel's lookup counts (both kept on the node:
-    ``node.ino``, ``node.lookups``; a listed directory hands the kernel millions)."""
+    ``node.ino``, ``node.lookups``; a listed directory hands the kernel millions), and for the
+    entries that are packed rows of a directory's table, a range of numbers per table. When a
+    node is made for a row, it takes the row's number and references (:meth:`_took`)."""
 
-    def __init__(self, root: Directory) -> None:
-        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: root}
-        root.ino = pyfuse3.ROOT_INODE
+    def __init__(self, tree: Tree) -> None:
+        self._tree = tree
+        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: tree.root}
+        tree.root.ino = pyfuse3.ROOT_INODE
         self._next = pyfuse3.ROOT_INODE + 1
+        self._rows: list[Rows] = []  # by base, ascending
+        self._bases: list[int] = []
+        self._rows_of: dict[int, Rows] = {}  # by id() of the table (each kept alive here)
+        tree.took = self._took
+
+    def find(self, ino: int) -> Node | tuple[Rows, int]:
+        """The node of inode *ino*, or the packed row it still is (its table's rows and position)."""
+        node = self._nodes.get(ino)
+        if node is not None:
+            return node
+        index = bisect.bisect_right(self._bases, ino) - 1
+        if index >= 0:
+            rows = self._rows[index]
+            position = ino - rows.base
+            if position < len(rows.table) and rows.table.is_live(position):
+                return rows, position
+        raise pyfuse3.FUSEError(errno.ESTALE)
 
     def node(self, ino: int) -> Node:
-        try:
-            return self._nodes[ino]
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        """The node of inode *ino* (made now if it was a packed row)."""
+        found = self.find(ino)
+        if isinstance(found, Node):
+            return found
+        rows, position = found
+        node = self._tree.take(rows.directory, rows.table, position)
+        if node.ino is None:  # the kernel asks, so it holds a reference; keep its number anyway
+            node.ino = ino
+            self._nodes[ino] = node
+        return node
 
     def ino(self, node: Node) -> int:
         ino = node.ino
@@ -183,20 +224,51 @@ class InodeTable:
         node.lookups += 1
         return ino
 
+    def rows(self, directory: Directory, table: EntryTable) -> Rows:
+        """The inode numbers of *table*'s rows (reserved on first use)."""
+        rows = self._rows_of.get(id(table))
+        if rows is None:
+            rows = Rows(self._next, table, directory, array("I", bytes(4 * len(table))))
+            self._next += len(table)
+            self._rows.append(rows)
+            self._bases.append(rows.base)
+            self._rows_of[id(table)] = rows
+        return rows
+
     def lookups(self, ino: int) -> int:
         """The kernel's references to inode *ino*."""
-        node = self._nodes.get(ino)
-        return 0 if node is None else node.lookups
+        try:
+            found = self.find(ino)
+        except pyfuse3.FUSEError:
+            return 0
+        if isinstance(found, Node):
+            return found.lookups
+        rows, position = found
+        return rows.lookups[position]
 
     def forget(self, ino: int, count: int, in_use: bool) -> None:
         node = self._nodes.get(ino)
         if node is None:
+            with contextlib.suppress(pyfuse3.FUSEError):
+                found = self.find(ino)
+                assert not isinstance(found, Node)
+                rows, position = found
+                rows.lookups[position] = max(rows.lookups[position] - count, 0)
             return
         node.lookups = max(node.lookups - count, 0)
         if node.lookups or ino == pyfuse3.ROOT_INODE or in_use:
             return
         del self._nodes[ino]
         node.ino = None
+
+    def _took(self, table: EntryTable, position: int, node: Node) -> None:
+        """A node was made for a row: if the kernel holds the row's number, it is the node's now."""
+        rows = self._rows_of.get(id(table))
+        if rows is None or not rows.lookups[position]:
+            return
+        ino = node.ino = rows.base + position
+        node.lookups, rows.lookups[position] = rows.lookups[position], 0
+        self._nodes[ino] = node
 
 
 class Operations(pyfuse3.Operations):
@@ -208,7 +280,7 @@ class Operations(pyfuse3.Operations):
         self.tree = session.tree
         self.read_only = session.read_only
         self.control_socket = control_socket
-        self.inodes = InodeTable(self.tree.root)
+        self.inodes = InodeTable(self.tree)
         self.open_files = session.open_files  # mount state: the session's, so a sync sees every open file
         self.handles: dict[int, Handle] = {}
         self.listings: dict[int, DirListing] = {}
@@ -235,26 +307,34 @@ class Operations(pyfuse3.Operations):
         return 0
 
     def attributes(self, ino: int, node: Node) -> pyfuse3.EntryAttributes:
-        meta = self.meta(node)
-        attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = ino
-        attrs.entry_timeout = attrs.attr_timeout = TIMEOUT
-        attrs.st_mode = meta.mode
-        attrs.st_nlink = self._link_count(ino, node)
-        attrs.st_uid, attrs.st_gid = meta.uid, meta.gid
-        try:
-            attrs.st_size = 0 if isinstance(node, Broken) else self._size(ino, node)
-        except IpldmountError as exc:
-            # A missing or corrupt block must not fail lookup or readdir of the whole directory
-            # (the entry could not even be removed); reading it fails in open instead. Not
-            # cached, so the size shows once the block is back.
-            log.error("size of %s is unknown: %s", self.tree.path_of(node), exc)
-            attrs.st_size = 0
-            attrs.entry_timeout = attrs.attr_timeout = 0
-        attrs.st_blksize = BLOCK_SIZE
-        attrs.st_blocks = (attrs.st_size + 511) // 512
-        attrs.st_atime_ns, attrs.st_mtime_ns, attrs.st_ctime_ns = meta.atime_ns, meta.mtime_ns, meta.ctime_ns
-        return attrs
+        size: int | None = 0
+        if not isinstance(node, Broken):
+            try:
+                size = self._size(ino, node)
+            except IpldmountError as exc:
+                log.error("size of %s is unknown: %s", self.tree.path_of(node), exc)
+                size = None
+        return _entry_attributes(ino, self.meta(node), self._link_count(ino, node), size)
+
+    def row_attributes(self, ino: int, rows: Rows, position: int) -> pyfuse3.EntryAttributes:
+        """The attributes of an entry that is still a packed row: a file with one name."""
+        table = rows.table
+        size = table.size(position)
+        if size is None:
+            try:
+                size = _row_size(self.tree.store, table, position)
+            except IpldmountError as exc:
+                path = self.tree.path_of(rows.directory)
+                log.error("size of %s/%s is unknown: %s", path, table.name(position), exc)
+        return _entry_attributes(
+            ino, self.session.attributes.of_row(rows.directory, table, position), 1, size
+        )
+
+    def _row_entry(self, rows: Rows, position: int) -> pyfuse3.EntryAttributes:
+        """Attributes for a reply that hands the kernel a new reference to a packed row."""
+        attributes = self.row_attributes(rows.base + position, rows, position)
+        rows.lookups[position] += 1
+        return attributes
 
     def _link_count(self, ino: int, node: Node) -> int:
         """As on any Linux file system: a file's names (0 once unlinked), 2 + subdirectories for a
@@ -301,7 +381,11 @@ class Operations(pyfuse3.Operations):
         if name == b"..":
             parent = directory.parent
             return self._entry(directory if parent is None else parent)
-        return self._entry(self.tree.lookup(directory, decode_name(name)))
+        decoded = decode_name(name)
+        row = self.tree.find_row(directory, decoded)
+        if row is not None:  # no node made for it: a stat of each entry of a huge directory
+            return self._row_entry(self.inodes.rows(directory, row[0]), row[1])
+        return self._entry(self.tree.lookup(directory, decoded))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
@@ -310,7 +394,10 @@ class Operations(pyfuse3.Operations):
 
     @replies
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self.attributes(inode, self.inodes.node(inode))
+        found = self.inodes.find(inode)
+        if isinstance(found, Node):
+            return self.attributes(inode, found)
+        return self.row_attributes(inode, *found)
 
     @replies
     async def setattr(
@@ -396,27 +483,50 @@ class Operations(pyfuse3.Operations):
     @replies
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.listings[fh]
-        names = self._listed(listing)
-        for index in range(start_id, len(names)):
+        names, table = self._listed(listing)
+        count = len(names) + (len(table) if table is not None else 0)
+        for index in range(start_id, count):
             if index >= listing.sized_until:
                 listing.sized_until = index + SIZE_LOOKAHEAD
-                ahead = range(index, min(listing.sized_until, len(names)))
-                await self._find_sizes([self._listed_node(listing, i, names[i]) for i in ahead])
-            node = self._listed_node(listing, index, names[index])
-            if node is None:
-                continue  # removed since the listing began
-            ino = self.inodes.ino(node)
-            if not pyfuse3.readdir_reply(
-                token, names[index].encode("utf-8"), self.attributes(ino, node), index + 1
-            ):
+                await self._find_sizes(listing, range(index, min(listing.sized_until, count)))
+            if not self._reply_entry(listing, index, token):
                 return
-            if index >= 2:  # the kernel takes no reference for "." and ".."
-                self.inodes.remember(node)
 
-    def _listed(self, listing: DirListing) -> list[str]:
+    def _reply_entry(self, listing: DirListing, index: int, token: pyfuse3.ReaddirToken) -> bool:
+        """Add entry *index* of the listing to the reply; False once the reply is full."""
+        names = listing.names
+        assert names is not None
+        table = listing.table
+        position = index - len(names)
+        if table is not None and position >= 0 and table.is_live(position):
+            rows = self.inodes.rows(listing.directory, table)
+            attributes = self.row_attributes(rows.base + position, rows, position)
+            if not pyfuse3.readdir_reply(token, table.key(position), attributes, index + 1):
+                return False
+            rows.lookups[position] += 1
+            return True
+        if position < 0:
+            name = names[index]
+        else:
+            assert table is not None
+            name = table.name(position)  # a node was made for it: listed under its name
+            if _listed_before(names, name):
+                return True  # ...by its node, made before the listing began
+        node = self._listed_node(listing, index, name)
+        if node is None:
+            return True  # removed since the listing began
+        ino = self.inodes.ino(node)
+        if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(ino, node), index + 1):
+            return False
+        if index >= 2:  # the kernel takes no reference for "." and ".."
+            self.inodes.remember(node)
+        return True
+
+    def _listed(self, listing: DirListing) -> tuple[list[str], EntryTable | None]:
         if listing.names is None:
-            listing.names = [".", "..", *sorted(self.tree.entries(listing.directory))]
-        return listing.names
+            names, listing.table = self.tree.listing(listing.directory)
+            listing.names = [".", "..", *names]
+        return listing.names, listing.table
 
     def _listed_node(self, listing: DirListing, index: int, name: str) -> Node | None:
         directory = listing.directory
@@ -425,14 +535,13 @@ class Operations(pyfuse3.Operations):
         if index == 1:
             parent = directory.parent
             return directory if parent is None else parent
-        return self.tree.entries(directory).get(name)
+        return self.tree.get_entry(directory, name)  # a packed row's name has no node or its own
 
-    async def _find_sizes(self, nodes: list[Node | None]) -> None:
-        """Learn the sizes of the raw blocks of *nodes* (a stat of each block file) at once. In
-        the page cache a stat takes microseconds: done here. When the first few show they wait
+    async def _find_sizes(self, listing: DirListing, indexes: range) -> None:
+        """Learn the sizes of the raw blocks of these entries (a stat of each block file) at once.
+        In the page cache a stat takes microseconds: done here. When the first few show they wait
         on the disk, the rest are spread over worker threads, whose waits overlap."""
-        found = (_size_unknown(node) for node in nodes if node is not None)
-        unknown = [content for content in found if content is not None]
+        unknown = self._unknown_sizes(listing, indexes)
         store = self.tree.store
         started = time.perf_counter()
         _look_up_sizes(store, unknown[:SIZE_PROBE])
@@ -444,6 +553,23 @@ class Operations(pyfuse3.Operations):
             for worker in range(SIZE_WORKERS):
                 part = rest[worker::SIZE_WORKERS]
                 nursery.start_soon(functools.partial(trio.to_thread.run_sync, _look_up_sizes, store, part))
+
+    def _unknown_sizes(
+        self, listing: DirListing, indexes: range
+    ) -> list[StoredFile | tuple[EntryTable, int]]:
+        """The entries among *indexes* whose size nobody has looked up: contents, or packed rows."""
+        names, table = listing.names, listing.table
+        assert names is not None
+        unknown: list[StoredFile | tuple[EntryTable, int]] = []
+        for index in indexes:
+            position = index - len(names)
+            if position < 0:
+                content = _size_unknown(self._listed_node(listing, index, names[index]))
+                if content is not None:
+                    unknown.append(content)
+            elif table is not None and table.is_live(position) and table.size(position) is None:
+                unknown.append((table, position))
+        return unknown
 
     async def releasedir(self, fh: int) -> None:
         self.listings.pop(fh, None)
@@ -807,13 +933,45 @@ SMALL_STORE = 64 << 10  # a file this small is stored (hashed, written) in the e
 SMALL_READ = 64 << 10  # a raw block this small is read in the event loop: a thread hop costs more
 
 
-def _look_up_sizes(store: Blockstore, contents: list[StoredFile]) -> None:
-    for content in contents:
+def _look_up_sizes(store: Blockstore, entries: list[StoredFile | tuple[EntryTable, int]]) -> None:
+    for entry in entries:
         with contextlib.suppress(IpldmountError):  # attributes() logs it when it gets there
-            content.size_in(store)
+            if isinstance(entry, StoredFile):
+                entry.size_in(store)
+            else:
+                _row_size(store, *entry)
 
 
-def _size_unknown(node: Node) -> StoredFile | None:
+def _listed_before(names: list[str], name: str) -> bool:
+    """Whether *name* is among the node names of a listing (sorted after "." and "..")."""
+    index = bisect.bisect_left(names, name, 2)
+    return index < len(names) and names[index] == name
+
+
+def _row_size(store: Blockstore, table: EntryTable, position: int) -> int:
+    """The size of a packed row's block, kept in the table once known."""
+    size = table.sizes[position] = store.size(table.cid(position))
+    return size
+
+
+def _entry_attributes(ino: int, meta: Meta, links: int, size: int | None) -> pyfuse3.EntryAttributes:
+    """What the kernel is told of an inode; a size that could not be found (None) shows as 0 and is
+    not cached (a missing block must not fail lookup or readdir of the whole directory, and the
+    size shows once the block is back; reading it fails in open instead)."""
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_ino = ino
+    attrs.entry_timeout = attrs.attr_timeout = TIMEOUT if size is not None else 0
+    attrs.st_mode = meta.mode
+    attrs.st_nlink = links
+    attrs.st_uid, attrs.st_gid = meta.uid, meta.gid
+    attrs.st_size = size or 0
+    attrs.st_blksize = BLOCK_SIZE
+    attrs.st_blocks = (attrs.st_size + 511) // 512
+    attrs.st_atime_ns, attrs.st_mtime_ns, attrs.st_ctime_ns = meta.atime_ns, meta.mtime_ns, meta.ctime_ns
+    return attrs
+
+
+def _size_unknown(node: Node | None) -> StoredFile | None:
     """*node*'s content if it is stored and nobody has looked up its size yet."""
     content = node.content if isinstance(node, File) else None
     return content if isinstance(content, StoredFile) and content.known_size is None else None

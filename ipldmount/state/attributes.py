@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ipldmount.format.entrytable import EntryTable
 from ipldmount.tree import Broken, Directory, File, Node, Tree
 
 log = logging.getLogger(__name__)
@@ -206,8 +207,22 @@ class Attributes:
         path = self.tree.path_of(node)
         return None if path is None else self.table.lookup(path, _content_key(node))
 
+    def of_row(self, directory: Directory, table: EntryTable, position: int) -> Meta:
+        """The attributes of an entry that is still a packed row (no node): the table's, or the
+        default of a file (do not modify it)."""
+        if self.table.holds_rows():
+            path = self.tree.path_of(directory)
+            if path is not None:
+                name = table.name(position)
+                meta = self.table.lookup(f"{path}/{name}" if path else name, table.cid(position))
+                if meta is not None:
+                    return meta
+        return self._default_of(directory=False)
+
     def _default(self, node: Node) -> Meta:
-        directory = isinstance(node, Directory) or (isinstance(node, Broken) and node.directory)
+        return self._default_of(isinstance(node, Directory) or (isinstance(node, Broken) and node.directory))
+
+    def _default_of(self, directory: bool) -> Meta:
         kind, perm = (stat.S_IFDIR, 0o755) if directory else (stat.S_IFREG, 0o644)
         meta = self._defaults.get(kind)
         if meta is None:
