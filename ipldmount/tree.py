@@ -10,7 +10,6 @@ reuses the stored encoding of everything else.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
@@ -760,7 +759,7 @@ class Tree:
         name = table.name(position)
         if metadata.is_metadata_name(name):
             return name, self._entry_form(name, self._take(directory, table, position), sink, form_of)
-        return name, EntryForm(link=functools.partial(bytes, table.cid(position)))
+        return name, EntryForm(link=table.cid(position))
 
     def _update_sharded(
         self, directory: Directory, sink: BlockSink, form_of: Callable[[Directory], DirectoryForm]
@@ -780,7 +779,7 @@ class Tree:
             form = self._entry_form(name, node, sink, form_of)
             if form.inlinable:
                 return None
-            links[name] = codec.Link(form.link())
+            links[name] = codec.Link(form.cid())
         return DirectoryForm(hamt.update(self.store, sink, previous.value, links))
 
     def _entry_form(
@@ -789,7 +788,11 @@ class Tree:
         storing = sink is self.store
         if isinstance(node, File):
             content = node.content
-            link = (lambda: content.link(self.store)) if storing else content.content_cid
+            link: bytes | Callable[[], bytes]
+            if isinstance(content, StoredFile):
+                link = content.cid  # no closure per entry: a commit of a new directory makes 100,000
+            else:
+                link = (lambda: content.link(self.store)) if storing else content.content_cid
             form = EntryForm(link=link)
             if metadata.is_metadata_name(name):
                 inline = content.inline_form(self.store, name)
@@ -808,8 +811,7 @@ class Tree:
                 )
             return form
         assert isinstance(node, Broken)
-        broken_cid = node.cid
-        return EntryForm(link=lambda: broken_cid)
+        return EntryForm(link=node.cid)
 
     def _settle_contents(self, directory: Directory, changed: set[str] | None) -> None:
         """After a commit, say of each file what it now is: a stored block or inline in its node.

@@ -67,7 +67,7 @@ class DirectoryForm:
 class EntryForm:
     """The ways one entry can be written into its parent node."""
 
-    link: Callable[[], bytes]  # stores the entry's own block if needed
+    link: bytes | Callable[[], bytes]  # the CID, or what stores the entry's own block if needed and gives it
     inline: Any = None  # the value to embed (meaningful only when inline_size > 0: JSON null is a value)
     inline_size: int = 0  # bytes the inline value takes when encoded; 0: the entry must be a link
     inline_depth: int = 0  # how deeply the inline value nests
@@ -75,6 +75,11 @@ class EntryForm:
     @property
     def inlinable(self) -> bool:
         return self.inline_size > 0 and self.inline_depth < MAX_NODE_DEPTH
+
+    def cid(self) -> bytes:
+        """The entry as a link (its block stored first if need be)."""
+        link = self.link
+        return link if isinstance(link, bytes) else link()
 
 
 def plain_entries(store: Blockstore, value: Any) -> Mapping[str, Any]:
@@ -124,10 +129,10 @@ def layout(store: BlockSink, entries: Mapping[str, EntryForm], limit: int = BLOC
             inline.discard(name)
             total -= entries[name].inline_size - LINK_SIZE
     if total > limit:
-        links = {name: codec.Link(form.link()) for name, form in entries.items()}
+        links = {name: codec.Link(form.cid()) for name, form in entries.items()}
         return DirectoryForm(hamt.build(store, links))
     value = {
-        name: form.inline if name in inline else codec.Link(form.link()) for name, form in entries.items()
+        name: form.inline if name in inline else codec.Link(form.cid()) for name, form in entries.items()
     }
     return DirectoryForm(value)
 

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 DIRECTORY_KEY = b""  # the content key of every directory: kept by path only
 
 
-@dataclass
+@dataclass(slots=True)
 class Meta:
     """One node's attributes."""
 
