@@ -1,5 +1,7 @@
 """fuse_seq_write, fuse_seq_read, fuse_small_files: file I/O through a mount vs a plain ext4 directory.
 
+Beside both runs the floor (bench/floorfs.py): a Python FUSE file system with the daemon's kernel
+settings that does no work, so each case also shows what a FUSE request alone costs in Python.
 The plain directory and the mount's blockstore live side by side in the same
 scratch directory, so both land on the same disk. Every repetition writes new
 content (a counter is stamped into each chunk): a content-addressed store would
@@ -12,7 +14,20 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import MB, Context, MiB, Mount, Row, Timer, log, random_block, read_file_into, stamp, write_all
+from common import (
+    MB,
+    Context,
+    Floor,
+    MiB,
+    Mount,
+    Row,
+    Timer,
+    log,
+    random_block,
+    read_file_into,
+    stamp,
+    write_all,
+)
 
 OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
@@ -80,16 +95,18 @@ class SeqFixture:
     repeats: int
     plain: Path
     mount: Mount
+    floor: Floor
     ext4: list[WriteTiming] = field(default_factory=list)
     fuse: list[WriteTiming] = field(default_factory=list)
+    bare: list[WriteTiming] = field(default_factory=list)
 
     @classmethod
     def make(cls, ctx: Context) -> SeqFixture:
         size = (256 if ctx.quick else 1024) * MiB
         mount = Mount(ctx.workdir / "seq" / "store", ctx.workdir / "seq" / "mnt")
-        fixture = cls(size, min(ctx.repeats, 2), ctx.path("seq", "plain"), mount)
         mount.start()
-        return fixture
+        floor = Floor(ctx.workdir / "seq" / "floor", 2, big=size)
+        return cls(size, min(ctx.repeats, 2), ctx.path("seq", "plain"), mount, floor)
 
     @property
     def label(self) -> str:
@@ -111,9 +128,13 @@ class SeqFixture:
             self.fuse.append(
                 write_sequential(self.mount.mountpoint / f"big{rep}", self.size, chunk, rep * chunks)
             )
+            self.bare.append(
+                write_sequential(self.floor.mountpoint / "new" / f"big{rep}", self.size, chunk, rep * chunks)
+            )
         os.sync()
 
     def close(self, ctx: Context) -> None:
+        self.floor.stop()
         self.mount.stop()
         if self.fuse and self.mount.unmount_seconds is not None:
             total = self.repeats * self.size
@@ -178,6 +199,18 @@ def seq_write(ctx: Context) -> None:
             "ext4 write+fsync+close",
         )
     )
+    bare = min(t.total for t in fixture.bare)
+    ctx.add(
+        Row(
+            "fuse_seq_write",
+            "write+close",
+            size / fuse_total / MB,
+            "MB/s",
+            size / bare / MB,
+            "bare pyfuse3 write+close",
+            "the floor: a daemon that drops the data",
+        )
+    )
 
 
 def seq_read(ctx: Context) -> None:
@@ -190,7 +223,7 @@ def seq_read(ctx: Context) -> None:
     buffer = bytearray(MiB)
     best: dict[tuple[str, str], float] = {}
     for rep in range(ctx.repeats):
-        for name, path in (("ext4", plain), ("fuse", mounted)):
+        for name, path in (("ext4", plain), ("fuse", mounted), ("bare", fixture.floor.mountpoint / "big")):
             ctx.caches.drop()
             with Timer() as cold:
                 got = read_file_into(path, buffer)
@@ -211,6 +244,17 @@ def seq_read(ctx: Context) -> None:
             size / best["ext4", "cold"] / MB,
             "ext4 cold read",
             ctx.caches.cold_note,
+        )
+    )
+    ctx.add(
+        Row(
+            "fuse_seq_read",
+            f"cold read {what}",
+            size / best["fuse", "cold"] / MB,
+            "MB/s",
+            size / best["bare", "cold"] / MB,
+            "bare pyfuse3 read",
+            "the floor: a daemon that sends zeros it holds",
         )
     )
     ctx.add(
@@ -284,15 +328,16 @@ class SmallFixture:
     repeats: int
     plain: Path
     mount: Mount
+    floor: Floor  # its new/ takes the same files (flat, and dropped); its arr/ has 8-byte files to read
     seconds: dict[str, list[float]] = field(default_factory=dict)
 
     @classmethod
     def make(cls, ctx: Context) -> SmallFixture:
         mount = Mount(ctx.workdir / "small" / "store", ctx.workdir / "small" / "mnt")
         count = 1000 if ctx.quick else 5000
-        fixture = cls(count, 64 * 1024, min(ctx.repeats, 2), ctx.path("small", "plain"), mount)
         mount.start()
-        return fixture
+        floor = Floor(ctx.workdir / "small" / "floor", FLOOR_SIDE)
+        return cls(count, 64 * 1024, min(ctx.repeats, 2), ctx.path("small", "plain"), mount, floor)
 
     def keys(self, rep: int) -> list[str]:
         return chunk_paths(self.count, f"r{rep}")
@@ -305,7 +350,7 @@ class SmallFixture:
         """Write every repetition to ext4 and the mount (and to *durable_dir* with fsyncs)."""
         if self.seconds:
             return
-        for name in ("ext4", "fuse", "ext4+fsync"):
+        for name in ("ext4", "fuse", "ext4+fsync", "bare"):
             self.seconds[name] = []
         for rep in range(self.repeats):
             keys, first = self.keys(rep), rep * self.count
@@ -314,6 +359,8 @@ class SmallFixture:
             self.seconds["ext4"].append(write_tree(self.plain, keys, self.size, first))
             os.sync()
             self.seconds["fuse"].append(write_tree(self.mount.mountpoint, keys, self.size, first))
+            flat = [key.replace("/", "-") for key in keys]
+            self.seconds["bare"].append(write_tree(self.floor.mountpoint / "new", flat, self.size, first))
             os.sync()
             if durable_dir is not None:
                 self.seconds["ext4+fsync"].append(write_tree(durable_dir, keys, self.size, first, fsync=True))
@@ -323,7 +370,20 @@ class SmallFixture:
         return min(self.seconds[name])
 
     def close(self, ctx: Context) -> None:
+        self.floor.stop()
         self.mount.stop()
+
+
+FLOOR_SIDE = 100  # the floor's arr/ holds FLOOR_SIDE**2 files
+
+
+def read_floor(root: Path, count: int) -> float:
+    """Open, read and close *count* of the floor's 8-byte files (a warm read: no request but open)."""
+    buffer = bytearray(64)
+    with Timer() as timer:
+        for index in range(count):
+            read_file_into(root / f"{index // FLOOR_SIDE}.{index % FLOOR_SIDE}", buffer)
+    return timer.seconds
 
 
 def small_files(ctx: Context) -> None:
@@ -356,6 +416,17 @@ def small_files(ctx: Context) -> None:
             "create+write+close (same)",
             count / fixture.best("fuse"),
             "ops/s",
+            count / fixture.best("bare"),
+            "bare pyfuse3",
+            "the floor: a daemon that drops the data",
+        )
+    )
+    ctx.add(
+        Row(
+            "fuse_small_files",
+            "create+write+close (same)",
+            count / fixture.best("fuse"),
+            "ops/s",
             count / fixture.best("ext4+fsync"),
             "ext4 + fsync per file",
         )
@@ -374,7 +445,22 @@ def small_files(ctx: Context) -> None:
             figures["stat"], files = stat_tree(root)
             for kind, value in figures.items():
                 best[name, kind] = min(best.get((name, kind), value), value)
+        read_floor(fixture.floor.mountpoint / "arr", count)
+        best["bare", "warm"] = min(
+            best.get(("bare", "warm"), 1e9), read_floor(fixture.floor.mountpoint / "arr", count)
+        )
         log(f"read pass {rep + 1}/{ctx.repeats} done")
+    ctx.add(
+        Row(
+            "fuse_small_files",
+            "open+read+close, warm",
+            count / best["fuse", "warm"],
+            "ops/s",
+            count / best["bare", "warm"],
+            "bare pyfuse3 warm",
+            "the floor: its 8-byte files, read a second time",
+        )
+    )
     for kind, label in (("cold", f"open+read+close {count} files, cold"), ("warm", "open+read+close, warm")):
         ctx.add(
             Row(

@@ -16,12 +16,10 @@ import os
 import random
 import statistics
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import Context, Mount, Row, Timer, log
+from common import Context, Floor, Mount, Row, Timer, log
 
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.ipld.cid import cid_to_str
@@ -117,31 +115,6 @@ def _peak_rss_mb(pid: int | None) -> float | None:
     except OSError:
         return None
     return None
-
-
-class Floor:
-    """bench/floorfs.py mounted at *mountpoint*: the same array from a file system doing no work."""
-
-    def __init__(self, mountpoint: Path, side: int) -> None:
-        self.mountpoint = mountpoint
-        mountpoint.mkdir(parents=True, exist_ok=True)
-        script = Path(__file__).with_name("floorfs.py")
-        self.process = subprocess.Popen([sys.executable, str(script), str(mountpoint), str(side)])
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(mountpoint):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the bare pyfuse3 file system did not mount")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if os.path.ismount(self.mountpoint):
-            subprocess.run(["fusermount3", "-u", str(self.mountpoint)], check=False, capture_output=True)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def run(ctx: Context) -> None:

@@ -377,6 +377,32 @@ class Mount:
 
 
 @contextlib.contextmanager
+class Floor:
+    """bench/floorfs.py mounted at *mountpoint*: an array of side x side 8-byte files and a file of
+    *big* zeros, from a file system doing no work (the floor under any Python FUSE daemon)."""
+
+    def __init__(self, mountpoint: Path, side: int, big: int = 0) -> None:
+        self.mountpoint = mountpoint
+        mountpoint.mkdir(parents=True, exist_ok=True)
+        script = Path(__file__).with_name("floorfs.py")
+        self.process = subprocess.Popen([sys.executable, str(script), str(mountpoint), str(side), str(big)])
+        deadline = time.monotonic() + 60
+        while not os.path.ismount(mountpoint):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the bare pyfuse3 file system did not mount")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", str(self.mountpoint)], check=False, capture_output=True)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 def sigterm_as_interrupt() -> Iterator[None]:
     """Let SIGTERM unwind the stack like Ctrl-C, so every ``finally`` (unmounts) runs."""
 

@@ -1,14 +1,15 @@
 """The floor: a bare pyfuse3 + trio file system that does no work, to measure what any request costs.
 
 It serves one directory, ``arr``, of ``SIDE * SIDE`` files named ``i.j`` holding 8 bytes
-each, all made up on the fly from the name (no storage, no tree, no locks), and an empty
-directory, ``new``, where files can be created and written (and are forgotten), with the
+each, all made up on the fly from the name (no storage, no tree, no locks), a file ``big`` of
+BIG bytes (zeros; default 0), and an empty directory, ``new``, where files can be created and
+written (and are forgotten), with the
 same kernel settings as the ipldmount daemon: readdirplus, long entry and attribute
 timeouts, ``keep_cache``, cached listings and no FLUSH after a read-only open. Whatever
 ipldmount costs beyond it is ipldmount's; what it costs itself is the price of a Python
 FUSE request, which no Python daemon goes under.
 
-    python bench/floorfs.py MOUNTPOINT SIDE     # serves until unmounted (fusermount3 -u)
+    python bench/floorfs.py MOUNTPOINT SIDE [BIG]    # serves until unmounted (fusermount3 -u)
 """
 
 from __future__ import annotations
@@ -26,13 +27,17 @@ from ipldmount.mount import fuse_session
 TIMEOUT = 300.0
 ARR = pyfuse3.ROOT_INODE + 1
 NEW = ARR + 1
-FIRST = NEW + 1  # file (i, j) is inode FIRST + i * side + j
+BIG = NEW + 1
+FIRST = BIG + 1  # file (i, j) is inode FIRST + i * side + j
+ZEROS = bytes(1 << 20)  # what big holds, served without a copy per request
 
 
 class FloorFS(pyfuse3.Operations):
-    def __init__(self, side: int) -> None:
+    def __init__(self, side: int, big: int = 0) -> None:
         super().__init__()
         self.side = side
+        self.big = big
+        self.zeros = {len(ZEROS): ZEROS}  # by request size: one slice each
         self.created = FIRST + side * side  # the next inode for a created file
 
     def _attrs(self, ino: int) -> pyfuse3.EntryAttributes:
@@ -42,7 +47,7 @@ class FloorFS(pyfuse3.Operations):
         directory = ino in (pyfuse3.ROOT_INODE, ARR, NEW)
         attrs.st_mode = (stat.S_IFDIR | 0o755) if directory else (stat.S_IFREG | 0o644)
         attrs.st_nlink = 2 if directory else 1
-        attrs.st_size = 0 if directory else 8
+        attrs.st_size = 0 if directory else self.big if ino == BIG else 8
         attrs.st_uid, attrs.st_gid = os.getuid(), os.getgid()
         return attrs
 
@@ -56,8 +61,8 @@ class FloorFS(pyfuse3.Operations):
         return FIRST + i * self.side + j
 
     async def lookup(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if parent == pyfuse3.ROOT_INODE and name in (b"arr", b"new"):
-            return self._attrs(ARR if name == b"arr" else NEW)
+        if parent == pyfuse3.ROOT_INODE and name in (b"arr", b"new", b"big"):
+            return self._attrs({b"arr": ARR, b"new": NEW, b"big": BIG}[name])
         if parent == ARR:
             return self._attrs(self._file(name))
         raise pyfuse3.FUSEError(errno.ENOENT)
@@ -69,10 +74,10 @@ class FloorFS(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        count = {pyfuse3.ROOT_INODE: 2, ARR: self.side * self.side}.get(fh, 0)
+        count = {pyfuse3.ROOT_INODE: 3, ARR: self.side * self.side}.get(fh, 0)
         for index in range(start_id, count):
             if fh == pyfuse3.ROOT_INODE:
-                name, ino = (b"arr", ARR) if index == 0 else (b"new", NEW)
+                name, ino = ((b"arr", ARR), (b"new", NEW), (b"big", BIG))[index]
             else:
                 i, j = divmod(index, self.side)
                 name, ino = b"%d.%d" % (i, j), FIRST + index
@@ -94,6 +99,12 @@ class FloorFS(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if fh == BIG:
+            size = max(0, min(size, self.big - off))
+            zeros = self.zeros.get(size)
+            if zeros is None:
+                zeros = self.zeros[size] = ZEROS[:size] if size <= len(ZEROS) else bytes(size)
+            return zeros
         return (fh - FIRST).to_bytes(8, "little")[off : off + size]
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
@@ -102,8 +113,9 @@ class FloorFS(pyfuse3.Operations):
 
 def main() -> None:
     mountpoint, side = sys.argv[1], int(sys.argv[2])
+    big = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     options = set(pyfuse3.default_options) | {"fsname=floorfs"}
-    pyfuse3.init(FloorFS(side), mountpoint, options)
+    pyfuse3.init(FloorFS(side, big), mountpoint, options)
     fuse_session.install_open_flags()  # as the daemon does: cached listings, no FLUSH after reads
     try:
         trio.run(pyfuse3.main)
