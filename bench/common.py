@@ -376,7 +376,6 @@ class Mount:
         self.stop()
 
 
-@contextlib.contextmanager
 class Floor:
     """bench/floorfs.py mounted at *mountpoint*: an array of side x side 8-byte files and a file of
     *big* zeros, from a file system doing no work (the floor under any Python FUSE daemon)."""
@@ -403,6 +402,7 @@ class Floor:
             self.process.wait()
 
 
+@contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Let SIGTERM unwind the stack like Ctrl-C, so every ``finally`` (unmounts) runs."""
 
