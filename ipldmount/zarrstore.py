@@ -29,7 +29,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from ipldmount.blocks import Blockstore, Chunk, DirectoryBlockstore, MemoryBlockstore, car
 from ipldmount.blocks.gc import Collection, collect_garbage
 from ipldmount.errors import NotADirectoryError_, NotFoundError
-from ipldmount.format.files import FileContent
+from ipldmount.format.files import FileContent, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.state.home import StoreHome
 from ipldmount.state.registry import RootRecord
@@ -270,6 +270,10 @@ class IPLDStore(Store):
             content = self._content(key)
             if content is None:
                 return None
+            whole = self.blockstore.whole_file(content.cid) if isinstance(content, StoredFile) else None
+            if whole is not None:  # held in memory back to back: no copy at all
+                start, stop = _byte_span(len(whole), byte_range)
+                return prototype.buffer.from_bytes(whole[start:stop])
             reader = content.reader(self.blockstore)
             start, stop = _byte_span(reader.size, byte_range)
             return prototype.buffer.from_bytes(reader.read(start, stop - start))

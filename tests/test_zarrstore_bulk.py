@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from zarr.abc.store import RangeByteRequest
 from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer as CPUBuffer
 from zarr.core.sync import sync
 
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
 from ipldmount.errors import CorruptBlockError
-from ipldmount.format.files import BLOCK_LIMIT, store_bytes
+from ipldmount.format.files import BLOCK_LIMIT, decode_fbl, store_bytes
 from ipldmount.ipld import cid as cids
 from ipldmount.zarrstore import IPLDStore
 
@@ -202,3 +203,84 @@ def test_memory_blockstore_checks_blocks_it_did_not_hash_itself() -> None:
     copy._blocks[cid] = b"tampered"
     with pytest.raises(CorruptBlockError):
         copy.get(cid)
+
+
+# --- chunked values read back whole from memory ---------------------------------------------
+
+
+def _whole_value(leaves: float = 3.5) -> bytes:
+    return np.random.default_rng(7).bytes(int(leaves * BLOCK_LIMIT))
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_memory_store_keeps_a_chunked_file_whole(batched: bool) -> None:
+    """One copy of the value, whole; its leaves are views of it, read back as bytes (verified as
+    this store's own), and the file whole without a copy."""
+    store = MemoryBlockstore()
+    data = bytearray(_whole_value())
+    if batched:
+        with store.batch():
+            stored = store_bytes(store, data)
+            assert store.whole_file(stored.cid) is None, "staged: not the store's yet"
+    else:
+        stored = store_bytes(store, data)
+    data[:4] = b"gone"  # the caller's buffer is the caller's: the store copied it
+    whole = store.whole_file(stored.cid)
+    assert whole is not None and whole.readonly and bytes(whole[4:]) == bytes(data[4:])
+    assert whole.obj is store.whole_file(stored.cid).obj, "the same bytes every time"  # type: ignore[union-attr]
+    leaves = [cid for cid, _ in store_leaf_cids(store, stored.cid)]
+    assert len(leaves) == 4
+    first = store.get(leaves[0])
+    assert type(first) is bytes and first == bytes(whole[:BLOCK_LIMIT])
+    assert store.read(leaves[3], 10, 5) == bytes(whole[3 * BLOCK_LIMIT + 10 : 3 * BLOCK_LIMIT + 15])
+    again = pickle.loads(pickle.dumps(store))
+    assert again.whole_file(stored.cid) is None and again.get(leaves[1]) == bytes(
+        whole[BLOCK_LIMIT : 2 * BLOCK_LIMIT]
+    )
+
+
+def store_leaf_cids(store: Blockstore, root: bytes) -> list[tuple[bytes, int]]:
+    return decode_fbl(store.get(root))
+
+
+def test_a_file_is_not_whole_when_its_leaves_were_there_already_or_go() -> None:
+    store = MemoryBlockstore()
+    value = _whole_value(2)
+    first = store_bytes(store, value[:BLOCK_LIMIT] + bytes(BLOCK_LIMIT))  # its second leaf is zeros
+    stored = store_bytes(store, bytes(BLOCK_LIMIT) + value[BLOCK_LIMIT:])  # its first leaf is that one
+    assert store.whole_file(first.cid) is not None and store.whole_file(stored.cid) is None
+    reader = stored.reader(store)
+    assert reader.read(0, reader.size) == bytes(BLOCK_LIMIT) + value[BLOCK_LIMIT:]
+    leaf = store_leaf_cids(store, first.cid)[0][0]
+    store.remove_unused(leaf, None)
+    assert store.whole_file(first.cid) is None, "a leaf went: read what is left the usual way"
+
+
+def test_a_staging_discarded_keeps_nothing_whole() -> None:
+    store = MemoryBlockstore()
+    value = _whole_value(2)
+    try:
+        with store.batch():
+            stored = store_bytes(store, value)
+            raise RuntimeError("fail")
+    except RuntimeError:
+        pass
+    assert not store.has(stored.cid) and store.whole_file(stored.cid) is None
+    again = store_bytes(store, value)
+    assert again.cid == stored.cid and store.whole_file(again.cid) is not None
+
+
+def test_ipldstore_reads_a_chunked_value_from_memory_without_a_copy() -> None:
+    blockstore = MemoryBlockstore()
+    store = IPLDStore(blockstore)
+    value = _whole_value()
+    store.set_sync("arr/c/0", _buf(value))
+    root = store.freeze()
+    reader = IPLDStore(blockstore, root, read_only=True)
+    got = reader.get_sync("arr/c/0")
+    assert got is not None and got.to_bytes() == value
+    file = reader.tree.resolve_file("arr/c/0")
+    whole = blockstore.whole_file(file.content.cid)  # type: ignore[attr-defined]
+    assert whole is not None and np.shares_memory(got.as_numpy_array(), np.frombuffer(whole, dtype="B"))
+    part = reader.get_sync("arr/c/0", byte_range=RangeByteRequest(BLOCK_LIMIT - 3, BLOCK_LIMIT + 5))
+    assert part is not None and part.to_bytes() == value[BLOCK_LIMIT - 3 : BLOCK_LIMIT + 5]

@@ -64,6 +64,15 @@ class BlockSink(Protocol):
         ...
 
 
+def put_leaves_one_by_one(
+    sink: Blockstore | Staging[Any], data: Chunk, chunk_size: int
+) -> list[tuple[bytes, int]]:
+    """Put *data* as raw leaves of *chunk_size* bytes, each a view (the sink copies or writes it)."""
+    view = memoryview(data).cast("B")
+    leaves = (view[start : start + chunk_size] for start in range(0, len(view), chunk_size))
+    return [(sink.put(leaf, RAW), len(leaf)) for leaf in leaves]
+
+
 class CidOnly:
     """A :class:`BlockSink` that stores nothing: for computing what a commit would give."""
 
@@ -105,6 +114,13 @@ class Staging(ABC, Generic[T]):
         """Stage a block whose bytes are known to hash to *cid*."""
         if not self.claim(cid):
             self._keep(cid, self._stage(data))
+
+    def put_leaves(self, data: Chunk, chunk_size: int) -> tuple[list[tuple[bytes, int]], bytes | None]:
+        """Stage *data* as raw leaves of *chunk_size* bytes: see :meth:`Blockstore.put_leaves`."""
+        return put_leaves_one_by_one(self, data, chunk_size), None
+
+    def keep_whole(self, root: bytes, data: bytes, leaves: list[bytes]) -> None:
+        """See :meth:`Blockstore.keep_whole` (kept until the staged blocks are committed)."""
 
     def put_stream(self, chunks: Iterable[Chunk], codec: int) -> bytes:
         """Stage one block given piecewise (hashed while written); return its CID."""
@@ -334,6 +350,27 @@ class Blockstore(ABC):
         if not self._claim(cid):
             self._add(cid, data)
         return cid
+
+    def put_leaves(self, data: Chunk, chunk_size: int) -> tuple[list[tuple[bytes, int]], bytes | None]:
+        """Store *data* as raw leaves of *chunk_size* bytes (the last one shorter): their
+        ``(cid, length)`` in order, and *data* as immutable bytes if the store keeps the leaves
+        as views of it (then :meth:`keep_whole` may follow), else None."""
+        batch = self._batches.current
+        if batch is not None:
+            return batch.put_leaves(data, chunk_size)
+        return put_leaves_one_by_one(self, data, chunk_size), None
+
+    def keep_whole(self, root: bytes, data: bytes, leaves: list[bytes]) -> None:
+        """The chunked file under FBL root *root* is *data*, whose *leaves* :meth:`put_leaves`
+        stored: a store that holds them as views of it can serve the file whole (:meth:`whole_file`)."""
+        batch = self._batches.current
+        if batch is not None:
+            batch.keep_whole(root, data, leaves)
+
+    def whole_file(self, root: bytes) -> memoryview | None:
+        """The bytes of the chunked file under FBL root *root* as one view, without a copy, if this
+        store holds them back to back in memory (:meth:`keep_whole`); None: read its leaves."""
+        return None
 
     def put_block(self, cid: bytes, data: bytes) -> None:
         """Store a block that came from outside (CAR, network), refusing bytes that lie."""

@@ -194,14 +194,17 @@ LeafStore = Blockstore | Staging[Any]
 def store_bytes(store: LeafStore, data: Chunk, chunk_size: int | None = BLOCK_LIMIT) -> StoredFile:
     """Store *data* as a file's content (one raw block, or chunked).
 
-    The leaves are views of *data*, never copies: the store copies (or writes) each once.
+    The leaves are views of *data*, never copies: the store copies (or writes) each once (a store
+    in memory copies *data* once, whole, and keeps the leaves as views of that: it can then give
+    the file back without a copy, :meth:`~ipldmount.blocks.base.Blockstore.whole_file`).
     """
     if chunk_size is None or len(data) <= chunk_size:
         return StoredFile(store.put(data, cids.RAW), len(data))
-    view = memoryview(data)
-    return store_chunks(
-        store, (view[i : i + chunk_size] for i in range(0, len(data), chunk_size)), chunk_size
-    )
+    entries, whole = store.put_leaves(data, chunk_size)
+    stored = store_leaves(store, entries, chunk_size)
+    if whole is not None:
+        store.keep_whole(stored.cid, whole, [cid for cid, _ in entries])
+    return stored
 
 
 def store_stream(store: Blockstore, stream: BinaryIO, chunk_size: int | None = BLOCK_LIMIT) -> StoredFile:
