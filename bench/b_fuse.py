@@ -25,6 +25,7 @@ from common import (
     log,
     random_block,
     read_file_into,
+    sha256_seconds,
     stamp,
     write_all,
 )
@@ -255,6 +256,17 @@ def seq_read(ctx: Context) -> None:
             size / best["bare", "cold"] / MB,
             "bare pyfuse3 read",
             "the floor: a daemon that sends zeros it holds",
+        )
+    )
+    ctx.add(
+        Row(
+            "fuse_seq_read",
+            f"sha256 of {fixture.label} in 1 MiB leaves, 2 threads",
+            size / sha256_seconds(random_block(size, seed=3)) / MB,
+            "MB/s",
+            size / best["ext4", "cold"] / MB,
+            "ext4 cold read",
+            "every block read is verified: the floor beside FUSE's",
         )
     )
     ctx.add(
