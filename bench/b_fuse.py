@@ -236,50 +236,31 @@ def seq_read(ctx: Context) -> None:
                 best[name, kind] = min(best.get((name, kind), seconds), seconds)
         log(f"read pass {rep + 1}/{ctx.repeats} done")
     what = f"{fixture.label}, 1 MiB reads"
-    ctx.add(
-        Row(
-            "fuse_seq_read",
+    hashing = size / sha256_seconds(random_block(size, seed=3)) / MB
+    rows = (
+        (
             f"cold read {what}",
-            size / best["fuse", "cold"] / MB,
-            "MB/s",
-            size / best["ext4", "cold"] / MB,
+            best["fuse", "cold"],
+            best["ext4", "cold"],
             "ext4 cold read",
             ctx.caches.cold_note,
-        )
+        ),
+        (f"cold read {what}", best["fuse", "cold"], best["bare", "cold"], "bare pyfuse3 read", FLOOR_READ),
+        (f"warm read {what}", best["fuse", "warm"], best["ext4", "warm"], "ext4 warm read", WARM),
     )
+    for case, ours, theirs, baseline, note in rows:
+        ctx.add(Row("fuse_seq_read", case, size / ours / MB, "MB/s", size / theirs / MB, baseline, note))
+    case = f"sha256 of {fixture.label} in 1 MiB leaves, 2 threads"
     ctx.add(
         Row(
-            "fuse_seq_read",
-            f"cold read {what}",
-            size / best["fuse", "cold"] / MB,
-            "MB/s",
-            size / best["bare", "cold"] / MB,
-            "bare pyfuse3 read",
-            "the floor: a daemon that sends zeros it holds",
+            "fuse_seq_read", case, hashing, "MB/s", size / best["ext4", "cold"] / MB, "ext4 cold read", HASHED
         )
     )
-    ctx.add(
-        Row(
-            "fuse_seq_read",
-            f"sha256 of {fixture.label} in 1 MiB leaves, 2 threads",
-            size / sha256_seconds(random_block(size, seed=3)) / MB,
-            "MB/s",
-            size / best["ext4", "cold"] / MB,
-            "ext4 cold read",
-            "every block read is verified: the floor beside FUSE's",
-        )
-    )
-    ctx.add(
-        Row(
-            "fuse_seq_read",
-            f"warm read {what}",
-            size / best["fuse", "warm"] / MB,
-            "MB/s",
-            size / best["ext4", "warm"] / MB,
-            "ext4 warm read",
-            "second read: page cache (keep_cache)",
-        )
-    )
+
+
+FLOOR_READ = "the floor: a daemon that sends zeros it holds"
+WARM = "second read: page cache (keep_cache)"
+HASHED = "every block read is verified: the floor beside FUSE's"
 
 
 # --- many small files -----------------------------------------------------------------

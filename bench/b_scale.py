@@ -20,10 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import Context, Floor, Mount, Row, Timer, log
+from zarr.core.buffer import default_buffer_prototype
 
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.ipld.cid import cid_to_str
 from ipldmount.tree import Tree
+from ipldmount.zarrstore import IPLDStore
 
 READS = 1000
 CREATES = 100_000  # files created through the mount into one directory (--quick: a tenth)
@@ -65,6 +67,19 @@ def _build(ctx: Context, side: int) -> tuple[str, Path]:
             (plain / f"{i}.{j}").write_bytes(_chunk(i, j, side))
     store.sync()
     return cid_to_str(root), plain
+
+
+def _set_and_freeze(ctx: Context, root: str, rounds: int) -> float:
+    """Median seconds of one IPLDStore.set_sync + freeze() in the array, in-process, on its store."""
+    store = IPLDStore(DirectoryBlockstore(ctx.path("scale", "store"), durable=False), root)
+    buffer = default_buffer_prototype().buffer
+    times = []
+    for index in range(rounds):
+        with Timer() as timer:
+            store.set_sync(f"arr/{index}.{index}", buffer.from_bytes(b"in-proc%d" % index))
+            store.freeze()
+        times.append(timer.seconds)
+    return statistics.median(times)
 
 
 def _ls(path: Path, *flags: str) -> float:
@@ -123,6 +138,15 @@ def run(ctx: Context) -> None:
     root, plain = _build(ctx, side)
     n = side * side
     rounds = max(ctx.repeats, 3)
+    ctx.add(
+        Row(
+            "scale",
+            "in-process: one set + freeze",
+            _set_and_freeze(ctx, root, 2 * rounds + 1),
+            "s",
+            note="median",
+        )
+    )
     mount = Mount(ctx.workdir / "scale" / "store", ctx.workdir / "scale" / "mnt", root=root)
     with Timer() as timer:
         mount.start()

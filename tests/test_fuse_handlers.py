@@ -435,19 +435,24 @@ class Replies:
         return True
 
 
-async def test_a_listing_hands_out_rows_without_making_nodes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each chunk of a listed directory gets an inode number and a kernel reference, but no tree
-    node: lookup, getattr and forget answer from the row; the same name keeps the same number."""
-    ops, files = _stored_array(tmp_path, 2000)
+async def _list_arr(ops: Operations, monkeypatch: pytest.MonkeyPatch) -> tuple[int, dict[bytes, int]]:
+    """List "arr" through the handlers: its inode, and the inode each entry was listed with."""
     replies = Replies()
     monkeypatch.setattr(pyfuse3, "readdir_reply", replies)
     arr = (await ops.lookup(ROOT, b"arr", CTX)).st_ino
     handle = await ops.opendir(arr, CTX)
     await ops.readdir(handle, 0, object())  # type: ignore[arg-type]
     await ops.releasedir(handle)
-    inos = {name: ino for name, ino, _ in replies.listed[2:]}
+    return arr, {name: ino for name, ino, _ in replies.listed[2:]}
+
+
+async def test_a_listing_hands_out_rows_without_making_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk of a listed directory gets an inode number and a kernel reference, but no tree
+    node: lookup, getattr and forget answer from the row; the same name keeps the same number."""
+    ops, files = _stored_array(tmp_path, 2000)
+    arr, inos = await _list_arr(ops, monkeypatch)
     assert sorted(inos) == sorted(files) and len(set(inos.values())) == len(files)
     directory = ops.tree.resolve_dir("arr")
     assert directory._entries == {}, "no node for any chunk"
@@ -466,13 +471,7 @@ async def test_a_row_used_becomes_a_node_under_its_inode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ops, files = _stored_array(tmp_path, 300)
-    replies = Replies()
-    monkeypatch.setattr(pyfuse3, "readdir_reply", replies)
-    arr = (await ops.lookup(ROOT, b"arr", CTX)).st_ino
-    handle = await ops.opendir(arr, CTX)
-    await ops.readdir(handle, 0, object())  # type: ignore[arg-type]
-    await ops.releasedir(handle)
-    inos = {name: ino for name, ino, _ in replies.listed[2:]}
+    arr, inos = await _list_arr(ops, monkeypatch)
     ino = inos[b"7"]
     info = await ops.open(ino, os.O_RDWR, CTX)
     assert await ops.read(info.fh, 0, 100) == files[b"7"]
