@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import shutil
 import statistics
@@ -13,7 +15,9 @@ from typing import Any
 
 import numpy as np
 import zarr
-from common import MB, Context, MiB, Row, Timer, log, sha256_seconds
+from common import MB, Context, MiB, Row, Timer, log
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore, MemoryStore
 
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
@@ -44,21 +48,63 @@ class Layout:
 LAYOUTS = (Layout("uint8", "uint8", 1), Layout("float32 1024x1024", "float32", 1024))
 
 
+def hash_leaves(value: Buffer) -> None:
+    """sha256 of every 1 MiB of *value*, as a content-addressed store hashes its leaves."""
+    view = memoryview(value.as_numpy_array()).cast("B")
+    for start in range(0, len(view), LEAF):
+        hashlib.sha256(view[start : start + LEAF]).digest()
+
+
+class HashingMemoryStore(MemoryStore):
+    """zarr's MemoryStore that also hashes what it is given (off the event loop, as IPLDStore does):
+    the floor of any store in memory that names its blocks by their hash."""
+
+    async def set(self, key: str, value: Buffer) -> None:
+        await asyncio.to_thread(hash_leaves, value)
+        await super().set(key, value)
+
+
+class HashingLocalStore(LocalStore):
+    """zarr's LocalStore that also hashes what it writes and verifies what it reads: the floor of
+    any store on disk that names its blocks by their hash and checks them."""
+
+    async def set(self, key: str, value: Buffer) -> None:
+        await asyncio.to_thread(hash_leaves, value)
+        await super().set(key, value)
+
+    async def get(
+        self, key: str, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
+        value = await super().get(key, prototype, byte_range)
+        if value is not None:
+            await asyncio.to_thread(hash_leaves, value)
+        return value
+
+
 @dataclass(frozen=True)
 class Pair:
-    """An IPLDStore and its baseline, measured in the same rounds."""
+    """An IPLDStore and its baselines, measured in the same rounds."""
 
     name: str  # the row's case
     ipld: str  # key of the IPLDStore contender
     baseline: str  # key of zarr's own store
     baseline_name: str
+    hashing: str  # key of zarr's store hashing as IPLDStore must (the floor)
+    hashed_steps: tuple[str, ...]  # the steps where IPLDStore hashes
 
 
 PAIRS = (
-    Pair("IPLDStore(MemoryBlockstore)", "ipld_mem", "memory", "MemoryStore"),
-    Pair("IPLDStore(DirectoryBlockstore)", "ipld_dir", "local", "LocalStore on disk"),
+    Pair("IPLDStore(MemoryBlockstore)", "ipld_mem", "memory", "MemoryStore", "memory_sha", ("write",)),
+    Pair(
+        "IPLDStore(DirectoryBlockstore)",
+        "ipld_dir",
+        "local",
+        "LocalStore on disk",
+        "local_sha",
+        ("write", "read"),
+    ),
 )
-ON_DISK = ("ipld_dir", "local")
+ON_DISK = ("ipld_dir", "local", "local_sha")
 
 
 def stamp(data: np.ndarray, round_: int) -> None:
@@ -98,16 +144,17 @@ def one_store(ctx: Context, key: str, where: Path, values: np.ndarray, layout: L
     result: dict[str, float] = {}
     if key in ON_DISK:
         ctx.caches.drop()  # the previous store's writeback must not land in this one's time
-    if key == "memory":
-        memory = MemoryStore()
+    if key in ("memory", "memory_sha"):
+        memory = MemoryStore() if key == "memory" else HashingMemoryStore()
         result["write"] = write_array(memory, values, layout)
         reopen: Callable[[], Any] = lambda: memory  # noqa: E731
-    elif key == "local":
-        result["write"] = write_array(LocalStore(where), values, layout)
+    elif key in ("local", "local_sha"):
+        kind = LocalStore if key == "local" else HashingLocalStore
+        result["write"] = write_array(kind(where), values, layout)
         with Timer() as syncing:
             os.sync()
         result["durable"] = result["write"] + syncing.seconds
-        reopen = lambda: LocalStore(where, read_only=True)  # noqa: E731
+        reopen = lambda: kind(where, read_only=True)  # noqa: E731
     else:
         blockstore = DirectoryBlockstore(where) if key == "ipld_dir" else MemoryBlockstore()
         store = IPLDStore(blockstore)
@@ -129,7 +176,7 @@ def run(ctx: Context) -> None:
     rounds = max(ctx.repeats, 3 if ctx.quick else 5)
     log(f"{total // MiB} MiB in {total // CHUNK} chunks of 4 MiB, {rounds} rounds, zarr {zarr.__version__}")
     data = np.frombuffer(np.random.default_rng(11).bytes(total), dtype=np.uint8).copy()
-    keys = [key for pair in PAIRS for key in (pair.baseline, pair.ipld)]
+    keys = [key for pair in PAIRS for key in (pair.baseline, pair.hashing, pair.ipld)]
     for layout in LAYOUTS:
         seconds: dict[tuple[str, str], list[float]] = {}
         for round_ in range(rounds):
@@ -145,29 +192,6 @@ def run(ctx: Context) -> None:
             log(f"{layout.name}: round {round_ + 1}/{rounds} done")
         median = {key: statistics.median(values) for key, values in seconds.items()}
         add_rows(ctx, layout, total, rounds, median)
-    add_hash_floor(ctx, data, total, median)
-
-
-def add_hash_floor(ctx: Context, data: np.ndarray, total: int, median: dict[tuple[str, str], float]) -> None:
-    """What hashing alone costs (the last layout's baselines): an IPLDStore hashes every leaf it
-    writes, and every leaf it reads from disk; zarr's stores hash nothing."""
-    hashing = total / MB / sha256_seconds(data)
-    case = f"sha256 of {total // MiB} MiB in 1 MiB leaves, 2 threads"
-    note = "the floor of a store that hashes every byte"
-    ctx.add(
-        Row(
-            "zarr_bulk",
-            case,
-            hashing,
-            "MB/s",
-            total / MB / median["write", "memory"],
-            "MemoryStore write",
-            note,
-        )
-    )
-    ctx.add(
-        Row("zarr_bulk", case, hashing, "MB/s", total / MB / median["read", "local"], "LocalStore read", note)
-    )
 
 
 def add_rows(
@@ -189,6 +213,18 @@ def add_rows(
                     f"median of {rounds}" + (f", {cold}" if disk and step == "read" else ""),
                 )
             )
+            if step in pair.hashed_steps:
+                ctx.add(
+                    Row(
+                        "zarr_bulk",
+                        f"{step} {size}: {pair.name}",
+                        total / MB / median[step, pair.ipld],
+                        "MB/s",
+                        total / MB / median[step, pair.hashing],
+                        f"{pair.baseline_name} + sha256",
+                        "the floor: zarr's store hashing every 1 MiB, as IPLDStore must",
+                    )
+                )
         if disk:
             ctx.add(
                 Row(
