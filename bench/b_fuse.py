@@ -180,38 +180,24 @@ def seq_write(ctx: Context) -> None:
             f"ext4 close() alone: {ext4.close * 1e3:.2f} ms",
         )
     )
-    ctx.add(
-        Row(
-            "fuse_seq_write",
-            "write+close",
-            size / fuse_total / MB,
-            "MB/s",
-            size / ext4_cached / MB,
-            "ext4 write+close (page cache)",
-        )
-    )
-    ctx.add(
-        Row(
-            "fuse_seq_write",
-            "write+close",
-            size / fuse_total / MB,
-            "MB/s",
-            size / ext4_durable / MB,
-            "ext4 write+fsync+close",
-        )
-    )
     bare = min(t.total for t in fixture.bare)
-    ctx.add(
-        Row(
-            "fuse_seq_write",
-            "write+close",
-            size / fuse_total / MB,
-            "MB/s",
-            size / bare / MB,
-            "bare pyfuse3 write+close",
-            "the floor: a daemon that drops the data",
-        )
+    totals = (
+        (ext4_cached, "ext4 write+close (page cache)", ""),
+        (ext4_durable, "ext4 write+fsync+close", ""),
+        (bare, "bare pyfuse3 write+close", "the floor: a daemon that drops the data"),
     )
+    for seconds, baseline, note in totals:
+        ctx.add(
+            Row(
+                "fuse_seq_write",
+                "write+close",
+                size / fuse_total / MB,
+                "MB/s",
+                size / seconds / MB,
+                baseline,
+                note,
+            )
+        )
 
 
 def seq_read(ctx: Context) -> None:
@@ -393,37 +379,14 @@ def small_files(ctx: Context) -> None:
             )
     count, size = fixture.count, fixture.size
     what = f"{count} x {size // 1024} KiB files (a/c/i/j)"
-    ctx.add(
-        Row(
-            "fuse_small_files",
-            f"create+write+close {what}",
-            count / fixture.best("fuse"),
-            "ops/s",
-            count / fixture.best("ext4"),
-            "ext4",
-        )
+    writes = (
+        (f"create+write+close {what}", "ext4", "ext4", ""),
+        ("create+write+close (same)", "bare", "bare pyfuse3", "the floor: a daemon that drops the data"),
+        ("create+write+close (same)", "ext4+fsync", "ext4 + fsync per file", ""),
     )
-    ctx.add(
-        Row(
-            "fuse_small_files",
-            "create+write+close (same)",
-            count / fixture.best("fuse"),
-            "ops/s",
-            count / fixture.best("bare"),
-            "bare pyfuse3",
-            "the floor: a daemon that drops the data",
-        )
-    )
-    ctx.add(
-        Row(
-            "fuse_small_files",
-            "create+write+close (same)",
-            count / fixture.best("fuse"),
-            "ops/s",
-            count / fixture.best("ext4+fsync"),
-            "ext4 + fsync per file",
-        )
-    )
+    for case, key, baseline, note in writes:
+        ours, theirs = count / fixture.best("fuse"), count / fixture.best(key)
+        ctx.add(Row("fuse_small_files", case, ours, "ops/s", theirs, baseline, note))
 
     keys = fixture.keys(0)
     if not same_samples(fixture.plain / keys[-1], fixture.mount.mountpoint / keys[-1], size, 4):
