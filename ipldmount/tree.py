@@ -310,6 +310,31 @@ class Tree:
         assert directory.table is table and table.is_live(position)
         return self._take(directory, table, position)
 
+    def give_back(self, node: Node) -> tuple[EntryTable, int] | None:
+        """Make *node* a packed row again if it is one's, unchanged: a file made from a row, still
+        its directory's only name for it, with the row's content. Returns the row (None: kept).
+        Whoever calls this holds no other reference to the node (a mount: no handle, no inode)."""
+        link = node.first_link
+        if not isinstance(node, File) or link is None or node.link_count != 1:
+            return None
+        directory, name = link
+        table = directory.table
+        content = node.content
+        if table is None or not isinstance(content, StoredFile):
+            return None
+        if directory.changed is None or name in directory.changed:
+            return None  # its entry is re-encoded from the node at the next commit
+        position = table.position(name)
+        if position is None or table.is_live(position) or content.cid != table.cid(position):
+            return None
+        assert directory._entries is not None and directory._entries.get(name) is node
+        del directory._entries[name]
+        node.remove_link(directory, name)
+        if content.known_size is not None:
+            table.sizes[position] = content.known_size
+        table.untake(position)
+        return table, position
+
     def _take(self, directory: Directory, table: EntryTable, position: int) -> Node:
         name = table.name(position)
         node = File(StoredFile(table.cid(position), table.size(position)))

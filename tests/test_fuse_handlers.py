@@ -522,3 +522,52 @@ async def test_a_listing_names_each_entry_once_while_rows_become_nodes(
     assert names[:2] == [b".", b".."]
     assert sorted(names[2:]) == sorted(name for name in files if name != moved)
     assert names.count(b"1") == 1 and names.count(taken) == 1
+
+
+async def test_a_chunk_read_and_closed_goes_back_to_its_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading every chunk of a listed directory once leaves no node behind: a node made from a
+    row returns to it on the last close, with its inode number and the kernel's references."""
+    ops, files = _stored_array(tmp_path, 500)
+    arr, inos = await _list_arr(ops, monkeypatch)
+    directory = ops.tree.resolve_dir("arr")
+    for name, ino in inos.items():
+        info = await ops.open(ino, os.O_RDONLY, CTX)
+        assert await ops.read(info.fh, 0, 100) == files[name]
+        await ops.release(info.fh)
+    assert directory._entries == {} and directory.table is not None and directory.table.live == 500
+    ino = inos[b"9"]
+    assert ops.inodes.lookups(ino) == 1 and (await ops.getattr(ino, CTX)).st_size == 6
+    first = await ops.open(ino, os.O_RDONLY, CTX)
+    second = await ops.open(ino, os.O_RDONLY, CTX)
+    await ops.release(first.fh)
+    assert "9" in directory._entries, "still open"
+    assert await ops.read(second.fh, 0, 100) == files[b"9"]
+    await ops.release(second.fh)
+    assert "9" not in directory._entries and (await ops.lookup(arr, b"9", CTX)).st_ino == ino
+    assert ops.inodes.lookups(ino) == 2
+    await ops.forget([(ino, 2)])
+    assert ops.inodes.lookups(ino) == 0 and (await ops.getattr(ino, CTX)).st_ino == ino
+
+
+async def test_a_chunk_changed_keeps_its_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written, or given attributes of its own: the node stays (it holds what the row does not)."""
+    ops, files = _stored_array(tmp_path, 50)
+    _, inos = await _list_arr(ops, monkeypatch)
+    directory = ops.tree.resolve_dir("arr")
+    written = await ops.open(inos[b"1"], os.O_RDWR, CTX)
+    await ops.write(written.fh, 0, b"new")
+    await close(ops, written.fh)
+    attrs = pyfuse3.EntryAttributes()
+    attrs.st_mode = 0o600
+    fields = SizeOnly()
+    fields.update_size, fields.update_mode = False, True
+    await ops.setattr(inos[b"2"], attrs, fields, None, CTX)  # type: ignore[arg-type]
+    read = await ops.open(inos[b"2"], os.O_RDONLY, CTX)
+    await ops.release(read.fh)
+    assert {"1", "2"} <= set(directory._entries)
+    assert (await ops.getattr(inos[b"2"], CTX)).st_mode & 0o777 == 0o600
+    root = await ops.sync()
+    assert root is not None
+    assert ops.tree.read_file("arr/1") == b"new" + files[b"1"][3:]

@@ -74,6 +74,11 @@ class EntryTable:
         """The position of the live row *name*, or None."""
         if not self.live:
             return None
+        position = self.position(name)
+        return None if position is None or self._taken[position] else position
+
+    def position(self, name: str) -> int | None:
+        """The position of row *name*, taken or not, or None."""
         try:
             key = name.encode("utf-8")
         except UnicodeEncodeError:
@@ -81,7 +86,7 @@ class EntryTable:
         slot = hash(key) & self._mask
         while entry := self._index[slot]:
             if self._key(entry - 1) == key:
-                return None if self._taken[entry - 1] else entry - 1
+                return entry - 1
             slot = (slot + 1) & self._mask
         return None
 
@@ -112,6 +117,12 @@ class EntryTable:
         assert self.is_live(position)
         self._taken[position] = 1
         self.live -= 1
+
+    def untake(self, position: int) -> None:
+        """The node made for the row is gone, unchanged: the row is the entry again."""
+        assert self._taken[position]
+        self._taken[position] = 0
+        self.live += 1
 
     def _key(self, position: int) -> bytes:
         start = self._ends[position - 1] if position else 0

@@ -261,6 +261,35 @@ class InodeTable:
         del self._nodes[ino]
         node.ino = None
 
+    def give_back(self, node: Node) -> bool:
+        """Return a node made from a packed row, used and left unchanged, to its row with its
+        inode number and the kernel's references: reading every chunk of a huge directory once
+        must not keep a node for each. Only a node the kernel knows by the row's number (or not
+        at all) can go."""
+        ino = node.ino
+        if ino is not None and ino in self._nodes:
+            found = self._tree.give_back(node) if self._row_number(node, ino) else None
+        else:
+            found = self._tree.give_back(node)
+        if found is None:
+            return False
+        table, position = found
+        if ino is not None:
+            del self._nodes[ino]
+            rows = self._rows_of[id(table)]
+            rows.lookups[position] = node.lookups
+            node.ino, node.lookups = None, 0
+        return True
+
+    def _row_number(self, node: Node, ino: int) -> bool:
+        """Whether *ino* is the number of the row *node* was made from."""
+        link = node.first_link
+        table = link[0].table if link is not None else None
+        rows = self._rows_of.get(id(table)) if table is not None else None
+        if link is None or table is None or rows is None:
+            return False
+        return table.position(link[1]) == ino - rows.base
+
     def _took(self, table: EntryTable, position: int, node: Node) -> None:
         """A node was made for a row: if the kernel holds the row's number, it is the node's now."""
         rows = self._rows_of.get(id(table))
@@ -748,9 +777,18 @@ class Operations(pyfuse3.Operations):
         handle = self.handles.pop(fh)
         buffer = self.open_files.get(handle.ino)
         if buffer is None:
+            self._give_back(handle)
             return
         buffer.handles -= 1
         await self._settle(handle.ino, handle.node, buffer)
+
+    def _give_back(self, handle: Handle) -> None:
+        """The last handle of an untouched chunk closed: its node goes back to being a packed row."""
+        node = handle.node
+        if handle.writable or any(other.node is node for other in self.handles.values()):
+            return
+        if self.session.attributes.is_default(node):
+            self.inodes.give_back(node)
 
     # --- write buffers ---------------------------------------------------------
 

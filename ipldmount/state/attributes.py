@@ -182,6 +182,13 @@ class Attributes:
         self._changed.add(node)
         return meta
 
+    def is_default(self, node: Node) -> bool:
+        """Whether *node* has the attributes every untouched node of its kind shares (none of its
+        own, none to save)."""
+        meta = node.meta
+        shared = meta is None or any(meta is default for default in self._defaults.values())
+        return shared and node not in self._changed
+
     def set(self, node: Node, meta: Meta) -> None:
         """A new node's attributes (create, mkdir)."""
         node.meta = meta
