@@ -11,6 +11,7 @@ reuses the stored encoding of everything else.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
@@ -247,6 +248,9 @@ class Tree:
         self._hamt_nodes: MutableMapping[bytes, Any] = _BoundedCache(HAMT_NODE_CACHE)
         # Told of every node made from a packed row (a mount gives it the row's inode number).
         self.took: Callable[[EntryTable, int, Node], None] | None = None
+        # A row becoming a node (a mount opening a chunk, from its own thread) against a commit
+        # reading a directory's nodes and rows: each entry must be read in exactly one of them.
+        self._moving = threading.RLock()
 
     def _open_root(self, cid: bytes) -> Directory:
         if cids.codec_of(cid) != cids.DAG_CBOR:
@@ -328,20 +332,22 @@ class Tree:
         if position is None or table.is_live(position) or content.cid != table.cid(position):
             return None
         assert directory._entries is not None and directory._entries.get(name) is node
-        del directory._entries[name]
-        node.remove_link(directory, name)
-        if content.known_size is not None:
-            table.sizes[position] = content.known_size
-        table.untake(position)
+        with self._moving:
+            del directory._entries[name]
+            node.remove_link(directory, name)
+            if content.known_size is not None:
+                table.sizes[position] = content.known_size
+            table.untake(position)
         return table, position
 
     def _take(self, directory: Directory, table: EntryTable, position: int) -> Node:
         name = table.name(position)
         node = File(StoredFile(table.cid(position), table.size(position)))
-        table.take(position)
-        node.add_link(directory, name)
-        assert directory._entries is not None
-        directory._entries[name] = node
+        with self._moving:
+            table.take(position)
+            node.add_link(directory, name)
+            assert directory._entries is not None
+            directory._entries[name] = node
         if self.took is not None:
             self.took(table, position, node)
         return node
@@ -760,15 +766,12 @@ class Tree:
         if not directory.complete:
             self._load(directory)
         assert directory._entries is not None
-        forms = {
-            name: self._entry_form(name, node, sink, form_of) for name, node in directory._entries.items()
-        }
-        table = directory.table
+        with self._moving:  # nodes and rows as of one moment (a chunk opened meanwhile is in one)
+            nodes, table = dict(directory._entries), directory.table
+            rows = list(table.live_positions()) if table is not None else []
+        forms = {name: self._entry_form(name, node, sink, form_of) for name, node in nodes.items()}
         if table is not None:
-            forms.update(
-                self._row_form(directory, table, position, sink, form_of)
-                for position in table.live_positions()
-            )
+            forms.update(self._row_form(directory, table, position, sink, form_of) for position in rows)
         return dirnode.layout(sink, forms)
 
     def _row_form(
@@ -780,10 +783,16 @@ class Tree:
         form_of: Callable[[Directory], DirectoryForm],
     ) -> tuple[str, EntryForm]:
         """A packed row's entry in a full layout: its link, without making a node, unless it is
-        metadata (which may go inline: its node decides)."""
+        metadata (which may go inline: its node decides). A row made a node since the layout
+        began gives its link all the same: that node is unchanged (changes take the mount's lock)."""
         name = table.name(position)
         if metadata.is_metadata_name(name):
-            return name, self._entry_form(name, self._take(directory, table, position), sink, form_of)
+            assert directory._entries is not None
+            with self._moving:  # a mount may have made its node since the layout began
+                taken = not table.is_live(position)
+                node = directory._entries.get(name) if taken else self._take(directory, table, position)
+            assert node is not None, "a commit runs while nothing removes entries"
+            return name, self._entry_form(name, node, sink, form_of)
         return name, EntryForm(link=table.cid(position))
 
     def _update_sharded(

@@ -4,6 +4,7 @@ the tree that keeps them so (listing, lookups, taking a row, full layouts)."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -203,3 +204,31 @@ def test_a_row_whose_block_is_missing_is_listed_and_fails_when_read() -> None:
     assert isinstance(node, File) and not isinstance(node, Directory)
     with pytest.raises(Exception, match="not"):
         tree.read_all(node)
+
+
+def test_rows_made_nodes_while_a_commit_lays_the_directory_out_stay_in_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A mount opens chunks from its own thread while a sync lays their directory out: entries
+    whose rows become nodes after the layout read the directory are still in the new root."""
+    store = MemoryBlockstore()
+    root, files = _array(store, 10)  # a plain directory: any change lays it out in full
+    tree = Tree(store, root)
+    arr = tree.resolve_dir("arr")
+    tree.listing(arr)
+    tree.write_file("arr/new", b"new")
+    entry_form = Tree._entry_form
+    opened: list[Node | None] = []
+
+    def opening_meanwhile(self: Tree, *args: Any) -> Any:
+        if not opened:  # as the first entry is laid out, "the mount" opens every chunk
+            opened.extend(tree.get_entry(arr, name) for name in files)
+        return entry_form(self, *args)
+
+    monkeypatch.setattr(Tree, "_entry_form", opening_meanwhile)
+    committed = tree.commit()
+    monkeypatch.undo()
+    assert opened and all(isinstance(node, File) for node in opened)
+    unlisted = Tree(store, root)
+    unlisted.write_file("arr/new", b"new")
+    assert committed == unlisted.commit()

@@ -787,6 +787,8 @@ class Operations(pyfuse3.Operations):
         node = handle.node
         if handle.writable or any(other.node is node for other in self.handles.values()):
             return
+        if self.lock.locked():
+            return  # a sync (or a change) is reading the tree in a worker thread: keep the node
         if self.session.attributes.is_default(node):
             self.inodes.give_back(node)
 
