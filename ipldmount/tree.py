@@ -354,14 +354,18 @@ class Tree:
 
     def _load(self, directory: Directory) -> None:
         """Read every entry of the committed node: links to raw blocks into a packed table, the
-        rest as nodes. Nothing is kept unless all of it reads."""
-        table = EntryTable()
-        loaded, fresh = self._read_committed(directory, table)
-        for name in fresh:
-            loaded[name].add_link(directory, name)
-        directory._entries, directory.complete = loaded, True
-        directory.table = table if table.live else None
-        directory.subdirs = sum(isinstance(node, Directory) for node in loaded.values())
+        rest as nodes. Nothing is kept unless all of it reads. Once: a mount listing the directory
+        and a sync laying it out (in another thread) must not each make a table of it."""
+        with self._moving:
+            if directory.complete:
+                return
+            table = EntryTable()
+            loaded, fresh = self._read_committed(directory, table)
+            for name in fresh:
+                loaded[name].add_link(directory, name)
+            directory._entries, directory.complete = loaded, True
+            directory.table = table if table.live else None
+            directory.subdirs = sum(isinstance(node, Directory) for node in loaded.values())
 
     def _read_committed(self, directory: Directory, table: EntryTable) -> tuple[dict[str, Node], list[str]]:
         """Every entry, in the order of the committed node (those read before keep their nodes,
