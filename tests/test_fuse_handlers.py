@@ -571,3 +571,22 @@ async def test_a_chunk_changed_keeps_its_node(tmp_path: Path, monkeypatch: pytes
     root = await ops.sync()
     assert root is not None
     assert ops.tree.read_file("arr/1") == b"new" + files[b"1"][3:]
+
+
+async def test_a_chunk_the_kernel_knows_by_another_number_keeps_its_node(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node made from a row while the kernel held no reference to the row gets a number of its
+    own when the kernel looks it up: it must stay, or that number would go stale."""
+    ops, files = _stored_array(tmp_path, 20)
+    arr, inos = await _list_arr(ops, monkeypatch)
+    await ops.forget([(inos[b"3"], 1)])
+    node = ops.tree.get_entry(ops.tree.resolve_dir("arr"), "3")  # made with no kernel reference
+    ino = (await ops.lookup(arr, b"3", CTX)).st_ino
+    assert ino != inos[b"3"] and ops.inodes.node(ino) is node
+    info = await ops.open(ino, os.O_RDONLY, CTX)
+    assert await ops.read(info.fh, 0, 100) == files[b"3"]
+    await ops.release(info.fh)
+    assert ops.inodes.node(ino) is node and (await ops.getattr(ino, CTX)).st_size == 6
+    await ops.forget([(ino, 1)])
+    assert await errno_of(ops.getattr, ino, CTX) == errno.ESTALE

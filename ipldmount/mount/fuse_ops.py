@@ -267,17 +267,15 @@ class InodeTable:
         must not keep a node for each. Only a node the kernel knows by the row's number (or not
         at all) can go."""
         ino = node.ino
-        if ino is not None and ino in self._nodes:
-            found = self._tree.give_back(node) if self._row_number(node, ino) else None
-        else:
-            found = self._tree.give_back(node)
+        if ino is not None and not self._row_number(node, ino):
+            return False  # the kernel knows it by a number of its own
+        found = self._tree.give_back(node)
         if found is None:
             return False
         table, position = found
-        if ino is not None:
-            del self._nodes[ino]
-            rows = self._rows_of[id(table)]
-            rows.lookups[position] = node.lookups
+        if ino is not None:  # the row's own number: its references go back with it
+            self._nodes.pop(ino, None)
+            self._rows_of[id(table)].lookups[position] = node.lookups
             node.ino, node.lookups = None, 0
         return True
 
