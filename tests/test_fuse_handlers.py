@@ -590,3 +590,25 @@ async def test_a_chunk_the_kernel_knows_by_another_number_keeps_its_node(
     assert ops.inodes.node(ino) is node and (await ops.getattr(ino, CTX)).st_size == 6
     await ops.forget([(ino, 1)])
     assert await errno_of(ops.getattr, ino, CTX) == errno.ESTALE
+
+
+async def test_a_chunk_given_back_during_a_listing_is_listed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk open when the listing began is listed by its node; closed meanwhile, it is a row
+    again by the time the listing reaches the rows: it must not be listed a second time."""
+    ops, files = _stored_array(tmp_path, 30)
+    arr, inos = await _list_arr(ops, monkeypatch)  # the kernel knows every chunk by its row's number
+    opened = await ops.open(inos[b"7"], os.O_RDONLY, CTX)
+    replies = Replies(room=3)  # ".", "..", then "7" (the only name with a node)
+    monkeypatch.setattr(pyfuse3, "readdir_reply", replies)
+    handle = await ops.opendir(arr, CTX)
+    await ops.readdir(handle, 0, object())  # type: ignore[arg-type]
+    assert [name for name, _, _ in replies.listed] == [b".", b"..", b"7"]
+    await ops.release(opened.fh)
+    assert "7" not in ops.tree.resolve_dir("arr")._entries, "given back to its row"  # type: ignore[operator]
+    replies.room = 1 << 30
+    await ops.readdir(handle, replies.listed[-1][2], object())  # type: ignore[arg-type]
+    await ops.releasedir(handle)
+    names = [name for name, _, _ in replies.listed[2:]]
+    assert sorted(names) == sorted(files) and names.count(b"7") == 1

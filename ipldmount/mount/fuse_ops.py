@@ -181,7 +181,6 @@ class InodeTable:
         tree.root.ino = pyfuse3.ROOT_INODE
         self._next = pyfuse3.ROOT_INODE + 1
         self._rows: list[Rows] = []  # by base, ascending
-        self._bases: list[int] = []
         self._rows_of: dict[int, Rows] = {}  # by id() of the table (each kept alive here)
         tree.took = self._took
 
@@ -190,7 +189,7 @@ class InodeTable:
         node = self._nodes.get(ino)
         if node is not None:
             return node
-        index = bisect.bisect_right(self._bases, ino) - 1
+        index = bisect.bisect_right(self._rows, ino, key=lambda rows: rows.base) - 1
         if index >= 0:
             rows = self._rows[index]
             position = ino - rows.base
@@ -230,8 +229,7 @@ class InodeTable:
         if rows is None:
             rows = Rows(self._next, table, directory, array("I", bytes(4 * len(table))))
             self._next += len(table)
-            self._rows.append(rows)
-            self._bases.append(rows.base)
+            self._rows.append(rows)  # bases only grow: the list stays sorted
             self._rows_of[id(table)] = rows
         return rows
 
@@ -526,6 +524,8 @@ class Operations(pyfuse3.Operations):
         table = listing.table
         position = index - len(names)
         if table is not None and position >= 0 and table.is_live(position):
+            if len(names) > 2 and _listed_before(names, table.name(position)):
+                return True  # listed by the node it had then (given back to its row since)
             rows = self.inodes.rows(listing.directory, table)
             attributes = self.row_attributes(rows.base + position, rows, position)
             if not pyfuse3.readdir_reply(token, table.key(position), attributes, index + 1):
