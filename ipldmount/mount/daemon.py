@@ -8,6 +8,7 @@ mountpoint replays it.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import json
 import logging
@@ -46,6 +47,7 @@ class MountConfig:
 
 def run(config: MountConfig, ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted, sync, and return. *ready* is called once the mount is live."""
+    keep_freed_buffers()
     session = Session(
         config.home.blocks,
         config.home,
@@ -99,6 +101,33 @@ async def _serve(ops: Operations, control: Path, ready: Callable[[], None]) -> N
                 ) from exc
             log.info("final sync on exit: root %s, CAR %s", result.root, result.car or "(unchanged, none)")
         nursery.cancel_scope.cancel()
+
+
+# glibc's mallopt(3) parameters, and the values the daemon gives them.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 4 << 20  # above a leaf (1 MiB) and a FUSE write (max_write): both come from the heap
+TRIM_THRESHOLD = 32 << 20  # free heap kept for the next buffers before it goes back to the kernel
+
+
+def keep_freed_buffers() -> bool:
+    """Have glibc's malloc keep freed buffers for reuse; True if it took the settings.
+
+    Writes through the mount allocate and free a 1 MiB leaf and a FUSE request buffer per MiB.
+    By default glibc maps buffers that large on their own, or trims the heap soon after they
+    are freed, so each next buffer faults in and clears fresh pages. That cost 0.5-0.6 s of
+    system time per GiB written, more than half the daemon's CPU (measured with dd of 1 GiB,
+    5 rounds against an untuned daemon); kept buffers cost about 12 MB of resident memory.
+    Elsewhere (musl, another libc) nothing changes.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    mapped: bool = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    taken: bool = mapped and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    log.debug("malloc keeps freed buffers: %s", taken)
+    return taken
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
