@@ -1,6 +1,8 @@
 # ipldmount developer / CI entry points.
 #
-#   make test     install system packages (if missing) + .venv, then run pytest
+#   make test     install system packages (if missing) + .venv + the IPFS node, then run pytest
+#                 in a private network namespace (tests/in-netns: the node reaches only loopback)
+#   make ipfs-node   the real IPFS node the tests start (js-ipfs, npm ci into tests/ipfs-node)
 #   make lint     ruff check, ruff format --check, mypy --strict on ipldmount/
 #   make test-zarr-min   the zarr Store tests again, in .venv-zarr-min with the lowest zarr we support
 #   make demo     scripts/demo.sh, in .venv with the runtime and demo dependencies only
@@ -26,13 +28,18 @@ SKIP_SYSDEPS ?=
 
 # Debian packages needed to build and run pyfuse3 and to exercise the mount
 # (getfattr/setfattr come from attr; systemd-analyze, to verify the unit, from systemd;
-# rsync drives the mount in the tests; strace counts the requests ls -l makes).
-SYSDEPS_PKGS ?= fuse3 libfuse3-dev pkg-config attr gcc python3-dev systemd rsync strace
+# rsync drives the mount in the tests; strace counts the requests ls -l makes; iproute2 brings
+# up loopback in the tests' network namespace; nodejs and npm run the IPFS node, unless the
+# machine has its own node.js already).
+SYSDEPS_PKGS ?= fuse3 libfuse3-dev pkg-config attr gcc python3-dev systemd rsync strace iproute2 \
+	$(if $(shell command -v node && command -v npm),,nodejs npm)
+IPFS_NODE   := tests/ipfs-node
+IPFS_STAMP  := $(IPFS_NODE)/node_modules/.installed
 
 ZARR_MIN    := 3.0.8
 MIN_VENV    := .venv-zarr-min
 
-.PHONY: all sysdeps venv test test-zarr-min lint demo bench clean distclean
+.PHONY: all sysdeps venv ipfs-node test test-zarr-min lint demo bench clean distclean
 
 all: test
 
@@ -53,6 +60,8 @@ sysdeps:
 	  command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 	  command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 	  command -v strace >/dev/null 2>&1 || missing+=(strace)
+	  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+	  command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 	fi
 	if [ $${#missing[@]} -eq 0 ]; then
 	  echo "sysdeps: all present ($(SYSDEPS_PKGS))"
@@ -87,9 +96,18 @@ $(STAMP): pyproject.toml | sysdeps
 	$(VPY) -m pip install --disable-pip-version-check -e '.[test]'
 	touch $@
 
-test: sysdeps venv
-	@echo "test: $(VPY) -m pytest -q $(PYTEST_ARGS)"
-	$(VPY) -m pytest -q $(PYTEST_ARGS)
+# js-ipfs 0.66.1 as package-lock.json pins it (about 280 MB, a minute or three); no install
+# scripts run, so nothing is fetched from outside the npm registry.
+$(IPFS_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json | sysdeps
+	@echo "ipfs-node: npm ci in $(IPFS_NODE)"
+	cd $(IPFS_NODE) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+ipfs-node: $(IPFS_STAMP)
+
+test: sysdeps venv ipfs-node
+	@echo "test: tests/in-netns $(VPY) -m pytest -q $(PYTEST_ARGS)"
+	tests/in-netns $(VPY) -m pytest -q $(PYTEST_ARGS)
 
 # pyproject says zarr>=$(ZARR_MIN): prove it with a venv pinned to exactly that release.
 $(MIN_VENV)/.installed: pyproject.toml | sysdeps
@@ -132,4 +150,4 @@ clean:
 
 # Also removes the virtualenv (NOT part of clean: others may share it).
 distclean: clean
-	rm -rf $(VENV) $(MIN_VENV)
+	rm -rf $(VENV) $(MIN_VENV) $(IPFS_NODE)/node_modules

@@ -23,6 +23,10 @@ from pathlib import Path
 from ipldmount import __version__
 from ipldmount.blocks import DirectoryBlockstore, car, dag, default_store_path
 from ipldmount.blocks.car import write_car_file
+from ipldmount.blocks.exchange import CarSource, Transfer, pull, push
+from ipldmount.blocks.gateway import Gateway
+from ipldmount.blocks.kubo import KuboNode
+from ipldmount.blocks.remotes import Remotes
 from ipldmount.errors import (
     InvalidCIDError,
     IpldmountError,
@@ -36,7 +40,7 @@ from ipldmount.mount import control
 from ipldmount.progress import Progress
 from ipldmount.state.home import StoreHome, process_alive
 from ipldmount.state.journal import Journal
-from ipldmount.state.registry import RootRecord
+from ipldmount.state.registry import PushRecord, RootRecord
 from ipldmount.state.retention import DEFAULT_GRACE, GcReport, Retention
 from ipldmount.state.retention import collect as retention_gc
 from ipldmount.tree import Directory, File, Node, Tree
@@ -608,6 +612,92 @@ def _diff_side(store: DirectoryBlockstore, text: str) -> bytes:
     return root
 
 
+# --- IPFS ------------------------------------------------------------------------
+
+
+def _remotes(args: argparse.Namespace) -> Remotes:
+    return Remotes.resolve(args.ipfs, args.gateway or ())
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    remotes = _remotes(args)
+    if remotes.ipfs is None:
+        raise IpldmountError("push needs an IPFS node: --ipfs URL (or IPLDMOUNT_IPFS, or the config file)")
+    home = StoreHome(_open_existing_store(args))
+    root = _tag_target(home.blocks, args.root)
+    if not home.blocks.has(root):
+        raise IpldmountError(f"{cids.cid_to_str(root)} is not in the store {home.root}")
+    node = KuboNode(remotes.ipfs)
+    node.version()  # a node that is not there fails here, before any walk
+    bases = [*home.pushes.roots_on(node.url), *_ancestors(home, root)]
+    with _progress(f"push to {node.url}") as progress:
+        sent = push(home.blocks, root, node, bases=bases, pin=args.pin, progress=progress)
+    if not sent.already:
+        record = PushRecord(node.url, cids.cid_to_str(root), args.pin, RootRecord.now(), sent.blocks)
+        home.pushes.record(record)
+    print(_pushed(sent, node.url, args.pin), file=sys.stderr)
+    print(cids.cid_to_str(root))
+    return 0
+
+
+def _ancestors(home: StoreHome, root: bytes, limit: int = 8) -> list[bytes]:
+    """Roots *root* was made from (the mount's earlier syncs), newest first: bases a node may pin."""
+    parents = {record.root: record.parent for record in home.registry.records() if record.parent}
+    found: list[bytes] = []
+    text = cids.cid_to_str(root)
+    while len(found) < limit and (text := parents.get(text, "")):
+        found.append(cids.parse_cid(text))
+    return found
+
+
+def _pushed(sent: Transfer, url: str, pinned: bool) -> str:
+    if sent.already:
+        return f"{url} has {cids.cid_to_str(sent.root)} pinned already: nothing sent"
+    since = f" (new since {cids.cid_to_str(sent.base)})" if sent.base else ""
+    return f"sent {_count_of(sent.blocks, 'block')}, {_megabytes(sent.nbytes)}{since} to {url}" + (
+        "; pinned" if pinned else ""
+    )
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    remotes = _remotes(args)
+    if not remotes:
+        raise IpldmountError("pull needs a source: --ipfs URL or --gateway URL (or IPLDMOUNT_IPFS, ...)")
+    root = cids.parse_cid(args.root)
+    home = StoreHome(_open_store(args))
+    sources: list[CarSource] = [KuboNode(remotes.ipfs)] if remotes.ipfs else []
+    sources += [Gateway(url) for url in remotes.gateways]
+    with _progress(f"pull {args.root}") as progress:
+        fetched = pull(home.blocks, root, sources, progress=progress)
+    where = remotes.ipfs or ", ".join(remotes.gateways)
+    home.registry.record(RootRecord(cids.cid_to_str(root), RootRecord.now(), "pull", where))
+    if fetched.already:
+        print(f"the store has all of {args.root} already: nothing fetched", file=sys.stderr)
+    else:
+        print(
+            f"fetched {_count_of(fetched.blocks, 'block')}, {_megabytes(fetched.nbytes)} from {where}",
+            file=sys.stderr,
+        )
+    print(cids.cid_to_str(root))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ipldmount.serve import GatewayServer  # http.server only for this command
+
+    store = _open_existing_store(args)
+    try:
+        server = GatewayServer(store, (args.bind, args.port))
+    except OSError as exc:
+        raise IpldmountError(f"cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}") from None
+    print(f"serving {store.root} as a trustless gateway at {server.url}/ipfs/", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     home = StoreHome(_open_existing_store(args))
     retention = Retention(args.keep_last, args.keep_within, args.grace)
@@ -706,6 +796,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "tags": (cmd_tags, "list the names of roots"),
     "diff": (cmd_diff, "the paths added (A), removed (D) and modified (M) from one root to another"),
     "gc": (cmd_gc, "remove the blocks no kept root reaches (tags, recent history, mounts)"),
+    "push": (cmd_push, "send a root's blocks that an IPFS node lacks, and optionally pin it there"),
+    "pull": (cmd_pull, "fetch what the store lacks of a root from an IPFS node or gateways"),
+    "serve": (cmd_serve, "serve the store read-only as a trustless HTTP gateway (raw blocks and CARs)"),
 }
 
 
@@ -746,6 +839,27 @@ def _gc_arguments(gc: argparse.ArgumentParser) -> None:
         help=f"never remove blocks written this recently (default {DEFAULT_GRACE:g}s)",
     )
     gc.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _remote_arguments(push_parser: argparse.ArgumentParser, pull_parser: argparse.ArgumentParser) -> None:
+    push_parser.add_argument(
+        "root", metavar="ROOT", help="a CID, a tag or a mountpoint (the root last synced there)"
+    )
+    push_parser.add_argument("--pin", action="store_true", help="pin the root on the node once it is sent")
+    pull_parser.add_argument("root", metavar="CID", help="the root to fetch")
+    for parser in (push_parser, pull_parser):
+        parser.add_argument(
+            "--ipfs",
+            metavar="URL",
+            help="an IPFS node's RPC API, http://HOST:5001 (default: $IPLDMOUNT_IPFS)",
+        )
+    pull_parser.add_argument(
+        "--gateway",
+        action="append",
+        metavar="URL",
+        help="a trustless gateway to fetch from (repeatable, tried in order; default: $IPLDMOUNT_GATEWAYS)",
+    )
+    push_parser.set_defaults(gateway=None)
 
 
 def _count(text: str) -> int:
@@ -813,6 +927,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help='print JSON: [{"change": "added|removed|modified", "path": ...}]'
     )
     _gc_arguments(sub.choices["gc"])
+    _remote_arguments(sub.choices["push"], sub.choices["pull"])
+    sub.choices["serve"].add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    sub.choices["serve"].add_argument(
+        "--bind", default="127.0.0.1", metavar="ADDRESS", help="address to listen on (default 127.0.0.1)"
+    )
     sub.choices["import"].add_argument("car", metavar="FILE.car", help="the CARv1 archive to import")
     sub.choices["export"].add_argument("cid", metavar="CID", help="root CID (or tag) to export")
     sub.choices["export"].add_argument(
@@ -921,6 +1040,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 INTERRUPTED = {
     "import": "nothing was imported",
+    "pull": "the blocks fetched so far are kept: pull again to fetch the rest",
+    "push": "the node keeps what it was sent; nothing was pinned",
+    "serve": "the gateway stopped",
     "export": "no CAR was written",
     "mount": "nothing was mounted (a CAR being imported was not kept)",
 }

@@ -36,6 +36,14 @@ class CarError(IpldmountError):
     """A CAR archive is malformed, truncated, or holds a block that fails verification."""
 
 
+class RemoteError(IpldmountError):
+    """An IPFS node or gateway failed, refused, or sent what it should not (a wrong block)."""
+
+
+class RemoteTimeoutError(RemoteError):
+    """An IPFS node or gateway did not answer within the time allowed."""
+
+
 class FileTooLargeError(IpldmountError):
     """A file would grow past the largest size the format accepts (FORMAT.md §5)."""
 
@@ -115,6 +123,7 @@ _ERRNO: dict[type[BaseException], int] = {
     CorruptBlockError: errno.EIO,
     FormatError: errno.EIO,
     CarError: errno.EIO,
+    RemoteError: errno.EIO,
     IncompleteDagError: errno.EIO,
     InvalidCIDError: errno.EINVAL,
 }

@@ -128,12 +128,20 @@ def wait_for(predicate: object, timeout: float, what: str) -> None:
 
 
 def cli(
-    *args: str | os.PathLike[str], timeout: float = CLI_TIMEOUT, cwd: Path | None = None
+    *args: str | os.PathLike[str],
+    timeout: float = CLI_TIMEOUT,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m ipldmount ARGS`` and return the finished process (never raises on exit status)."""
+    """Run ``python -m ipldmount ARGS`` and return the finished process (never raises on exit status).
+
+    The developer's own settings stay out: no IPLDMOUNT_STORE, no IPFS node or gateway, no config
+    file, unless *env* sets them."""
     command = [sys.executable, "-m", "ipldmount", *map(str, args)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("IPLDMOUNT_STORE", None)
+    merged = {**os.environ, "PYTHONUNBUFFERED": "1", "IPLDMOUNT_CONFIG": "/nonexistent/config.toml"}
+    for name in ("IPLDMOUNT_STORE", "IPLDMOUNT_IPFS", "IPLDMOUNT_GATEWAYS"):
+        merged.pop(name, None)
+    merged.update(env or {})
     try:
         return subprocess.run(
             command,
@@ -142,7 +150,7 @@ def cli(
             timeout=timeout,
             stdin=subprocess.DEVNULL,
             cwd=cwd,
-            env=env,
+            env=merged,
         )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(

@@ -27,6 +27,7 @@ RANK = {
     "mount": 6,
     "zarrstore": 7,
     "cli": 7,
+    "serve": 7,
     "__init__": 7,  # the package: re-exports, IPLDStore imported lazily
     "__main__": 8,
 }

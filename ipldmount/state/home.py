@@ -3,6 +3,7 @@
     STORE/STORE, blocks/, tmp/    the block store's own (marker, one file per block, temporaries)
     STORE/roots.log               every root made here (sync, import, freeze): one JSON line each
     STORE/tags.json               names for roots
+    STORE/pushes.log              roots pushed to IPFS nodes (`ipldmount push`): one JSON line each
     STORE/attributes.sqlite       mode, owner and mtime by path and content (outside the CIDs)
     STORE/cars/                   CARs written by sync (unless told otherwise)
     STORE/mounts/ID/journal       a mountpoint's unsynced changes (ID: its real path, hashed)
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.state.attributes import AttributeTable
-from ipldmount.state.registry import Registry, Tags
+from ipldmount.state.registry import PushLedger, Registry, Tags
 
 
 def mount_id(mountpoint: Path) -> str:
@@ -100,6 +101,10 @@ class StoreHome:
     @property
     def registry(self) -> Registry:
         return Registry(self.root / "roots.log", self.open_private)
+
+    @property
+    def pushes(self) -> PushLedger:
+        return PushLedger(self.root / "pushes.log", self.open_private)
 
     @property
     def tags(self) -> Tags:

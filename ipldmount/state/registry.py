@@ -61,30 +61,14 @@ class Registry:
         self._open = open_private
 
     def record(self, record: RootRecord) -> None:
-        line = (json.dumps(record.as_json(), sort_keys=True) + "\n").encode()
-        fd = self._open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # after a line a crash tore: keep ours whole
-            if os.write(fd, line) != len(line):
-                raise OSError(f"short write to {self.path}")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _append_line(self.path, self._open, record.as_json())
 
     def records(self) -> list[RootRecord]:
-        try:
-            text = self.path.read_text(errors="replace")
-        except FileNotFoundError:
-            return []
         found = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
+        for number, value in _read_lines(self.path):
             try:
-                found.append(RootRecord(**json.loads(line)))
-            except (ValueError, TypeError):  # a line torn by a crash, or a foreign one: skipped, said
+                found.append(RootRecord(**value))
+            except TypeError:  # a foreign line: skipped, said
                 log.warning("%s: line %d is not a root record; skipped", self.path, number)
         return found
 
@@ -94,6 +78,78 @@ class Registry:
         if where is not None:
             records = [record for record in records if record.source == "mount" and record.where == where]
         return records[::-1]
+
+
+def _append_line(path: Path, open_private: OpenPrivate, value: dict[str, Any]) -> None:
+    """Append *value* as one JSON line with a single write, and fsync it."""
+    line = (json.dumps(value, sort_keys=True) + "\n").encode()
+    fd = open_private(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line  # after a line a crash tore: keep ours whole
+        if os.write(fd, line) != len(line):
+            raise OSError(f"short write to {path}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, value) of each JSON object line; torn or foreign lines are skipped, said."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            value = None
+        if isinstance(value, dict):
+            yield number, value
+        else:
+            log.warning("%s: line %d is not a JSON record; skipped", path, number)
+
+
+@dataclass(frozen=True)
+class PushRecord:
+    """A root sent to an IPFS node."""
+
+    node: str  # the node's RPC URL
+    root: str  # the CID sent
+    pinned: bool  # pinned there after sending
+    time: str
+    blocks: int = 0  # blocks sent
+
+
+class PushLedger:
+    """The roots pushed to IPFS nodes, oldest first on disk: bases for the next push's difference."""
+
+    def __init__(self, path: Path, open_private: OpenPrivate) -> None:
+        self.path = path
+        self._open = open_private
+
+    def record(self, record: PushRecord) -> None:
+        _append_line(self.path, self._open, asdict(record))
+
+    def roots_on(self, node: str, limit: int = 8) -> list[bytes]:
+        """The newest *limit* distinct roots pushed to *node*, newest first."""
+        found: list[bytes] = []
+        for number, value in reversed(list(_read_lines(self.path))):
+            try:
+                record = PushRecord(**value)
+                root = cids.parse_cid(record.root)
+            except (TypeError, InvalidCIDError):
+                log.warning("%s: line %d is not a push record; skipped", self.path, number)
+                continue
+            if record.node == node and root not in found:
+                found.append(root)
+            if len(found) == limit:
+                break
+        return found
 
 
 class Tags:

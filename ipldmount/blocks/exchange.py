@@ -1,0 +1,273 @@
+"""Moving whole DAGs between a local blockstore and the IPFS network: push and pull.
+
+A push sends a node only the blocks it lacks. A root the node has pinned is complete
+there, so nothing is sent for it; a root pushed before and still pinned is a base:
+only what the new root adds to it travels (:func:`~ipldmount.blocks.dag.iter_new_blocks`),
+as one CAR streamed to ``dag/import``. A pull takes a CAR stream (``dag/export``, or a
+trustless gateway's CAR) and keeps only verified blocks reachable from the root asked for,
+committing as it goes: an interrupted pull keeps what arrived, and the next one fetches
+only the subtrees still missing.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO, Protocol
+
+from ipldmount.blocks.base import Blockstore
+from ipldmount.blocks.car import encode_varint, incomplete_dag, read_car
+from ipldmount.blocks.dag import block_links, iter_closure, iter_new_blocks
+from ipldmount.blocks.kubo import KuboNode, check_block_size
+from ipldmount.errors import CarError, IncompleteDagError, RemoteError
+from ipldmount.ipld import codec
+from ipldmount.ipld.cid import DAG_CBOR, cid_to_str, codec_of
+from ipldmount.ipld.codec import Link
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (blocks, bytes) so far
+COMMIT_EVERY = 64 << 20  # bytes a pull stores before it makes them durable and goes on
+PARK_LIMIT = 64 << 20  # bytes of blocks a pull holds that came before their parent (order=unk)
+
+
+@dataclass
+class Transfer:
+    """What a push or a pull moved."""
+
+    root: bytes
+    blocks: int = 0
+    nbytes: int = 0
+    base: bytes | None = None  # the root a push sent the difference from
+    already: bool = False  # nothing needed moving: the other side had it all
+    requests: int = 0  # CAR streams a pull asked for
+
+
+# --- push -------------------------------------------------------------------------
+
+
+def push(
+    store: Blockstore,
+    root: bytes,
+    node: KuboNode,
+    *,
+    bases: Sequence[bytes] = (),
+    pin: bool = False,
+    progress: Progress | None = None,
+) -> Transfer:
+    """Send the DAG under *root* to *node*: only what the node lacks (see the module docstring).
+
+    *bases* are earlier roots the node may have pinned, best first. Raises
+    IncompleteDagError (naming the blocks) when the local store lacks part of the DAG,
+    RemoteError when the node refuses or fails.
+    """
+    transfer = Transfer(root)
+    if node.is_pinned(root):
+        transfer.already = True
+        return transfer
+    transfer.base = next((base for base in bases if base != root and node.is_pinned(base)), None)
+    missing: list[bytes] = []
+    if transfer.base is None:
+        blocks = iter_closure(store, root, missing)
+    else:
+        blocks = iter_new_blocks(store, root, transfer.base, missing)
+    pieces = _car_pieces(root, _counted(blocks, transfer, progress), missing)
+    try:
+        node.import_car(pieces, pin_roots=False)  # roots are reported only when pinned by the import
+    except _Incomplete:
+        raise incomplete_dag(root, missing, consequence="nothing was pinned") from None
+    if node.block_size(root) is None:
+        raise RemoteError(f"IPFS node {node.url}: after dag/import it does not have {cid_to_str(root)}")
+    if pin:
+        node.pin(root)
+    return transfer
+
+
+class _Incomplete(Exception):
+    """Raised inside a CAR being streamed, so the upload stops when a local block is missing."""
+
+
+def _counted(
+    blocks: Iterable[tuple[bytes, bytes]], transfer: Transfer, progress: Progress | None
+) -> Iterator[tuple[bytes, bytes]]:
+    for cid, data in blocks:
+        check_block_size(cid, len(data))
+        transfer.blocks += 1
+        transfer.nbytes += len(data)
+        if progress is not None:
+            progress(transfer.blocks, transfer.nbytes)
+        yield cid, data
+
+
+def _car_pieces(root: bytes, blocks: Iterable[tuple[bytes, bytes]], missing: list[bytes]) -> Iterator[bytes]:
+    """A CARv1 of *blocks* under *root*, piece by piece; stops the upload if a block was missing."""
+    header = codec.encode({"roots": [Link(root)], "version": 1})
+    yield encode_varint(len(header)) + header
+    for cid, data in blocks:
+        yield encode_varint(len(cid) + len(data)) + cid + data
+    if missing:
+        raise _Incomplete
+
+
+# --- pull -------------------------------------------------------------------------
+
+
+class CarSource(Protocol):
+    """Where a pull gets CARs: an IPFS node (``dag/export``) or a trustless gateway."""
+
+    def get_block(self, cid: bytes) -> bytes: ...
+
+    def export_car(self, root: bytes) -> Iterator[bytes]: ...
+
+
+@dataclass
+class _Wanted:
+    """The blocks a pull still needs: linked from what it has, not yet stored."""
+
+    pending: set[bytes] = field(default_factory=set)
+    parked: dict[bytes, bytes] = field(default_factory=dict)  # came before their parent
+    parked_bytes: int = 0
+
+
+def pull(
+    store: Blockstore,
+    root: bytes,
+    sources: Sequence[CarSource],
+    *,
+    progress: Progress | None = None,
+) -> Transfer:
+    """Fetch what the local store lacks of the DAG under *root*, from the first source that has it.
+
+    Every block is verified against its CID and must be reachable from *root*; others are
+    dropped. Blocks are stored as they arrive and made durable every COMMIT_EVERY bytes.
+    Raises IncompleteDagError if, after every source, blocks are still missing.
+    """
+    transfer = Transfer(root)
+    gaps = missing_subtrees(store, root)
+    if not gaps:
+        transfer.already = True
+        return transfer
+    errors: list[str] = []
+    for source in sources:
+        for gap in gaps:
+            try:
+                _fetch_subtree(store, gap, source, transfer, progress)
+            except (RemoteError, CarError) as exc:
+                log.warning("pull %s: %s from %r failed: %s", cid_to_str(root), cid_to_str(gap), source, exc)
+                errors.append(str(exc))
+        gaps = missing_subtrees(store, root)
+        if not gaps:
+            return transfer
+    shown = "; ".join(errors[-3:]) or "no source sent them"
+    raise IncompleteDagError(
+        f"{len(gaps)} subtree(s) under {cid_to_str(root)} could not be fetched ({shown}); what arrived "
+        "is kept: pull again to fetch the rest",
+        root,
+        gaps,
+    )
+
+
+def missing_subtrees(store: Blockstore, root: bytes) -> list[bytes]:
+    """The CIDs under *root* that the store lacks, each the top of a missing subtree.
+
+    Walks the blocks the store has (the DAG-CBOR ones are read; raw leaves only looked up).
+    """
+    missing: list[bytes] = []
+    stack, seen = [root], set()
+    while stack:
+        cid = stack.pop()
+        if cid in seen:
+            continue
+        seen.add(cid)
+        if not store.has(cid):
+            missing.append(cid)
+        elif codec_of(cid) == DAG_CBOR:
+            stack.extend(block_links(cid, store.get(cid)))
+    return missing
+
+
+def _fetch_subtree(
+    store: Blockstore, top: bytes, source: CarSource, transfer: Transfer, progress: Progress | None
+) -> None:
+    """One CAR from *source* for the subtree under *top*, its wanted blocks stored in batches.
+
+    A failure midway still commits the batch in progress: what arrived verified is kept.
+    """
+    source.get_block(top)  # within the source's block timeout: a CAR stream of a root it lacks may hang
+    transfer.requests += 1
+    _, sections = read_car(_PieceStream(source.export_car(top)).as_binary())
+    wanted = _Wanted({top})
+    failure: BaseException | None = None
+    done = False
+    while not done and failure is None:
+        with store.batch():
+            stored = 0
+            try:
+                for cid, data in sections:
+                    stored += _take(store, wanted, cid, data, transfer)
+                    if progress is not None:
+                        progress(transfer.blocks, transfer.nbytes)
+                    if stored >= COMMIT_EVERY:
+                        break
+                else:
+                    done = True
+            except Exception as exc:  # kept for after the commit below
+                failure = exc
+    if failure is not None:
+        raise failure
+    if top in wanted.pending:  # js-ipfs answers a root it lacks with a CAR header alone
+        raise RemoteError(f"{source!r} sent a CAR without {cid_to_str(top)}: it does not have it")
+
+
+def _take(store: Blockstore, wanted: _Wanted, cid: bytes, data: bytes, transfer: Transfer) -> int:
+    """Store a verified block if the pull wants it (and any parked children it unlocks): bytes stored."""
+    if cid not in wanted.pending:
+        if not store.has(cid) and wanted.parked_bytes + len(data) <= PARK_LIMIT:
+            wanted.parked[cid] = data  # perhaps a child sent before its parent
+            wanted.parked_bytes += len(data)
+        return 0
+    stored = 0
+    queue = [(cid, data)]
+    while queue:
+        cid, data = queue.pop()
+        wanted.pending.discard(cid)
+        if not store.has(cid):
+            store.put_block(cid, data)
+            transfer.blocks += 1
+            transfer.nbytes += len(data)
+            stored += len(data)
+        for link in block_links(cid, data):
+            if link in wanted.parked:
+                child = wanted.parked.pop(link)
+                wanted.parked_bytes -= len(child)
+                queue.append((link, child))
+            elif not store.has(link):
+                wanted.pending.add(link)
+    return stored
+
+
+class _PieceStream(io.RawIOBase):
+    """A readable binary stream over an iterator of byte pieces (a streamed HTTP body)."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces = pieces
+        self._rest = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._rest:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._rest = memoryview(piece)
+        count = min(len(buffer), len(self._rest))
+        buffer[:count] = self._rest[:count]
+        self._rest = self._rest[count:]
+        return count
+
+    def as_binary(self) -> BinaryIO:
+        return io.BufferedReader(self, 1 << 20)

@@ -1,0 +1,90 @@
+"""A trustless HTTP gateway, read-only: raw blocks and CAR streams, every block verified.
+
+Requests follow the trustless gateway specification: ``GET /ipfs/{cid}`` with both the
+``format`` query parameter and the ``Accept`` header, ``application/vnd.ipld.raw`` for
+one block, ``application/vnd.ipld.car`` (``dag-scope``, ``order=dfs``, ``dups=n``) for a
+DAG. Nothing a gateway sends is trusted: a block must hash to the CID asked for, and a
+CAR's blocks are checked by whoever reads it (:func:`~ipldmount.blocks.exchange.pull`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ipldmount.blocks.http import Endpoint, Timeouts
+from ipldmount.errors import RemoteError
+from ipldmount.ipld import cid as cids
+
+RAW = "application/vnd.ipld.raw"
+CAR = "application/vnd.ipld.car"
+MAX_BLOCK = 2 << 20  # bytes: the largest block any IPFS implementation exchanges
+
+
+class Gateway:
+    """The trustless gateway at *url* (``https://host``; requests go to ``/ipfs/...``)."""
+
+    def __init__(self, url: str, timeouts: Timeouts | None = None) -> None:
+        self.endpoint = Endpoint(url, "gateway", timeouts)
+
+    def __repr__(self) -> str:
+        return f"Gateway({self.endpoint.url!r})"
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
+
+    def close(self) -> None:
+        self.endpoint.close()
+
+    def get_block(self, cid: bytes) -> bytes:
+        """The block *cid*, verified: RemoteError if the gateway lacks it or sends other bytes."""
+        name = cids.cid_to_str(cid)
+        response = self.endpoint.request(
+            "GET", f"/ipfs/{name}", [("format", "raw")], headers={"Accept": RAW}, stream=True
+        )
+        asked = f"block {name}"
+        try:
+            self._check_status(response.status, asked, response.headers.get("Content-Type", ""), RAW)
+            data = b"".join(_limited(self.endpoint.read_pieces(response, asked), MAX_BLOCK, asked))
+        finally:
+            response.release_conn()
+        if not cids.verify(cid, data):
+            raise RemoteError(f"gateway {self.url} sent a wrong block for {name} ({len(data)} bytes)")
+        return data
+
+    def export_car(self, root: bytes, scope: str = "all") -> Iterator[bytes]:
+        """A CAR of the DAG under *root* (``dag-scope`` *scope*), as it comes: the reader verifies it."""
+        name = cids.cid_to_str(root)
+        accept = f"{CAR}; version=1; order=dfs; dups=n"
+        params = [("format", "car"), ("dag-scope", scope), ("car-version", "1")]
+        response = self.endpoint.request(
+            "GET", f"/ipfs/{name}", params, headers={"Accept": accept}, stream=True
+        )
+        asked = f"CAR of {name}"
+        try:
+            self._check_status(response.status, asked, response.headers.get("Content-Type", ""), CAR)
+        except RemoteError:
+            response.release_conn()
+            raise
+        return self.endpoint.read_pieces(response, asked)
+
+    def _check_status(self, status: int, asked: str, content_type: str, expected: str) -> None:
+        if status == 404:
+            raise RemoteError(f"gateway {self.url}: {asked}: not found (404)")
+        if status != 200:
+            raise RemoteError(f"gateway {self.url}: {asked}: HTTP {status}")
+        if content_type.split(";")[0].strip().lower() != expected:
+            answered = content_type or "no content type"
+            raise RemoteError(
+                f"gateway {self.url}: {asked}: answered {answered!r}, not {expected} "
+                "(not a trustless gateway?)"
+            )
+
+
+def _limited(pieces: Iterator[bytes], limit: int, asked: str) -> Iterator[bytes]:
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        if total > limit:
+            raise RemoteError(f"{asked}: more than {limit:,} bytes: not a block")
+        yield piece

@@ -1,0 +1,87 @@
+"""Which IPFS node and gateways a command may contact: nothing unless configured.
+
+In order of precedence: the command line (``--ipfs URL``, ``--gateway URL`` repeated),
+the environment (``IPLDMOUNT_IPFS``, ``IPLDMOUNT_GATEWAYS`` separated by commas or
+spaces), then the config file (``$IPLDMOUNT_CONFIG``, else
+``$XDG_CONFIG_HOME/ipldmount/config.toml``)::
+
+    ipfs = "http://127.0.0.1:5001"
+    gateways = ["http://127.0.0.1:8080"]
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ipldmount.blocks.http import check_url
+from ipldmount.errors import IpldmountError, RemoteError
+
+
+def config_path(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    if environ.get("IPLDMOUNT_CONFIG"):
+        return Path(environ["IPLDMOUNT_CONFIG"])
+    base = Path(environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "ipldmount" / "config.toml"
+
+
+@dataclass(frozen=True)
+class Remotes:
+    """An IPFS node's RPC URL (or None) and trustless gateway URLs, in the order to try them."""
+
+    ipfs: str | None = None
+    gateways: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.ipfs is not None or bool(self.gateways)
+
+    @classmethod
+    def resolve(
+        cls,
+        ipfs: str | None = None,
+        gateways: Sequence[str] = (),
+        environ: Mapping[str, str] | None = None,
+    ) -> Remotes:
+        """The remotes from the command line, else the environment, else the config file (each
+        setting on its own)."""
+        environ = os.environ if environ is None else environ
+        file = _read_config(config_path(environ))
+        ipfs = ipfs or environ.get("IPLDMOUNT_IPFS") or _text(file, "ipfs")
+        listed = list(gateways) or environ.get("IPLDMOUNT_GATEWAYS", "").replace(",", " ").split()
+        if not listed:
+            listed = _texts(file, "gateways")
+        try:
+            return cls(
+                check_url(ipfs, "IPFS node") if ipfs else None,
+                tuple(check_url(url, "gateway") for url in listed),
+            )
+        except RemoteError as exc:
+            raise IpldmountError(str(exc)) from None
+
+
+def _read_config(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as stream:
+            return tomllib.load(stream)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise IpldmountError(f"config file {path}: {exc}") from None
+
+
+def _text(config: dict[str, object], key: str) -> str | None:
+    value = config.get(key)
+    if value is not None and not isinstance(value, str):
+        raise IpldmountError(f"config file: {key} must be a URL in quotes, not {value!r}")
+    return value
+
+
+def _texts(config: dict[str, object], key: str) -> list[str]:
+    value = config.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise IpldmountError(f"config file: {key} must be a list of URLs in quotes, not {value!r}")
+    return list(value)

@@ -1,0 +1,194 @@
+"""A real IPFS node for the tests: js-ipfs, installed in tests/ipfs-node (``make ipfs-node``).
+
+It serves the Kubo-compatible RPC API on loopback, started offline: no bootstrap peers, no
+swarm addresses, no preload, and only inside a private network namespace (``make test``
+runs the suite under ``unshare -n``), so it can reach nothing but this machine's loopback.
+Without the node or the namespace, its tests are skipped locally and fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+NODE_DIR = Path(__file__).resolve().parent / "ipfs-node"
+JSIPFS = NODE_DIR / "node_modules" / ".bin" / "jsipfs"
+START_TIMEOUT = 90.0  # seconds for the daemon to answer `version` (about 3 s on an idle machine)
+
+
+def node_missing() -> str | None:
+    """Why the node cannot run here, or None."""
+    if not JSIPFS.exists():
+        return f"no IPFS node installed ({JSIPFS} is missing: run `make ipfs-node`)"
+    if not (Path("/usr/bin/node").exists() or _which("node")):
+        return "node.js is not installed"
+    interfaces = sorted(name for _, name in socket.if_nameindex())  # of this network namespace
+    if interfaces != ["lo"]:
+        return f"not in a private network namespace (interfaces {interfaces}): run the tests with `make test`"
+    return None
+
+
+def _which(program: str) -> str | None:
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if (Path(directory) / program).exists():
+            return str(Path(directory) / program)
+    return None
+
+
+def require_node() -> None:
+    """Skip (locally) or fail (CI=true) when the node cannot run."""
+    reason = node_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} -- CI must run the IPFS tests", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _raise_open_files() -> None:
+    """The node opens a file per block while importing: as many as the hard limit allows."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class IpfsNode:
+    """One js-ipfs daemon with a repo of its own under *home*; :meth:`stop` always stops it."""
+
+    def __init__(self, home: Path, gateway: bool = False) -> None:
+        self.home = home
+        self.repo = home / "repo"
+        self.api_port = free_port()
+        self.gateway_port = free_port() if gateway else None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "daemon.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def gateway_url(self) -> str:
+        assert self.gateway_port is not None
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "IPFS_PATH": str(self.repo), "NO_UPDATE_NOTIFIER": "1", "DEBUG": ""}
+
+    def init(self) -> None:
+        subprocess.run(
+            [str(JSIPFS), "init", "--profile", "test", "--empty-repo", "--algorithm", "ed25519"],
+            env=self._env(),
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        config_path = self.repo / "config"
+        config = json.loads(config_path.read_text())
+        config["Addresses"] = {
+            "Swarm": [],
+            "Announce": [],
+            "NoAnnounce": [],
+            "Delegates": [],
+            "API": f"/ip4/127.0.0.1/tcp/{self.api_port}",
+            "Gateway": f"/ip4/127.0.0.1/tcp/{self.gateway_port}" if self.gateway_port else "",
+        }
+        config.pop("RPC", None)  # would start a gRPC server
+        config["Bootstrap"] = []
+        config.setdefault("Discovery", {})
+        config["Discovery"]["MDNS"] = {"Enabled": False}
+        config["Discovery"]["webRTCStar"] = {"Enabled": False}
+        config.setdefault("Swarm", {})["DisableNatPortMap"] = True
+        config["Routing"] = {"Type": "none"}
+        config["Pubsub"] = {"Enabled": False}
+        config_path.write_text(json.dumps(config, indent=2))
+
+    def start(self) -> IpfsNode:
+        if not self.repo.exists():
+            self.init()
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(JSIPFS), "daemon", "--enable-preload=false"],
+            env=self._env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_raise_open_files,
+            start_new_session=True,
+        )
+        log.close()
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the IPFS node exited ({self.process.returncode}): {self.log_tail()}")
+            try:
+                self.rpc("version")
+                return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the IPFS node did not answer within {START_TIMEOUT:g} s: {self.log_tail()}")
+
+    def rpc(self, command: str, *, timeout: float = 30.0, **params: str) -> bytes:
+        """POST an RPC command (for tests' own checks, independent of ipldmount's client)."""
+        query = "&".join(f"{key.replace('_', '-')}={value}" for key, value in params.items())
+        request = urllib.request.Request(f"{self.url}/api/v0/{command}?{query}", method="POST")
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return bytes(response.read())
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def pause(self) -> None:
+        """Freeze the node (SIGSTOP): it keeps its sockets but answers nothing."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        """SIGINT (the node then releases its repo lock), then SIGKILL if it lingers."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGCONT)
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+
+
+def start_node(gateway: bool = False) -> IpfsNode:
+    """A started node in a fresh temporary home (the caller stops it)."""
+    require_node()
+    home = Path(tempfile.mkdtemp(prefix="ipldmount-ipfs-"))
+    return IpfsNode(home, gateway=gateway).start()
