@@ -100,7 +100,7 @@ $(STAMP): pyproject.toml | sysdeps
 # scripts run, so nothing is fetched from outside the npm registry.
 $(IPFS_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json | sysdeps
 	@echo "ipfs-node: npm ci in $(IPFS_NODE)"
-	cd $(IPFS_NODE) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	(cd $(IPFS_NODE) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 	touch $@
 
 ipfs-node: $(IPFS_STAMP)
