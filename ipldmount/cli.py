@@ -69,16 +69,27 @@ def _root_or_tag(store: DirectoryBlockstore, text: str) -> bytes:
 
 
 def _open_existing_store(args: argparse.Namespace) -> DirectoryBlockstore:
-    """The store for a command that only reads: a mistyped ``--store`` must not create an empty one."""
+    """The store for a command that only reads: a mistyped ``--store`` must not create an empty one
+    (unless blocks are to be fetched into it from an IPFS node or gateway)."""
     path = Path(args.store) if args.store else default_store_path()
+    if not path.is_dir() and getattr(args, "fetching", False) and _remotes(args):
+        return DirectoryBlockstore(path)
     if not path.is_dir():
         raise IpldmountError(f"no blockstore at {path} (import a CAR into it first, or pass --store DIR)")
     return DirectoryBlockstore(path)
 
 
+def _reading_store(args: argparse.Namespace) -> DirectoryBlockstore:
+    """The store for a command that reads trees: blocks it lacks come from the configured IPFS
+    node or gateways, if any (and stay in the store)."""
+    store = _open_existing_store(args)
+    store.fetcher = _remotes(args).fetcher()
+    return store
+
+
 def _open_tree(store: DirectoryBlockstore, root: bytes) -> Tree:
-    """The tree at *root*, which must be a directory node in *store*."""
-    if not store.has(root):
+    """The tree at *root*, which must be a directory node in *store* (or fetched into it)."""
+    if not store.has(root) and store.fetcher is None:
         shown = cids.cid_to_str(root)
         raise IpldmountError(f"{shown} is not in the store {store.root} (import its CAR first)")
     return Tree(store, root, read_only=True)
@@ -163,7 +174,7 @@ def _check_roots(store: DirectoryBlockstore, path: str, single_root: bool) -> Ca
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    store = _open_existing_store(args)
+    store = _reading_store(args)
     root, path = _split_target(store, args.cid)
     if path.strip("/"):
         raise IpldmountError("export takes a root CID, not a path (export the CID `ls -l` shows for it)")
@@ -191,7 +202,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    store = _open_existing_store(args)
+    store = _reading_store(args)
     root, path = _split_target(store, args.target)
     tree = _open_tree(store, root)
     with _path_errors(args.target):
@@ -222,7 +233,7 @@ def _ls_line(tree: Tree, name: str, node: Node) -> str:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    store = _open_existing_store(args)
+    store = _reading_store(args)
     root, path = _split_target(store, args.target)
     tree = _open_tree(store, root)
     with _path_errors(args.target):
@@ -248,9 +259,10 @@ def _resolve_root(home: StoreHome, root: str, mountpoint: Path) -> bytes | None:
     if Path(root).exists() and not Path(root).is_dir():  # a .car file, or a pipe (/dev/stdin)
         return _import(store, root, single_root=True)[0]
     cid = _parse_root(store, root)
-    if not store.has(cid):
+    if not store.has(cid) and store.fetcher is None:
         raise IpldmountError(
-            f"root {root} is not in the store {store.root} (import its CAR first, or pass the .car)"
+            f"root {root} is not in the store {store.root} (import its CAR first, pass the .car, or "
+            "name an IPFS node or gateway that has it: --ipfs URL, --gateway URL)"
         )
     Tree(store, cid, read_only=True)  # a root that is not a directory is refused here, not in the daemon
     return cid
@@ -342,10 +354,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
     _check_mountpoint(mountpoint, home, args.nonempty)
     if args.discard:
         _discard_pending(home, mountpoint)
+    remotes = _remotes(args)
+    home.blocks.fetcher = remotes.fetcher()
     root = _resolve_root(home, args.root, mountpoint)
     if args.foreground:
         return _run_daemon(args, home, mountpoint, root)
-    return _spawn_daemon(args, home, mountpoint, root)
+    return _spawn_daemon(args, home, mountpoint, root, remotes)
 
 
 def _run_daemon(args: argparse.Namespace, home: StoreHome, mountpoint: Path, root: bytes | None) -> int:
@@ -386,7 +400,9 @@ def _report_failure(fd: int, exc: BaseException) -> None:
         pass
 
 
-def _spawn_daemon(args: argparse.Namespace, home: StoreHome, mountpoint: Path, root: bytes | None) -> int:
+def _spawn_daemon(
+    args: argparse.Namespace, home: StoreHome, mountpoint: Path, root: bytes | None, remotes: Remotes
+) -> int:
     """Start the daemon in the background and return once the mount is live (or failed)."""
     log_path = home.mount_files(mountpoint).daemon_log
     read_end, write_end = os.pipe()
@@ -401,7 +417,7 @@ def _spawn_daemon(args: argparse.Namespace, home: StoreHome, mountpoint: Path, r
     command += ["--foreground", "--store", str(home.root), "--ready-fd", str(write_end)]
     command += ["--read-only"] * args.read_only + ["--whole-files"] * args.whole_files
     command += ["--allow-other"] * args.allow_other + ["-v"] * args.verbose
-    command += ["--nonempty"] * args.nonempty
+    command += ["--nonempty"] * args.nonempty + remotes.as_arguments()
     if args.car_dir:
         command += ["--car-dir", str(Path(args.car_dir).resolve())]
     log_fd = home.open_private(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
@@ -591,7 +607,7 @@ def _tag_target(store: DirectoryBlockstore, text: str | None) -> bytes:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    store = _open_existing_store(args)
+    store = _reading_store(args)
     before, after = (_diff_side(store, text) for text in (args.a, args.b))
     changes = list(diff_roots(store, before, after))
     if args.json:
@@ -841,6 +857,20 @@ def _gc_arguments(gc: argparse.ArgumentParser) -> None:
     gc.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
+    """--ipfs and --gateway for a command that reads: where blocks the store lacks come from."""
+    parser.add_argument(
+        "--ipfs", metavar="URL", help="an IPFS node to fetch missing blocks from (default: $IPLDMOUNT_IPFS)"
+    )
+    parser.add_argument(
+        "--gateway",
+        action="append",
+        metavar="URL",
+        help="a trustless gateway to fetch missing blocks from (repeatable; default: $IPLDMOUNT_GATEWAYS)",
+    )
+    parser.set_defaults(fetching=True)
+
+
 def _remote_arguments(push_parser: argparse.ArgumentParser, pull_parser: argparse.ArgumentParser) -> None:
     push_parser.add_argument(
         "root", metavar="ROOT", help="a CID, a tag or a mountpoint (the root last synced there)"
@@ -928,6 +958,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _gc_arguments(sub.choices["gc"])
     _remote_arguments(sub.choices["push"], sub.choices["pull"])
+    for name in ("ls", "cat", "export", "diff"):
+        _fetch_arguments(sub.choices[name])
     sub.choices["serve"].add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
     sub.choices["serve"].add_argument(
         "--bind", default="127.0.0.1", metavar="ADDRESS", help="address to listen on (default 127.0.0.1)"
@@ -991,6 +1023,18 @@ def _mount_arguments(mount: argparse.ArgumentParser) -> None:
         "store=DIR, car_dir=DIR; options mount(8) and fstab add (dev, suid, noauto, _netdev, x-*, ...) "
         "are accepted and ignored",
     )
+    mount.add_argument(
+        "--ipfs",
+        metavar="URL",
+        help="an IPFS node's RPC API: blocks the store lacks are fetched from it on first use and kept "
+        "(default: $IPLDMOUNT_IPFS or the config file)",
+    )
+    mount.add_argument(
+        "--gateway",
+        action="append",
+        metavar="URL",
+        help="a trustless gateway to fetch missing blocks from (repeatable; after --ipfs)",
+    )
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
@@ -1010,7 +1054,7 @@ def apply_mount_options(args: argparse.Namespace) -> None:
         "nonempty": "nonempty",
         "whole_files": "whole_files",
     }
-    values = {"store": "store", "car_dir": "car_dir"}
+    values = {"store": "store", "car_dir": "car_dir", "ipfs": "ipfs"}
     for option in ",".join(args.options).split(","):
         name, equals, value = option.strip().partition("=")
         if not name or name in IGNORED_MOUNT_OPTIONS or name.startswith("x-") or name.startswith("comment="):

@@ -44,6 +44,15 @@ class RemoteTimeoutError(RemoteError):
     """An IPFS node or gateway did not answer within the time allowed."""
 
 
+class MustFetchError(IpldmountError):
+    """A block must come from the network, and this thread (an event loop) must not wait for it:
+    the caller fetches it in a worker thread and tries again (never seen outside the mount)."""
+
+    def __init__(self, cid: bytes) -> None:
+        super().__init__(f"block {cid.hex()} must be fetched from the network first")
+        self.cid = cid
+
+
 class FileTooLargeError(IpldmountError):
     """A file would grow past the largest size the format accepts (FORMAT.md §5)."""
 

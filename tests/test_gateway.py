@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from fuse_helpers import cli
+from ipfs_node import TRUSTLESS_CLIENT, require_node
 
 from ipldmount.blocks import DirectoryBlockstore, car
 from ipldmount.blocks.exchange import pull
@@ -135,6 +136,23 @@ def test_a_car_is_cut_short_where_a_block_is_missing(served: Served, tmp_path: P
     with pytest.raises(IncompleteDagError, match="could not be fetched"):
         pull(target, root, [client])
     assert not target.has(leaf) and target.has(root)  # what arrived verified is kept
+
+
+def test_an_independent_client_verifies_what_the_server_sends(served: Served) -> None:
+    """@ipld/car, multiformats and @ipld/dag-cbor (JavaScript, from npm) read the server's CAR and
+    raw block, verify every block and find the DAG complete."""
+    require_node(network=False)
+    server, store, root = served
+    result = subprocess.run(
+        ["node", str(TRUSTLESS_CLIENT), server.url, cids.cid_to_str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    closure = list(car.iter_closure(store, root))
+    expected = {"blocks": len(closure), "bytes": sum(len(data) for _, data in closure)}
+    assert json.loads(result.stdout) == expected
 
 
 # --- the client --------------------------------------------------------------------

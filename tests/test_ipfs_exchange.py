@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fuse_helpers import cli
-from ipfs_node import IpfsNode, start_node
+from fuse_helpers import check, cli
+from ipfs_node import IpfsNode
 
 from ipldmount.blocks import DirectoryBlockstore, car
 from ipldmount.blocks.exchange import missing_subtrees, pull, push
@@ -22,17 +22,10 @@ from ipldmount.errors import IncompleteDagError, RemoteError, RemoteTimeoutError
 from ipldmount.ipld import cid as cids
 from ipldmount.tree import Tree
 
+pytest_plugins = ("ipfs_node",)
+
 SEED_CAR = Path(__file__).parent / "data/seed_example/seed_example.car"
 SEED_ROOT = "bafyreidn66mk3fktszrfwayonvpq6y3agtnb5e5o22ivof5tgikbxt7k6u"
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[IpfsNode]:
-    started = start_node()
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture
@@ -231,3 +224,16 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert len(refused.stderr.strip().splitlines()) == 1
     bad_url = cli("pull", SEED_ROOT, "--ipfs", "ftp://x", "--store", store)
     assert bad_url.returncode == 1 and "not an http:// or https:// URL" in bad_url.stderr
+
+
+def test_cli_reads_a_root_only_the_node_has(node: IpfsNode, tmp_path: Path) -> None:
+    a, fresh = tmp_path / "a", tmp_path / "fresh"
+    assert cli("import", SEED_CAR, "--store", a).returncode == 0
+    check(cli("push", SEED_ROOT, "--ipfs", node.url, "--store", a))
+    chunk = cli("cat", f"{SEED_ROOT}/a/0", "--store", a).stdout
+    fetched = check(cli("cat", f"{SEED_ROOT}/a/0", "--ipfs", node.url, "--store", fresh))
+    assert fetched.stdout == chunk
+    listing = check(cli("ls", f"{SEED_ROOT}/a", "--store", fresh, env={"IPLDMOUNT_IPFS": node.url}))
+    assert listing.stdout.split() == [".zarray", ".zattrs", "0"]
+    nothing = cli("ls", SEED_ROOT, "--store", tmp_path / "other")  # no node named: nothing contacted
+    assert nothing.returncode == 1 and "no blockstore" in nothing.stderr

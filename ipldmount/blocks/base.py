@@ -18,6 +18,7 @@ from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
+from ipldmount.blocks.fetching import BlockFetcher
 from ipldmount.errors import (
     BlockNotFoundError,
     CorruptBlockError,
@@ -261,6 +262,10 @@ class Blockstore(ABC):
     staged and its reads see them.
     """
 
+    fetcher: BlockFetcher | None = None
+    """Where blocks this store lacks come from (an IPFS node, gateways): fetched on first read,
+    then kept here. None: a block not here is not found."""
+
     def __init__(self) -> None:
         self._batches = _ThreadBatches()
 
@@ -286,7 +291,7 @@ class Blockstore(ABC):
         if data is None:
             data = self._lookup(cid) if is_supported(cid) else None
         if data is None:
-            raise self._not_found(cid)
+            return self._fetch(cid)  # verified by the source
         if not self._known_intact(cid, data) and not verify(cid, data):
             actual = cid_to_str(block_cid(cid[1], data))
             message = f"block {cid_to_str(cid)} in {self!r} is corrupt: the bytes hash to {actual}"
@@ -301,7 +306,7 @@ class Blockstore(ABC):
         if data is None:
             data = self._read_range(cid, offset, size) if is_supported(cid) else None
         if data is None:
-            raise self._not_found(cid)
+            data = self._fetch(cid)[offset : offset + size]
         return data
 
     def size(self, cid: bytes) -> int:
@@ -311,7 +316,7 @@ class Blockstore(ABC):
         if length is None:
             length = self._block_size(cid) if is_supported(cid) else None
         if length is None:
-            raise self._not_found(cid)
+            length = len(self._fetch(cid))
         return length
 
     def __iter__(self) -> Iterator[bytes]:
@@ -330,6 +335,16 @@ class Blockstore(ABC):
     def __bool__(self) -> bool:
         """Always true: an empty store is still a store, and a truth test must not count blocks."""
         return True
+
+    def _fetch(self, cid: bytes) -> bytes:
+        """A block this store lacks, from its fetcher (then kept here); else not found."""
+        if self.fetcher is None or not is_supported(cid):
+            raise self._not_found(cid)
+        return self.fetcher.fetch(cid, self._lookup, self._keep_fetched)
+
+    def _keep_fetched(self, cid: bytes, data: bytes) -> None:
+        if not self._claim(cid):
+            self._add(cid, data)
 
     def _batch_lookup(self, cid: bytes) -> bytes | None:
         batch = self._batches.current

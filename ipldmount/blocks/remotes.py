@@ -17,7 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ipldmount.blocks.fetching import BlockFetcher, BlockSource
+from ipldmount.blocks.gateway import Gateway
 from ipldmount.blocks.http import check_url
+from ipldmount.blocks.kubo import BLOCK_TIMEOUT, KuboNode
 from ipldmount.errors import IpldmountError, RemoteError
 
 
@@ -38,6 +41,22 @@ class Remotes:
 
     def __bool__(self) -> bool:
         return self.ipfs is not None or bool(self.gateways)
+
+    def sources(self, block_timeout: float = BLOCK_TIMEOUT) -> list[BlockSource]:
+        """Clients for the node, then the gateways: the order blocks are asked for."""
+        node: list[BlockSource] = [KuboNode(self.ipfs, block_timeout=block_timeout)] if self.ipfs else []
+        return node + [Gateway(url) for url in self.gateways]
+
+    def fetcher(self, block_timeout: float = BLOCK_TIMEOUT) -> BlockFetcher | None:
+        """A fetcher over :meth:`sources`, or None when nothing is configured."""
+        return BlockFetcher(self.sources(block_timeout)) if self else None
+
+    def as_arguments(self) -> list[str]:
+        """The command-line options that give these remotes (for the daemon a mount starts)."""
+        arguments = ["--ipfs", self.ipfs] if self.ipfs else []
+        for url in self.gateways:
+            arguments += ["--gateway", url]
+        return arguments
 
     @classmethod
     def resolve(

