@@ -141,8 +141,8 @@ $(DEMO_STAMP): pyproject.toml | sysdeps
 demo: sysdeps $(DEMO_STAMP)
 	bash scripts/demo.sh
 
-bench: venv
-	$(VPY) bench/run.py
+bench: venv ipfs-node
+	tests/in-netns $(VPY) bench/run.py
 
 clean:
 	rm -rf build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis ./*.egg-info

@@ -30,6 +30,7 @@ sys.path.insert(0, str(HERE))
 import b_codec  # noqa: E402
 import b_fuse  # noqa: E402
 import b_history  # noqa: E402
+import b_ipfs  # noqa: E402
 import b_scale  # noqa: E402
 import b_sparse  # noqa: E402
 import b_tree  # noqa: E402
@@ -56,6 +57,7 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
         "1 GiB of 4 MiB chunks through zarr, write and read: IPLDStore vs MemoryStore and LocalStore",
     ),
     "history": (b_history.run, set(), "diff of two roots 1 chunk apart in 100k vs a full export"),
+    "ipfs": (b_ipfs.run, set(), "push/pull vs the node's own dag/import/export; a lazy mount's first read"),
     "scale": (
         b_scale.run,
         set(),

@@ -35,7 +35,7 @@ Progress = Callable[[int, int], None]
 MAX_VARINT_BYTES = 9  # multiformats unsigned varints carry at most 63 bits
 MAX_HEADER_SIZE = 1 << 20
 MAX_SECTION_SIZE = 1 << 36  # far beyond any block; only stops absurd lengths early
-_READ_CHUNK = 1 << 20
+_READ_CHUNK = 4 << 20  # a section of one 1 MiB block (plus its CID) is read in one piece, not joined
 _DIGEST_LENGTH = 32
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import io
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (blocks, bytes) so far
 COMMIT_EVERY = 64 << 20  # bytes a pull stores before it makes them durable and goes on
+WRITE_AHEAD = 16  # blocks received and checked but not yet stored, at most
 PARK_LIMIT = 64 << 20  # bytes of blocks a pull holds that came before their parent (order=unk)
 
 
@@ -127,8 +130,23 @@ class _Wanted:
     """The blocks a pull still needs: linked from what it has, not yet stored."""
 
     pending: set[bytes] = field(default_factory=set)
+    taken: set[bytes] = field(default_factory=set)  # handed to the writer, not in the store yet
     parked: dict[bytes, bytes] = field(default_factory=dict)  # came before their parent
     parked_bytes: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def is_taken(self, cid: bytes) -> bool:
+        with self.lock:
+            return cid in self.taken
+
+    def take(self, cid: bytes) -> None:
+        with self.lock:
+            self.taken.add(cid)
+
+    def stored(self, cids: list[bytes]) -> None:
+        """The writer made these part of the store: ``has`` answers for them from now on."""
+        with self.lock:
+            self.taken.difference_update(cids)
 
 
 def pull(
@@ -191,61 +209,104 @@ def missing_subtrees(store: Blockstore, root: bytes) -> list[bytes]:
 def _fetch_subtree(
     store: Blockstore, top: bytes, source: CarSource, transfer: Transfer, progress: Progress | None
 ) -> None:
-    """One CAR from *source* for the subtree under *top*, its wanted blocks stored in batches.
+    """One CAR from *source* for the subtree under *top*: its wanted blocks stored as they come.
 
-    A failure midway still commits the batch in progress: what arrived verified is kept.
+    The stream is read and checked here while a :class:`_BlockWriter` stores what it yields, so
+    receiving, hashing and writing overlap. A failure midway still keeps what arrived verified.
     """
     source.get_block(top)  # within the source's block timeout: a CAR stream of a root it lacks may hang
     transfer.requests += 1
-    _, sections = read_car(_PieceStream(source.export_car(top)).as_binary())
+    _, sections = read_car(_PieceStream(source.export_car(top)).as_binary())  # verifies each block
     wanted = _Wanted({top})
-    failure: BaseException | None = None
-    done = False
-    while not done and failure is None:
-        with store.batch():
-            stored = 0
-            try:
-                for cid, data in sections:
-                    stored += _take(store, wanted, cid, data, transfer)
-                    if progress is not None:
-                        progress(transfer.blocks, transfer.nbytes)
-                    if stored >= COMMIT_EVERY:
-                        break
-                else:
-                    done = True
-            except Exception as exc:  # kept for after the commit below
-                failure = exc
-    if failure is not None:
-        raise failure
+    writer = _BlockWriter(store, wanted.stored)
+    try:
+        for cid, data in sections:
+            for taken, block in _take(store, wanted, cid, data):
+                writer.put(taken, block)
+                transfer.blocks += 1
+                transfer.nbytes += len(block)
+            if progress is not None:
+                progress(transfer.blocks, transfer.nbytes)
+    finally:
+        writer.close()
     if top in wanted.pending:  # js-ipfs answers a root it lacks with a CAR header alone
         raise RemoteError(f"{source!r} sent a CAR without {cid_to_str(top)}: it does not have it")
 
 
-def _take(store: Blockstore, wanted: _Wanted, cid: bytes, data: bytes, transfer: Transfer) -> int:
-    """Store a verified block if the pull wants it (and any parked children it unlocks): bytes stored."""
+def _take(store: Blockstore, wanted: _Wanted, cid: bytes, data: bytes) -> list[tuple[bytes, bytes]]:
+    """The blocks to store now: *cid* if the pull wants it, with the parked children it unlocks."""
     if cid not in wanted.pending:
-        if not store.has(cid) and wanted.parked_bytes + len(data) <= PARK_LIMIT:
+        if not wanted.is_taken(cid) and not store.has(cid) and wanted.parked_bytes + len(data) <= PARK_LIMIT:
             wanted.parked[cid] = data  # perhaps a child sent before its parent
             wanted.parked_bytes += len(data)
-        return 0
-    stored = 0
+        return []
+    taken = []
     queue = [(cid, data)]
     while queue:
         cid, data = queue.pop()
         wanted.pending.discard(cid)
-        if not store.has(cid):
-            store.put_block(cid, data)
-            transfer.blocks += 1
-            transfer.nbytes += len(data)
-            stored += len(data)
+        if not wanted.is_taken(cid) and not store.has(cid):
+            wanted.take(cid)
+            taken.append((cid, data))
         for link in block_links(cid, data):
             if link in wanted.parked:
                 child = wanted.parked.pop(link)
                 wanted.parked_bytes -= len(child)
                 queue.append((link, child))
-            elif not store.has(link):
+            elif not wanted.is_taken(link) and not store.has(link):  # taken first: see stored()
                 wanted.pending.add(link)
-    return stored
+    return taken
+
+
+class _BlockWriter:
+    """Stores verified blocks from a worker thread, made part of the store every COMMIT_EVERY bytes
+    and at :meth:`close` (then synced to disk once); a failure there is raised to the caller.
+    *stored* hears of each commit's blocks, after it."""
+
+    def __init__(self, store: Blockstore, stored: Callable[[list[bytes]], None]) -> None:
+        self._store = store
+        self._stored = stored
+        self._queue: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize=WRITE_AHEAD)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ipldmount-pull-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, cid: bytes, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((cid, data))
+
+    def close(self) -> None:
+        """Store what is queued, commit it, sync it; raise what went wrong in the thread."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._store.sync()
+
+    def _run(self) -> None:
+        try:
+            self._write()
+        except BaseException as exc:
+            self._error = exc
+            while self._queue.get() is not None:  # let the reader finish
+                pass
+
+    def _write(self) -> None:
+        staging, staged = self._store.staging(), []
+        nbytes = 0
+        try:
+            while (item := self._queue.get()) is not None:
+                staging.put_verified(*item)
+                staged.append(item[0])
+                nbytes += len(item[1])
+                if nbytes >= COMMIT_EVERY:
+                    staging.commit()
+                    self._stored(staged)
+                    staging, staged, nbytes = self._store.staging(), [], 0
+        finally:  # also on failure: what is staged is kept, and a pull resumes from it
+            staging.commit()
+            self._stored(staged)
 
 
 class _PieceStream(io.RawIOBase):

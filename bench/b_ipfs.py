@@ -1,0 +1,173 @@
+"""ipfs: push, pull and a lazy mount's first read, against the IPFS node's own import and export.
+
+The node is the test suite's (tests/ipfs_node.py: js-ipfs on loopback, in the private network
+namespace `make bench` runs in). Each round pushes a fresh array (every chunk stamped with the
+round, so nothing is on the node already) and, interleaved, has the node `dag/import` the CAR
+of another fresh array: the baseline moves the same bytes by the node's own path. Pull is
+timed into an empty store beside the node's `dag/export` of the same root read to the end.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from common import MB, Context, MiB, Mount, Row, Timer, log, random_block, stamp
+
+from ipldmount.blocks import DirectoryBlockstore, car
+from ipldmount.blocks.directory import _sync_filesystem as sync_filesystem
+from ipldmount.blocks.exchange import pull, push
+from ipldmount.blocks.kubo import KuboNode
+from ipldmount.ipld.cid import cid_to_str
+from ipldmount.tree import Tree
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import ipfs_node  # the test suite's node runner
+
+CHUNK = MiB  # one zarr chunk per block: the largest block an IPFS node takes
+
+
+def _array(store: DirectoryBlockstore, chunks: int, round_: int) -> bytes:
+    """An array of *chunks* 1 MiB chunks unique to *round_*; its root."""
+    tree = Tree(store)
+    block = random_block(CHUNK, seed=round_)
+    with store.batch():
+        tree.write_file("arr/.zarray", b'{"zarr_format": 2}')
+        for index in range(chunks):
+            tree.write_file(f"arr/{index}", bytes(stamp(block, round_ * chunks + index)))
+        return tree.commit()
+
+
+def _car_pieces(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as stream:
+        while piece := stream.read(MiB):
+            yield piece
+
+
+def run(ctx: Context) -> None:
+    reason = ipfs_node.node_missing()
+    if reason is not None:
+        log(f"ipfs: skipped: {reason}")
+        return
+    chunks = 32 if ctx.quick else 128
+    rounds = max(ctx.repeats, 3)
+    node = ipfs_node.start_node()
+    try:
+        _measure(ctx, node, chunks, rounds)
+    finally:
+        node.stop()
+
+
+def _measure(ctx: Context, node: ipfs_node.IpfsNode, chunks: int, rounds: int) -> None:
+    kubo = KuboNode(node.url)
+    times: dict[str, list[float]] = {"push": [], "import": [], "pull": [], "export": [], "files": []}
+    nbytes = chunks * CHUNK
+    last_root = b""
+    for round_ in range(rounds):
+        ours = DirectoryBlockstore(ctx.path("ipfs", f"ours-{round_}"), durable=False)
+        theirs = DirectoryBlockstore(ctx.path("ipfs", f"theirs-{round_}"), durable=False)
+        root, other = _array(ours, chunks, 2 * round_), _array(theirs, chunks, 2 * round_ + 1)
+        car_path = ctx.path("ipfs") / f"other-{round_}.car"
+        car.write_car_file(theirs, other, car_path)
+        with Timer() as pushing:
+            push(ours, root, kubo)
+        with Timer() as importing:
+            kubo.import_car(_car_pieces(car_path), pin_roots=False)
+        times["push"].append(pushing.seconds)
+        times["import"].append(importing.seconds)
+        fresh = DirectoryBlockstore(ctx.path("ipfs", f"pulled-{round_}"), durable=False)
+        with Timer() as exporting:
+            exported = sum(len(piece) for piece in kubo.export_car(root))
+        with Timer() as pulling:
+            pull(fresh, root, [kubo])
+        times["export"].append(exporting.seconds)
+        times["pull"].append(pulling.seconds)
+        times["files"].append(_write_block_files(ours, root, ctx.path("ipfs", f"files-{round_}")))
+        last_root = root
+        log(
+            f"ipfs: round {round_ + 1}/{rounds}: push {pushing.seconds:.2f} s, import "
+            f"{importing.seconds:.2f} s, pull {pulling.seconds:.2f} s, export {exporting.seconds:.2f} s "
+            f"({exported:,} bytes)"
+        )
+    label = f"{nbytes // MiB} MiB in {chunks} chunks"
+    median = {key: statistics.median(values) for key, values in times.items()}
+    note = f"median of {rounds}, interleaved"
+    ctx.add(
+        Row(
+            "ipfs",
+            f"push {label}",
+            nbytes / MB / median["push"],
+            "MB/s",
+            nbytes / MB / median["import"],
+            "node dag/import of its CAR",
+            note,
+        )
+    )
+    ctx.add(
+        Row(
+            "ipfs",
+            f"pull {label}",
+            nbytes / MB / median["pull"],
+            "MB/s",
+            nbytes / MB / median["export"],
+            "node dag/export, read to the end",
+            note,
+        )
+    )
+    ctx.add(
+        Row(
+            "ipfs",
+            f"pull {label}",
+            nbytes / MB / median["pull"],
+            "MB/s",
+            nbytes / MB / median["files"],
+            "ext4: write them as block files",
+            "the floor on disk: a file per block, synced",
+        )
+    )
+    _lazy_read(ctx, node, last_root)
+
+
+def _write_block_files(store: DirectoryBlockstore, root: bytes, folder: Path) -> float:
+    """Seconds to write the DAG's blocks as files of their own into *folder* and sync them: what
+    any store keeping a file per block (this one, Kubo's flatfs) must do with what it pulls."""
+    blocks = list(car.iter_closure(store, root))
+    with Timer() as writing:
+        for index, (_, data) in enumerate(blocks):
+            with open(folder / str(index), "wb") as out:
+                out.write(data)
+        sync_filesystem(folder)
+    return writing.seconds
+
+
+def _lazy_read(ctx: Context, node: ipfs_node.IpfsNode, root: bytes) -> None:
+    """Mount *root* over an empty store and read one chunk: seconds, and blocks fetched."""
+    store = ctx.workdir / "ipfs" / "lazy-store"
+    mount = Mount(store, ctx.workdir / "ipfs" / "lazy", root=cid_to_str(root), extra=("--ipfs", node.url))
+    with Timer() as mounting:
+        mount.start()
+    try:
+        started = time.perf_counter()
+        with open(mount.mountpoint / "arr" / "7", "rb") as chunk:
+            got = len(chunk.read())
+        first_read = time.perf_counter() - started
+        fetched = sum(len(names) for _, _, names in os.walk(store / "blocks"))
+    finally:
+        mount.stop()
+    if got != CHUNK:
+        raise RuntimeError(f"read {got} bytes of a {CHUNK}-byte chunk through the lazy mount")
+    ctx.add(Row("ipfs", "lazy mount: mount a root only the node has", mounting.seconds, "s", note="one run"))
+    ctx.add(Row("ipfs", "lazy mount: first open+read of one 1 MiB chunk", first_read, "s", note="one run"))
+    ctx.add(
+        Row(
+            "ipfs",
+            "lazy mount: blocks fetched for mount + that chunk",
+            fetched,
+            "blocks",
+            note="the blocks on its path, and the chunk",
+        )
+    )
