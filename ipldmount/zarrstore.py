@@ -27,8 +27,11 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from ipldmount.blocks import Blockstore, Chunk, DirectoryBlockstore, MemoryBlockstore, car
+from ipldmount.blocks.exchange import push
 from ipldmount.blocks.gc import Collection, collect_garbage
-from ipldmount.errors import NotADirectoryError_, NotFoundError
+from ipldmount.blocks.kubo import KuboNode
+from ipldmount.blocks.remotes import Remotes
+from ipldmount.errors import IpldmountError, NotADirectoryError_, NotFoundError
 from ipldmount.format.files import FileContent, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.state.home import StoreHome
@@ -475,6 +478,96 @@ class IPLDStore(Store):
                 return self.tree.listdir(directory)
             except _ABSENT:
                 return []
+
+
+class IPFSStore(IPLDStore):
+    """An :class:`IPLDStore` whose tree lives on an IPFS node (ipldstore's ``get_ipfs_mapper()``).
+
+    Blocks the local *cache* lacks come from the node's RPC API at *ipfs* (then the
+    *gateways*, read-only), verified, and stay in the cache; :meth:`freeze` sends the node
+    what the new root adds (only that: see :func:`~ipldmount.blocks.exchange.push`) and, with
+    *pin*, pins it there. With only gateways it reads and cannot push (``read_only``).
+
+    >>> store = IPFSStore("http://127.0.0.1:5001")   # doctest: +SKIP
+    >>> ds.to_zarr(store); store.freeze()            # doctest: +SKIP
+    'bafy...'
+    """
+
+    def __init__(
+        self,
+        ipfs: str | None = "http://127.0.0.1:5001",
+        root: str | bytes | None = None,
+        *,
+        cache: Blockstore | None = None,
+        gateways: Sequence[str] = (),
+        pin: bool = True,
+        read_only: bool = False,
+        whole_files: bool = False,
+    ) -> None:
+        self.remotes = Remotes.of(ipfs, gateways)
+        if not self.remotes:
+            raise IpldmountError("IPFSStore needs an IPFS node (ipfs=URL) or a gateway to read from")
+        if self.remotes.ipfs is None and not read_only:
+            raise IpldmountError("a store over gateways alone is read-only: pass read_only=True")
+        cache = cache if cache is not None else MemoryBlockstore()
+        cache.fetcher = self.remotes.fetcher()
+        self.pin = pin
+        super().__init__(cache, root, read_only=read_only, whole_files=whole_files)
+        self._reads_in_thread = True  # a read may wait on the network: never on zarr's event loop
+        self._pushed = self._root  # the root the node has complete (opened from it, or sent)
+
+    def __repr__(self) -> str:
+        root = cids.cid_to_str(self._root) if self._root else "empty"
+        return f"IPFSStore({self.remotes.ipfs or self.remotes.gateways!r}, root={root})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        return {**state, "remotes": self.remotes, "pin": self.pin}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        remotes: Remotes = state["remotes"]
+        self.__init__(  # type: ignore[misc]
+            remotes.ipfs,
+            state["root"],
+            cache=state["blockstore"],
+            gateways=remotes.gateways,
+            pin=state["pin"],
+            read_only=state["read_only"],
+            whole_files=state["whole_files"],
+        )
+        self._is_open = state["is_open"]
+
+    def with_read_only(self, read_only: bool = False) -> IPFSStore:
+        with self._lock:
+            if not self.read_only:
+                self.freeze()
+            return type(self)(
+                self.remotes.ipfs,
+                self._root,
+                cache=self.blockstore,
+                gateways=self.remotes.gateways,
+                pin=self.pin,
+                read_only=read_only,
+                whole_files=self._whole_files,
+            )
+
+    def freeze(self) -> str:
+        """Commit, send the node what the new root adds (pinning it, unless ``pin=False``), and
+        return the root CID. A root the node already has costs one question to the node."""
+        with self._lock:
+            root = super().freeze()
+            if self.remotes.ipfs is not None and not self.read_only and self._root != self._pushed:
+                node = KuboNode(self.remotes.ipfs)
+                bases = [self._pushed] if self._pushed is not None else []
+                pushed = cids.parse_cid(root)
+                push(self.blockstore, pushed, node, bases=bases, pin=self.pin)
+                self._pushed = pushed
+            return root
+
+
+def get_ipfs_mapper(host: str = "http://127.0.0.1:5001", *, pin: bool = True) -> IPFSStore:
+    """ipldstore's entry point: a writable zarr store on the IPFS node at *host* (see IPFSStore)."""
+    return IPFSStore(host, pin=pin)
 
 
 # What a path lookup raises when there is simply nothing at that path (as opposed

@@ -73,10 +73,15 @@ class Remotes:
         listed = list(gateways) or environ.get("IPLDMOUNT_GATEWAYS", "").replace(",", " ").split()
         if not listed:
             listed = _texts(file, "gateways")
+        return cls.of(ipfs, listed)
+
+    @classmethod
+    def of(cls, ipfs: str | None, gateways: Sequence[str] = ()) -> Remotes:
+        """Exactly these remotes (no environment, no config file), their URLs checked."""
         try:
             return cls(
                 check_url(ipfs, "IPFS node") if ipfs else None,
-                tuple(check_url(url, "gateway") for url in listed),
+                tuple(check_url(url, "gateway") for url in gateways),
             )
         except RemoteError as exc:
             raise IpldmountError(str(exc)) from None
