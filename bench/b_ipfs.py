@@ -96,39 +96,14 @@ def _measure(ctx: Context, node: ipfs_node.IpfsNode, chunks: int, rounds: int) -
     label = f"{nbytes // MiB} MiB in {chunks} chunks"
     median = {key: statistics.median(values) for key, values in times.items()}
     note = f"median of {rounds}, interleaved"
-    ctx.add(
-        Row(
-            "ipfs",
-            f"push {label}",
-            nbytes / MB / median["push"],
-            "MB/s",
-            nbytes / MB / median["import"],
-            "node dag/import of its CAR",
-            note,
-        )
+    rows = (
+        ("push", "import", "node dag/import of its CAR", note),
+        ("pull", "export", "node dag/export, read to the end", note),
+        ("pull", "files", "ext4: write them as block files", "the floor on disk: a file per block, synced"),
     )
-    ctx.add(
-        Row(
-            "ipfs",
-            f"pull {label}",
-            nbytes / MB / median["pull"],
-            "MB/s",
-            nbytes / MB / median["export"],
-            "node dag/export, read to the end",
-            note,
-        )
-    )
-    ctx.add(
-        Row(
-            "ipfs",
-            f"pull {label}",
-            nbytes / MB / median["pull"],
-            "MB/s",
-            nbytes / MB / median["files"],
-            "ext4: write them as block files",
-            "the floor on disk: a file per block, synced",
-        )
-    )
+    for step, baseline, name, why in rows:
+        ours, theirs = nbytes / MB / median[step], nbytes / MB / median[baseline]
+        ctx.add(Row("ipfs", f"{step} {label}", ours, "MB/s", theirs, name, why))
     _lazy_read(ctx, node, last_root)
 
 

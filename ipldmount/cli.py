@@ -858,15 +858,19 @@ def _gc_arguments(gc: argparse.ArgumentParser) -> None:
 
 
 def _fetch_arguments(parser: argparse.ArgumentParser) -> None:
-    """--ipfs and --gateway for a command that reads: where blocks the store lacks come from."""
+    """--ipfs and --gateway for a command that reads: where blocks the store lacks come from (on
+    first use; they stay in the store)."""
     parser.add_argument(
-        "--ipfs", metavar="URL", help="an IPFS node to fetch missing blocks from (default: $IPLDMOUNT_IPFS)"
+        "--ipfs",
+        metavar="URL",
+        help="an IPFS node's RPC API to fetch missing blocks from (default: $IPLDMOUNT_IPFS, config file)",
     )
     parser.add_argument(
         "--gateway",
         action="append",
         metavar="URL",
-        help="a trustless gateway to fetch missing blocks from (repeatable; default: $IPLDMOUNT_GATEWAYS)",
+        help="a trustless gateway to fetch missing blocks from (repeatable, after --ipfs; default: "
+        "$IPLDMOUNT_GATEWAYS)",
     )
     parser.set_defaults(fetching=True)
 
@@ -1020,21 +1024,10 @@ def _mount_arguments(mount: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="mount(8)-style options, comma-separated: ro, rw, allow_other, nonempty, whole_files, "
-        "store=DIR, car_dir=DIR; options mount(8) and fstab add (dev, suid, noauto, _netdev, x-*, ...) "
-        "are accepted and ignored",
+        "store=DIR, car_dir=DIR, ipfs=URL; options mount(8) and fstab add (dev, suid, noauto, _netdev, "
+        "x-*, ...) are accepted and ignored",
     )
-    mount.add_argument(
-        "--ipfs",
-        metavar="URL",
-        help="an IPFS node's RPC API: blocks the store lacks are fetched from it on first use and kept "
-        "(default: $IPLDMOUNT_IPFS or the config file)",
-    )
-    mount.add_argument(
-        "--gateway",
-        action="append",
-        metavar="URL",
-        help="a trustless gateway to fetch missing blocks from (repeatable; after --ipfs)",
-    )
+    _fetch_arguments(mount)
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
 
 
