@@ -67,7 +67,7 @@ def test_one_chunk_of_a_remote_array_costs_o_depth_blocks(
 def test_a_listing_fetches_the_directory_not_its_files(
     mounts: Mounts, node: IpfsNode, big_array: str
 ) -> None:
-    mnt = mounts().mount(big_array, "--ipfs", node.url, "--read-only")
+    mnt = mounts().mount(big_array, "-o", f"ro,ipfs={node.url}")  # as fstab would give it
     names = os.listdir(mnt / "arr")
     assert len(names) == SIDE * SIDE + 1
     fetched = _blocks_in(mnt.store)
