@@ -13,7 +13,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from common import MB, Context, MiB, Mount, Row, Timer, log, random_block, stamp
@@ -64,35 +64,15 @@ def run(ctx: Context) -> None:
 
 def _measure(ctx: Context, node: ipfs_node.IpfsNode, chunks: int, rounds: int) -> None:
     kubo = KuboNode(node.url)
-    times: dict[str, list[float]] = {"push": [], "import": [], "pull": [], "export": [], "files": []}
+    times: dict[str, list[float]] = {}
     nbytes = chunks * CHUNK
     last_root = b""
     for round_ in range(rounds):
-        ours = DirectoryBlockstore(ctx.path("ipfs", f"ours-{round_}"), durable=False)
-        theirs = DirectoryBlockstore(ctx.path("ipfs", f"theirs-{round_}"), durable=False)
-        root, other = _array(ours, chunks, 2 * round_), _array(theirs, chunks, 2 * round_ + 1)
-        car_path = ctx.path("ipfs") / f"other-{round_}.car"
-        car.write_car_file(theirs, other, car_path)
-        with Timer() as pushing:
-            push(ours, root, kubo)
-        with Timer() as importing:
-            kubo.import_car(_car_pieces(car_path), pin_roots=False)
-        times["push"].append(pushing.seconds)
-        times["import"].append(importing.seconds)
-        fresh = DirectoryBlockstore(ctx.path("ipfs", f"pulled-{round_}"), durable=False)
-        with Timer() as exporting:
-            exported = sum(len(piece) for piece in kubo.export_car(root))
-        with Timer() as pulling:
-            pull(fresh, root, [kubo])
-        times["export"].append(exporting.seconds)
-        times["pull"].append(pulling.seconds)
-        times["files"].append(_write_block_files(ours, root, ctx.path("ipfs", f"files-{round_}")))
-        last_root = root
-        log(
-            f"ipfs: round {round_ + 1}/{rounds}: push {pushing.seconds:.2f} s, import "
-            f"{importing.seconds:.2f} s, pull {pulling.seconds:.2f} s, export {exporting.seconds:.2f} s "
-            f"({exported:,} bytes)"
-        )
+        seconds, last_root = _round(ctx, kubo, chunks, round_)
+        for step, value in seconds.items():
+            times.setdefault(step, []).append(value)
+        shown = ", ".join(f"{step} {value:.2f} s" for step, value in seconds.items())
+        log(f"ipfs: round {round_ + 1}/{rounds}: {shown}")
     label = f"{nbytes // MiB} MiB in {chunks} chunks"
     median = {key: statistics.median(values) for key, values in times.items()}
     note = f"median of {rounds}, interleaved"
@@ -105,6 +85,32 @@ def _measure(ctx: Context, node: ipfs_node.IpfsNode, chunks: int, rounds: int) -
         ours, theirs = nbytes / MB / median[step], nbytes / MB / median[baseline]
         ctx.add(Row("ipfs", f"{step} {label}", ours, "MB/s", theirs, name, why))
     _lazy_read(ctx, node, last_root)
+
+
+def _round(ctx: Context, kubo: KuboNode, chunks: int, round_: int) -> tuple[dict[str, float], bytes]:
+    """One round on fresh arrays: seconds by step, and the root pushed."""
+    ours = DirectoryBlockstore(ctx.path("ipfs", f"ours-{round_}"), durable=False)
+    theirs = DirectoryBlockstore(ctx.path("ipfs", f"theirs-{round_}"), durable=False)
+    fresh = DirectoryBlockstore(ctx.path("ipfs", f"pulled-{round_}"), durable=False)
+    root, other = _array(ours, chunks, 2 * round_), _array(theirs, chunks, 2 * round_ + 1)
+    car_path = ctx.path("ipfs") / f"other-{round_}.car"
+    car.write_car_file(theirs, other, car_path)
+    steps: dict[str, Callable[[], object]] = {
+        "push": lambda: push(ours, root, kubo),
+        "import": lambda: kubo.import_car(_car_pieces(car_path), pin_roots=False),
+        "export": lambda: sum(len(piece) for piece in kubo.export_car(root)),
+        "pull": lambda: pull(fresh, root, [kubo]),
+    }
+    order = ["push", "import", "export", "pull"]
+    if round_ % 2:  # who goes first alternates (the export reads the root the push sent)
+        order = ["import", "push", "pull", "export"]
+    seconds = {}
+    for step in order:
+        with Timer() as timer:
+            steps[step]()
+        seconds[step] = timer.seconds
+    seconds["files"] = _write_block_files(ours, root, ctx.path("ipfs", f"files-{round_}"))
+    return seconds, root
 
 
 def _write_block_files(store: DirectoryBlockstore, root: bytes, folder: Path) -> float:
