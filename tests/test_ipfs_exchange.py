@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from fuse_helpers import check, cli
-from ipfs_node import IpfsNode
+from ipfs_node import IpfsNode, start_node
 
 from ipldmount.blocks import DirectoryBlockstore, car
 from ipldmount.blocks.exchange import missing_subtrees, pull, push
+from ipldmount.blocks.http import Timeouts
 from ipldmount.blocks.kubo import BLOCK_LIMIT, KuboNode
 from ipldmount.errors import IncompleteDagError, RemoteError, RemoteTimeoutError
 from ipldmount.ipld import cid as cids
@@ -237,3 +238,36 @@ def test_cli_reads_a_root_only_the_node_has(node: IpfsNode, tmp_path: Path) -> N
     assert listing.stdout.split() == [".zarray", ".zattrs", "0"]
     nothing = cli("ls", SEED_ROOT, "--store", tmp_path / "other")  # no node named: nothing contacted
     assert nothing.returncode == 1 and "no blockstore" in nothing.stderr
+
+
+def test_a_node_that_stops_mid_pull_is_an_error_in_bounded_time_and_the_pull_resumes(
+    tmp_path: Path,
+) -> None:
+    own = start_node()  # frozen midway: not the module's node
+    try:
+        kubo = KuboNode(own.url, block_timeout=2.0, timeouts=Timeouts(read=2.0))
+        files = {f"arr/{i}": bytes([i]) * (1 << 20) for i in range(48)}
+        source, root = _tree_store(tmp_path / "a", files)
+        push(source, root, kubo)
+        target = _store(tmp_path / "b")
+
+        def freeze_after_ten(blocks: int, nbytes: int) -> None:
+            if blocks == 10:
+                own.pause()  # the node stops answering in the middle of the stream
+
+        started = time.monotonic()
+        with pytest.raises(IncompleteDagError, match=r"no answer in time|gave up"):
+            pull(target, root, [kubo], progress=freeze_after_ten)
+        assert time.monotonic() - started < 30
+        own.resume()
+        kept = sum(1 for cid in _leaves(files) if target.has(cid))
+        fetched = pull(target, root, [kubo])
+        assert fetched.blocks == len(files) - kept  # only what the first pull had not stored
+        tree = Tree(target, root, read_only=True)
+        assert all(tree.read_file(name) == data for name, data in files.items())
+    finally:
+        own.stop()
+
+
+def _leaves(files: dict[str, bytes]) -> list[bytes]:
+    return [cids.block_cid(cids.RAW, data) for data in files.values()]
