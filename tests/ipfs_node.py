@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,34 @@ class IpfsNode:
         request = urllib.request.Request(f"{self.url}/api/v0/{command}?{query}", method="POST")
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return bytes(response.read())
+
+    def add(self, files: dict[str, bytes], **params: str) -> dict[str, str]:
+        """``ipfs add`` of *files* (path -> bytes) in one multipart request: {path: CID} of every
+        file and directory the node reports (the node's own UnixFS import)."""
+        boundary = "ipldmount-test-boundary"
+        body = bytearray()
+        for path, data in files.items():
+            body += f"--{boundary}\r\n".encode()
+            name = urllib.parse.quote(path, safe="")
+            body += f'Content-Disposition: form-data; name="file"; filename="{name}"\r\n'.encode()
+            body += b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n"
+        body += f"--{boundary}--\r\n".encode()
+        options = {"cid-version": "1", **{key.replace("_", "-"): value for key, value in params.items()}}
+        query = urllib.parse.urlencode(options)
+        request = urllib.request.Request(
+            f"{self.url}/api/v0/add?{query}",
+            data=bytes(body),
+            method="POST",
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            lines = response.read().decode().splitlines()
+        added = {}
+        for line in lines:
+            entry = json.loads(line)
+            if "Hash" in entry:
+                added[entry["Name"]] = entry["Hash"]
+        return added
 
     def log_tail(self, lines: int = 20) -> str:
         try:
