@@ -22,12 +22,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ipldmount.blocks import Blockstore
-from ipldmount.blocks.car import encode_varint
 from ipldmount.blocks.dag import iter_closure
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError, InvalidCIDError
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
 from ipldmount.ipld.codec import Link
+from ipldmount.ipld.varint import encode_varint
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,6 @@ from hypothesis import strategies as st
 
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
 from ipldmount.blocks.car import (
-    decode_varint,
-    encode_varint,
     export_car,
     import_car,
     read_car,
@@ -25,6 +23,7 @@ from ipldmount.errors import BlockNotFoundError, CarError
 from ipldmount.ipld import codec
 from ipldmount.ipld.cid import DAG_CBOR, RAW, block_cid, cid_to_str, parse_cid
 from ipldmount.ipld.codec import Link
+from ipldmount.ipld.varint import decode_varint, encode_varint
 
 SEED_CAR = Path(__file__).parent / "data/seed_example/seed_example.car"
 SEED_ROOT = parse_cid("bafyreidn66mk3fktszrfwayonvpq6y3agtnb5e5o22ivof5tgikbxt7k6u")

@@ -30,6 +30,7 @@ from ipldmount.errors import CarError, IncompleteDagError, RemoteError
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
 from ipldmount.ipld.codec import Link
+from ipldmount.ipld.varint import encode_varint
 from ipldmount.serve import GatewayServer
 from ipldmount.tree import Tree
 
@@ -185,8 +186,8 @@ class _Liar(http.server.BaseHTTPRequestHandler):
         if wanted == "car":  # a well-formed CAR whose one block does not hash to its CID
             honest = cids.block_cid(cids.RAW, b"honest")
             header = codec.encode({"roots": [Link(honest)], "version": 1})
-            body = car.encode_varint(len(header)) + header
-            body += car.encode_varint(len(honest) + len(b"lies")) + honest + b"lies"
+            body = encode_varint(len(header)) + header
+            body += encode_varint(len(honest) + len(b"lies")) + honest + b"lies"
         self.send_response(200)
         self.send_header("Content-Type", f"application/vnd.ipld.{wanted}")
         self.send_header("Content-Length", str(len(body)))

@@ -28,53 +28,16 @@ from ipldmount.errors import (
 from ipldmount.ipld import codec
 from ipldmount.ipld.cid import DAG_CBOR, RAW, SHA2_256, cid_to_str, verify
 from ipldmount.ipld.codec import Link
+from ipldmount.ipld.varint import MULTIFORMATS_MAX_BYTES, TruncatedVarint, decode_varint, encode_varint
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(blocks, nbytes)``: blocks done, CAR bytes written or read so far."""
 
-MAX_VARINT_BYTES = 9  # multiformats unsigned varints carry at most 63 bits
+MAX_VARINT_BYTES = MULTIFORMATS_MAX_BYTES  # multiformats unsigned varints carry at most 63 bits
 MAX_HEADER_SIZE = 1 << 20
 MAX_SECTION_SIZE = 1 << 36  # far beyond any block; only stops absurd lengths early
 _READ_CHUNK = 4 << 20  # a section of one 1 MiB block (plus its CID) is read in one piece, not joined
 _DIGEST_LENGTH = 32
-
-
-# --- varints --------------------------------------------------------------------
-
-
-class _TruncatedVarint(ValueError):
-    pass
-
-
-def encode_varint(value: int) -> bytes:
-    """The unsigned LEB128 (multiformats varint) encoding of *value*."""
-    if not 0 <= value < 1 << (7 * MAX_VARINT_BYTES):
-        raise ValueError(f"varint out of range: {value}")
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def decode_varint(data: bytes | bytearray | memoryview, pos: int = 0) -> tuple[int, int]:
-    """Decode the varint at *pos*; return ``(value, position after it)``.
-
-    Raises ValueError for a varint that runs past the data, is longer than
-    9 bytes, or is not minimally encoded.
-    """
-    value = 0
-    for index in range(MAX_VARINT_BYTES):
-        if pos + index >= len(data):
-            raise _TruncatedVarint("truncated varint")
-        byte = data[pos + index]
-        value |= (byte & 0x7F) << (7 * index)
-        if not byte & 0x80:
-            if byte == 0 and index > 0:
-                raise ValueError("varint is not minimally encoded")
-            return value, pos + index + 1
-    raise ValueError(f"varint longer than {MAX_VARINT_BYTES} bytes")
 
 
 # --- writing --------------------------------------------------------------------
@@ -293,7 +256,7 @@ def _cid_length(body: bytes, start: int) -> int:
         codec_code, pos = decode_varint(body, pos)
         hash_code, pos = decode_varint(body, pos)
         digest_length, pos = decode_varint(body, pos)
-    except _TruncatedVarint:
+    except TruncatedVarint:
         raise too_short from None
     except ValueError as exc:
         raise CarError(f"section at byte {start}: bad varint in its CID: {exc}") from None

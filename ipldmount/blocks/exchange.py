@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from ipldmount.blocks.base import Blockstore
-from ipldmount.blocks.car import encode_varint, incomplete_dag, read_car
+from ipldmount.blocks.car import incomplete_dag, read_car
 from ipldmount.blocks.dag import block_links, iter_closure, iter_new_blocks
 from ipldmount.blocks.kubo import KuboNode, check_block_size
 from ipldmount.errors import CarError, IncompleteDagError, RemoteError
 from ipldmount.ipld import codec
 from ipldmount.ipld.cid import DAG_CBOR, cid_to_str, codec_of
 from ipldmount.ipld.codec import Link
+from ipldmount.ipld.varint import encode_varint
 
 log = logging.getLogger(__name__)
 

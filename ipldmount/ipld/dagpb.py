@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from ipldmount.errors import CorruptBlockError
+from ipldmount.ipld.varint import decode_varint
 
 DAG_PB = 0x70
 _MAX_VARINT_BYTES = 10  # a protobuf uint64
@@ -171,15 +172,10 @@ def _key(data: bytes, pos: int) -> tuple[int, int, int]:
 
 
 def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    for index in range(_MAX_VARINT_BYTES):
-        if pos + index >= len(data):
-            raise _bad("truncated varint")
-        byte = data[pos + index]
-        value |= (byte & 0x7F) << (7 * index)
-        if not byte & 0x80:
-            return value, pos + index + 1
-    raise _bad("varint longer than 10 bytes")
+    try:
+        return decode_varint(data, pos, max_bytes=_MAX_VARINT_BYTES, minimal=False)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
 
 
 def _bytes(data: bytes, pos: int) -> tuple[bytes, int]:
