@@ -81,8 +81,9 @@ def _raise_open_files() -> None:
 class IpfsNode:
     """One js-ipfs daemon with a repo of its own under *home*; :meth:`stop` always stops it."""
 
-    def __init__(self, home: Path, gateway: bool = False) -> None:
+    def __init__(self, home: Path, gateway: bool = False, owns_home: bool = False) -> None:
         self.home = home
+        self.owns_home = owns_home  # a temporary home, removed by stop()
         self.repo = home / "repo"
         self.api_port = free_port()
         self.gateway_port = free_port() if gateway else None
@@ -156,8 +157,9 @@ class IpfsNode:
                 return
             except (OSError, urllib.error.URLError):
                 time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"the IPFS node did not answer within {START_TIMEOUT:g} s: {self.log_tail()}")
+        message = f"the IPFS node did not answer within {START_TIMEOUT:g} s: {self.log_tail()}"
+        self._end()  # start_node() removes a temporary home once this is raised
+        raise RuntimeError(message)
 
     def rpc(self, command: str, *, timeout: float = 30.0, **params: str) -> bytes:
         """POST an RPC command (for tests' own checks, independent of ipldmount's client)."""
@@ -210,7 +212,15 @@ class IpfsNode:
         os.killpg(self.process.pid, signal.SIGCONT)
 
     def stop(self) -> None:
-        """SIGINT (the node then releases its repo lock), then SIGKILL if it lingers."""
+        """SIGINT (the node then releases its repo lock), then SIGKILL if it lingers; then its
+        home goes, if it was a temporary one."""
+        try:
+            self._end()
+        finally:
+            if self.owns_home:
+                shutil.rmtree(self.home, ignore_errors=True)
+
+    def _end(self) -> None:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
@@ -228,8 +238,12 @@ class IpfsNode:
 def start_node(gateway: bool = False) -> IpfsNode:
     """A started node in a fresh temporary home (the caller stops it)."""
     require_node()
-    home = Path(tempfile.mkdtemp(prefix="ipldmount-ipfs-"))
-    return IpfsNode(home, gateway=gateway).start()
+    node = IpfsNode(Path(tempfile.mkdtemp(prefix="ipldmount-ipfs-")), gateway=gateway, owns_home=True)
+    try:
+        return node.start()
+    except BaseException:
+        node.stop()
+        raise
 
 
 @pytest.fixture(scope="module")
@@ -240,4 +254,3 @@ def node() -> Iterator[IpfsNode]:
         yield started
     finally:
         started.stop()
-        shutil.rmtree(started.home, ignore_errors=True)
