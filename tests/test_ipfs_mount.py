@@ -103,3 +103,21 @@ def test_xarray_reads_a_dataset_through_a_lazy_mount(mounts: Mounts, node: IpfsN
     assert float(opened.t[57, 123]) == 57 * 300 + 123
     assert _blocks_in(lazy.store) < 20  # metadata and one chunk's path, not the 100 chunks
     xr.testing.assert_equal(opened.load(), ds)
+
+
+def test_a_large_remote_file_reads_whole_and_stays(mounts: Mounts, node: IpfsNode, tmp_path: Path) -> None:
+    """A chunked file read in order on a lazy mount: its leaves are fetched ahead of the reader,
+    and every byte comes back as written."""
+    data = os.urandom(12 << 20)  # twelve 1 MiB leaves under an FBL node
+    store = DirectoryBlockstore(tmp_path / "origin", durable=False)
+    tree = Tree(store)
+    tree.write_file("big.bin", data)
+    root = tree.commit()
+    push(store, root, KuboNode(node.url))
+    mnt = mounts().mount(cids.cid_to_str(root), "--ipfs", node.url, "--read-only")
+    with open(mnt / "big.bin", "rb") as stream:
+        assert stream.read() == data
+    local = DirectoryBlockstore(mnt.store)
+    leaf = 1 << 20
+    leaves = [cids.block_cid(cids.RAW, data[start : start + leaf]) for start in range(0, len(data), leaf)]
+    assert all(local.has(leaf) for leaf in leaves)

@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import bisect
 import functools
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO, Protocol
 
 from ipldmount.blocks import BlockSink, Blockstore, Chunk, Staging
-from ipldmount.errors import BlockNotFoundError, CorruptBlockError, FileTooLargeError, FormatError
+from ipldmount.errors import (
+    BlockNotFoundError,
+    CorruptBlockError,
+    FileTooLargeError,
+    FormatError,
+    IpldmountError,
+)
 from ipldmount.format import metadata
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
+
+log = logging.getLogger(__name__)
 
 BLOCK_LIMIT = 1 << 20
 FBL_WIDTH = 1024
@@ -459,6 +468,18 @@ def fbl_size(store: Blockstore, cid: bytes) -> int:
     return sum(length for _, length in decode_fbl(store.get(cid)))
 
 
+FETCH_AHEAD = 32 << 20  # bytes of a chunked file fetched ahead of a reader on a remote-backed store
+_FETCH_POOL = ThreadPoolExecutor(8, thread_name_prefix="ipldmount-fetch-ahead")
+
+
+def _fetch_quietly(store: Blockstore, cid: bytes) -> None:
+    """Fetch one block ahead of need; a failure is the reader's to meet, when it gets there."""
+    try:
+        store.get(cid)
+    except IpldmountError as exc:
+        log.debug("fetching %s ahead failed: %s", cids.cid_to_str(cid), exc)
+
+
 class FblReader:
     """Random access into a chunked file, keeping the few leaves it read last.
 
@@ -481,6 +502,7 @@ class FblReader:
         self._canonical: dict[tuple[bytes, int, int], bool] = {}
         self._loading: dict[bytes, Future[bytes]] = {}  # leaf CID -> the load under way
         self._lock = threading.Lock()
+        self._fetched_until = 0  # file offset up to which leaves are fetched or asked for
 
     def _node(self, cid: bytes) -> tuple[list[int], list[bytes]]:
         """Cumulative end offsets and child CIDs of an FBL node."""
@@ -545,6 +567,8 @@ class FblReader:
     def read(self, offset: int, size: int) -> bytes:
         parts: list[bytes] = []
         end = min(offset + size, self.size)
+        if self.store.fetcher is not None:
+            self._fetch_ahead(end)
         while offset < end:
             piece = self._read_from(self.root, offset, end - offset)
             if not piece:
@@ -571,6 +595,37 @@ class FblReader:
             cid = children[index]
         leaf = self._leaf_at(leaf_start - offset, cid, part_length)
         return leaf[offset : offset + size]
+
+    def _fetch_ahead(self, offset: int) -> None:
+        """On a store that fetches missing blocks from the network, ask for the leaves of the
+        next FETCH_AHEAD bytes after *offset* now, side by side in the background: a reader going
+        forward then finds them here instead of waiting a round trip for each."""
+        with self._lock:
+            start = max(offset, self._fetched_until)
+            stop = min(offset + FETCH_AHEAD, self.size)
+            if start >= stop:
+                return
+            self._fetched_until = stop
+        position = start
+        while position < stop:
+            cid, length = self._leaf_cid_at(position)
+            if not self.store.has(cid):
+                _FETCH_POOL.submit(_fetch_quietly, self.store, cid)
+            position += length
+
+    def _leaf_cid_at(self, offset: int) -> tuple[bytes, int]:
+        """The CID of the leaf holding *offset*, and how many bytes of the file it holds from there."""
+        cid, left = self.root, self.size - offset
+        while cids.codec_of(cid) == cids.DAG_CBOR:
+            ends, children = self._node(cid)
+            index = bisect.bisect_right(ends, offset)
+            if index == len(ends):
+                break
+            skipped = ends[index - 1] if index else 0
+            left = ends[index] - offset
+            offset -= skipped
+            cid = children[index]
+        return cid, max(left, 1)
 
     # --- reuse by a writer ----------------------------------------------------------
 
