@@ -22,12 +22,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ipldmount.blocks import Blockstore
+from ipldmount.blocks.car import write_car
 from ipldmount.blocks.dag import iter_closure
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError, InvalidCIDError
 from ipldmount.ipld import cid as cids
-from ipldmount.ipld import codec
-from ipldmount.ipld.codec import Link
-from ipldmount.ipld.varint import encode_varint
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +153,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")  # the end of the stream is the end of the CAR
         self.end_headers()
         self.close_connection = True
-        if not body:
-            return
-        header = codec.encode({"roots": [Link(root)], "version": 1})
-        self.wfile.write(encode_varint(len(header)) + header)
-        if first is None:
-            return  # the probe: identity blocks are never sent
-        for cid, data in self._car_blocks(root, first, scope):
-            self.wfile.write(encode_varint(len(cid) + len(data)) + cid + data)
+        if body:  # the probe's CAR is its header alone: identity blocks are never sent
+            write_car(self.wfile, [root], () if first is None else self._car_blocks(root, first, scope))
 
     def _car_blocks(self, root: bytes, first: bytes, scope: str) -> Iterator[tuple[bytes, bytes]]:
         """The blocks of the CAR, depth first; a missing one ends the stream (the CAR is then

@@ -118,3 +118,19 @@ def test_a_source_cannot_slip_in_wrong_bytes(remote: tuple[MemoryBlockstore, byt
     with pytest.raises(BlockNotFoundError, match="do not hash"):
         local.get(root)
     assert not local.has(root)
+
+
+def test_blocks_nobody_had_are_forgotten_once_their_time_is_up(
+    remote: tuple[MemoryBlockstore, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipldmount.blocks import fetching
+
+    monkeypatch.setattr(fetching, "UNAVAILABLE_KEPT", 8)
+    origin, _ = remote
+    fetcher = BlockFetcher([StoreSource(origin)], unavailable_for=0.0)
+    local = MemoryBlockstore()
+    local.fetcher = fetcher
+    for index in range(100):
+        with pytest.raises(BlockNotFoundError):
+            local.get(cids.block_cid(cids.RAW, index.to_bytes(4, "little")))
+    assert len(fetcher._unavailable) <= 8

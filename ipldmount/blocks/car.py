@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from multiformats import multicodec
 
@@ -43,27 +43,43 @@ _DIGEST_LENGTH = 32
 # --- writing --------------------------------------------------------------------
 
 
+class Writable(Protocol):
+    """Where a CAR goes: a file, stdout, an HTTP response."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
 def write_car(
-    out: BinaryIO,
+    out: Writable,
     roots: Sequence[bytes],
     blocks: Iterable[tuple[bytes, bytes]],
     *,
     progress: Progress | None = None,
 ) -> int:
     """Write a CARv1 of *blocks* (as given, unchecked) under *roots*; return the bytes written."""
-    if not roots:
-        raise ValueError("a CAR needs at least one root")
-    header = codec.encode({"roots": [Link(root) for root in roots], "version": 1})
-    written = _write(out, encode_varint(len(header)) + header)
+    written = _write(out, car_header(roots))
     for count, (cid, data) in enumerate(blocks, 1):
-        written += _write(out, encode_varint(len(cid) + len(data)) + cid)
+        written += _write(out, section_head(cid, len(data)))
         written += _write(out, data)
         if progress is not None:
             progress(count, written)
     return written
 
 
-def _write(out: BinaryIO, data: bytes) -> int:
+def car_header(roots: Sequence[bytes]) -> bytes:
+    """A CARv1's opening bytes: the length-prefixed DAG-CBOR header naming *roots*."""
+    if not roots:
+        raise ValueError("a CAR needs at least one root")
+    header = codec.encode({"roots": [Link(root) for root in roots], "version": 1})
+    return encode_varint(len(header)) + header
+
+
+def section_head(cid: bytes, size: int) -> bytes:
+    """What precedes a block of *size* bytes in a CAR section: the section's length, the CID."""
+    return encode_varint(len(cid) + size) + cid
+
+
+def _write(out: Writable, data: bytes) -> int:
     out.write(data)
     return len(data)
 

@@ -20,14 +20,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
 from ipldmount.blocks.base import Blockstore
-from ipldmount.blocks.car import incomplete_dag, read_car
+from ipldmount.blocks.car import car_header, incomplete_dag, read_car, section_head
 from ipldmount.blocks.dag import block_links, iter_closure, iter_new_blocks
 from ipldmount.blocks.kubo import KuboNode, check_block_size
 from ipldmount.errors import CarError, IncompleteDagError, RemoteError
-from ipldmount.ipld import codec
 from ipldmount.ipld.cid import DAG_CBOR, cid_to_str, codec_of
-from ipldmount.ipld.codec import Link
-from ipldmount.ipld.varint import encode_varint
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +103,12 @@ def _counted(
 
 
 def _car_pieces(root: bytes, blocks: Iterable[tuple[bytes, bytes]], missing: list[bytes]) -> Iterator[bytes]:
-    """A CARv1 of *blocks* under *root*, piece by piece; stops the upload if a block was missing."""
-    header = codec.encode({"roots": [Link(root)], "version": 1})
-    yield encode_varint(len(header)) + header
+    """A CARv1 of *blocks* under *root*, piece by piece (a block is never copied to be framed);
+    stops the upload if a block was missing."""
+    yield car_header([root])
     for cid, data in blocks:
-        yield encode_varint(len(cid) + len(data)) + cid + data
+        yield section_head(cid, len(data))
+        yield data
     if missing:
         raise _Incomplete
 

@@ -21,7 +21,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Protocol
 
 from ipldmount.errors import BlockNotFoundError, MustFetchError, RemoteError
@@ -30,6 +29,7 @@ from ipldmount.ipld.cid import cid_to_str, verify
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_FOR = 30.0  # seconds a block no source could give is answered "not found" at once
+UNAVAILABLE_KEPT = 4096  # such blocks remembered before the expired ones are dropped
 
 # The thread (by ident) in which the current task must not wait on the network; None: anywhere.
 _NO_WAIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("ipldmount_no_wait", default=None)
@@ -46,13 +46,6 @@ class BlockSource(Protocol):
     def get_block(self, cid: bytes) -> bytes: ...
 
 
-@dataclass
-class FetchCounts:
-    blocks: int = 0
-    nbytes: int = 0
-    failures: int = 0
-
-
 class BlockFetcher:
     """Fetches blocks from *sources* (tried in order), once each however many threads ask."""
 
@@ -60,7 +53,6 @@ class BlockFetcher:
         if not sources:
             raise ValueError("a fetcher needs at least one source")
         self.sources = list(sources)
-        self.counts = FetchCounts()
         self._unavailable_for = unavailable_for
         self._lock = threading.Lock()
         self._in_flight: dict[bytes, threading.Event] = {}
@@ -132,14 +124,13 @@ class BlockFetcher:
             if not verify(cid, data):  # sources check too: this one guards the store itself
                 reasons.append(f"{source!r} sent bytes that do not hash to the CID")
                 continue
-            with self._lock:
-                self.counts.blocks += 1
-                self.counts.nbytes += len(data)
             log.debug("fetched %s (%d bytes) from %r", cid_to_str(cid), len(data), source)
             return data
         why = "no source has it: " + "; ".join(reasons)
+        now = time.monotonic()
         with self._lock:
-            self.counts.failures += 1
-            self._unavailable[cid] = (time.monotonic() + self._unavailable_for, why)
+            if len(self._unavailable) >= UNAVAILABLE_KEPT:  # forget the ones whose time is up
+                self._unavailable = {key: entry for key, entry in self._unavailable.items() if entry[0] > now}
+            self._unavailable[cid] = (now + self._unavailable_for, why)
         log.debug("block %s: %s", cid_to_str(cid), why)  # raised: whoever catches it says so
         raise BlockNotFoundError(f"block {cid_to_str(cid)} is not in the store, and {why}")
