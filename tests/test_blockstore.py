@@ -31,7 +31,7 @@ from ipldmount.errors import (
     InvalidCIDError,
     StoreFullError,
 )
-from ipldmount.ipld.cid import DAG_CBOR, RAW, block_cid, cid_to_str
+from ipldmount.ipld.cid import DAG_CBOR, DAG_PB, RAW, block_cid, cid_to_str
 
 
 class Boom(Exception):
@@ -138,7 +138,7 @@ def test_put_block_rejects_a_wrong_hash(store: Blockstore) -> None:
     "cid",
     [
         bytes([0x12, 0x20]) + bytes(32),  # CIDv0 (dag-pb)
-        bytes([0x01, 0x70, 0x12, 0x20]) + bytes(32),  # CIDv1 dag-pb
+        bytes([0x01, 0x78, 0x12, 0x20]) + bytes(32),  # CIDv1 git-raw
         bytes([0x01, 0x55, 0x13, 0x40]) + bytes(64),  # sha2-512
         b"",
     ],
@@ -147,6 +147,19 @@ def test_put_block_rejects_unsupported_cids(store: Blockstore, cid: bytes) -> No
     with pytest.raises(InvalidCIDError):
         store.put_block(cid, b"")
     assert list(store) == []
+
+
+def test_a_dag_pb_block_is_kept_like_any_other(store: Blockstore) -> None:
+    block = b"\x0a\x02\x08\x01"  # UnixFS: an empty directory
+    cid = block_cid(DAG_PB, block)
+    store.put_block(cid, block)
+    assert store.get(cid) == block and list(store) == [cid]
+
+
+def test_an_identity_cid_is_its_own_block(store: Blockstore) -> None:
+    cid = bytes([0x01, RAW, 0x00, 0x03]) + b"abc"
+    assert store.has(cid) and store.get(cid) == b"abc" and store.read(cid, 1, 5) == b"bc"
+    assert store.size(cid) == 3 and list(store) == []
 
 
 def test_iteration_lists_every_block(store: Blockstore) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -325,17 +326,40 @@ def test_an_absurd_section_length_is_refused(store: Blockstore, seed: bytes) -> 
     assert_refused(store, seed[:59] + encode_varint(2**35) + seed[61:], "truncated section at byte 59")
 
 
-def test_a_cidv0_section_is_refused(store: Blockstore) -> None:
+def test_a_cidv0_section_imports_as_the_cidv1_of_its_block(store: Blockstore) -> None:
+    """What ``ipfs add`` made before CIDv1: a CIDv0 names the same bytes as the CIDv1 dag-pb."""
+    empty_directory = b"\x0a\x02\x08\x01"  # a UnixFS directory without entries
+    digest = hashlib.sha256(empty_directory).digest()
+    cidv0 = bytes([0x12, 0x20]) + digest
+    roots = import_car(store, io.BytesIO(car_of({"version": 1, "roots": [Link(cidv0)]}, [cidv0 + empty_directory])))
+    cidv1 = bytes([0x01, 0x70, 0x12, 0x20]) + digest
+    assert roots == [cidv1]
+    assert cid_to_str(cidv1) == "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
+    assert store.get(cidv1) == empty_directory
+
+
+def test_a_cidv0_section_that_lies_is_refused(store: Blockstore) -> None:
     cidv0 = bytes([0x12, 0x20]) + bytes(32)
     header = {"version": 1, "roots": [Link(cidv0)]}
     at = len(car_of(header))
-    assert_refused(store, car_of(header, [cidv0 + b"\x0a\x00"]), f"byte {at}: unsupported CIDv0 \\(dag-pb\\)")
+    assert_refused(store, car_of(header, [cidv0 + b"\x0a\x00"]), f"section at byte {at} does not hash")
+
+
+def test_identity_sections_are_checked_and_not_stored(store: Blockstore) -> None:
+    """An identity CID holds its own bytes (``ipfs add --inline``): kept by nobody, read by all."""
+    inline = bytes([0x01, RAW, 0x00, 0x05]) + b"hello"
+    root = block_cid(RAW, b"x")
+    assert_refused(store, car_of({"version": 1, "roots": [Link(root)]}, [inline + b"world"]), "does not hash")
+    car = car_of({"version": 1, "roots": [Link(root)]}, [inline + b"hello", root + b"x"])
+    assert import_car(store, io.BytesIO(car)) == [root]
+    assert list(store) == [root]
+    assert store.has(inline) and store.get(inline) == b"hello" and store.size(inline) == 5
 
 
 @pytest.mark.parametrize(
     ("prefix", "message"),
     [
-        (bytes([0x01, 0x70, 0x12, 0x20]), "codec dag-pb"),
+        (b"\x01" + encode_varint(0x0200) + b"\x12\x20", "codec json"),
         (b"\x01" + encode_varint(0x0129) + b"\x12\x20", "codec dag-json"),
         (bytes([0x01, 0x55, 0x13, 0x20]), "hash sha2-512"),
         (bytes([0x01, 0x55, 0x12, 0x10]), "16-byte digest"),

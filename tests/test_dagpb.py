@@ -128,7 +128,7 @@ def test_both_field_orders_are_accepted() -> None:
     links_first = dagpb.decode(_field(2, 2, LINK) + _field(1, 2, b"\x08\x01"))
     data_first = dagpb.decode(_field(1, 2, b"\x08\x01") + _field(2, 2, LINK))
     assert links_first == data_first
-    assert links_first.links[0] == dagpb.PBLink(CIDV0, "name", 5)
+    assert links_first.links[0] == dagpb.PBLink(b"\x01\x70" + CIDV0, "name", 5)  # a CIDv0 link reads as v1
     assert dagpb.unixfs_data(links_first.data).type == UnixFSType.DIRECTORY
 
 

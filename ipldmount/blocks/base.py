@@ -29,6 +29,7 @@ from ipldmount.ipld.cid import (
     RAW,
     block_cid,
     cid_to_str,
+    inline_data,
     is_supported,
     verify,
 )
@@ -272,9 +273,10 @@ class Blockstore(ABC):
     # --- reading ----------------------------------------------------------------
 
     def has(self, cid: bytes) -> bool:
-        """True when the block is stored (or staged by this thread's batch)."""
+        """True when the block is stored (or staged by this thread's batch); an identity CID
+        holds its block, so it is always there."""
         if not is_supported(cid):
-            return False
+            return inline_data(cid) is not None
         batch = self._batches.current
         return (batch is not None and batch.holds(cid)) or self._contains(cid)
 
@@ -289,7 +291,7 @@ class Blockstore(ABC):
         """The block's bytes, checked against the CID so corruption never passes silently."""
         data = self._batch_lookup(cid)
         if data is None:
-            data = self._lookup(cid) if is_supported(cid) else None
+            data = self._lookup(cid) if is_supported(cid) else inline_data(cid)
         if data is None:
             return self._fetch(cid)  # verified by the source
         if not self._known_intact(cid, data) and not verify(cid, data):
@@ -306,6 +308,9 @@ class Blockstore(ABC):
         if data is None:
             data = self._read_range(cid, offset, size) if is_supported(cid) else None
         if data is None:
+            inline = inline_data(cid)
+            data = inline[offset : offset + size] if inline is not None else None
+        if data is None:
             data = self._fetch(cid)[offset : offset + size]
         return data
 
@@ -315,6 +320,9 @@ class Blockstore(ABC):
         length = batch.block_size(cid) if batch is not None else None
         if length is None:
             length = self._block_size(cid) if is_supported(cid) else None
+        if length is None:
+            inline = inline_data(cid)
+            length = len(inline) if inline is not None else None
         if length is None:
             length = len(self._fetch(cid))
         return length
@@ -390,7 +398,9 @@ class Blockstore(ABC):
     def put_block(self, cid: bytes, data: bytes) -> None:
         """Store a block that came from outside (CAR, network), refusing bytes that lie."""
         if not is_supported(cid):
-            raise InvalidCIDError(f"cannot store {cid_to_str(cid)}: only CIDv1 raw/dag-cbor with sha2-256")
+            raise InvalidCIDError(
+                f"cannot store {cid_to_str(cid)}: only CIDv1 raw, dag-cbor or dag-pb with sha2-256"
+            )
         if not verify(cid, data):
             raise CorruptBlockError(f"refusing block {cid_to_str(cid)}: its bytes do not hash to the CID")
         batch = self._batches.current

@@ -26,7 +26,17 @@ from ipldmount.errors import (
     InvalidCIDError,
 )
 from ipldmount.ipld import codec
-from ipldmount.ipld.cid import DAG_CBOR, RAW, SHA2_256, cid_to_str, verify
+from ipldmount.ipld.cid import (
+    DAG_CBOR,
+    DAG_PB,
+    IDENTITY,
+    RAW,
+    SHA2_256,
+    cid_to_str,
+    inline_data,
+    normalize,
+    verify,
+)
 from ipldmount.ipld.codec import Link
 from ipldmount.ipld.varint import MULTIFORMATS_MAX_BYTES, TruncatedVarint, decode_varint, encode_varint
 
@@ -239,7 +249,7 @@ def _header_roots(header: object) -> list[bytes]:
         raise CarError(f"CAR header needs 'roots', a non-empty list of links; it has {roots!r}")
     if not all(isinstance(root, Link) for root in roots):
         raise CarError("CAR header 'roots' holds something other than links")
-    return [root.cid for root in roots]
+    return [normalize(root.cid) for root in roots]
 
 
 def _sections(reader: _Reader) -> Iterator[tuple[bytes, bytes]]:
@@ -254,19 +264,20 @@ def _sections(reader: _Reader) -> Iterator[tuple[bytes, bytes]]:
         if len(body) < length:
             raise CarError(f"truncated section at byte {start}: expected {length} bytes, got {len(body)}")
         cid_end = _cid_length(body, start)
-        cid, data = body[:cid_end], body[cid_end:]
+        cid, data = normalize(body[:cid_end]), body[cid_end:]
         if not verify(cid, data):
             raise CarError(f"block {cid_to_str(cid)} in the section at byte {start} does not hash to its CID")
-        yield cid, data
+        if inline_data(cid) is None:  # an identity CID's block is the CID itself: nothing to keep
+            yield cid, data
 
 
 def _cid_length(body: bytes, start: int) -> int:
-    """Length of the CID that opens a section, which must be one this project stores."""
+    """Length of the CID that opens a section, which must be one this project reads."""
     too_short = CarError(f"section at byte {start}: its length {len(body)} is smaller than its CID")
     if body[:2] == b"\x12\x20":  # a CIDv0 is a bare sha2-256 multihash, always dag-pb
         if len(body) < 34:
             raise too_short
-        raise CarError(f"section at byte {start}: unsupported CIDv0 (dag-pb); only CIDv1 raw or dag-cbor")
+        return 34
     try:
         version, pos = decode_varint(body)
         codec_code, pos = decode_varint(body, pos)
@@ -280,11 +291,12 @@ def _cid_length(body: bytes, start: int) -> int:
         raise too_short
     if version != 1:
         raise CarError(f"section at byte {start}: unsupported CID version {version}")
-    if codec_code not in (RAW, DAG_CBOR) or hash_code != SHA2_256 or digest_length != _DIGEST_LENGTH:
+    sha256 = hash_code == SHA2_256 and digest_length == _DIGEST_LENGTH
+    if codec_code not in (RAW, DAG_CBOR, DAG_PB) or not (sha256 or hash_code == IDENTITY):
         raise CarError(
             f"section at byte {start}: unsupported CID (codec {_codec_name(codec_code)},"
             f" hash {_codec_name(hash_code)}, {digest_length}-byte digest);"
-            " only raw or dag-cbor with sha2-256"
+            " only raw, dag-cbor or dag-pb with sha2-256 (or identity)"
         )
     return pos + digest_length
 

@@ -1,8 +1,9 @@
 """Walks over a DAG of blocks: every link of a block, the closure of a root, what a new root adds.
 
 Generic over the format: a block's links are the CIDs in its DAG-CBOR encoding, found by
-position (map keys and list indices), so the walks serve the tree, CARs and garbage
-collection alike without knowing what a directory is.
+position (map keys and list indices), or a DAG-PB node's links by index, so the walks serve
+the tree, CARs and garbage collection alike without knowing what a directory is. An
+identity CID holds its bytes: it is never a link to walk, store or send.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 from ipldmount.blocks.base import Blockstore
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError
-from ipldmount.ipld import codec
-from ipldmount.ipld.cid import DAG_CBOR, cid_to_str, codec_of
+from ipldmount.ipld import codec, dagpb
+from ipldmount.ipld.cid import DAG_PB, cid_to_str, codec_of, inline_data, may_link
 from ipldmount.ipld.codec import Link
 
 _Position = tuple[Any, ...]  # map keys and list indices from a block's top value down to a link
@@ -26,9 +27,12 @@ def block_links(cid: bytes, data: bytes) -> list[bytes]:
 
 def _positioned_links(cid: bytes, data: bytes) -> list[tuple[_Position, bytes]]:
     """(position, CID) of every link in a block, in encoding order."""
-    if codec_of(cid) != DAG_CBOR:
+    if not may_link(cid):
         return []
     try:
+        if codec_of(cid) == DAG_PB:
+            links = dagpb.decode(data).links
+            return [((index,), link.cid) for index, link in enumerate(links) if inline_data(link.cid) is None]
         value = codec.decode(data)
     except CorruptBlockError as exc:
         raise CorruptBlockError(f"block {cid_to_str(cid)}: {exc}") from None
@@ -37,7 +41,8 @@ def _positioned_links(cid: bytes, data: bytes) -> list[tuple[_Position, bytes]]:
     while stack:  # explicit stack: nesting depth must not hit the recursion limit
         position, item = stack.pop()
         if isinstance(item, Link):
-            found.append((position, item.cid))
+            if inline_data(item.cid) is None:
+                found.append((position, item.cid))
         elif isinstance(item, dict):
             stack.extend(reversed([((*position, key), child) for key, child in item.items()]))
         elif isinstance(item, list):
@@ -83,10 +88,10 @@ def iter_closure(
 
 
 def closure_size(store: Blockstore, root: bytes) -> int:
-    """How many blocks :func:`iter_closure` yields (reads every DAG-CBOR node, no raw block)."""
+    """How many blocks :func:`iter_closure` yields (reads every node with links, no raw block)."""
 
     def links_of(cid: bytes) -> list[bytes]:
-        return block_links(cid, store.get(cid)) if codec_of(cid) == DAG_CBOR and store.has(cid) else []
+        return block_links(cid, store.get(cid)) if may_link(cid) and store.has(cid) else []
 
     return sum(1 for _ in depth_first(root, links_of))
 
@@ -196,7 +201,7 @@ class _ChangeWalk:
         return pairs
 
     def _links(self, cid: bytes, keep: bool = False) -> list[tuple[_Position, bytes]] | None:
-        if codec_of(cid) != DAG_CBOR:
+        if not may_link(cid):
             return []  # a raw block has no links: never read here
         try:
             data = self.store.get(cid)

@@ -24,7 +24,7 @@ from ipldmount.blocks.car import car_header, incomplete_dag, read_car, section_h
 from ipldmount.blocks.dag import block_links, iter_closure, iter_new_blocks
 from ipldmount.blocks.kubo import KuboNode, check_block_size
 from ipldmount.errors import CarError, IncompleteDagError, RemoteError
-from ipldmount.ipld.cid import DAG_CBOR, cid_to_str, codec_of
+from ipldmount.ipld.cid import cid_to_str, may_link
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def pull(
 def missing_subtrees(store: Blockstore, root: bytes) -> list[bytes]:
     """The CIDs under *root* that the store lacks, each the top of a missing subtree.
 
-    Walks the blocks the store has (the DAG-CBOR ones are read; raw leaves only looked up).
+    Walks the blocks the store has (those with links are read; raw leaves only looked up).
     """
     missing: list[bytes] = []
     stack, seen = [root], set()
@@ -200,7 +200,7 @@ def missing_subtrees(store: Blockstore, root: bytes) -> list[bytes]:
         seen.add(cid)
         if not store.has(cid):
             missing.append(cid)
-        elif codec_of(cid) == DAG_CBOR:
+        elif may_link(cid):
             stack.extend(block_links(cid, store.get(cid)))
     return missing
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ipldmount.blocks.base import Blockstore
 from ipldmount.blocks.dag import block_links, depth_first
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError
-from ipldmount.ipld.cid import DAG_CBOR, codec_of
+from ipldmount.ipld.cid import may_link
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def mark(
     missing: list[bytes] = []
 
     def links_of(cid: bytes) -> list[bytes]:
-        if codec_of(cid) != DAG_CBOR:
+        if not may_link(cid):
             if not store.has(cid):
                 missing.append(cid)
             return []

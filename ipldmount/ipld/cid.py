@@ -15,12 +15,18 @@ import hashlib
 from multiformats import CID as _MultiformatsCID
 
 from ipldmount.errors import InvalidCIDError
+from ipldmount.ipld.varint import decode_varint
 
 RAW = 0x55
 DAG_CBOR = 0x71
+DAG_PB = 0x70  # UnixFS, what ``ipfs add`` makes: read, never written
 SHA2_256 = 0x12
+IDENTITY = 0x00  # a multihash that holds the bytes themselves: nothing to store or fetch
+MAX_IDENTITY = 4096  # longest inline block accepted (Kubo makes them of at most 32 bytes)
 
-_PREFIX = {RAW: bytes([0x01, RAW, SHA2_256, 0x20]), DAG_CBOR: bytes([0x01, DAG_CBOR, SHA2_256, 0x20])}
+_PREFIX = {codec: bytes([0x01, codec, SHA2_256, 0x20]) for codec in (RAW, DAG_CBOR, DAG_PB)}
+_STORED_PREFIXES = frozenset(_PREFIX.values())
+_CIDV0_PREFIX = bytes([SHA2_256, 0x20])  # a CIDv0 is a bare sha2-256 multihash, the codec dag-pb
 CID_LENGTH = 36  # version + codec + multihash header (2) + sha2-256 digest (32)
 
 
@@ -40,8 +46,32 @@ def codec_of(cid: bytes) -> int:
 
 
 def is_supported(cid: bytes) -> bool:
-    """True for the CIDs this project stores: v1, raw or dag-cbor, sha2-256."""
-    return len(cid) == CID_LENGTH and cid[:4] in (_PREFIX[RAW], _PREFIX[DAG_CBOR])
+    """True for the CIDs this project stores: v1, raw, dag-cbor or dag-pb, sha2-256."""
+    return len(cid) == CID_LENGTH and cid[:4] in _STORED_PREFIXES
+
+
+def may_link(cid: bytes) -> bool:
+    """True when the block's codec can hold links (dag-cbor, dag-pb); a raw block never does."""
+    return cid[1] in (DAG_CBOR, DAG_PB)
+
+
+def normalize(cid: bytes) -> bytes:
+    """A binary CID as this project keeps it: a CIDv0 becomes the CIDv1 (dag-pb) of the same
+    block, which names the same bytes; anything else is returned as it is."""
+    if len(cid) == 34 and cid[:2] == _CIDV0_PREFIX:
+        return _PREFIX[DAG_PB] + cid[2:]
+    return cid
+
+
+def inline_data(cid: bytes) -> bytes | None:
+    """The bytes an identity CID (v1, a one-byte codec, identity multihash) holds, else None."""
+    if len(cid) < 4 or cid[0] != 1 or cid[1] not in (RAW, DAG_CBOR, DAG_PB) or cid[2] != IDENTITY:
+        return None
+    try:
+        length, start = decode_varint(cid, 3)
+    except ValueError:
+        return None
+    return cid[start:] if start + length == len(cid) and length <= MAX_IDENTITY else None
 
 
 def cid_to_str(cid: bytes) -> str:
@@ -63,15 +93,19 @@ _BASE32_PAIRS = [first + second for first in _BASE32 for second in _BASE32]
 
 
 def verify(cid: bytes, data: bytes | memoryview) -> bool:
-    """True when *data* hashes to *cid*."""
-    return is_supported(cid) and hashlib.sha256(data).digest() == cid[4:]
+    """True when *data* hashes to *cid* (for an identity CID: is the bytes it holds)."""
+    if is_supported(cid):
+        return hashlib.sha256(data).digest() == cid[4:]
+    inline = inline_data(cid)
+    return inline is not None and inline == data
 
 
 def parse_cid(text: str | bytes) -> bytes:
     """Parse a CID given by a user or a foreign block into its binary CIDv1 form.
 
     Raises :class:`InvalidCIDError` with a message that says what is wrong, for
-    malformed input and for CIDs this project cannot store (another hash or codec).
+    malformed input and for CIDs this project cannot read (another hash or codec). A CIDv0
+    (``Qm...``) comes back as the CIDv1 of the same block; an identity CID as it is.
     """
     if isinstance(text, str) and len(text) == 59 and text.startswith("b") and text.islower():
         try:  # fast path: our own base32 form
@@ -85,11 +119,15 @@ def parse_cid(text: str | bytes) -> bytes:
     except Exception as exc:  # multiformats raises a zoo of error types
         shown = text if isinstance(text, str) else text.hex()
         raise InvalidCIDError(f"not a valid CID: {shown!r} ({exc})") from None
+    if parsed.codec.code not in (RAW, DAG_CBOR, DAG_PB):
+        raise InvalidCIDError(
+            f"unsupported codec {parsed.codec.name} in CID {parsed} (only raw, dag-cbor and dag-pb)"
+        )
+    if parsed.hashfun.name == "identity":
+        binary = normalize(bytes(parsed.set(version=1)))
+        if inline_data(binary) is None:
+            raise InvalidCIDError(f"identity CID {parsed} holds more than {MAX_IDENTITY} bytes")
+        return binary
     if parsed.hashfun.name != "sha2-256":
         raise InvalidCIDError(f"unsupported hash {parsed.hashfun.name} in CID {parsed} (only sha2-256)")
-    if parsed.codec.code not in (RAW, DAG_CBOR):
-        raise InvalidCIDError(
-            f"unsupported codec {parsed.codec.name} in CID {parsed} (only raw and dag-cbor)"
-        )
-    binary = digest_cid(parsed.codec.code, bytes(parsed.raw_digest))
-    return binary
+    return digest_cid(parsed.codec.code, bytes(parsed.raw_digest))

@@ -14,16 +14,16 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from ipldmount.errors import CorruptBlockError
+from ipldmount.ipld.cid import normalize
 from ipldmount.ipld.varint import decode_varint
 
-DAG_PB = 0x70
 _MAX_VARINT_BYTES = 10  # a protobuf uint64
 _VARINT, _LENGTH = 0, 2  # the two wire types DAG-PB and UnixFS use
 
 
 @dataclass(frozen=True, slots=True)
 class PBLink:
-    cid: bytes  # binary CID: a CIDv0 (bare sha2-256 multihash) or a CIDv1
+    cid: bytes  # binary CIDv1 (a CIDv0 in the block, a bare sha2-256 multihash, comes back as v1)
     name: str | None
     tsize: int | None
 
@@ -99,7 +99,7 @@ def _link(raw: bytes) -> PBLink:
             raise _bad(f"PBLink field {field} is not length-delimited")
         value, pos = _bytes(raw, pos)
         if field == 1:
-            cid = check_cid(value)
+            cid = normalize(check_cid(value))
         else:
             try:
                 name = value.decode("utf-8")
