@@ -44,6 +44,7 @@ from ipldmount.state.registry import PushRecord, RootRecord
 from ipldmount.state.retention import DEFAULT_GRACE, GcReport, Retention
 from ipldmount.state.retention import collect as retention_gc
 from ipldmount.tree import Directory, File, Node, Tree
+from ipldmount.unixfs_tree import is_unixfs, open_tree
 
 log = logging.getLogger("ipldmount")
 
@@ -92,7 +93,7 @@ def _open_tree(store: DirectoryBlockstore, root: bytes) -> Tree:
     if not store.has(root) and store.fetcher is None:
         shown = cids.cid_to_str(root)
         raise IpldmountError(f"{shown} is not in the store {store.root} (import its CAR first)")
-    return Tree(store, root, read_only=True)
+    return open_tree(store, root, read_only=True)
 
 
 @contextmanager
@@ -163,7 +164,7 @@ def _check_roots(store: DirectoryBlockstore, path: str, single_root: bool) -> Ca
             )
         for root in roots:
             try:
-                Tree(store, root, read_only=True)
+                open_tree(store, root, read_only=True)
             except IpldmountError as exc:
                 raise IpldmountError(
                     f"{path}: root {cids.cid_to_str(root)} is not a directory tree ({exc}); "
@@ -264,7 +265,7 @@ def _resolve_root(home: StoreHome, root: str, mountpoint: Path) -> bytes | None:
             f"root {root} is not in the store {store.root} (import its CAR first, pass the .car, or "
             "name an IPFS node or gateway that has it: --ipfs URL, --gateway URL)"
         )
-    Tree(store, cid, read_only=True)  # a root that is not a directory is refused here, not in the daemon
+    open_tree(store, cid, read_only=True)  # a root that is not a directory is refused here, not in the daemon
     return cid
 
 
@@ -357,6 +358,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     remotes = _remotes(args)
     home.blocks.fetcher = remotes.fetcher()
     root = _resolve_root(home, args.root, mountpoint)
+    if root is not None and is_unixfs(root) and not args.read_only:
+        print(f"{cids.cid_to_str(root)} is UnixFS: mounting it read-only", file=sys.stderr)
+        args.read_only = True
     if args.foreground:
         return _run_daemon(args, home, mountpoint, root)
     return _spawn_daemon(args, home, mountpoint, root, remotes)

@@ -378,7 +378,7 @@ class Tree:
         loaded: dict[str, Node] = {}
         fresh: list[str] = []
         skipped: set[str] = set()
-        for name, value in dirnode.iter_entries(self.store, committed.value):  # no map of them all
+        for name, value in self._committed_entries(committed):  # no map of them all
             if name in loaded or name in skipped:
                 raise dirnode.duplicate_name(name)
             if name in known:
@@ -424,7 +424,7 @@ class Tree:
         directory._entries = known
         if name in known or name in (directory.changed or ()):
             return known.get(name)  # read before, or changed since: removed unless known
-        value = hamt.find(self.store, committed.value, name, self._hamt_nodes)
+        value = self._find_committed(committed, name)
         if value is hamt.MISSING:
             return None
         self._check_stored_name(directory, name)
@@ -520,7 +520,17 @@ class Tree:
         if directory._entries:
             return False
         gone = directory.changed or set()
-        return all(name in gone for name, _ in hamt.iter_entries(self.store, committed.value))
+        return all(name in gone for name, _ in self._committed_entries(committed))
+
+    # The committed encoding, read: a tree over another format (UnixFS) reads its own nodes here.
+
+    def _committed_entries(self, committed: DirectoryForm) -> Iterable[tuple[str, Any]]:
+        """The (name, entry value) pairs of a committed directory node, one at a time."""
+        return dirnode.iter_entries(self.store, committed.value)
+
+    def _find_committed(self, committed: DirectoryForm, name: str) -> Any:
+        """Entry *name*'s value in a committed sharded node (hamt.MISSING if absent)."""
+        return hamt.find(self.store, committed.value, name, self._hamt_nodes)
 
     def lookup(self, directory: Directory, name: str) -> Node:
         node = self.get_entry(directory, name)

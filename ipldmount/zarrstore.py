@@ -38,7 +38,8 @@ from ipldmount.state.home import StoreHome
 from ipldmount.state.registry import RootRecord
 from ipldmount.state.retention import Retention, kept_roots
 from ipldmount.state.writebuffer import buffer_content, open_buffer
-from ipldmount.tree import Directory, File, Tree, check_name, split_path
+from ipldmount.tree import Directory, File, check_name, split_path
+from ipldmount.unixfs_tree import open_tree
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -116,7 +117,7 @@ class IPLDStore(Store):
         self._unsynced = False  # blocks were stored without an fsync since the last freeze
         # Reads from memory cost a copy: a hop to a thread would cost more than it overlaps.
         self._reads_in_thread = not isinstance(self.blockstore, MemoryBlockstore)
-        self.tree = Tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
+        self.tree = open_tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
 
     # --- identity, pickling --------------------------------------------------
 
@@ -233,7 +234,7 @@ class IPLDStore(Store):
         if len(roots) != 1:
             raise ValueError(f"CAR must have a single root, the given CAR has {len(roots)} roots")
         # Open the new tree first: a root that is not a directory leaves the store as it was.
-        tree = Tree(self.blockstore, roots[0], whole_files=self._whole_files, read_only=self.read_only)
+        tree = open_tree(self.blockstore, roots[0], whole_files=self._whole_files, read_only=self.read_only)
         with self._lock:
             self._root, self.tree = roots[0], tree
 

@@ -331,7 +331,9 @@ def test_a_cidv0_section_imports_as_the_cidv1_of_its_block(store: Blockstore) ->
     empty_directory = b"\x0a\x02\x08\x01"  # a UnixFS directory without entries
     digest = hashlib.sha256(empty_directory).digest()
     cidv0 = bytes([0x12, 0x20]) + digest
-    roots = import_car(store, io.BytesIO(car_of({"version": 1, "roots": [Link(cidv0)]}, [cidv0 + empty_directory])))
+    roots = import_car(
+        store, io.BytesIO(car_of({"version": 1, "roots": [Link(cidv0)]}, [cidv0 + empty_directory]))
+    )
     cidv1 = bytes([0x01, 0x70, 0x12, 0x20]) + digest
     assert roots == [cidv1]
     assert cid_to_str(cidv1) == "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"

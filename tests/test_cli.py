@@ -219,7 +219,9 @@ def test_unsupported_cid(capsys: pytest.CaptureFixture[str], seeded: Path) -> No
 def test_a_cidv0_is_read_as_its_cidv1(capsys: pytest.CaptureFixture[str], seeded: Path) -> None:
     code, _, err = run(capsys, "ls", "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", "--store", seeded)
     line = assert_one_error_line(code, err)
-    assert "bafybeie5nqv6kd3qnfjupgvz34woh3oksc3iau6abmyajn7qvtf6d2ho34" in line and "not in the store" in line
+    assert (
+        "bafybeie5nqv6kd3qnfjupgvz34woh3oksc3iau6abmyajn7qvtf6d2ho34" in line and "not in the store" in line
+    )
 
 
 @pytest.mark.parametrize("command", ["ls", "cat", "export"])

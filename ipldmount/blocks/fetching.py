@@ -71,6 +71,11 @@ class BlockFetcher:
         finally:
             _NO_WAIT.reset(token)
 
+    @staticmethod
+    def may_wait() -> bool:
+        """False inside :meth:`no_waiting` (this thread must not wait for the network)."""
+        return _NO_WAIT.get() != threading.get_ident()
+
     def fetch(self, cid: bytes, local: Lookup, keep: Keep) -> bytes:
         """The block *cid* from the first source that has it (verified by the source), kept with
         *keep*; when another thread is fetching it already, that thread's copy, read with *local*.
@@ -78,7 +83,7 @@ class BlockFetcher:
         Raises MustFetchError where waiting is not allowed, BlockNotFoundError when no source
         gives it (saying why each failed).
         """
-        if _NO_WAIT.get() == threading.get_ident():
+        if not self.may_wait():
             raise MustFetchError(cid)
         while True:
             self._check_available(cid)

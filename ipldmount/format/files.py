@@ -480,6 +480,17 @@ def _fetch_quietly(store: Blockstore, cid: bytes) -> None:
         log.debug("fetching %s ahead failed: %s", cids.cid_to_str(cid), exc)
 
 
+def fetch_all(store: Blockstore, wanted: Iterable[bytes]) -> None:
+    """On a remote-backed store, fetch those of *wanted* it lacks, side by side, and return once
+    all are here (or failed: their readers meet the error). Nothing where this thread must not
+    wait on the network (the mount's event loop): its reader fetches, in a worker, and comes back."""
+    if store.fetcher is None or not store.fetcher.may_wait():
+        return
+    missing = [cid for cid in wanted if not store.has(cid)]
+    if missing:
+        list(_FETCH_POOL.map(functools.partial(_fetch_quietly, store), missing))
+
+
 class FblReader:
     """Random access into a chunked file, keeping the few leaves it read last.
 
@@ -505,15 +516,29 @@ class FblReader:
         self._fetched_until = 0  # file offset up to which leaves are fetched or asked for
 
     def _node(self, cid: bytes) -> tuple[list[int], list[bytes]]:
-        """Cumulative end offsets and child CIDs of an FBL node."""
+        """Cumulative end offsets and child CIDs of a node."""
         if cid not in self._nodes:
             ends, children, total = [], [], 0
-            for child, length in decode_fbl(self.store.get(cid)):
+            for child, length in self._parts(cid):
                 total += length
                 ends.append(total)
                 children.append(child)
             self._nodes[cid] = (ends, children)
         return self._nodes[cid]
+
+    # The layout: a subclass reading another one (UnixFS) says what a node is and what a leaf holds.
+
+    def _is_node(self, cid: bytes) -> bool:
+        """Whether *cid* is a node (parts below it) rather than a leaf."""
+        return cids.codec_of(cid) == cids.DAG_CBOR
+
+    def _parts(self, cid: bytes) -> list[tuple[bytes, int]]:
+        """The ``(cid, length)`` parts of node *cid*, in order."""
+        return decode_fbl(self.store.get(cid))
+
+    def _leaf_bytes(self, cid: bytes) -> bytes:
+        """What leaf *cid* holds of the file (its verified bytes)."""
+        return self.store.get(cid)
 
     def _leaf_at(self, start: int, cid: bytes, length: int | None) -> bytes:
         """The leaf that begins at file offset *start*, cut to its stated *length*."""
@@ -540,7 +565,7 @@ class FblReader:
     def _load(self, cid: bytes, loading: Future[bytes]) -> bytes:
         """Read and check a leaf, outside the lock; whoever waits for it gets it (or the error)."""
         try:
-            block = self.store.get(cid)
+            block = self._leaf_bytes(cid)
         except BaseException as exc:
             loading.set_exception(exc)
             raise
@@ -583,7 +608,7 @@ class FblReader:
         """Read from the one leaf under *cid* that holds *offset*."""
         leaf_start = offset
         part_length: int | None = None
-        while cids.codec_of(cid) == cids.DAG_CBOR:
+        while self._is_node(cid):
             ends, children = self._node(cid)
             index = bisect.bisect_right(ends, offset)
             if index == len(ends):
@@ -616,7 +641,7 @@ class FblReader:
     def _leaf_cid_at(self, offset: int) -> tuple[bytes, int]:
         """The CID of the leaf holding *offset*, and how many bytes of the file it holds from there."""
         cid, left = self.root, self.size - offset
-        while cids.codec_of(cid) == cids.DAG_CBOR:
+        while self._is_node(cid):
             ends, children = self._node(cid)
             index = bisect.bisect_right(ends, offset)
             if index == len(ends):
@@ -635,7 +660,7 @@ class FblReader:
         while True:
             if start == offset and end - start == length:
                 return cid
-            if cids.codec_of(cid) != cids.DAG_CBOR or end - start < length:
+            if not self._is_node(cid) or end - start < length:
                 return None
             ends, children = self._node(cid)
             index = bisect.bisect_right(ends, offset - start)

@@ -26,7 +26,8 @@ from ipldmount.state.journal import Journal, Pending, decode_data, encode_data
 from ipldmount.state.openfiles import OpenFiles
 from ipldmount.state.registry import RootRecord
 from ipldmount.state.writebuffer import WriteBuffer, buffer_content
-from ipldmount.tree import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node, Tree
+from ipldmount.tree import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node
+from ipldmount.unixfs_tree import open_tree
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Session:
         self.journal = Journal(self.files.journal)
         # An empty mount starts from the empty tree's root, stored, so every root shown is fetchable.
         self.base_root = root if root is not None else store.put(EMPTY_DIRECTORY, cids.DAG_CBOR)
-        self.tree = Tree(store, self.base_root, whole_files=whole_files, read_only=read_only)
+        self.tree = open_tree(store, self.base_root, whole_files=whole_files, read_only=read_only)
         self.open_files = OpenFiles(store, self.tree.chunk_size, home.tmp_dir)
         self.attributes = Attributes(home.attribute_table, self.tree)
         self.recovered = 0
