@@ -100,10 +100,17 @@ class UnixfsTree(Tree):
         cid = unixfs.find_entry(self.store, _node_of(committed), name)
         return hamt.MISSING if cid is None else codec.Link(cid)
 
+    def get_entry(self, directory: Directory, name: str) -> Node | None:
+        """Entry *name*, reading only its own block (and a shard's nodes on its path): in a plain
+        directory too, since knowing any other entry's kind would cost that entry's block."""
+        if not directory.complete:
+            return self._find_unread(directory, _form_of(directory), name)
+        return super().get_entry(directory, name)
+
     def is_empty(self, directory: Directory) -> bool:
         if directory.complete:
             return super().is_empty(directory)
-        return not _node_of(directory._form).links  # a shard with links has entries
+        return not _node_of(_form_of(directory)).links  # a shard with links has entries
 
     def subdirectories(self, directory: Directory) -> int:
         if directory.subdirs is None:
@@ -134,6 +141,12 @@ class UnixfsTree(Tree):
             return Broken(cid, exc, node is not None and node.is_directory)
 
 
-def _node_of(form: DirectoryForm | None) -> UnixfsNode:
+def _form_of(directory: Directory) -> DirectoryForm:
+    form = directory._form
+    assert form is not None, "a read-only tree's directories keep their committed form"
+    return form
+
+
+def _node_of(form: DirectoryForm) -> UnixfsNode:
     assert isinstance(form, UnixfsDirectoryForm), "a UnixFS tree holds only UnixFS directories"
     return form.node

@@ -28,6 +28,7 @@ import pytest
 NODE_DIR = Path(__file__).resolve().parent / "ipfs-node"
 JSIPFS = NODE_DIR / "node_modules" / ".bin" / "jsipfs"
 TRUSTLESS_CLIENT = NODE_DIR / "trustless-client.mjs"  # an independent client, in JavaScript
+IPFS_CAR = NODE_DIR / "node_modules" / ".bin" / "ipfs-car"  # web3.storage's UnixFS packer
 START_TIMEOUT = 90.0  # seconds for the daemon to answer `version` (about 3 s on an idle machine)
 
 
@@ -59,6 +60,26 @@ def require_node(network: bool = True) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} -- CI must run the IPFS tests", pytrace=False)
     pytest.skip(reason)
+
+
+def ipfs_car_pack(directory: Path, car: Path) -> str:
+    """``ipfs-car pack --hidden DIRECTORY``: the directory (dot files too: zarr metadata) as a UnixFS
+    CAR, made by an importer that is not
+    the node's (no network needed). Returns the root CID it prints."""
+    require_node(network=False)
+    if not IPFS_CAR.exists():
+        message = f"{IPFS_CAR} is missing: run `make ipfs-node`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    result = subprocess.run(
+        [str(IPFS_CAR), "pack", str(directory), "--hidden", "--output", str(car)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return result.stdout.strip().splitlines()[-1]
 
 
 def free_port() -> int:

@@ -26,7 +26,7 @@ API = "/api/v0"
 BLOCK_LIMIT = 1 << 20  # the largest block a node accepts from block/put and dag/import (Kubo's default)
 BLOCK_TIMEOUT = 30.0  # seconds a node may look for one block before we give up on it
 IMPORT_TIMEOUT = 3600.0  # seconds a node may take to store an imported CAR before it answers
-CODEC_NAMES = {cids.RAW: "raw", cids.DAG_CBOR: "dag-cbor"}
+CODEC_NAMES = {cids.RAW: "raw", cids.DAG_CBOR: "dag-cbor", cids.DAG_PB: "dag-pb"}
 
 
 class KuboNode:

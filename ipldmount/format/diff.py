@@ -31,6 +31,12 @@ class Change:
 
 def diff_roots(store: Blockstore, a: bytes, b: bytes) -> Iterator[Change]:
     """The changes that turn the tree *a* into the tree *b*, depth first, names in order."""
+    for root in (a, b):
+        if cids.codec_of(root) == cids.DAG_PB:
+            raise FormatError(
+                f"{cids.cid_to_str(root)} is UnixFS: diff compares ipldmount trees (mount both and"
+                " compare their files, or copy it into a mount first)"
+            )
     if a != b:
         yield from _diff_directories(
             store, _directory(store, codec.Link(a)), _directory(store, codec.Link(b)), ""
