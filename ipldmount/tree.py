@@ -494,8 +494,8 @@ class Tree:
             return File(StoredFile(cid))
         data: bytes | None = None
         try:
-            if not cids.is_supported(cid):
-                raise FormatError(f"entry {name!r} links to an unsupported CID {cid.hex()}")
+            if not cids.is_supported(cid) or cids.codec_of(cid) != cids.DAG_CBOR:
+                raise FormatError(f"entry {name!r} links to a CID this format does not use: {cid.hex()}")
             data = self.store.get(cid)
             value = codec.decode(data)
             if isinstance(value, list):

@@ -23,6 +23,7 @@ RANK = {
     "blocks": 2,
     "format": 3,
     "tree": 4,
+    "unixfs_tree": 4,  # the tree wing's other module: the read-only tree over UnixFS
     "state": 5,
     "mount": 6,
     "zarrstore": 7,

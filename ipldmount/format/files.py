@@ -458,7 +458,10 @@ def decode_fbl(data: bytes) -> list[tuple[bytes, int]]:
             or not isinstance(item[1], codec.Link)
         ):
             raise FormatError("malformed chunked-file entry (expected [length, link])")
-        if not cids.is_supported(item[1].cid):  # FORMAT.md 5: a part is a raw leaf or a node
+        part = item[1].cid
+        if (
+            not cids.is_supported(part) or cids.codec_of(part) == cids.DAG_PB
+        ):  # FORMAT.md 5: a raw leaf or a node
             raise FormatError("chunked-file entry links to a CID that is neither raw nor dag-cbor")
         entries.append((item[1].cid, item[0]))
     return entries

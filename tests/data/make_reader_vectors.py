@@ -217,7 +217,17 @@ CID_TEXTS = [
     {"text": "F" + _SEED.hex().upper(), "cid": SEED_ROOT},
     {"text": "m" + base64.b64encode(_SEED).decode().rstrip("="), "cid": SEED_ROOT},
     {"text": "u" + base64.urlsafe_b64encode(_SEED).decode().rstrip("="), "cid": SEED_ROOT},
-    {"text": "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG", "cid": None, "why": "CIDv0 (dag-pb)"},
+    # UnixFS's CIDs (FORMAT.md 12): a CIDv0 reads as the CIDv1 dag-pb of its digest; identity as is
+    {
+        "text": "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG",
+        "cid": "bafybeie5nqv6kd3qnfjupgvz34woh3oksc3iau6abmyajn7qvtf6d2ho34",
+    },
+    {"text": "bafkqablimvwgy3y", "cid": "bafkqablimvwgy3y"},
+    {
+        "text": "baguqeeraaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "cid": None,
+        "why": "codec dag-json",
+    },
     {"text": " " + SEED_ROOT, "cid": None, "why": "no multibase prefix is a space"},
     {"text": SEED_ROOT[:-1], "cid": None, "why": "truncated"},
     {
@@ -257,13 +267,13 @@ def _cars() -> list[dict[str, Any]]:
             "name": "cidv0-section",
             "hex": car([first], [(first, one), (cidv0, b"pb")]),
             "error": True,
-            "description": "a section with a CIDv0: the whole CAR is refused",
+            "description": "a section with a CIDv0 whose block is not DAG-PB: the whole CAR is refused",
         },
         {
             "name": "cidv0-root",
             "hex": car([cidv0], [(first, one)]),
             "error": True,
-            "description": "a CIDv0 root: refused",
+            "description": "a CIDv0 root (read as CIDv1 dag-pb) in neither the CAR nor the store: refused",
         },
     ]
 
