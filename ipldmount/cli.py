@@ -1000,8 +1000,8 @@ def _mount_arguments(mount: argparse.ArgumentParser) -> None:
     mount.add_argument(
         "root",
         metavar="ROOT",
-        help="a root CID in the store, a tag, a .car file to import, 'empty', or 'resume' (the root this "
-        "mountpoint had last, with its unsynced changes)",
+        help="a root CID in the store (a UnixFS one, dag-pb, mounts read-only), a tag, a .car file to "
+        "import, 'empty', or 'resume' (the root this mountpoint had last, with its unsynced changes)",
     )
     mount.add_argument(
         "mountpoint", metavar="MOUNTPOINT", help="an existing empty directory (see --nonempty)"
