@@ -721,9 +721,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     home = StoreHome(_open_existing_store(args))
     retention = Retention(args.keep_last, args.keep_within, args.grace)
+    node = _evicting_for(args)
     total = len(home.blocks) if sys.stderr.isatty() else None  # a listing, for the % only
     with _progress("gc: marking") as marking, _progress("gc: sweeping", total_blocks=total) as sweeping:
-        report = retention_gc(home, retention, dry_run=args.dry_run, marking=marking, sweeping=sweeping)
+        report = retention_gc(
+            home,
+            retention,
+            dry_run=args.dry_run,
+            marking=marking,
+            sweeping=sweeping,
+            pinned_remotely=node.is_pinned if node is not None else None,
+        )
     found = report.collection
     if args.json:
         print(json.dumps(_gc_json(report), indent=2))
@@ -732,6 +740,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     print(f"kept {_count_of(len(report.kept), 'root')} ({_count_of(found.kept_blocks, 'block')})")
     for root, reasons in sorted(report.kept.items()):
         print(f"  {root}  {'; '.join(reasons)}")
+    if node is not None:
+        print(f"left {_count_of(len(report.left_to_node), 'root')} to {node.url}, which has them pinned:")
+        print(
+            "".join(f"  {root}  (read it with --ipfs {node.url})\n" for root in report.left_to_node), end=""
+        )
     print(f"{verb} {_count_of(found.removed_blocks, 'block')} ({_megabytes(found.removed_bytes)})")
     if found.recent_blocks:
         print(
@@ -750,6 +763,20 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evicting_for(args: argparse.Namespace) -> KuboNode | None:
+    """The node `gc --evict-pinned` leaves pinned roots to (checked to answer first), or None."""
+    if not args.evict_pinned:
+        return None
+    url = Remotes.resolve(args.ipfs, ()).ipfs
+    if url is None:
+        raise IpldmountError(
+            "gc --evict-pinned needs an IPFS node: --ipfs URL (or IPLDMOUNT_IPFS, or the config)"
+        )
+    node = KuboNode(url)
+    node.version()  # a node that is not there fails here, before anything is removed
+    return node
+
+
 def _gc_json(report: GcReport) -> dict[str, object]:
     found = report.collection
     return {
@@ -760,6 +787,7 @@ def _gc_json(report: GcReport) -> dict[str, object]:
         "removed_bytes": found.removed_bytes,
         "recent_blocks": found.recent_blocks,
         "cars_removed": [str(path) for path in report.cars_removed],
+        "left_to_node": report.left_to_node,
         "missing": [cids.cid_to_str(cid) for cid in found.missing],
     }
 
@@ -858,6 +886,13 @@ def _gc_arguments(gc: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help=f"never remove blocks written this recently (default {DEFAULT_GRACE:g}s)",
     )
+    gc.add_argument(
+        "--evict-pinned",
+        action="store_true",
+        help="also remove the blocks of kept roots the IPFS node has pinned (asked root by root), unless "
+        "a root that is not pinned there, or a mount, needs them: the store as the node's cache",
+    )
+    gc.add_argument("--ipfs", metavar="URL", help="the node for --evict-pinned (default: $IPLDMOUNT_IPFS)")
     gc.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 

@@ -6,6 +6,11 @@ the base root and every block of every mount journal (live mounts, and crashed o
 ``resume`` would bring back); the root each running daemon serves (read-only mounts too).
 Everything a writer stored but has not referenced yet is protected by the block store itself
 (:mod:`ipldmount.blocks.lease`). CARs in ``STORE/cars`` of roots not kept are removed too.
+
+The store is also a cache of an IPFS node: a kept root that the node holds pinned (checked now,
+root by root) may be *left to the node*: its blocks go unless another root still here reaches
+them, and it reads back through the node. A root that mounts need (a journal's, a daemon's) is
+never left, so nothing that exists only here, or that a mount reads, is removed.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -40,16 +46,38 @@ class GcReport:
     kept: dict[str, list[str]]  # root CID -> why it is kept
     collection: Collection
     cars_removed: list[Path] = field(default_factory=list)
+    left_to_node: list[str] = field(default_factory=list)  # kept roots whose blocks the node holds
 
 
 def kept_roots(home: StoreHome, retention: Retention, now: float | None = None) -> dict[str, list[str]]:
     """Every root (or journal-referenced block) to keep, as CID text, with the reasons why."""
+    return _merged(*_kept_parts(home, retention, now))
+
+
+def _kept_parts(
+    home: StoreHome, retention: Retention, now: float | None
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """What tags and history keep, and what mounts need (journals, daemons)."""
+    by_mounts: dict[str, list[str]] = defaultdict(list)
+    _keep_mounts(home, by_mounts)
+    return _kept_by_history(home, retention, now), by_mounts
+
+
+def _merged(*parts: dict[str, list[str]]) -> dict[str, list[str]]:
+    kept: dict[str, list[str]] = defaultdict(list)
+    for part in parts:
+        for root, reasons in part.items():
+            kept[root].extend(reasons)
+    return dict(kept)
+
+
+def _kept_by_history(home: StoreHome, retention: Retention, now: float | None) -> dict[str, list[str]]:
+    """The roots tags and the retained history keep (not mounts)."""
     kept: dict[str, list[str]] = defaultdict(list)
     for name, root in home.tags.all().items():
         kept[root].append(f"tag {name}")
     _keep_history(home, retention, now or time.time(), kept)
-    _keep_mounts(home, kept)
-    return dict(kept)
+    return kept
 
 
 def _keep_history(home: StoreHome, retention: Retention, now: float, kept: dict[str, list[str]]) -> None:
@@ -107,15 +135,23 @@ def collect(
     dry_run: bool = False,
     marking: Progress | None = None,
     sweeping: Progress | None = None,
+    pinned_remotely: Callable[[bytes], bool] | None = None,
 ) -> GcReport:
     """Remove every block no kept root reaches (and that no writer may be using), and the CARs of
-    roots not kept. *dry_run*: remove nothing, say what would go."""
-    kept = kept_roots(home, retention)
-    roots = [cids.parse_cid(text) for text in kept]
+    roots not kept. *dry_run*: remove nothing, say what would go. *pinned_remotely*: whether a
+    node holds a root pinned now; such roots kept by tags or history are left to it (module)."""
+    by_history, by_mounts = _kept_parts(home, retention, None)
+    kept = _merged(by_history, by_mounts)
+    left: list[str] = []
+    if pinned_remotely is not None:  # a root a mount needs stays whole here, pinned or not
+        left = [
+            text for text in by_history if text not in by_mounts and pinned_remotely(cids.parse_cid(text))
+        ]
+    roots = [cids.parse_cid(text) for text in kept if text not in left]
     collection = collect_garbage(
         home.blocks, roots, grace=retention.grace, dry_run=dry_run, marking=marking, sweeping=sweeping
     )
-    report = GcReport(kept, collection)
+    report = GcReport(kept, collection, left_to_node=left)
     for path in home.sync_cars():
         if path.name.split(".", 1)[0] not in kept:
             report.cars_removed.append(path)
