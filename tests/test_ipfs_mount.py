@@ -4,6 +4,8 @@ one chunk, cached in the local store; xarray reads a dataset through such a moun
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -121,3 +123,49 @@ def test_a_large_remote_file_reads_whole_and_stays(mounts: Mounts, node: IpfsNod
     leaf = 1 << 20
     leaves = [cids.block_cid(cids.RAW, data[start : start + leaf]) for start in range(0, len(data), leaf)]
     assert all(local.has(leaf) for leaf in leaves)
+
+
+def test_writes_on_a_lazy_mount_change_only_what_they_touch(
+    mounts: Mounts, node: IpfsNode, tmp_path: Path
+) -> None:
+    """Overwrite inside a remote chunked file, append, rename, unlink and create in a remote
+    sharded directory: each fetches the blocks it changes, and sync makes the new root here."""
+    big = bytearray(os.urandom(6 << 20))
+    names = {f"n{index}": str(index).encode() for index in range(1500)}  # a sharded directory
+    store = DirectoryBlockstore(tmp_path / "origin", durable=False)
+    tree = Tree(store)
+    with store.batch():
+        tree.write_file("big.bin", bytes(big))
+        for name, data in names.items():
+            tree.write_file(f"dir/{name}", data)
+        root = tree.commit()
+    push(store, root, KuboNode(node.url))
+    mnt = mounts().mount(cids.cid_to_str(root), "--ipfs", node.url)
+    with open(mnt / "big.bin", "r+b") as stream:
+        stream.seek((3 << 20) + 5)
+        stream.write(b"0123456789")
+    big[(3 << 20) + 5 : (3 << 20) + 15] = b"0123456789"
+    with open(mnt / "big.bin", "ab") as stream:
+        stream.write(b"tail")
+    big += b"tail"
+    os.rename(mnt / "dir" / "n7", mnt / "dir" / "seven")
+    names["seven"] = names.pop("n7")
+    os.unlink(mnt / "dir" / "n8")
+    del names["n8"]
+    (mnt / "dir" / "new").write_bytes(b"new")
+    names["new"] = b"new"
+    new_root = mnt.sync()
+    leaves_here = sum(
+        DirectoryBlockstore(mnt.store).has(cids.block_cid(cids.RAW, big[i : i + (1 << 20)]))
+        for i in range(0, 6 << 20, 1 << 20)
+    )
+    assert leaves_here <= 2, "untouched leaves of the big file were fetched"  # the changed one (and the last)
+    assert (mnt / "big.bin").read_bytes() == bytes(big)
+    assert sorted(os.listdir(mnt / "dir")) == sorted(names)
+    for name in ("seven", "new", "n1499"):
+        assert (mnt / "dir" / name).read_bytes() == names[name]
+    command = [sys.executable, "-m", "ipldmount", "cat", f"{new_root}/big.bin", "--ipfs", node.url]
+    shown = subprocess.run(
+        [*command, "--store", str(mnt.store)], capture_output=True, check=True, timeout=120
+    )
+    assert shown.stdout == bytes(big)  # the new root, read outside the mount: its new blocks are here

@@ -472,6 +472,7 @@ def fbl_size(store: Blockstore, cid: bytes) -> int:
 
 
 FETCH_AHEAD = 32 << 20  # bytes of a chunked file fetched ahead of a reader on a remote-backed store
+SEQUENTIAL_SLACK = 1 << 20  # a read starting this far past the furthest one still counts as going forward
 _FETCH_POOL = ThreadPoolExecutor(8, thread_name_prefix="ipldmount-fetch-ahead")
 
 
@@ -517,6 +518,7 @@ class FblReader:
         self._loading: dict[bytes, Future[bytes]] = {}  # leaf CID -> the load under way
         self._lock = threading.Lock()
         self._fetched_until = 0  # file offset up to which leaves are fetched or asked for
+        self._read_until = 0  # the furthest any read has reached: a read from about there goes forward
 
     def _node(self, cid: bytes) -> tuple[list[int], list[bytes]]:
         """Cumulative end offsets and child CIDs of a node."""
@@ -595,8 +597,9 @@ class FblReader:
     def read(self, offset: int, size: int) -> bytes:
         parts: list[bytes] = []
         end = min(offset + size, self.size)
-        if self.store.fetcher is not None:
-            self._fetch_ahead(end)
+        if self.store.fetcher is not None and offset <= self._read_until + SEQUENTIAL_SLACK:
+            self._fetch_ahead(end)  # a reader going forward (not one reading a leaf to change it)
+        self._read_until = max(self._read_until, end)
         while offset < end:
             piece = self._read_from(self.root, offset, end - offset)
             if not piece:
