@@ -16,7 +16,7 @@ from ipldmount.blocks import Blockstore
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError, FormatError, ReadOnlyError
 from ipldmount.format import hamt, unixfs
 from ipldmount.format.dirnode import DirectoryForm
-from ipldmount.format.files import StoredFile, fetch_all
+from ipldmount.format.files import StoredFile
 from ipldmount.format.unixfs import UnixfsFile, UnixfsNode
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
@@ -93,7 +93,7 @@ class UnixfsTree(Tree):
         yield from self._links(batch)
 
     def _links(self, batch: list[tuple[str, bytes]]) -> Iterator[tuple[str, codec.Link]]:
-        fetch_all(self.store, [cid for _, cid in batch if cids.codec_of(cid) == cids.DAG_PB])
+        self.store.prefetch([cid for _, cid in batch if cids.codec_of(cid) == cids.DAG_PB])
         return ((name, codec.Link(cid)) for name, cid in batch)
 
     def _find_committed(self, committed: DirectoryForm, name: str) -> Any:

@@ -138,10 +138,6 @@ def cli(
     The developer's own settings stay out: no IPLDMOUNT_STORE, no IPFS node or gateway, no config
     file, unless *env* sets them."""
     command = [sys.executable, "-m", "ipldmount", *map(str, args)]
-    merged = {**os.environ, "PYTHONUNBUFFERED": "1", "IPLDMOUNT_CONFIG": "/nonexistent/config.toml"}
-    for name in ("IPLDMOUNT_STORE", "IPLDMOUNT_IPFS", "IPLDMOUNT_GATEWAYS"):
-        merged.pop(name, None)
-    merged.update(env or {})
     try:
         return subprocess.run(
             command,
@@ -150,12 +146,43 @@ def cli(
             timeout=timeout,
             stdin=subprocess.DEVNULL,
             cwd=cwd,
-            env=merged,
+            env=_cli_environment(env),
         )
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(
             f"`ipldmount {' '.join(map(str, args))}` did not finish within {timeout}s"
         ) from exc
+
+
+def start_cli(*args: str | os.PathLike[str]) -> subprocess.Popen[str]:
+    """``python -m ipldmount ARGS`` started, not waited for (to be signalled mid-way); as :func:`cli`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ipldmount", *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_cli_environment(None),
+    )
+
+
+def _cli_environment(env: dict[str, str] | None) -> dict[str, str]:
+    merged = {**os.environ, "PYTHONUNBUFFERED": "1", "IPLDMOUNT_CONFIG": "/nonexistent/config.toml"}
+    for name in ("IPLDMOUNT_STORE", "IPLDMOUNT_IPFS", "IPLDMOUNT_GATEWAYS"):
+        merged.pop(name, None)
+    merged.update(env or {})
+    return merged
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of *size* (``4m``) mounted at *path*, for a disk that fills up; unmounted after."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True, timeout=30)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
 
 
 def check(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

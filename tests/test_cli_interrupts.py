@@ -9,32 +9,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fuse_helpers import SEED_CAR, SEED_ROOT, Mounts, cli, is_mounted, wait_for
+from fuse_helpers import SEED_CAR, SEED_ROOT, Mounts, cli, is_mounted, start_cli, wait_for
 
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.blocks.car import read_car
 
 pytest_plugins = ("fuse_helpers",)
-
-
-def _start(*args: str | os.PathLike[str]) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("IPLDMOUNT_STORE", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "ipldmount", *map(str, args)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
 
 
 def _stop(process: subprocess.Popen[str], signum: int) -> tuple[int, str, str]:
@@ -90,7 +76,7 @@ def half_a_car(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_import_interrupted(tmp_path: Path, half_a_car: Path, signum: int) -> None:
     store = tmp_path / "store"
-    process = _start("import", half_a_car, "--store", store)
+    process = start_cli("import", half_a_car, "--store", store)
     wait_for(lambda: _waiting_in(process.pid, "pipe"), 60, "the import to wait for more of the CAR")
     code, out, err = _stop(process, signum)
     assert code == 128 + signum
@@ -103,7 +89,7 @@ def test_import_interrupted(tmp_path: Path, half_a_car: Path, signum: int) -> No
 def test_mount_of_a_car_interrupted_while_importing(mounts: Mounts, half_a_car: Path) -> None:
     mnt = mounts()  # should the mount happen after all, the fixture unmounts it
     store, mountpoint = mnt.store, mnt.path
-    process = _start("mount", half_a_car, mountpoint, "--store", store)
+    process = start_cli("mount", half_a_car, mountpoint, "--store", store)
     wait_for(lambda: _waiting_in(process.pid, "pipe"), 60, "the import to wait for more of the CAR")
     code, _, err = _stop(process, signal.SIGINT)
     assert code == 130
@@ -123,7 +109,7 @@ def test_export_interrupted_leaves_no_partial_car(tmp_path: Path, signum: int) -
     os.mkfifo(path)  # reading this block waits forever: the export is stuck mid-archive
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    process = _start("export", SEED_ROOT, "-o", out_dir / "seed.car", "--store", store)
+    process = start_cli("export", SEED_ROOT, "-o", out_dir / "seed.car", "--store", store)
     wait_for(lambda: _waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
     code, _, err = _stop(process, signum)
     assert code == 128 + signum

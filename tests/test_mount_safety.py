@@ -25,6 +25,7 @@ from fuse_helpers import (
     last_line,
     pid_alive,
     read_file,
+    tmpfs,
     wait_for,
     write_file,
 )
@@ -371,13 +372,8 @@ def test_kill_9_during_a_stream_of_writes(mounts: Mounts) -> None:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs, so the blockstore on it fills up."""
-    path = tmp_path / "small-disk"
-    path.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], check=True, timeout=30)
-    try:
+    with tmpfs(tmp_path / "small-disk", "4m") as path:
         yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, timeout=30)
 
 
 def test_full_disk_answers_enospc_and_loses_nothing(mounts: Mounts, small_disk: Path, tmp_path: Path) -> None:

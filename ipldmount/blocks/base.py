@@ -15,6 +15,7 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -23,6 +24,7 @@ from ipldmount.errors import (
     BlockNotFoundError,
     CorruptBlockError,
     InvalidCIDError,
+    IpldmountError,
 )
 from ipldmount.ipld.cid import (
     DAG_CBOR,
@@ -35,6 +37,10 @@ from ipldmount.ipld.cid import (
 )
 
 log = logging.getLogger(__name__)
+
+_PREFETCH_POOL = ThreadPoolExecutor(
+    8, thread_name_prefix="ipldmount-prefetch"
+)  # network-bound: more than cores
 
 Chunk = bytes | bytearray | memoryview
 
@@ -343,6 +349,24 @@ class Blockstore(ABC):
     def __bool__(self) -> bool:
         """Always true: an empty store is still a store, and a truth test must not count blocks."""
         return True
+
+    def prefetch(self, wanted: Iterable[bytes], *, wait: bool = True) -> None:
+        """On a store with a fetcher, fetch those of *wanted* it lacks, side by side (a listing's
+        entries, a reader's next leaves). *wait*: return once each is here or failed (a failure
+        is met again by whoever reads that block); else at once. A thread that must not wait on
+        the network (the mount's event loop) fetches nothing here: its reader fetches in a worker."""
+        if self.fetcher is None or (wait and not self.fetcher.may_wait()):
+            return
+        missing = [cid for cid in wanted if is_supported(cid) and not self.has(cid)]
+        fetching = [_PREFETCH_POOL.submit(self._fetch_quietly, cid) for cid in missing]
+        for done in fetching if wait else ():
+            done.result()
+
+    def _fetch_quietly(self, cid: bytes) -> None:
+        try:
+            self.get(cid)
+        except IpldmountError as exc:
+            log.debug("fetching %s ahead of need failed: %s", cid_to_str(cid), exc)
 
     def _fetch(self, cid: bytes) -> bytes:
         """A block this store lacks, from its fetcher (then kept here); else not found."""

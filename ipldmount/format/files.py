@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, BinaryIO, Protocol
 
 from ipldmount.blocks import BlockSink, Blockstore, Chunk, Staging
@@ -23,7 +23,6 @@ from ipldmount.errors import (
     CorruptBlockError,
     FileTooLargeError,
     FormatError,
-    IpldmountError,
 )
 from ipldmount.format import metadata
 from ipldmount.ipld import cid as cids
@@ -473,26 +472,6 @@ def fbl_size(store: Blockstore, cid: bytes) -> int:
 
 FETCH_AHEAD = 32 << 20  # bytes of a chunked file fetched ahead of a reader on a remote-backed store
 SEQUENTIAL_SLACK = 1 << 20  # a read starting this far past the furthest one still counts as going forward
-_FETCH_POOL = ThreadPoolExecutor(8, thread_name_prefix="ipldmount-fetch-ahead")
-
-
-def _fetch_quietly(store: Blockstore, cid: bytes) -> None:
-    """Fetch one block ahead of need; a failure is the reader's to meet, when it gets there."""
-    try:
-        store.get(cid)
-    except IpldmountError as exc:
-        log.debug("fetching %s ahead failed: %s", cids.cid_to_str(cid), exc)
-
-
-def fetch_all(store: Blockstore, wanted: Iterable[bytes]) -> None:
-    """On a remote-backed store, fetch those of *wanted* it lacks, side by side, and return once
-    all are here (or failed: their readers meet the error). Nothing where this thread must not
-    wait on the network (the mount's event loop): its reader fetches, in a worker, and comes back."""
-    if store.fetcher is None or not store.fetcher.may_wait():
-        return
-    missing = [cid for cid in wanted if not store.has(cid)]
-    if missing:
-        list(_FETCH_POOL.map(functools.partial(_fetch_quietly, store), missing))
 
 
 class FblReader:
@@ -637,12 +616,12 @@ class FblReader:
             if start >= stop:
                 return
             self._fetched_until = stop
-        position = start
+        position, leaves = start, []
         while position < stop:
             cid, length = self._leaf_cid_at(position)
-            if not self.store.has(cid):
-                _FETCH_POOL.submit(_fetch_quietly, self.store, cid)
+            leaves.append(cid)
             position += length
+        self.store.prefetch(leaves, wait=False)
 
     def _leaf_cid_at(self, offset: int) -> tuple[bytes, int]:
         """The CID of the leaf holding *offset*, and how many bytes of the file it holds from there."""

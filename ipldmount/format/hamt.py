@@ -258,6 +258,9 @@ def _element_entries(store: Blockstore, element: Any) -> Iterator[tuple[str, Any
 
 def _node_entries(store: Blockstore, node: Any) -> Iterator[tuple[str, Any]]:
     _, data = _check_node(node)
+    store.prefetch(
+        [element.cid for element in data if isinstance(element, codec.Link)]
+    )  # remote: side by side
     for element in data:
         yield from _element_entries(store, element)
 

@@ -21,6 +21,7 @@ from ipldmount.format.files import BytesReader, FblReader, FileReader, RawReader
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import dagpb
 from ipldmount.ipld.dagpb import PBLink, UnixFSType
+from ipldmount.ipld.varint import encode_varint
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class UnixfsReader(FblReader):
         parts = [(link.cid, size) for link, size in zip(node.links, node.data.blocksizes, strict=True)]
         own = node.data.data or b""
         if own:
-            inline = bytes([0x01, cids.RAW, cids.IDENTITY]) + _varint(len(own)) + own
+            inline = bytes([0x01, cids.RAW, cids.IDENTITY]) + encode_varint(len(own)) + own
             if cids.inline_data(inline) is None:
                 raise _malformed(
                     cid, f"{len(own)} bytes of data beside its links (up to {cids.MAX_IDENTITY} read)"
@@ -162,15 +163,6 @@ class UnixfsReader(FblReader):
             if not node.is_file:
                 raise _malformed(self.root, f"part {cids.cid_to_str(cid)} is a {node.kind.name.lower()}")
         return node
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 # --- directories ------------------------------------------------------------------------------
