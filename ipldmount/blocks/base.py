@@ -38,9 +38,8 @@ from ipldmount.ipld.cid import (
 
 log = logging.getLogger(__name__)
 
-_PREFETCH_POOL = ThreadPoolExecutor(
-    8, thread_name_prefix="ipldmount-prefetch"
-)  # network-bound: more than cores
+# Fetches are network-bound: more threads than cores, so round trips overlap.
+_PREFETCH_POOL = ThreadPoolExecutor(8, thread_name_prefix="ipldmount-prefetch")
 
 Chunk = bytes | bytearray | memoryview
 
@@ -303,7 +302,11 @@ class Blockstore(ABC):
         if not self._known_intact(cid, data) and not verify(cid, data):
             actual = cid_to_str(block_cid(cid[1], data))
             message = f"block {cid_to_str(cid)} in {self!r} is corrupt: the bytes hash to {actual}"
-            raise CorruptBlockError(message)
+            if self.fetcher is None:
+                raise CorruptBlockError(message)
+            log.warning("%s: dropped, and fetched again", message)  # the source has it whole
+            self._remove(cid, None)
+            return self._fetch(cid)
         return data
 
     def read(self, cid: bytes, offset: int, size: int) -> bytes:
