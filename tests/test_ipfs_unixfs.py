@@ -16,8 +16,11 @@ import pytest
 from fuse_helpers import Mount, Mounts, assert_one_line_error, check, cli
 from ipfs_node import IpfsNode, ipfs_car_pack
 
-from ipldmount.blocks import DirectoryBlockstore
+from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
+from ipldmount.blocks.fetching import BlockFetcher
+from ipldmount.blocks.kubo import KuboNode
 from ipldmount.ipld import cid as cids
+from ipldmount.unixfs_tree import open_tree
 
 pytest_plugins = ("fuse_helpers", "ipfs_node")
 pytestmark = pytest.mark.fuse
@@ -206,3 +209,35 @@ def _our_closure(store: DirectoryBlockstore, root: str) -> list[bytes]:
     from ipldmount.blocks.dag import iter_closure
 
     return [cid for cid, _ in iter_closure(store, cids.parse_cid(root))]
+
+
+class _CountingNode(KuboNode):
+    """The node's RPC client, counting what it is asked (in-process: the reader's requests)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.blocks = self.cars = 0
+
+    def get_block(self, cid: bytes) -> bytes:
+        self.blocks += 1
+        return super().get_block(cid)
+
+    def export_car(self, root: bytes) -> Iterator[bytes]:
+        self.cars += 1
+        return super().export_car(root)
+
+
+def test_a_remote_file_read_in_order_comes_in_few_requests(node: IpfsNode) -> None:
+    """Reading a UnixFS file forward fetches each stretch of it (a node of at most 64 MiB) as one
+    CAR, not a request per 256 KiB leaf; every byte is verified and comes back as added."""
+    data = os.urandom(24 << 20)
+    root = cids.parse_cid(node.add({"d/big.bin": data}, cid_version="1", raw_leaves="true")["d"])
+    counting = _CountingNode(node.url)
+    store = MemoryBlockstore()
+    store.fetcher = BlockFetcher([counting])
+    tree = open_tree(store, root, read_only=True)
+    reader = tree.reader(tree.resolve_file("big.bin"))
+    got = b"".join(reader.read(offset, 1 << 20) for offset in range(0, len(data), 1 << 20))
+    assert got == data
+    leaves = len(data) // (256 << 10)
+    assert counting.cars >= 1 and counting.blocks < leaves // 2, (counting.cars, counting.blocks)

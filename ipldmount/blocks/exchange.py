@@ -16,8 +16,9 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from ipldmount.blocks.base import Blockstore
 from ipldmount.blocks.car import car_header, incomplete_dag, read_car, section_head
@@ -116,6 +117,7 @@ def _car_pieces(root: bytes, blocks: Iterable[tuple[bytes, bytes]], missing: lis
 # --- pull -------------------------------------------------------------------------
 
 
+@runtime_checkable
 class CarSource(Protocol):
     """Where a pull gets CARs: an IPFS node (``dag/export``) or a trustless gateway."""
 
@@ -186,6 +188,34 @@ def pull(
     )
 
 
+_DAG_FETCHES = ThreadPoolExecutor(2, thread_name_prefix="ipldmount-dag-prefetch")
+
+
+def prefetch_dag(store: Blockstore, root: bytes) -> Future[None] | None:
+    """In the background, pull the DAG under *root* (a reader's next stretch of a file) from the
+    store's sources that serve CARs: one request for many blocks, where fetching each is a round
+    trip. Its future (done once the blocks are in the store), or None if the store has no such
+    source. A failure is only logged: the reader fetches what is still missing block by block."""
+    fetcher = store.fetcher
+    sources = [source for source in fetcher.sources if isinstance(source, CarSource)] if fetcher else []
+    if not sources:
+        return None
+    return _DAG_FETCHES.submit(_fetch_dag_quietly, store, root, sources)
+
+
+def _fetch_dag_quietly(store: Blockstore, root: bytes, sources: list[CarSource]) -> None:
+    """One CAR of the DAG under *root* (which may be here already: its blocks below may not),
+    from the first source that gives it; what the store lacks of it is kept."""
+    for source in sources:
+        try:
+            _fetch_subtree(store, root, source, Transfer(root), None, durable=False)
+            return
+        except Exception as exc:
+            log.debug(
+                "fetching the DAG under %s ahead of need from %r failed: %s", cid_to_str(root), source, exc
+            )
+
+
 def missing_subtrees(store: Blockstore, root: bytes) -> list[bytes]:
     """The CIDs under *root* that the store lacks, each the top of a missing subtree.
 
@@ -206,7 +236,12 @@ def missing_subtrees(store: Blockstore, root: bytes) -> list[bytes]:
 
 
 def _fetch_subtree(
-    store: Blockstore, top: bytes, source: CarSource, transfer: Transfer, progress: Progress | None
+    store: Blockstore,
+    top: bytes,
+    source: CarSource,
+    transfer: Transfer,
+    progress: Progress | None,
+    durable: bool = True,
 ) -> None:
     """One CAR from *source* for the subtree under *top*: its wanted blocks stored as they come.
 
@@ -217,7 +252,7 @@ def _fetch_subtree(
     transfer.requests += 1
     _, sections = read_car(_PieceStream(source.export_car(top)).as_binary())  # verifies each block
     wanted = _Wanted({top})
-    writer = _BlockWriter(store, wanted.stored)
+    writer = _BlockWriter(store, wanted.stored, durable)
     try:
         for cid, data in sections:
             for taken, block in _take(store, wanted, cid, data):
@@ -262,9 +297,12 @@ class _BlockWriter:
     and at :meth:`close` (then synced to disk once); a failure there is raised to the caller.
     *stored* hears of each commit's blocks, after it."""
 
-    def __init__(self, store: Blockstore, stored: Callable[[list[bytes]], None]) -> None:
+    def __init__(
+        self, store: Blockstore, stored: Callable[[list[bytes]], None], durable: bool = True
+    ) -> None:
         self._store = store
         self._stored = stored
+        self._durable = durable  # sync once at the end (a cache filled ahead of a reader need not)
         self._queue: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize=WRITE_AHEAD)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="ipldmount-pull-writer", daemon=True)
@@ -281,7 +319,8 @@ class _BlockWriter:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        self._store.sync()
+        if self._durable:
+            self._store.sync()
 
     def _run(self) -> None:
         try:

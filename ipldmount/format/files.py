@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from typing import Any, BinaryIO, Protocol
 
 from ipldmount.blocks import BlockSink, Blockstore, Chunk, Staging
+from ipldmount.blocks.exchange import prefetch_dag
 from ipldmount.errors import (
     BlockNotFoundError,
     CorruptBlockError,
@@ -471,6 +472,7 @@ def fbl_size(store: Blockstore, cid: bytes) -> int:
 
 
 FETCH_AHEAD = 32 << 20  # bytes of a chunked file fetched ahead of a reader on a remote-backed store
+SUBTREE_SPAN = 64 << 20  # a node of a file spanning at most this much is fetched ahead whole, in one request
 SEQUENTIAL_SLACK = 1 << 20  # a read starting this far past the furthest one still counts as going forward
 
 
@@ -498,6 +500,7 @@ class FblReader:
         self._lock = threading.Lock()
         self._fetched_until = 0  # file offset up to which leaves are fetched or asked for
         self._read_until = 0  # the furthest any read has reached: a read from about there goes forward
+        self._dags: dict[bytes, Future[None]] = {}  # nodes whose whole DAG is asked for in one request
 
     def _node(self, cid: bytes) -> tuple[list[int], list[bytes]]:
         """Cumulative end offsets and child CIDs of a node."""
@@ -579,6 +582,8 @@ class FblReader:
         if self.store.fetcher is not None and offset <= self._read_until + SEQUENTIAL_SLACK:
             self._fetch_ahead(end)  # a reader going forward (not one reading a leaf to change it)
         self._read_until = max(self._read_until, end)
+        if self._dags:
+            self._await_dag(offset)
         while offset < end:
             piece = self._read_from(self.root, offset, end - offset)
             if not piece:
@@ -609,7 +614,8 @@ class FblReader:
     def _fetch_ahead(self, offset: int) -> None:
         """On a store that fetches missing blocks from the network, ask for the leaves of the
         next FETCH_AHEAD bytes after *offset* now, side by side in the background: a reader going
-        forward then finds them here instead of waiting a round trip for each."""
+        forward then finds them here instead of waiting a round trip for each. Where a node of at
+        most SUBTREE_SPAN bytes holds them, its whole DAG comes in one request instead."""
         with self._lock:
             start = max(offset, self._fetched_until)
             stop = min(offset + FETCH_AHEAD, self.size)
@@ -618,10 +624,47 @@ class FblReader:
             self._fetched_until = stop
         position, leaves = start, []
         while position < stop:
+            subtree = self._subtree_at(position)
+            if subtree is not None and self._fetch_dag(subtree[0]):
+                position = subtree[1]
+                continue
             cid, length = self._leaf_cid_at(position)
             leaves.append(cid)
             position += length
         self.store.prefetch(leaves, wait=False)
+
+    def _fetch_dag(self, cid: bytes) -> bool:
+        """Whether the DAG under node *cid* comes in one request (asked for now, or before)."""
+        with self._lock:
+            if cid in self._dags:
+                return True
+            fetching = prefetch_dag(self.store, cid)
+            if fetching is None:
+                return False
+            self._dags[cid] = fetching
+            return True
+
+    def _await_dag(self, offset: int) -> None:
+        """If the stretch holding *offset* is being fetched in one request, wait for it (it ends
+        within the sources' timeouts): fetching its leaves one by one beside it costs twice."""
+        subtree = self._subtree_at(offset)
+        fetching = self._dags.get(subtree[0]) if subtree is not None else None
+        if fetching is not None:
+            fetching.result()
+
+    def _subtree_at(self, offset: int) -> tuple[bytes, int] | None:
+        """The largest node holding *offset* that spans at most SUBTREE_SPAN bytes (and holds
+        more than one leaf), with the file offset where it ends; None if there is none."""
+        cid, start, end = self.root, 0, self.size
+        while self._is_node(cid):
+            ends, children = self._node(cid)
+            if end - start <= SUBTREE_SPAN and len(children) > 1:
+                return cid, end
+            index = bisect.bisect_right(ends, offset - start)
+            if index == len(ends):
+                return None
+            start, end, cid = start + (ends[index - 1] if index else 0), start + ends[index], children[index]
+        return None
 
     def _leaf_cid_at(self, offset: int) -> tuple[bytes, int]:
         """The CID of the leaf holding *offset*, and how many bytes of the file it holds from there."""
