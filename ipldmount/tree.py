@@ -36,6 +36,7 @@ from ipldmount.errors import (
 from ipldmount.format import dirnode, hamt, metadata
 from ipldmount.format.dirnode import DirectoryForm, EntryForm
 from ipldmount.format.entrytable import EntryTable
+from ipldmount.format.unixfs import UnixfsFile
 from ipldmount.format.files import (
     BLOCK_LIMIT,
     FileContent,
@@ -565,7 +566,7 @@ class Tree:
         """
         if isinstance(node, File):
             content = node.content
-            if isinstance(content, StoredFile):
+            if isinstance(content, StoredFile | UnixfsFile):
                 return NodeState(cid=content.cid)
             if isinstance(content, InlineFile):
                 return NodeState(inline=True)

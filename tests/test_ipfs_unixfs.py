@@ -19,6 +19,7 @@ from ipfs_node import IpfsNode, ipfs_car_pack
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.blocks.fetching import BlockFetcher
 from ipldmount.blocks.kubo import KuboNode
+from ipldmount.errors import ReadOnlyError
 from ipldmount.ipld import cid as cids
 from ipldmount.unixfs_tree import open_tree
 
@@ -114,6 +115,9 @@ def test_an_ipfs_add_tree_mounts_read_only_byte_identical(
     assert caught.value.errno == 30  # EROFS
     status = mnt.status()
     assert status["read_only"] is True
+    chunk = mnt / "temp" / "0.0.0"  # its UnixFS CID, as the node gave it (v1), not "changed"
+    assert os.getxattr(chunk, "user.ipld.cid").decode().startswith(("bafy", "bafk"))
+    assert "user.ipld.dirty" not in os.listxattr(chunk)
 
 
 def test_xarray_opens_the_dataset_through_the_mount(
@@ -124,6 +128,12 @@ def test_xarray_opens_the_dataset_through_the_mount(
     mnt.mount(added["v1-raw-sharded"], "--read-only")
     opened = xr.open_zarr(str(mnt.path), consolidated=True)
     xr.testing.assert_identical(opened.load(), _dataset())
+    from ipldmount import IPLDStore  # the zarr Store reads the UnixFS tree too (read-only)
+
+    store = IPLDStore(DirectoryBlockstore(mnt.store), added["v1-raw-sharded"], read_only=True)
+    xr.testing.assert_identical(xr.open_zarr(store, consolidated=True).load(), _dataset())
+    with pytest.raises(ReadOnlyError, match="UnixFS"):
+        IPLDStore(DirectoryBlockstore(mnt.store), added["v1-raw-sharded"])
 
 
 def _blocks_in(store: Path) -> int:
