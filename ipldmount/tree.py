@@ -36,7 +36,6 @@ from ipldmount.errors import (
 from ipldmount.format import dirnode, hamt, metadata
 from ipldmount.format.dirnode import DirectoryForm, EntryForm
 from ipldmount.format.entrytable import EntryTable
-from ipldmount.format.unixfs import UnixfsFile
 from ipldmount.format.files import (
     BLOCK_LIMIT,
     FileContent,
@@ -48,6 +47,7 @@ from ipldmount.format.files import (
     decode_fbl,
     store_bytes,
 )
+from ipldmount.format.unixfs import UnixfsFile
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
 
