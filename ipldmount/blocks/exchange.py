@@ -250,7 +250,7 @@ def _fetch_subtree(
     """
     source.get_block(top)  # within the source's block timeout: a CAR stream of a root it lacks may hang
     transfer.requests += 1
-    _, sections = read_car(_PieceStream(source.export_car(top)).as_binary())  # verifies each block
+    _, sections = read_car(PieceStream(source.export_car(top)).as_binary())  # verifies each block
     wanted = _Wanted({top})
     writer = _BlockWriter(store, wanted.stored, durable)
     try:
@@ -347,7 +347,7 @@ class _BlockWriter:
             self._stored(staged)
 
 
-class _PieceStream(io.RawIOBase):
+class PieceStream(io.RawIOBase):
     """A readable binary stream over an iterator of byte pieces (a streamed HTTP body)."""
 
     def __init__(self, pieces: Iterator[bytes]) -> None:
