@@ -210,7 +210,7 @@ def _fetch_dag_quietly(store: Blockstore, root: bytes, sources: list[CarSource])
         try:
             _fetch_subtree(store, root, source, Transfer(root), None, durable=False)
             return
-        except Exception as exc:
+        except Exception as exc:  # whatever it is, the reader meets it again, and reports it
             log.debug(
                 "fetching the DAG under %s ahead of need from %r failed: %s", cid_to_str(root), source, exc
             )
