@@ -154,9 +154,13 @@ def cli(
         ) from exc
 
 
+_STARTED: list[subprocess.Popen[str]] = []  # commands start_cli began: none outlives its test
+
+
 def start_cli(*args: str | os.PathLike[str]) -> subprocess.Popen[str]:
-    """``python -m ipldmount ARGS`` started, not waited for (to be signalled mid-way); as :func:`cli`."""
-    return subprocess.Popen(
+    """``python -m ipldmount ARGS`` started, not waited for (to be signalled mid-way); as :func:`cli`.
+    Whatever is still running when the test ends is killed (:func:`no_commands_left_behind`)."""
+    process = subprocess.Popen(
         [sys.executable, "-m", "ipldmount", *map(str, args)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -164,6 +168,19 @@ def start_cli(*args: str | os.PathLike[str]) -> subprocess.Popen[str]:
         text=True,
         env=_cli_environment(None),
     )
+    _STARTED.append(process)
+    return process
+
+
+@pytest.fixture(autouse=True)
+def no_commands_left_behind() -> Iterator[None]:
+    """Kill (and reap) every command a test started and left running, even when the test failed."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=30)  # reaped, its pipes drained and closed
 
 
 def _cli_environment(env: dict[str, str] | None) -> dict[str, str]:

@@ -89,7 +89,8 @@ def test_a_root_nobody_has_is_a_clear_error(mounts: Mounts, node: IpfsNode) -> N
 
 
 def test_xarray_reads_a_dataset_through_a_lazy_mount(mounts: Mounts, node: IpfsNode, tmp_path: Path) -> None:
-    xr = pytest.importorskip("xarray")
+    import xarray as xr
+
     ds = xr.Dataset(
         {"t": (("y", "x"), np.arange(200 * 300, dtype="float32").reshape(200, 300))},
         coords={"y": np.arange(200), "x": np.arange(300)},

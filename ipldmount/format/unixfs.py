@@ -10,6 +10,7 @@ reads balanced and trickle layouts alike. Nothing here writes UnixFS.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -115,7 +116,7 @@ class UnixfsFile:
         assert node.data is not None
         if not node.links:
             return BytesReader(node.data.data or b"")
-        return UnixfsReader(store, self.cid)
+        return UnixfsReader(store, node)
 
     def __repr__(self) -> str:
         return f"UnixfsFile({cids.cid_to_str(self.cid)})"
@@ -125,12 +126,15 @@ class UnixfsReader(FblReader):
     """Random access into a chunked UnixFS file: the chunked-file reader over DAG-PB nodes.
 
     A node's own data comes before its children; it is read as a first part held in an
-    identity CID (Kubo never writes data beside links, but the format allows it).
+    identity CID (Kubo never writes data beside links, but the format allows it). Nodes with
+    links are kept once decoded (as the chunked-file reader keeps its nodes); leaves, whose
+    data is the file's bytes, only the last few, so memory stays bounded however long the file.
     """
 
-    def __init__(self, store: Blockstore, root: bytes) -> None:
-        self._decoded: dict[bytes, UnixfsNode] = {}
-        super().__init__(store, root)
+    def __init__(self, store: Blockstore, root: UnixfsNode) -> None:
+        self._decoded: dict[bytes, UnixfsNode] = {root.cid: root}  # decoded by whoever opened it
+        self._leaves: OrderedDict[bytes, UnixfsNode] = OrderedDict()
+        super().__init__(store, root.cid)
 
     def _is_node(self, cid: bytes) -> bool:
         return cids.codec_of(cid) == cids.DAG_PB and bool(self._unixfs(cid).links)
@@ -157,11 +161,19 @@ class UnixfsReader(FblReader):
         return data.data or b""
 
     def _unixfs(self, cid: bytes) -> UnixfsNode:
-        node = self._decoded.get(cid)
-        if node is None:
-            node = self._decoded[cid] = read_node(self.store, cid)
-            if not node.is_file:
-                raise _malformed(self.root, f"part {cids.cid_to_str(cid)} is a {node.kind.name.lower()}")
+        node = self._decoded.get(cid) or self._leaves.get(cid)
+        if node is not None:
+            return node
+        node = read_node(self.store, cid)
+        if not node.is_file:
+            raise _malformed(self.root, f"part {cids.cid_to_str(cid)} is a {node.kind.name.lower()}")
+        if node.links:
+            self._decoded[cid] = node
+        else:  # read once to tell it is a leaf, once more for its bytes: kept in between
+            with self._lock:
+                self._leaves[cid] = node
+                if len(self._leaves) > self.LEAVES_KEPT:
+                    self._leaves.popitem(last=False)
         return node
 
 
