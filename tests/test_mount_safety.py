@@ -391,10 +391,11 @@ def test_full_disk_answers_enospc_and_loses_nothing(mounts: Mounts, small_disk: 
     assert mnt.daemon_answers(), "the daemon keeps serving after ENOSPC"
     os.unlink(mnt / "big")
 
-    # The leaves of the write that failed were staged, never stored: they are gone, so the disk
-    # has room again without the user freeing anything, and a sync works at once.
+    # The leaves of the write that failed were staged, never stored: they go once the kernel
+    # releases the file (FUSE sends RELEASE and FORGET after close and unlink return, so this
+    # waits for them), and the disk has room again without the user freeing anything.
     store = DirectoryBlockstore(mnt.store)
-    assert os.listdir(store.tmp_dir) == []
+    wait_for(lambda: os.listdir(store.tmp_dir) == [], 30, "the failed file's staged leaves to go")
     assert sum(os.path.getsize(store.block_path(cid)) for cid in store) < 1 << 20
     root = mnt.sync()
     assert check(mnt.cli("ls", root)).stdout.split() == ["kept"]
