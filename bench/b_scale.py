@@ -5,7 +5,8 @@ mount beside the same files written to a plain directory (ext4) and served by a 
 system that does no work (floorfs.py: the floor of any Python FUSE daemon): mount live, `ls -f`
 (first and again), `ls -l`, 1,000 random chunk open+read, 100,000 files created into one
 directory, overwrite one chunk and `ipldmount sync`, and the daemon's peak RSS. Listing and reads
-alternate between the three, medians of the rounds.
+alternate between the three, medians of the rounds. Then `ipldmount gc --dry-run` of that store
+beside listing and stat'ing its block files, and gc's peak RSS.
 `run.py --scale N` sets N (default 100,000, 10,000 with --quick; 1,000,000 is the issue's size).
 """
 
@@ -16,11 +17,13 @@ import os
 import random
 import statistics
 import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from common import Context, Floor, Mount, Row, Timer, log
+from common import IPLDMOUNT, Context, Floor, Mount, Row, Timer, log
 from zarr.core.buffer import default_buffer_prototype
 
 from ipldmount.blocks import DirectoryBlockstore
@@ -212,6 +215,69 @@ def run(ctx: Context) -> None:
         if floor is not None:
             floor.stop()
         mount.stop()
+    _collect(ctx, ctx.workdir / "scale" / "store", rounds)
+
+
+def _collect(ctx: Context, store: Path, rounds: int) -> None:
+    """`gc --dry-run` (mark every kept root, sweep every block) against its floor on disk: list
+    every block file and stat it, as marking and sweeping do. Interleaved, warm caches."""
+    command = [*IPLDMOUNT, "gc", "--dry-run", "--grace", "0", "--json", "--store", str(store)]
+    gc_runs: list[float] = []
+    peaks: list[float] = []
+    floors: list[float] = []
+    for _ in range(rounds):
+        seconds, peak, report = _measured(command)
+        gc_runs.append(seconds)
+        peaks.append(peak)
+        with Timer() as timer:
+            files = _list_and_stat(store / "blocks")
+        floors.append(timer.seconds)
+    note = f"median of {rounds}; kept {report['kept_blocks']:,}, of {files:,} blocks"
+    ctx.add(
+        Row(
+            "scale",
+            "gc --dry-run (blocks/s)",
+            files / statistics.median(gc_runs),
+            "blocks/s",
+            files / statistics.median(floors),
+            "ext4: list and stat every block file",
+            note,
+        )
+    )
+    ctx.add(Row("scale", "gc peak RSS (ru_maxrss)", max(peaks), "MB", note=f"of {rounds} runs"))
+
+
+# Runs a command as a child of a small process and prints the child's own peak RSS (KiB) last on
+# stderr: a child forked by the bench itself would count the bench's pages until it execs.
+_PEAK_RSS = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[1], sys.argv[1:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "print(usage.ru_maxrss, file=sys.stderr)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def _measured(command: list[str]) -> tuple[float, float, dict[str, Any]]:
+    """(seconds, peak RSS in MB, its JSON output) of a command that must succeed."""
+    with Timer() as timer:
+        done = subprocess.run([sys.executable, "-S", "-c", _PEAK_RSS, *command], capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}: {done.stderr[-500:]!r}")
+    return timer.seconds, int(done.stderr.split()[-1]) / 1024, json.loads(done.stdout)
+
+
+def _list_and_stat(folder: Path) -> int:
+    """Every file under *folder*, listed and stat'ed in one thread (gc's floor); how many."""
+    count = 0
+    for shard in os.scandir(folder):
+        with os.scandir(shard.path) as entries:
+            for entry in entries:
+                entry.stat()
+                count += 1
+    return count
 
 
 STAT_THREADS = 16  # as many as the daemon looks sizes up with

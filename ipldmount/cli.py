@@ -25,6 +25,7 @@ from ipldmount.blocks import DirectoryBlockstore, car, dag, default_store_path
 from ipldmount.blocks.car import write_car_file
 from ipldmount.blocks.exchange import CarSource, Transfer, pull, push
 from ipldmount.blocks.gateway import Gateway
+from ipldmount.blocks.gc import Collection
 from ipldmount.blocks.kubo import KuboNode
 from ipldmount.blocks.remotes import Remotes
 from ipldmount.errors import (
@@ -735,6 +736,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     found = report.collection
     if args.json:
         print(json.dumps(_gc_json(report), indent=2))
+        if found.missing_blocks:
+            _report_missing(found, Remotes.resolve(args.ipfs, ()))
         return 0
     verb = "would remove" if args.dry_run else "removed"
     print(f"kept {_count_of(len(report.kept), 'root')} ({_count_of(found.kept_blocks, 'block')})")
@@ -754,13 +757,28 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if report.cars_removed:
         folder = report.cars_removed[0].parent
         print(f"{verb} {len(report.cars_removed)} CARs of roots not kept from {folder}")
-    if found.missing:
-        raise car.incomplete_dag(
-            cids.parse_cid(next(iter(report.kept))),
-            found.missing,
-            consequence="kept roots are incomplete (nothing they reach was removed)",
-        )
+    if found.missing_blocks:
+        _report_missing(found, Remotes.resolve(args.ipfs, ()))
     return 0
+
+
+def _report_missing(found: Collection, remotes: Remotes) -> None:
+    """Blocks kept roots reach that the store lacks: expected of a cache of a configured node or
+    gateway (a lazy mount reads only what it needs), an error otherwise."""
+    first = ", ".join(cids.cid_to_str(cid) for cid in found.missing[:3])
+    count = _count_of(found.missing_blocks, "block")
+    if remotes:
+        where = remotes.ipfs or ", ".join(remotes.gateways)
+        print(
+            f"{count} that kept roots reach are not here (first: {first}): reads fetch them from {where}",
+            file=sys.stderr,
+        )
+        return
+    raise IpldmountError(
+        f"{count} that kept roots reach cannot be read here (not in the store, or corrupt; first: "
+        f"{first}); nothing they reach was removed. If they are on an IPFS node or gateway, say so "
+        "with --ipfs URL (or IPLDMOUNT_IPFS, IPLDMOUNT_GATEWAYS, the config file)"
+    )
 
 
 def _evicting_for(args: argparse.Namespace) -> KuboNode | None:
@@ -788,7 +806,8 @@ def _gc_json(report: GcReport) -> dict[str, object]:
         "recent_blocks": found.recent_blocks,
         "cars_removed": [str(path) for path in report.cars_removed],
         "left_to_node": report.left_to_node,
-        "missing": [cids.cid_to_str(cid) for cid in found.missing],
+        "missing_blocks": found.missing_blocks,
+        "missing": [cids.cid_to_str(cid) for cid in found.missing],  # the first gc.MISSING_NAMED
     }
 
 
@@ -892,7 +911,12 @@ def _gc_arguments(gc: argparse.ArgumentParser) -> None:
         help="also remove the blocks of kept roots the IPFS node has pinned (asked root by root), unless "
         "a root that is not pinned there, or a mount, needs them: the store as the node's cache",
     )
-    gc.add_argument("--ipfs", metavar="URL", help="the node for --evict-pinned (default: $IPLDMOUNT_IPFS)")
+    gc.add_argument(
+        "--ipfs",
+        metavar="URL",
+        help="the node for --evict-pinned, and where blocks kept roots reach but the store lacks are "
+        "read from, so their absence is no error (default: $IPLDMOUNT_IPFS, config file)",
+    )
     gc.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 

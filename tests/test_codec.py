@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multiformats import CID
 
-from ipldmount.errors import CorruptBlockError
+from ipldmount.errors import CorruptBlockError, InvalidCIDError
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
 from ipldmount.ipld.codec import Link
@@ -248,3 +248,27 @@ def test_decode_link() -> None:
 def test_cid_text_is_rfc4648_base32_lower_case_unpadded(data: bytes) -> None:
     """cid_to_str has its own base32 encoder (a table, for speed): the standard one agrees."""
     assert cids.cid_to_str(data) == "b" + base64.b32encode(data).decode("ascii").rstrip("=").lower()
+
+
+@given(st.binary(max_size=64), st.sampled_from([cids.RAW, cids.DAG_CBOR, cids.DAG_PB]))
+def test_cid_text_reads_back_as_the_cid(data: bytes, codec_code: int) -> None:
+    """parse_cid has its own reader of our base32 form (int() in base 32, for speed)."""
+    cid = cids.block_cid(codec_code, data)
+    assert cids.parse_cid(cids.cid_to_str(cid)) == cid
+
+
+def test_cid_text_that_is_almost_ours_is_read_by_the_rules_or_refused() -> None:
+    cid = cids.block_cid(cids.RAW, b"x")
+    text = cids.cid_to_str(cid)
+    assert cids.parse_cid(text.upper()) == cid  # base32upper, multibase prefix B
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    pad_bits_set = text[:-1] + alphabet[alphabet.index(text[-1]) | 1]
+    for bad in (
+        pad_bits_set,
+        f" {text}",
+        f"{text} ",
+        text[:10] + "_" + text[11:],
+        text[:10] + "0" + text[11:],
+    ):
+        with pytest.raises(InvalidCIDError):
+            cids.parse_cid(bad)

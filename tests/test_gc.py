@@ -9,12 +9,14 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from zarr.core.buffer import Buffer, default_buffer_prototype
 
 from ipldmount import cli
-from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
+from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, gc
 from ipldmount.blocks.dag import iter_closure
-from ipldmount.blocks.gc import collect_garbage
+from ipldmount.blocks.gc import MarkSet, collect_garbage
 from ipldmount.ipld import cid as cids
 from ipldmount.state.home import StoreHome
 from ipldmount.state.retention import Retention, collect, kept_roots
@@ -110,6 +112,52 @@ def test_a_missing_block_of_a_kept_root_is_reported_and_nothing_below_it_removed
     age(store)
     found = collect_garbage(store, [root])
     assert found.missing == [leaf] and found.removed_blocks == 0
+
+
+def test_missing_blocks_are_counted_and_only_the_first_named(
+    store: Blockstore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gc, "MISSING_NAMED", 2)
+    files = {f"d/{index}": b"%d" % index * 50 for index in range(5)}
+    root = build(store, files)
+    for data in files.values():
+        store.delete(cids.block_cid(RAW, data))
+    found = collect_garbage(store, [root])
+    assert found.missing_blocks == 5 and len(found.missing) == 2 and found.removed_blocks == 0
+
+
+# --- the mark set ----------------------------------------------------------------------
+
+
+@given(st.lists(st.binary(min_size=1, max_size=40), max_size=3000), st.lists(st.binary(max_size=40)))
+def test_the_mark_set_answers_as_a_set_of_cids(added: list[bytes], asked: list[bytes]) -> None:
+    marks, model = MarkSet(capacity=4), set()  # small: it grows many times
+    for cid in added:
+        marks.add(cid)
+        model.add(cid)
+    assert len(marks) == len(model)  # no two of so few share a 64-bit hash
+    assert all(cid in marks for cid in model)
+    assert all((cid in marks) == (cid in model) for cid in asked)
+
+
+def test_the_mark_set_takes_at_most_32_bytes_a_cid() -> None:
+    marks = MarkSet()
+    for index in range(100_000):
+        marks.add(cids.block_cid(RAW, index.to_bytes(4, "little")))
+    assert len(marks) == 100_000 and marks._slots.itemsize * len(marks._slots) <= 32 * len(marks)
+
+
+def test_cids_that_share_a_hash_keep_garbage_and_never_lose_a_reachable_block(
+    store: Blockstore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gc, "_key", lambda cid: (hash(cid) & 3) or 1)  # four hashes in all
+    kept = build(store, {f"k/{index}": b"kept %d" % index for index in range(20)})
+    build(store, {f"g/{index}": b"garbage %d" % index for index in range(20)})
+    reachable = closure(store, kept)
+    age(store)
+    found = collect_garbage(store, [kept])
+    assert reachable <= set(store)  # every reachable block stays, whatever shares its hash
+    assert found.missing == [] and closure(store, kept) == reachable
 
 
 def test_blocks_written_within_the_grace_period_are_kept(tmp_path: Path) -> None:

@@ -90,3 +90,30 @@ def test_evicting_without_a_node_answering_removes_nothing(two_roots: tuple[Path
     assert_one_line_error(result)
     assert_one_line_error(cli("gc", "--evict-pinned", "--store", store), "needs an IPFS node")
     assert sorted(DirectoryBlockstore(store)) == before
+
+
+def test_gc_after_a_lazy_mount_counts_what_the_node_holds_and_removes_none_of_it(
+    mounts: Mounts, node: IpfsNode, two_roots: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    _, root_a, _ = two_roots
+    store = tmp_path / "lazy-store"
+    mnt = mounts(store=store).mount(root_a, "--ipfs", node.url)
+    (mnt / "new").write_bytes(b"written on a lazy mount")
+    root = mnt.sync()
+    mnt.unmount()
+    before = sorted(DirectoryBlockstore(store))
+
+    # The new root reaches the two files the mount never read: not here, and not lost.
+    alone = cli("gc", "--grace", "0", "--store", store)
+    assert_one_line_error(alone, "2 blocks that kept roots reach cannot be read here")
+    assert "--ipfs URL" in alone.stderr
+    told = check(cli("gc", "--grace", "0", "--json", "--ipfs", node.url, "--store", store))
+    report = json.loads(told.stdout)
+    assert report["missing_blocks"] == 2 and len(report["missing"]) == 2
+    assert report["kept_roots"].keys() == {root}
+    assert f"reads fetch them from {node.url}" in told.stderr
+    now = set(DirectoryBlockstore(store))
+    assert now <= set(before) and cids.parse_cid(root) in now
+    again = mounts(store=store).mount(root, "--ipfs", node.url, "--read-only")
+    files = {"shared": SHARED, "only-a": ONLY_A, "new": b"written on a lazy mount"}
+    assert {name: (again / name).read_bytes() for name in files} == files

@@ -9,7 +9,7 @@ identity CID holds its bytes: it is never a link to walk, store or send.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from ipldmount.blocks.base import Blockstore
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError
@@ -54,13 +54,21 @@ LinksOf = Callable[[bytes], list[bytes] | None]
 """A block's links, or None to leave the block out with everything below it."""
 
 
-def depth_first(root: bytes, links_of: LinksOf, seen: set[bytes] | None = None) -> Iterator[bytes]:
+class Seen(Protocol):
+    """What a walk has visited: a set of CIDs, or anything that answers like one."""
+
+    def __contains__(self, cid: object, /) -> bool: ...
+
+    def add(self, cid: bytes, /) -> None: ...
+
+
+def depth_first(root: bytes, links_of: LinksOf, seen: Seen | None = None) -> Iterator[bytes]:
     """Each CID reachable from *root* once, parents first, children in link order.
 
     *seen* (CIDs already visited, or to skip with what is below them) may be shared
     between walks; it is updated as the walk goes.
     """
-    seen = set() if seen is None else seen
+    seen = set[bytes]() if seen is None else seen
     stack = [root]
     while stack:
         cid = stack.pop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ Progress = Callable[[int, int], None]
 bytes removed."""
 
 SWEEP_BATCH = 512  # blocks removed per hold of the sweep lock: a claim waits at most that long
+MISSING_NAMED = 1000  # missing blocks a collection names; beyond that it counts them
 
 
 @dataclass
@@ -35,41 +37,106 @@ class Collection:
     """What a collection kept and removed (or, in a dry run, would remove)."""
 
     kept_blocks: int = 0
-    missing: list[bytes] = field(default_factory=list)  # reachable from a kept root, not stored
+    missing: list[bytes] = field(default_factory=list)  # reachable, not stored: the first MISSING_NAMED
+    missing_blocks: int = 0  # how many there are in all
     removed_blocks: int = 0
     removed_bytes: int = 0
     recent_blocks: int = 0  # unreachable, kept: written or claimed too recently
     dry_run: bool = False
 
 
-def mark(
-    store: Blockstore, roots: Iterable[bytes], progress: Progress | None = None
-) -> tuple[set[bytes], list[bytes]]:
+class MarkSet:
+    """The CIDs a collection keeps, as 64-bit hashes in an open-addressing table.
+
+    A set of CIDs costs about 120 bytes a block; this costs 16 to 32, so marking a tree of
+    millions of chunks fits in tens of megabytes. Two CIDs may share a hash: then a block no
+    root reaches reads as marked and is kept. That is the only mistake a collector may make,
+    and with 64 bits it is one in billions of billions per pair.
+    """
+
+    _EMPTY = 0  # a free slot; a hash of 0 is stored as 1 (sharing with 1 only keeps garbage)
+
+    def __init__(self, capacity: int = 1 << 12) -> None:
+        self._slots = array("Q", bytes(8 * capacity))  # capacity: a power of two
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, cid: object) -> bool:
+        key = _key(cid)
+        return self._slots[self._slot(key)] == key
+
+    def add(self, cid: bytes) -> None:
+        key = _key(cid)
+        index = self._slot(key)
+        if self._slots[index] == key:
+            return
+        self._slots[index] = key
+        self._count += 1
+        if 2 * self._count > len(self._slots):  # at most half full: probes stay short
+            self._grow()
+
+    def _slot(self, key: int) -> int:
+        """Where *key* is, or the free slot where it would go (linear probing)."""
+        slots, mask = self._slots, len(self._slots) - 1
+        index = key & mask
+        while (held := slots[index]) != key and held != self._EMPTY:
+            index = (index + 1) & mask
+        return index
+
+    def _grow(self) -> None:
+        old = self._slots
+        self._slots = array("Q", bytes(16 * len(old)))
+        for key in old:
+            if key != self._EMPTY:
+                self._slots[self._slot(key)] = key
+
+
+def _key(cid: object) -> int:
+    """A CID's 64-bit hash (SipHash, seeded per process), never the empty slot's 0."""
+    return (hash(cid) & 0xFFFF_FFFF_FFFF_FFFF) or 1
+
+
+@dataclass
+class Marked:
+    """What the kept roots reach: every CID (stored or not) and those that are missing or corrupt."""
+
+    cids: MarkSet = field(default_factory=MarkSet)
+    missing: list[bytes] = field(default_factory=list)  # the first MISSING_NAMED of them
+    missing_count: int = 0
+
+    def lack(self, cid: bytes) -> None:
+        self.missing_count += 1
+        if len(self.missing) < MISSING_NAMED:
+            self.missing.append(cid)
+
+
+def mark(store: Blockstore, roots: Iterable[bytes], progress: Progress | None = None) -> Marked:
     """Every CID the *roots* reach (stored or not), and those of them that are missing or corrupt."""
-    marked: set[bytes] = set()
-    missing: list[bytes] = []
+    marked = Marked()
 
     def links_of(cid: bytes) -> list[bytes]:
         if not may_link(cid):
             if not store.has(cid):
-                missing.append(cid)
+                marked.lack(cid)
             return []
         try:
             return block_links(cid, store.get(cid))
         except (BlockNotFoundError, CorruptBlockError):
-            missing.append(cid)
+            marked.lack(cid)
             return []
 
     for root in roots:
-        for _ in depth_first(root, links_of, marked):
+        for _ in depth_first(root, links_of, marked.cids):
             if progress is not None:
-                progress(len(marked), 0)
-    return marked, missing
+                progress(len(marked.cids), 0)
+    return marked
 
 
 def sweep(
     store: Blockstore,
-    marked: set[bytes],
+    marked: MarkSet,
     older_than: float | None,
     *,
     dry_run: bool = False,
@@ -115,9 +182,10 @@ def collect_garbage(
     leased = store.protected_since()
     if leased is not None:
         older_than = min(older_than, leased)
-    marked, missing = mark(store, roots, marking)
-    result = sweep(store, marked, older_than, dry_run=dry_run, progress=sweeping)
-    result.kept_blocks, result.missing = len(marked) - len(missing), missing
+    marked = mark(store, roots, marking)
+    result = sweep(store, marked.cids, older_than, dry_run=dry_run, progress=sweeping)
+    result.kept_blocks = len(marked.cids) - marked.missing_count
+    result.missing, result.missing_blocks = marked.missing, marked.missing_count
     log.info(
         "collected %s: kept %d blocks, %s %d (%d bytes), %d recent kept",
         store,

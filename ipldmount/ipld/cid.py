@@ -9,8 +9,8 @@ knows is accepted.
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import re
 
 from multiformats import CID as _MultiformatsCID
 
@@ -90,6 +90,10 @@ def cid_to_str(cid: bytes) -> str:
 
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 _BASE32_PAIRS = [first + second for first in _BASE32 for second in _BASE32]
+# Reading our own form is int() in base 32 (digits 0-9a-v) after a translation: three times as
+# fast as base64.b32decode, for every block name a listing of the store (gc's sweep) parses.
+_OUR_FORM = re.compile(f"b[{_BASE32}]{{58}}")
+_BASE32_AS_DIGITS = str.maketrans(_BASE32, "0123456789abcdefghijklmnopqrstuv")
 
 
 def verify(cid: bytes, data: bytes | memoryview) -> bool:
@@ -107,13 +111,12 @@ def parse_cid(text: str | bytes) -> bytes:
     malformed input and for CIDs this project cannot read (another hash or codec). A CIDv0
     (``Qm...``) comes back as the CIDv1 of the same block; an identity CID as it is.
     """
-    if isinstance(text, str) and len(text) == 59 and text.startswith("b") and text.islower():
-        try:  # fast path: our own base32 form
-            raw = base64.b32decode(text[1:].upper() + "=" * 6)
-        except ValueError:
-            raw = b""
-        if is_supported(raw):
-            return raw
+    if isinstance(text, str) and _OUR_FORM.fullmatch(text):  # fast path: our own base32 form
+        number = int(text[1:].translate(_BASE32_AS_DIGITS), 32)  # 58 digits: 288 bits and 2 zeros
+        if not number & 3:
+            raw = (number >> 2).to_bytes(36, "big")
+            if is_supported(raw):
+                return raw
     try:
         parsed = _MultiformatsCID.decode(text)
     except Exception as exc:  # multiformats raises a zoo of error types
