@@ -757,6 +757,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if report.cars_removed:
         folder = report.cars_removed[0].parent
         print(f"{verb} {len(report.cars_removed)} CARs of roots not kept from {folder}")
+    if report.attribute_rows_removed:
+        rows = _count_of(report.attribute_rows_removed, "attribute row")
+        print(f"{verb} {rows} (modes and times) of file contents not kept")
     if found.missing_blocks:
         _report_missing(found, Remotes.resolve(args.ipfs, ()))
     return 0
@@ -806,6 +809,7 @@ def _gc_json(report: GcReport) -> dict[str, object]:
         "recent_blocks": found.recent_blocks,
         "cars_removed": [str(path) for path in report.cars_removed],
         "left_to_node": report.left_to_node,
+        "attribute_rows_removed": report.attribute_rows_removed,
         "missing_blocks": found.missing_blocks,
         "missing": [cids.cid_to_str(cid) for cid in found.missing],  # the first gc.MISSING_NAMED
     }

@@ -99,3 +99,23 @@ def test_an_empty_table_costs_no_path_per_file(tmp_path: Path, monkeypatch: Any)
 
     monkeypatch.setattr(tree, "path_of", no_path)
     assert attributes.get(file).mode == stat.S_IFREG | 0o644
+
+
+def test_pruning_drops_the_rows_of_contents_no_longer_kept(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr("ipldmount.state.attributes.PRUNE_PAGE", 2)  # several pages
+    attributes = table(tmp_path)
+    meta = Meta(stat.S_IFREG | 0o600, 1000, 100, 1, 1, 1)
+    kept, gone = b"\x01kept", b"\x01gone"
+    rows = [("a", kept), ("b", gone), ("c/d", gone), ("c/e", kept), ("c", b""), ("f", gone)]
+    attributes.save((path, cid, meta) for path, cid in rows)
+
+    assert attributes.prune(lambda cid: cid == kept, dry_run=True) == 3
+    assert all(attributes.lookup(path, cid) is not None for path, cid in rows)  # a dry run keeps them
+    assert attributes.prune(lambda cid: cid == kept) == 3
+    assert [path for path, cid in rows if attributes.lookup(path, cid)] == ["a", "c/e", "c"]
+    assert attributes.prune(lambda cid: cid == kept) == 0
+
+
+def test_pruning_a_store_without_attributes_makes_no_table(tmp_path: Path) -> None:
+    assert table(tmp_path).prune(lambda cid: False) == 0
+    assert not (tmp_path / "attributes.sqlite").exists()

@@ -160,6 +160,20 @@ def test_cids_that_share_a_hash_keep_garbage_and_never_lose_a_reachable_block(
     assert found.missing == [] and closure(store, kept) == reachable
 
 
+def test_a_collection_keeps_what_roots_reach_and_what_is_new(tmp_path: Path) -> None:
+    """What refers to blocks besides roots (attribute rows) asks this of each CID it names."""
+    store = DirectoryBlockstore(tmp_path / "store")
+    kept = build(store, {"a": b"reached", "b": b"reached, not stored"})
+    old = store.put(b"old garbage", RAW)
+    age(store)
+    store.delete(cids.block_cid(RAW, b"reached, not stored"))
+    found = collect_garbage(store, [kept], dry_run=True)
+    new = store.put(b"written after the collection began", RAW)
+    assert found.keeps(store, cids.block_cid(RAW, b"reached")) and found.keeps(store, new)
+    assert found.keeps(store, cids.block_cid(RAW, b"reached, not stored"))  # a lazy mount's, say
+    assert not found.keeps(store, old) and not found.keeps(store, cids.block_cid(RAW, b"never stored"))
+
+
 def test_blocks_written_within_the_grace_period_are_kept(tmp_path: Path) -> None:
     store = DirectoryBlockstore(tmp_path / "store")
     fresh = store.put(b"just written", RAW)

@@ -159,3 +159,21 @@ def test_gc_keeps_what_an_open_file_and_a_crashed_mount_need(mounts: Mounts) -> 
     mnt.mount("resume")
     assert read_file(mnt / "closed") == POOL[3]
     assert read_file(mnt / "open") == leaves + b"tail"
+
+
+def test_gc_drops_the_attributes_of_contents_it_removes_and_keeps_the_rest(mounts: Mounts) -> None:
+    mnt = mounts().mount("empty")
+    write_file(mnt / "f", b"first bytes")
+    os.chmod(mnt / "f", 0o600)
+    mnt.sync()
+    write_file(mnt / "f", b"second bytes")  # the first bytes' row stays in the table
+    os.chmod(mnt / "f", 0o640)
+    mnt.sync()
+    age_blocks(mnt.store)
+
+    assert gc(mnt, "--dry-run")["attribute_rows_removed"] == 1
+    report = gc(mnt)
+    assert report["attribute_rows_removed"] == 1 and report["removed_blocks"] >= 1
+    assert gc(mnt)["attribute_rows_removed"] == 0
+    root = mnt.unmount()
+    assert (mnt.mount(root) / "f").stat().st_mode & 0o777 == 0o640  # the kept content's row stays

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from ipldmount.blocks.base import Blockstore
 from ipldmount.blocks.dag import block_links, depth_first
+from ipldmount.blocks.lease import CLOCK_MARGIN
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError
 from ipldmount.ipld.cid import may_link
 
@@ -30,19 +31,6 @@ bytes removed."""
 
 SWEEP_BATCH = 512  # blocks removed per hold of the sweep lock: a claim waits at most that long
 MISSING_NAMED = 1000  # missing blocks a collection names; beyond that it counts them
-
-
-@dataclass
-class Collection:
-    """What a collection kept and removed (or, in a dry run, would remove)."""
-
-    kept_blocks: int = 0
-    missing: list[bytes] = field(default_factory=list)  # reachable, not stored: the first MISSING_NAMED
-    missing_blocks: int = 0  # how many there are in all
-    removed_blocks: int = 0
-    removed_bytes: int = 0
-    recent_blocks: int = 0  # unreachable, kept: written or claimed too recently
-    dry_run: bool = False
 
 
 class MarkSet:
@@ -96,6 +84,29 @@ class MarkSet:
 def _key(cid: object) -> int:
     """A CID's 64-bit hash (SipHash, seeded per process), never the empty slot's 0."""
     return (hash(cid) & 0xFFFF_FFFF_FFFF_FFFF) or 1
+
+
+@dataclass
+class Collection:
+    """What a collection kept and removed (or, in a dry run, would remove)."""
+
+    kept_blocks: int = 0
+    missing: list[bytes] = field(default_factory=list)  # reachable, not stored: the first MISSING_NAMED
+    missing_blocks: int = 0  # how many there are in all
+    removed_blocks: int = 0
+    removed_bytes: int = 0
+    recent_blocks: int = 0  # unreachable, kept: written or claimed too recently
+    dry_run: bool = False
+    marked: MarkSet = field(default_factory=MarkSet, repr=False, compare=False)
+    older_than: float = 0.0  # blocks written or claimed since were kept, reached or not
+
+    def keeps(self, store: Blockstore, cid: bytes) -> bool:
+        """Whether this collection kept what *cid* names, or would have: a kept root reaches it, or
+        it is stored and new enough that a writer may rely on it. Whatever else refers to blocks
+        (the attribute table) drops what refers to the rest."""
+        if cid in self.marked:
+            return True
+        return store.has(cid) and store.remove_unused(cid, self.older_than, dry_run=True) is None
 
 
 @dataclass
@@ -178,7 +189,8 @@ def collect_garbage(
     sweeping: Progress | None = None,
 ) -> Collection:
     """Keep what *roots* reach and what writers may rely on (see the module); remove the rest."""
-    older_than = time.time() - grace  # taken first: anything written or claimed later is kept
+    # Taken first: anything written or claimed later is kept (mtimes lag time.time() by a tick).
+    older_than = time.time() - grace - CLOCK_MARGIN
     leased = store.protected_since()
     if leased is not None:
         older_than = min(older_than, leased)
@@ -186,6 +198,7 @@ def collect_garbage(
     result = sweep(store, marked.cids, older_than, dry_run=dry_run, progress=sweeping)
     result.kept_blocks = len(marked.cids) - marked.missing_count
     result.missing, result.missing_blocks = marked.missing, marked.missing_count
+    result.marked, result.older_than = marked.cids, older_than
     log.info(
         "collected %s: kept %d blocks, %s %d (%d bytes), %d recent kept",
         store,

@@ -42,6 +42,7 @@ class Meta:
 
 DIRECTORY_ROWS = 4096  # a directory whose subtree has more rows is asked entry by entry
 CACHED_DIRECTORIES = 16  # directories whose rows are kept (the ones listed last)
+PRUNE_PAGE = 1000  # rows looked at (and removed) per query when garbage collection prunes
 _Rows = dict[tuple[str, bytes], tuple[int, int, int, int]]  # (name, cid) -> mode, uid, gid, mtime_ns
 
 
@@ -145,6 +146,32 @@ class AttributeTable:
                 self._directories.clear()
             except sqlite3.Error as exc:
                 log.error("attribute table %s cannot be written (%d lost): %s", self.path, len(values), exc)
+
+    def prune(self, keeps: Callable[[bytes], bool], dry_run: bool = False) -> int:
+        """Remove the rows of file contents *keeps* says are gone (garbage collection removed
+        them, or will), a page at a time; how many (would) go. Directory rows are kept: they
+        are keyed by path alone. A table that cannot be read or written is logged and left."""
+        if not self.path.exists():
+            return 0  # a store that never kept attributes: no table to make
+        removed, after = 0, ("", b"")
+        with self._lock:
+            try:
+                db = self._connect()
+                while page := db.execute(
+                    "SELECT path, cid FROM attributes WHERE (path, cid) > (?, ?) ORDER BY path, cid LIMIT ?",
+                    (*after, PRUNE_PAGE),
+                ).fetchall():
+                    after = page[-1]
+                    gone = [(path, cid) for path, cid in page if cid != DIRECTORY_KEY and not keeps(cid)]
+                    removed += len(gone)
+                    if gone and not dry_run:
+                        with db:
+                            db.execute("BEGIN")
+                            db.executemany("DELETE FROM attributes WHERE path = ? AND cid = ?", gone)
+                self._directories.clear()
+            except sqlite3.Error as exc:
+                log.error("attribute table %s cannot be pruned: %s", self.path, exc)
+        return removed
 
     def close(self) -> None:
         with self._lock:

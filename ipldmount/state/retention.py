@@ -5,7 +5,8 @@ a CAR file imported, a store frozen in-process) and every root younger than ``ke
 the base root and every block of every mount journal (live mounts, and crashed ones that
 ``resume`` would bring back); the root each running daemon serves (read-only mounts too).
 Everything a writer stored but has not referenced yet is protected by the block store itself
-(:mod:`ipldmount.blocks.lease`). CARs in ``STORE/cars`` of roots not kept are removed too.
+(:mod:`ipldmount.blocks.lease`). CARs in ``STORE/cars`` of roots not kept are removed too,
+and the attribute table's rows of file contents not kept.
 
 The store is also a cache of an IPFS node: a kept root that the node holds pinned (checked now,
 root by root) may be *left to the node*: its blocks go unless another root still here reaches
@@ -47,6 +48,7 @@ class GcReport:
     collection: Collection
     cars_removed: list[Path] = field(default_factory=list)
     left_to_node: list[str] = field(default_factory=list)  # kept roots whose blocks the node holds
+    attribute_rows_removed: int = 0  # modes and times of file contents no longer kept
 
 
 def kept_roots(home: StoreHome, retention: Retention, now: float | None = None) -> dict[str, list[str]]:
@@ -152,6 +154,9 @@ def collect(
         home.blocks, roots, grace=retention.grace, dry_run=dry_run, marking=marking, sweeping=sweeping
     )
     report = GcReport(kept, collection, left_to_node=left)
+    report.attribute_rows_removed = home.attribute_table.prune(
+        lambda cid: collection.keeps(home.blocks, cid), dry_run=dry_run
+    )
     for path in home.sync_cars():
         if path.name.split(".", 1)[0] not in kept:
             report.cars_removed.append(path)
