@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from ipldmount.format.entrytable import EntryTable
 from ipldmount.ipld import cid as cids
+from ipldmount.mount import readahead
 from ipldmount.mount.readahead import NAME_ORDER_AFTER, WINDOW, RowScan
 
 
@@ -66,3 +69,16 @@ def test_rows_that_became_nodes_are_not_fetched_ahead() -> None:
     scan = RowScan(table)
     assert scan.read(0, missed=True) == []
     assert scan.read(1, missed=True) == [2, *range(5, 2 + WINDOW)]
+
+
+def test_a_table_too_large_to_index_by_name_is_followed_in_its_own_order_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(readahead, "NAME_ORDER_ROWS", 100)
+    names = [f"{index:03}" for index in range(101)]
+    random.Random(5).shuffle(names)
+    table = table_of(names)
+    scan = RowScan(table)
+    for position in sorted(range(101), key=lambda position: names[position])[:20]:
+        scan.read(position, missed=True)
+        assert not scan.should_index_names()

@@ -27,6 +27,8 @@ from ipldmount.format.entrytable import EntryTable
 WINDOW = 16  # rows fetched ahead of a reader going through a directory in order
 RECENT = 64  # misses remembered, to tell what follows what
 NAME_ORDER_AFTER = 3  # misses in rising name order, not following the table, before name order is indexed
+NAME_ORDER_ROWS = 200_000  # tables larger are followed in their own order only: indexing one by
+# name holds a key per row while it sorts (about 80 MB for a million rows)
 
 Order = Literal["table", "name"]
 
@@ -62,7 +64,7 @@ class RowScan:
     def should_index_names(self) -> bool:
         """Whether misses rise in name order without following the table: then name order is to
         be indexed (:meth:`index_names`: O(n log n), for a worker thread), and followed. True once."""
-        if self._indexing or self._rising < NAME_ORDER_AFTER:
+        if self._indexing or self._rising < NAME_ORDER_AFTER or len(self.table) > NAME_ORDER_ROWS:
             return False
         self._indexing = True
         return True
