@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from ipfs_node import IpfsNode, free_port
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.blocks.car import write_car_file
 from ipldmount.ipld import cid as cids
+from ipldmount.state.attributes import Meta
+from ipldmount.state.home import StoreHome
 from ipldmount.tree import Tree
 
 pytest_plugins = ("fuse_helpers", "ipfs_node")
@@ -117,3 +120,22 @@ def test_gc_after_a_lazy_mount_counts_what_the_node_holds_and_removes_none_of_it
     again = mounts(store=store).mount(root, "--ipfs", node.url, "--read-only")
     files = {"shared": SHARED, "only-a": ONLY_A, "new": b"written on a lazy mount"}
     assert {name: (again / name).read_bytes() for name in files} == files
+
+
+def test_files_of_a_root_left_to_the_node_keep_their_modes_and_times(
+    node: IpfsNode, two_roots: tuple[Path, str, str]
+) -> None:
+    store, _, _ = two_roots
+    table = StoreHome(DirectoryBlockstore(store)).attribute_table
+    meta = Meta(stat.S_IFREG | 0o600, 1000, 100, 1, 1, 1)
+    only_a, gone = cids.block_cid(cids.RAW, ONLY_A), cids.block_cid(cids.RAW, b"in no root")
+    table.save([("only-a", only_a, meta), ("gone", gone, meta)])
+    table.close()
+    report = json.loads(
+        check(
+            cli("gc", "--evict-pinned", "--ipfs", node.url, "--grace", "0", "--json", "--store", store)
+        ).stdout
+    )
+    assert not _has(store, ONLY_A) and report["attribute_rows_removed"] == 1  # only the row of "gone"
+    table = StoreHome(DirectoryBlockstore(store)).attribute_table
+    assert table.lookup("only-a", only_a) is not None and table.lookup("gone", gone) is None

@@ -10,8 +10,9 @@ and the attribute table's rows of file contents not kept.
 
 The store is also a cache of an IPFS node: a kept root that the node holds pinned (checked now,
 root by root) may be *left to the node*: its blocks go unless another root still here reaches
-them, and it reads back through the node. A root that mounts need (a journal's, a daemon's) is
-never left, so nothing that exists only here, or that a mount reads, is removed.
+them, and it reads back through the node (its files' attribute rows stay). A root that mounts
+need (a journal's, a daemon's) is never left, so nothing that exists only here, or that a mount
+reads, is removed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ipldmount.blocks.gc import Collection, Progress, collect_garbage
+from ipldmount.blocks.gc import Collection, Progress, collect_garbage, mark
 from ipldmount.errors import InvalidCIDError, IpldmountError
 from ipldmount.ipld import cid as cids
 from ipldmount.state.home import StoreHome
@@ -150,12 +151,15 @@ def collect(
             text for text in by_history if text not in by_mounts and pinned_remotely(cids.parse_cid(text))
         ]
     roots = [cids.parse_cid(text) for text in kept if text not in left]
+    # What the roots left to the node reach, marked while it is here: their files keep their
+    # modes and times (the attribute table's rows), though their blocks go.
+    on_node = mark(home.blocks, [cids.parse_cid(text) for text in left]).cids
     collection = collect_garbage(
         home.blocks, roots, grace=retention.grace, dry_run=dry_run, marking=marking, sweeping=sweeping
     )
     report = GcReport(kept, collection, left_to_node=left)
     report.attribute_rows_removed = home.attribute_table.prune(
-        lambda cid: collection.keeps(home.blocks, cid), dry_run=dry_run
+        lambda cid: cid in on_node or collection.keeps(home.blocks, cid), dry_run=dry_run
     )
     for path in home.sync_cars():
         if path.name.split(".", 1)[0] not in kept:
