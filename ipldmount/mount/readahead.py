@@ -9,8 +9,9 @@ overlap (1.5x in bench/b_ipfs.py, where the node's ``block/get`` becomes the lim
 It follows two orders: the table's, which is readdir's (``cp -r``, ``find``), and name order
 (``rsync``, ``ls``, sorted listings). A row used while its block is not here yet (a *miss*)
 continues a scan when the row before it, in either order, missed lately or was fetched ahead;
-then the WINDOW rows after it in that order are fetched, each once, and every use of a row
-fetched ahead keeps WINDOW rows fetched ahead of the reader. A reader that jumps (zarr reading
+then the rows after it in that order are fetched, each once: FIRST_WINDOW of them, twice as
+many each time the reader goes on, up to WINDOW, and every use of a row fetched ahead keeps
+that many fetched ahead of the reader. A reader that jumps (zarr reading
 the chunks of a selection) starts no scan, and costs nothing more than before.
 """
 
@@ -24,7 +25,8 @@ from typing import Literal
 
 from ipldmount.format.entrytable import EntryTable
 
-WINDOW = 16  # rows fetched ahead of a reader going through a directory in order
+WINDOW = 16  # rows fetched ahead of a reader going through a directory in order, at most
+FIRST_WINDOW = 4  # ...at first: doubled each time the reader goes on (two files in a row may be all)
 RECENT = 64  # misses remembered, to tell what follows what
 NAME_ORDER_AFTER = 3  # misses in rising name order, not following the table, before name order is indexed
 NAME_ORDER_ROWS = 200_000  # tables larger are followed in their own order only: indexing one by
@@ -39,6 +41,7 @@ class RowScan:
     def __init__(self, table: EntryTable, window: int = WINDOW) -> None:
         self.table = table
         self._window = window
+        self._reach = min(FIRST_WINDOW, window)  # rows fetched ahead now: grows to *window*
         self._recent: OrderedDict[int, None] = OrderedDict()  # positions that missed lately
         self._asked = bytearray()  # per position, 1 once handed out to fetch ahead (made on first use)
         self._following: Order | None = None
@@ -53,11 +56,14 @@ class RowScan:
         if not missed:
             if not self._asked or not self._asked[position] or self._following is None:
                 return []
-            return self._ahead(position, self._following)  # keep ahead of a reader of fetched rows
+            self._reach = min(2 * self._reach, self._window)  # the reader goes on: fetch further
+            return self._ahead(position, self._following)
         followed = next((order for order in self._orders() if self._continues(position, order)), None)
         self._remember(position, followed)
         if followed is None:
             return []
+        if self._following is not None:
+            self._reach = min(2 * self._reach, self._window)  # a scan that outran its fetches
         self._following = followed
         return self._ahead(position, followed)
 
@@ -96,10 +102,10 @@ class RowScan:
 
     def _following_positions(self, position: int, order: Order) -> Iterable[int]:
         if order == "table":
-            return range(position + 1, min(position + 1 + self._window, len(self.table)))
+            return range(position + 1, min(position + 1 + self._reach, len(self.table)))
         assert self._rank is not None and self._by_name is not None
         place = self._rank[position] + 1
-        return islice(self._by_name, place, place + self._window)
+        return islice(self._by_name, place, place + self._reach)
 
     def _ahead(self, position: int, order: Order) -> list[int]:
         """The rows in the window after *position* not asked for yet (and still rows): asked now."""
