@@ -114,6 +114,22 @@ def test_a_missing_block_of_a_kept_root_is_reported_and_nothing_below_it_removed
     assert found.missing == [leaf] and found.removed_blocks == 0
 
 
+def test_the_leaves_of_a_complete_store_are_not_looked_up_one_by_one(
+    store: Blockstore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep lists every block anyway: it tells whether every raw block the roots reach is
+    stored, and only if one is not does a second walk look them up, to name it."""
+    root = build(store, {f"d/{index}": b"%d" % index * 50 for index in range(50)})
+    looked_up: list[bytes] = []
+    has = store.has
+    monkeypatch.setattr(store, "has", lambda cid: looked_up.append(cid) or has(cid))
+    found = collect_garbage(store, [root])
+    assert found.missing_blocks == 0 and looked_up == []
+    store.delete(cids.block_cid(RAW, b"7" * 50))
+    found = collect_garbage(store, [root])
+    assert found.missing == [cids.block_cid(RAW, b"7" * 50)] and len(looked_up) == 50
+
+
 def test_missing_blocks_are_counted_and_only_the_first_named(
     store: Blockstore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

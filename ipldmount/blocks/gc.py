@@ -21,7 +21,7 @@ from ipldmount.blocks.base import Blockstore
 from ipldmount.blocks.dag import block_links, depth_first
 from ipldmount.blocks.lease import CLOCK_MARGIN
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError
-from ipldmount.ipld.cid import may_link
+from ipldmount.ipld.cid import is_supported, may_link
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class Collection:
     removed_bytes: int = 0
     recent_blocks: int = 0  # unreachable, kept: written or claimed too recently
     dry_run: bool = False
+    stored_leaves: int = field(default=0, repr=False)  # raw blocks the sweep found marked
     marked: MarkSet = field(default_factory=MarkSet, repr=False, compare=False)
     older_than: float = 0.0  # blocks written or claimed since were kept, reached or not
 
@@ -116,6 +117,7 @@ class Marked:
     cids: MarkSet = field(default_factory=MarkSet)
     missing: list[bytes] = field(default_factory=list)  # the first MISSING_NAMED of them
     missing_count: int = 0
+    leaves: int = 0  # raw blocks reached: not looked up while marking (the sweep counts them)
 
     def lack(self, cid: bytes) -> None:
         self.missing_count += 1
@@ -123,14 +125,23 @@ class Marked:
             self.missing.append(cid)
 
 
-def mark(store: Blockstore, roots: Iterable[bytes], progress: Progress | None = None) -> Marked:
-    """Every CID the *roots* reach (stored or not), and those of them that are missing or corrupt."""
+def mark(
+    store: Blockstore, roots: Iterable[bytes], progress: Progress | None = None, *, check_leaves: bool = False
+) -> Marked:
+    """Every CID the *roots* reach (stored or not), and those of them that are missing or corrupt.
+
+    Raw blocks (most of a tree: its chunks) are looked up only if *check_leaves*; otherwise they
+    are counted, and :func:`collect_garbage` learns from its sweep whether all of them are stored.
+    """
     marked = Marked()
 
     def links_of(cid: bytes) -> list[bytes]:
         if not may_link(cid):
-            if not store.has(cid):
-                marked.lack(cid)
+            if check_leaves or not is_supported(cid):
+                if not store.has(cid):
+                    marked.lack(cid)
+            else:
+                marked.leaves += 1
             return []
         try:
             return block_links(cid, store.get(cid))
@@ -163,6 +174,8 @@ def sweep(
             for cid in batch:
                 if cid not in marked:
                     _sweep_one(store, cid, older_than, dry_run, result)
+                elif not may_link(cid):
+                    result.stored_leaves += 1
         if progress is not None:
             progress(examined, result.removed_bytes)
     return result
@@ -194,8 +207,12 @@ def collect_garbage(
     leased = store.protected_since()
     if leased is not None:
         older_than = min(older_than, leased)
+    roots = list(roots)
     marked = mark(store, roots, marking)
     result = sweep(store, marked.cids, older_than, dry_run=dry_run, progress=sweeping)
+    if result.stored_leaves < marked.leaves:  # some raw blocks the roots reach are not stored
+        named = mark(store, roots, check_leaves=True)  # a second walk, to name them
+        marked.missing, marked.missing_count = named.missing, named.missing_count
     result.kept_blocks = len(marked.cids) - marked.missing_count
     result.missing, result.missing_blocks = marked.missing, marked.missing_count
     result.marked, result.older_than = marked.cids, older_than
