@@ -8,6 +8,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.ipld.cid import parse_cid
 from ipldmount.state.attributes import Attributes, AttributeTable, Meta
@@ -119,3 +121,13 @@ def test_pruning_drops_the_rows_of_contents_no_longer_kept(tmp_path: Path, monke
 def test_pruning_a_store_without_attributes_makes_no_table(tmp_path: Path) -> None:
     assert table(tmp_path).prune(lambda cid: False) == 0
     assert not (tmp_path / "attributes.sqlite").exists()
+
+
+def test_pruning_an_unreadable_table_is_logged_and_removes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "attributes.sqlite"
+    path.write_bytes(b"not a database, and not empty either" * 100)
+    assert table(tmp_path).prune(lambda cid: False) == 0
+    assert "cannot be pruned" in caplog.text
+    assert path.read_bytes() == b"not a database, and not empty either" * 100
