@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -171,26 +171,51 @@ def notify_socket() -> Iterator[socket.socket]:
             sock.close()
 
 
+def _unit_defaults() -> dict[str, str]:
+    """The unit's ``Environment=KEY=value`` defaults."""
+    pairs = (entry.partition("=") for entry in _unit_directives(UNIT.read_text(), "Environment"))
+    return {key: value for key, _, value in pairs}
+
+
+Starter = Callable[[], Daemon]
+
+
 @pytest.fixture
-def foreground_daemon(tmp_path: Path, notify_socket: socket.socket) -> Iterator[tuple[Daemon, Path, Path]]:
-    """``ipldmount empty MNT --foreground`` as systemd would start it; always unmounted afterwards."""
+def start_daemon(tmp_path: Path, notify_socket: socket.socket) -> Iterator[tuple[Starter, Path, Path]]:
+    """Starts ``ipldmount mount $IPLDMOUNT_ROOT MNT --foreground -v`` as the unit does, with the
+    unit's default root (no env file), one daemon after another; every one stopped afterwards."""
     mountpoint, store = tmp_path / "mnt", tmp_path / "store"
     mountpoint.mkdir()
-    stderr_path = tmp_path / "daemon.stderr"
-    # -v as in the unit: without it the daemon logs nothing at INFO, the final root included.
+    started: list[subprocess.Popen[bytes]] = []
     # As the unit runs it: the first ipldmount on PATH, here the test environment's (an env file's PATH).
-    command = [*FIND.split(), "empty", str(mountpoint), "--foreground", "--store", str(store), "-v"]
     path = f"{_ipldmount_executable().parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname(), "PATH": path}
-    with open(stderr_path, "wb") as stderr:
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr)
+    root = _unit_defaults()["IPLDMOUNT_ROOT"]
+
+    def start() -> Daemon:
+        # -v as in the unit: it logs "serving", every sync and the final root.
+        command = [*FIND.split(), "mount", root, str(mountpoint), "--foreground", "--store", str(store), "-v"]
+        stderr_path = tmp_path / f"daemon{len(started)}.stderr"
+        with open(stderr_path, "wb") as log:
+            process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        started.append(process)
+        return Daemon(process, stderr_path)
+
     try:
-        yield Daemon(process, stderr_path), mountpoint, store
+        yield start, mountpoint, store
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=30)
         _force_unmount(mountpoint)
+
+
+@pytest.fixture
+def foreground_daemon(start_daemon: tuple[Starter, Path, Path]) -> tuple[Daemon, Path, Path]:
+    """One daemon started as systemd would start the unit; always unmounted afterwards."""
+    start, mountpoint, store = start_daemon
+    return start(), mountpoint, store
 
 
 def _receive_notification(sock: socket.socket, daemon: Daemon, timeout: float) -> tuple[list[str], int]:
@@ -248,3 +273,56 @@ def test_foreground_daemon_notifies_ready_and_syncs_on_sigterm(
     )
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.split() == ["hello.txt"]
+
+
+def _stop_daemon(daemon: Daemon, mountpoint: Path) -> str:
+    """SIGTERM, as systemd stops the unit: the daemon syncs and exits 0; its log."""
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(timeout=120) == 0, daemon.stderr()
+    assert not _mounted(mountpoint)
+    return daemon.stderr()
+
+
+@pytest.mark.fuse
+def test_a_restarted_instance_carries_on_where_the_last_stopped(
+    start_daemon: tuple[Starter, Path, Path], notify_socket: socket.socket
+) -> None:
+    """A reboot without an env file mounts what the last session synced, not a new empty tree."""
+    start, mountpoint, _ = start_daemon
+    first = start()
+    assert "READY=1" in _receive_notification(notify_socket, first, timeout=60)[0]
+    (mountpoint / "kept.txt").write_text("across restarts\n")
+    final = re.search(rf"final root ({CID_RE})", _stop_daemon(first, mountpoint))
+    assert final, first.stderr()
+
+    second = start()
+    assert "READY=1" in _receive_notification(notify_socket, second, timeout=60)[0]
+    assert (mountpoint / "kept.txt").read_text() == "across restarts\n"
+    assert f"root {final.group(1)}" in second.stderr()  # "serving MNT (root ...)": the same root
+    _stop_daemon(second, mountpoint)
+
+
+def _env_file_settings() -> dict[str, str]:
+    """The example env file's uncommented ``KEY=value`` lines."""
+    lines = (REPO / "systemd" / "ipldmount.env.example").read_text().splitlines()
+    pairs = (line.partition("=") for line in lines if line.strip() and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, _, value in pairs}
+
+
+def _readme_defaults() -> dict[str, str]:
+    """The ``| `VARIABLE` | `default` | meaning |`` rows of systemd/README.md's table."""
+    text = (REPO / "systemd" / "README.md").read_text()
+    return dict(re.findall(r"^\| `(IPLDMOUNT_\w+)` +\| `([^`]*)` +\|", text, re.MULTILINE))
+
+
+def test_unit_env_file_and_readme_agree_on_the_defaults() -> None:
+    """The unit resumes by default (mounting `empty` at every boot lost the last session's root
+    from view), and the example env file and the README say what the unit does."""
+    unit = _unit_defaults()
+    assert unit["IPLDMOUNT_ROOT"] == "resume"
+    example = _env_file_settings()
+    assert example.keys() >= {"IPLDMOUNT_ROOT", "IPLDMOUNT_STORE", "IPLDMOUNT_OPTIONS"}
+    assert {key: unit[key] for key in example} == example
+    readme = _readme_defaults()
+    assert readme.keys() == {"IPLDMOUNT_ROOT", "IPLDMOUNT_STORE"}, readme
+    assert {key: unit[key] for key in readme} == readme
