@@ -3,6 +3,8 @@ cost of the change (blocks read counted, never timed)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipldmount import cli
-from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
+from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, dag
 from ipldmount.format.diff import Change, diff_roots
 from ipldmount.ipld.cid import cid_to_str
+from ipldmount.state.home import StoreHome
+from ipldmount.state.registry import RootRecord
 from ipldmount.tree import Tree
 
 Files = dict[str, bytes]  # path -> bytes; a path ending in "/" is an empty directory
@@ -142,3 +146,45 @@ def test_the_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert capsys.readouterr().out == "D gone\nA new/\nM x\n"
     assert cli.main(["diff", cid_to_str(a), cid_to_str(b), "--json", "--store", str(store.root)]) == 0
     assert '"change": "modified"' in capsys.readouterr().out
+
+
+# --- deep trees (issue: every walk over a tree's depth is iterative) -----------------------------
+
+DEEP = "/".join(["d"] * 1100)  # 1,100 nested directories: a link every 64 levels, ~18 blocks
+
+
+def test_a_tree_1100_directories_deep_is_diffed_walked_and_read(store: Blockstore) -> None:
+    before = build(store, {f"{DEEP}/f": b"1", "top": b"t"})
+    tree = Tree(store, before)
+    assert tree.read_file(f"{DEEP}/f") == b"1"  # loaded a directory at a time
+    tree.write_file(f"{DEEP}/f", b"2")
+    after = tree.commit()
+    assert list(diff_roots(store, before, after)) == [Change("modified", f"{DEEP}/f")]
+    gone = build(store, {f"{DEEP}/g": b"", "top": b"t"})
+    assert list(diff_roots(store, after, gone)) == [
+        Change("removed", f"{DEEP}/f"),
+        Change("added", f"{DEEP}/g"),
+    ]
+    closure = {cid for cid, _ in dag.iter_closure(store, after)}
+    new = {cid for cid, _ in dag.iter_new_blocks(store, after, before)}
+    assert after in new and new <= closure and len(closure) > 1100 // 64
+    assert sorted(path for path, _ in Tree(store, after).walk_files()) == [f"{DEEP}/f", "top"]
+
+
+def test_log_and_diff_of_a_deep_tree_print_one_line_each(tmp_path: Path) -> None:
+    """Each record of `log` is a diff with its parent: a deep tree once made every one fail."""
+    store = DirectoryBlockstore(tmp_path / "store")
+    before = build(store, {f"{DEEP}/f": b"1"})
+    after = build(store, {f"{DEEP}/f": b"2"})
+    record = RootRecord(cid_to_str(after), RootRecord.now(), "mount", "/mnt/x", cid_to_str(before))
+    StoreHome(store).registry.record(record)
+
+    def run(*args: str) -> list[str]:
+        command = [sys.executable, "-m", "ipldmount", *args, "--store", str(store.root)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        return result.stdout.splitlines()
+
+    (line,) = run("log")
+    assert cid_to_str(after) in line and "(1 changed)" in line
+    assert run("diff", cid_to_str(before), cid_to_str(after)) == [f"M {DEEP}/f"]

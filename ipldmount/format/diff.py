@@ -30,24 +30,39 @@ class Change:
 
 
 def diff_roots(store: Blockstore, a: bytes, b: bytes) -> Iterator[Change]:
-    """The changes that turn the tree *a* into the tree *b*, depth first, names in order."""
+    """The changes that turn the tree *a* into the tree *b*, depth first, names in order.
+
+    Walked with an explicit stack, never by recursion: a tree may nest directories to any
+    depth (a chain of thousands), and the walk must not hit Python's recursion limit.
+    """
     for root in (a, b):
         if cids.codec_of(root) == cids.DAG_PB:
             raise FormatError(
                 f"{cids.cid_to_str(root)} is UnixFS: diff compares ipldmount trees (mount both and"
                 " compare their files, or copy it into a mount first)"
             )
-    if a != b:
-        yield from _diff_directories(
-            store, _directory(store, codec.Link(a)), _directory(store, codec.Link(b)), ""
-        )
+    if a == b:
+        return
+    stack = [_directory_steps(store, codec.Link(a), codec.Link(b), "")]
+    while stack:
+        step = next(stack[-1], None)
+        if step is None:
+            stack.pop()
+        elif isinstance(step, Change):
+            yield step
+        else:
+            stack.append(_directory_steps(store, *step))
 
 
-def _diff_directories(
-    store: Blockstore, a: dict[str, Any], b: dict[str, Any], prefix: str
-) -> Iterator[Change]:
-    for name, before, after in _differing_entries(store, a, b):
-        yield from _diff_entry(store, prefix + name, name, before, after)
+_Descend = tuple[Any, Any, str]  # two directory values (links or inline maps) and their path + "/"
+
+
+def _directory_steps(store: Blockstore, a: Any, b: Any, prefix: str) -> Iterator[Change | _Descend]:
+    """The changes between two directories in name order, with a directory on both sides
+    given back as a step to descend into (the caller's stack does it, in that order)."""
+    before_dir, after_dir = _directory(store, a), _directory(store, b)
+    for name, before, after in _differing_entries(store, before_dir, after_dir):
+        yield from _entry_steps(store, prefix + name, name, before, after)
 
 
 def _differing_entries(
@@ -63,11 +78,13 @@ def _differing_entries(
             yield name, before, after
 
 
-def _diff_entry(store: Blockstore, path: str, name: str, before: Any, after: Any) -> Iterator[Change]:
+def _entry_steps(
+    store: Blockstore, path: str, name: str, before: Any, after: Any
+) -> Iterator[Change | _Descend]:
     old_kind = None if before is MISSING else _kind(store, name, before)
     new_kind = None if after is MISSING else _kind(store, name, after)
     if old_kind == new_kind == "directory":
-        yield from _diff_directories(store, _directory(store, before), _directory(store, after), path + "/")
+        yield before, after, path + "/"
     elif old_kind == new_kind == "file":
         yield Change("modified", path)
     else:
