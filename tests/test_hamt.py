@@ -327,3 +327,46 @@ def test_one_change_in_a_hundred_thousand_touches_only_its_path() -> None:
     assert store.reads <= 3 and store.puts <= 3, (store.reads, store.puts)
     entries["7.7"] = link_for("new")
     assert codec.encode(updated) == codec.encode(hamt.build(MemoryBlockstore(), entries))
+
+
+# --- deeper than the hash allows (issue: a 10,000-deep chain crashed listing with a RecursionError)
+
+
+def chain(store: Blockstore, levels: int, name: bytes = NAME, value: Any = None) -> dict[str, Any]:
+    """A root whose nodes form a chain *levels* deep, each linking the next in *name*'s slot at its
+    depth (slot 0 past the 32 digest bytes), the last holding *name* in a bucket."""
+    digest = hashlib.sha256(name).digest()
+
+    def slot(depth: int) -> bytes:
+        return (1 << (digest[depth] if depth < len(digest) else 0)).to_bytes(32, "big")
+
+    node: list[Any] = [slot(levels - 1), [[[name, value or link_for(name.decode())]]]]
+    for depth in reversed(range(levels - 1)):
+        node = [slot(depth), [codec.Link(store.put(codec.encode(node), cids.DAG_CBOR))]]
+    return root_with(node)
+
+
+def test_a_hamt_as_deep_as_its_hash_allows_is_read() -> None:
+    store = MemoryBlockstore()
+    root = chain(store, hamt.MAX_DEPTH)  # nodes at depths 0 to 31
+    assert dict(hamt.iter_entries(store, root)) == {"a": link_for("a")}
+    assert hamt.find(store, root, "a") == link_for("a")
+    assert hamt.find(store, root, "b") is hamt.MISSING
+    other = chain(store, hamt.MAX_DEPTH, value=link_for("changed"))
+    assert list(hamt.diff_entries(store, root, other)) == [("a", link_for("a"), link_for("changed"))]
+
+
+@pytest.mark.parametrize("levels", [hamt.MAX_DEPTH + 1, 10_000])
+def test_a_hamt_deeper_than_its_hash_allows_is_refused_in_one_line(levels: int) -> None:
+    store = MemoryBlockstore()
+    root = chain(store, levels)
+    other = chain(store, levels, value=link_for("changed"))
+    attempts = [
+        lambda: dict(hamt.iter_entries(store, root)),
+        lambda: hamt.find(store, root, "a"),
+        lambda: list(hamt.diff_entries(store, root, other)),
+        lambda: hamt.update(store, store, root, {"a": link_for("new")}),
+    ]
+    for attempt in attempts:
+        with pytest.raises(FormatError, match="deeper than 32 levels"):
+            attempt()

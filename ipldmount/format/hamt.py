@@ -22,7 +22,10 @@ HASH_ALG = cids.SHA2_256
 BUCKET_SIZE = 3
 BITMAP_BYTES = 32  # 2**8 slots
 ROOT_KEYS = frozenset({"hashAlg", "bucketSize", "hamt"})
-_MAX_DEPTH = 32  # one level per digest byte
+# A node sits at depth 0 (the root's) to 31: each level takes 8 of sha2-256's 256 bits, so a node
+# any deeper has no hash bits left to place its entries by, and the HAMT is malformed (FORMAT.md 6.4).
+# Walks down a HAMT are bounded by it, whatever a block links to.
+MAX_DEPTH = 32
 
 _Item = tuple[bytes, bytes, Any]  # (digest, key, value)
 
@@ -56,7 +59,8 @@ def _hashed(pairs: Iterable[tuple[bytes, Any]]) -> list[_Item]:
 
 
 def _build_node(store: BlockSink, items: list[_Item], depth: int) -> list[Any]:
-    if depth >= _MAX_DEPTH:
+    """A node of *items* at *depth* (recursive, bounded by MAX_DEPTH levels)."""
+    if depth >= MAX_DEPTH:
         raise FormatError("HAMT ran out of hash bits (identical sha2-256 digests)")
     bitmap = 0
     data: list[Any] = []
@@ -101,9 +105,8 @@ _EMPTY_NODE: list[Any] = [bytes(BITMAP_BYTES), []]
 def _update_node(
     reader: Blockstore, sink: BlockSink, node: Any, changes: list[_Item], depth: int
 ) -> list[Any] | None:
-    """A node with *changes* applied (None when nothing is left in it)."""
-    if depth >= _MAX_DEPTH:
-        raise FormatError("HAMT ran out of hash bits (identical sha2-256 digests)")
+    """A node with *changes* applied (None when nothing is left in it); recursive through
+    :func:`_update_element`, at most MAX_DEPTH levels (a deeper child is refused as it is read)."""
     slots = _slots(node)
     for slot, group in _by_slot(changes, depth):
         element = _update_element(reader, sink, slots.get(slot), group, depth)
@@ -132,7 +135,7 @@ def _update_element(
 ) -> Any:
     """One slot's element with *changes* applied: a bucket, a link to a child, or None (empty)."""
     if isinstance(element, codec.Link):
-        child = _update_node(reader, sink, codec.decode(reader.get(element.cid)), changes, depth + 1)
+        child = _update_node(reader, sink, _load_child(reader, element.cid, depth + 1), changes, depth + 1)
         if child is None:
             return None
         few = _few_entries(child)
@@ -171,7 +174,7 @@ def _bucket_items(bucket: Any) -> list[tuple[bytes, Any]]:
 def iter_entries(store: Blockstore, root: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """Every (name, entry) of a HAMT, checking the structure as it goes."""
     _check_root(root)
-    yield from _node_entries(store, root["hamt"])
+    yield from _walk_entries(store, root["hamt"], 0)
 
 
 def _check_root(root: dict[str, Any]) -> None:
@@ -193,7 +196,7 @@ def find(store: Blockstore, root: dict[str, Any], name: str, cache: NodeCache | 
     key = name.encode("utf-8")
     digest = hashlib.sha256(key).digest()
     node = root["hamt"]
-    for depth in range(_MAX_DEPTH):
+    for depth in range(MAX_DEPTH):
         bitmap, data = _check_node(node)
         number, slot = int.from_bytes(bitmap, "big"), digest[depth]
         if not number >> slot & 1:
@@ -202,7 +205,20 @@ def find(store: Blockstore, root: dict[str, Any], name: str, cache: NodeCache | 
         if not isinstance(element, codec.Link):
             return next((value for found, value in _bucket_items(element) if found == key), MISSING)
         node = _child(store, element.cid, cache)
-    raise FormatError("HAMT deeper than its hash has bits")
+    raise too_deep()
+
+
+def too_deep() -> FormatError:
+    return FormatError(
+        f"malformed HAMT: a node deeper than {MAX_DEPTH} levels (sha2-256 has bits for {MAX_DEPTH})"
+    )
+
+
+def _load_child(store: Blockstore, cid: bytes, depth: int) -> Any:
+    """The decoded child node at *depth*, refused past the deepest level the hash allows."""
+    if depth >= MAX_DEPTH:
+        raise too_deep()
+    return codec.decode(store.get(cid))
 
 
 def _child(store: Blockstore, cid: bytes, cache: NodeCache | None) -> Any:
@@ -223,19 +239,25 @@ def diff_entries(store: Blockstore, a: dict[str, Any], b: dict[str, Any]) -> Ite
 
 
 def _diff_nodes(store: Blockstore, a: Any, b: Any) -> Iterator[tuple[str, Any, Any]]:
-    left, right = _slots(a), _slots(b)
-    for slot in sorted(left.keys() | right.keys()):
-        x, y = left.get(slot), right.get(slot)
-        if x == y:
-            continue
-        if isinstance(x, codec.Link) and isinstance(y, codec.Link):
-            yield from _diff_nodes(store, codec.decode(store.get(x.cid)), codec.decode(store.get(y.cid)))
-            continue
-        old, new = dict(_element_entries(store, x)), dict(_element_entries(store, y))
-        for name in sorted(old.keys() | new.keys()):
-            before, after = old.get(name, MISSING), new.get(name, MISSING)
-            if before != after:
-                yield name, before, after
+    """The differing entries under two nodes at depth 0, in no set order (the caller sorts): an
+    explicit stack of node pairs, a level deeper for each pair of links to different children."""
+    stack: list[tuple[Any, Any, int]] = [(a, b, 0)]
+    while stack:
+        left_node, right_node, depth = stack.pop()
+        left, right = _slots(left_node), _slots(right_node)
+        for slot in sorted(left.keys() | right.keys()):
+            x, y = left.get(slot), right.get(slot)
+            if x == y:
+                continue
+            if isinstance(x, codec.Link) and isinstance(y, codec.Link):
+                pair = (_load_child(store, x.cid, depth + 1), _load_child(store, y.cid, depth + 1))
+                stack.append((*pair, depth + 1))
+                continue
+            old, new = dict(_element_entries(store, x, depth)), dict(_element_entries(store, y, depth))
+            for name in sorted(old.keys() | new.keys()):
+                before, after = old.get(name, MISSING), new.get(name, MISSING)
+                if before != after:
+                    yield name, before, after
 
 
 def _slots(node: Any) -> dict[int, Any]:
@@ -246,23 +268,41 @@ def _slots(node: Any) -> dict[int, Any]:
     return dict(zip(slots, data, strict=True))
 
 
-def _element_entries(store: Blockstore, element: Any) -> Iterator[tuple[str, Any]]:
-    """The entries under one element of a node: a link to a child node, or a bucket (None: none)."""
+def _element_entries(store: Blockstore, element: Any, depth: int) -> Iterator[tuple[str, Any]]:
+    """The entries under one element of a node at *depth*: a link to a child node, or a bucket
+    (None: none)."""
     if element is None:
         return
     if isinstance(element, codec.Link):
-        yield from _node_entries(store, codec.decode(store.get(element.cid)))
+        yield from _walk_entries(store, _load_child(store, element.cid, depth + 1), depth + 1)
     else:
         yield from _bucket_entries(element)  # checks it is a bucket
 
 
-def _node_entries(store: Blockstore, node: Any) -> Iterator[tuple[str, Any]]:
+_END = object()
+
+
+def _walk_entries(store: Blockstore, node: Any, depth: int) -> Iterator[tuple[str, Any]]:
+    """Every entry under *node* (at *depth*), in slot order, each child where it stands: an
+    explicit stack of the nodes on the way down, at most MAX_DEPTH of them."""
+    stack: list[tuple[Iterator[Any], int]] = [(iter(_node_data(store, node)), depth)]
+    while stack:
+        elements, level = stack[-1]
+        element = next(elements, _END)
+        if element is _END:
+            stack.pop()
+        elif isinstance(element, codec.Link):
+            child = _load_child(store, element.cid, level + 1)
+            stack.append((iter(_node_data(store, child)), level + 1))
+        else:
+            yield from _bucket_entries(element)  # checks it is a bucket
+
+
+def _node_data(store: Blockstore, node: Any) -> list[Any]:
+    """A node's elements, checked; its children asked for side by side (a remote store)."""
     _, data = _check_node(node)
-    store.prefetch(
-        [element.cid for element in data if isinstance(element, codec.Link)]
-    )  # remote: side by side
-    for element in data:
-        yield from _element_entries(store, element)
+    store.prefetch([element.cid for element in data if isinstance(element, codec.Link)])
+    return data
 
 
 def _check_node(node: Any) -> tuple[bytes, list[Any]]:
@@ -274,7 +314,7 @@ def _check_node(node: Any) -> tuple[bytes, list[Any]]:
     return bitmap, data
 
 
-def _bucket_entries(bucket: list[Any]) -> Iterator[tuple[str, Any]]:
+def _bucket_entries(bucket: Any) -> Iterator[tuple[str, Any]]:
     for key, value in _bucket_items(bucket):
         try:
             name = key.decode("utf-8")
