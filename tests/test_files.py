@@ -304,6 +304,35 @@ def test_fbl_lengths_shorter_than_leaves(store: Blockstore) -> None:
             assert reader.read(offset, length) == expected[offset : offset + length], (offset, length)
 
 
+@pytest.mark.parametrize(
+    "part", [{"a": 1}, [], "text", [[1, 2]]], ids=["map", "empty list", "string", "not a pair"]
+)
+def test_a_part_of_length_0_that_is_not_a_file_part_is_refused_before_any_read(
+    store: Blockstore, part: object
+) -> None:
+    """No read reaches a part of length 0, so it is checked when its node is decoded: the file
+    ``[[10, raw], [0, link to a map]]`` is malformed, as FORMAT.md 5 says, not 10 good bytes."""
+    leaf = store.put(b"0123456789", cids.RAW)
+    bad = store.put(codec.encode(part), cids.DAG_CBOR)
+    root = store.put(codec.encode([[10, codec.Link(leaf)], [0, codec.Link(bad)]]), cids.DAG_CBOR)
+    assert StoredFile(root).size_in(store) == 10  # the top node's sum: known without reading parts
+    with pytest.raises(FormatError, match="length 0"):
+        open_reader(store, root)
+    nested = store.put(codec.encode([[10, codec.Link(root)]]), cids.DAG_CBOR)
+    reader = open_reader(store, nested)  # the bad part is a level down: found by the first read
+    with pytest.raises(FormatError, match="length 0"):
+        reader.read(0, 1)
+
+
+def test_parts_of_length_0_that_are_file_parts_read_as_nothing(store: Blockstore) -> None:
+    leaf = store.put(b"0123456789", cids.RAW)
+    node = store.put(codec.encode([[3, codec.Link(leaf)]]), cids.DAG_CBOR)
+    parts = [[0, codec.Link(node)], [10, codec.Link(leaf)], [0, codec.Link(leaf)]]
+    root = store.put(codec.encode(parts), cids.DAG_CBOR)
+    reader = open_reader(store, root)
+    assert reader.size == 10 and reader.read(0, 20) == b"0123456789"
+
+
 # --- the block limit ------------------------------------------------------------------
 
 

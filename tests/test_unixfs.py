@@ -189,6 +189,31 @@ def test_a_file_whose_part_is_a_directory_is_refused(store: MemoryBlockstore) ->
         tree.reader(tree.resolve_file("f")).read(0, 4)
 
 
+def test_a_part_of_length_0_that_is_a_directory_is_refused_before_any_read(store: MemoryBlockstore) -> None:
+    """FORMAT.md 12.3: a part that is a directory makes the file malformed, whatever its length;
+    one of length 0 is read when its node is, as no read of the file would reach it."""
+    leaf, sub = put_raw(store, b"abcd"), put_directory(store, [])
+    tree = _file_entry(store, [(leaf, None, 4), (sub, None, 0)], unixfs(FILE, blocksizes=(4, 0)))
+    file = tree.resolve_file("f")
+    assert tree.size(file) == 4
+    with pytest.raises(FormatError, match="directory"):
+        tree.reader(file)
+    empty = put(store, [], unixfs(FILE, b""))
+    tree = _file_entry(store, [(leaf, None, 4), (empty, None, 0)], unixfs(FILE, blocksizes=(4, 0)))
+    assert tree.read_file("f") == b"abcd"  # a file part of length 0 is fine
+
+
+def test_a_part_that_is_neither_raw_nor_dag_pb_is_refused(store: MemoryBlockstore) -> None:
+    """A dag-cbor part is no UnixFS node: its bytes are not the file's (they once were read as such)."""
+    leaf, cbor = put_raw(store, b"abcd"), store.put(b"\x44abcd", cids.DAG_CBOR)
+    for length in (4, 0):
+        tree = _file_entry(
+            store, [(leaf, None, 4), (cbor, None, length)], unixfs(FILE, blocksizes=(4, length))
+        )
+        with pytest.raises(FormatError, match="neither a raw block nor a dag-pb node"):
+            tree.reader(tree.resolve_file("f"))
+
+
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "nul\x00"])
 def test_an_invalid_name_makes_the_directory_unreadable(store: MemoryBlockstore, name: str) -> None:
     root = put_directory(store, [("sub", put_directory(store, [(name, put_raw(store, b"x"))]))])

@@ -447,7 +447,7 @@ def decode_fbl(data: bytes) -> list[tuple[bytes, int]]:
     """The ``(cid, length)`` entries of a Flexible Byte Layout node."""
     node = codec.decode(data)
     if not isinstance(node, list) or not node:
-        raise FormatError("not a chunked-file node (expected a non-empty list)")
+        raise FormatError(f"not a chunked-file node (expected a non-empty list, not a {type(node).__name__})")
     entries = []
     for item in node:
         if (
@@ -492,21 +492,24 @@ class FblReader:
         self.store = store
         self._nodes: dict[bytes, tuple[list[int], list[bytes]]] = {}
         self.root = root
+        self._lock = threading.Lock()  # before the root is decoded: checking its parts may take it
         self.size = self._node(root)[0][-1]
         self._blocks: OrderedDict[bytes, bytes] = OrderedDict()  # leaf CID -> its bytes
         self._recent: OrderedDict[int, bytes] = OrderedDict()  # file offset of a leaf -> its bytes
         self._canonical: dict[tuple[bytes, int, int], bool] = {}
         self._loading: dict[bytes, Future[bytes]] = {}  # leaf CID -> the load under way
-        self._lock = threading.Lock()
         self._fetched_until = 0  # file offset up to which leaves are fetched or asked for
         self._read_until = 0  # the furthest any read has reached: a read from about there goes forward
         self._dags: dict[bytes, Future[None]] = {}  # nodes whose whole DAG is asked for in one request
 
     def _node(self, cid: bytes) -> tuple[list[int], list[bytes]]:
-        """Cumulative end offsets and child CIDs of a node."""
+        """Cumulative end offsets and child CIDs of a node; its parts of length 0, which no read
+        reaches, are checked here, before any read (FORMAT.md 5)."""
         if cid not in self._nodes:
             ends, children, total = [], [], 0
             for child, length in self._parts(cid):
+                if length == 0:
+                    self._check_empty_part(child)
                 total += length
                 ends.append(total)
                 children.append(child)
@@ -526,6 +529,18 @@ class FblReader:
     def _leaf_bytes(self, cid: bytes) -> bytes:
         """What leaf *cid* holds of the file (its verified bytes)."""
         return self.store.get(cid)
+
+    def _check_empty_part(self, cid: bytes) -> None:
+        """Refuse a part of length 0 that is neither a raw leaf nor a chunked-file node: a
+        part no read reaches must make a file malformed as surely as one a read reaches."""
+        if cids.codec_of(cid) == cids.DAG_CBOR:
+            try:
+                decode_fbl(self.store.get(cid))
+            except FormatError as exc:
+                raise FormatError(
+                    f"chunked file {cids.cid_to_str(self.root)} is malformed: its part"
+                    f" {cids.cid_to_str(cid)} of length 0 is {exc}"
+                ) from None
 
     def _leaf_at(self, start: int, cid: bytes, length: int | None) -> bytes:
         """The leaf that begins at file offset *start*, cut to its stated *length*."""

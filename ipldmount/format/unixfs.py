@@ -143,6 +143,8 @@ class UnixfsReader(FblReader):
         node = self._unixfs(cid)
         assert node.data is not None
         parts = [(link.cid, size) for link, size in zip(node.links, node.data.blocksizes, strict=True)]
+        for part, _ in parts:
+            _check_part_cid(self.root, part)
         own = node.data.data or b""
         if own:
             inline = bytes([0x01, cids.RAW, cids.IDENTITY]) + encode_varint(len(own)) + own
@@ -152,6 +154,11 @@ class UnixfsReader(FblReader):
                 )
             parts.insert(0, (inline, len(own)))
         return parts
+
+    def _check_empty_part(self, cid: bytes) -> None:
+        """A part of length 0 is read now (no read would reach it): a raw block, or a file node."""
+        if cids.codec_of(cid) == cids.DAG_PB:
+            self._unixfs(cid)  # refuses a directory or any other non-file node
 
     def _leaf_bytes(self, cid: bytes) -> bytes:
         if cids.codec_of(cid) != cids.DAG_PB:
@@ -175,6 +182,14 @@ class UnixfsReader(FblReader):
                 if len(self._leaves) > self.LEAVES_KEPT:
                     self._leaves.popitem(last=False)
         return node
+
+
+def _check_part_cid(root: bytes, cid: bytes) -> None:
+    """Refuse a part whose link cannot name a file's part: only raw blocks and dag-pb nodes (sha2-256
+    or identity) can (FORMAT.md 12.3), checked for every part when its node is decoded."""
+    readable = cids.is_supported(cid) or cids.inline_data(cid) is not None
+    if not readable or cids.codec_of(cid) not in (cids.RAW, cids.DAG_PB):
+        raise _malformed(root, f"part {cid.hex()} is neither a raw block nor a dag-pb node")
 
 
 # --- directories ------------------------------------------------------------------------------
