@@ -49,7 +49,9 @@ class MustFetchError(IpldmountError):
     the caller fetches it in a worker thread and tries again (never seen outside the mount)."""
 
     def __init__(self, cid: bytes) -> None:
-        super().__init__(f"block {cid.hex()} must be fetched from the network first")
+        from ipldmount.ipld.cid import cid_to_str  # here: that module imports this one
+
+        super().__init__(f"block {cid_to_str(cid)} must be fetched from the network first")
         self.cid = cid
 
 
@@ -63,6 +65,17 @@ class IncompleteDagError(IpldmountError):
     def __init__(self, message: str, root: bytes, missing: list[bytes]) -> None:
         super().__init__(message)
         self.root, self.missing = root, missing
+
+
+class CarWriteError(IpldmountError):
+    """A sync committed its root, but the CAR could not be written (a full disk, say)."""
+
+    def __init__(self, root: bytes, root_text: str, path: object, reason: OSError) -> None:
+        self.root = root
+        super().__init__(
+            f"the root {root_text} is committed, but its CAR {path} could not be written "
+            f"({reason.strerror or reason}): make room, then `ipldmount export {root_text} -o FILE`"
+        )
 
 
 class StoreFullError(IpldmountError):

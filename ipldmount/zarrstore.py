@@ -35,8 +35,9 @@ from ipldmount.errors import IpldmountError, NotADirectoryError_, NotFoundError
 from ipldmount.format.files import FileContent, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.state.home import StoreHome
+from ipldmount.state.liveroots import LiveRoots
 from ipldmount.state.registry import RootRecord
-from ipldmount.state.retention import Retention, kept_roots
+from ipldmount.state.retention import Retention, collect
 from ipldmount.state.writebuffer import buffer_content, open_buffer
 from ipldmount.tree import Directory, File, check_name, split_path
 from ipldmount.unixfs_tree import open_tree
@@ -118,6 +119,24 @@ class IPLDStore(Store):
         # Reads from memory cost a copy: a hop to a thread would cost more than it overlaps.
         self._reads_in_thread = not isinstance(self.blockstore, MemoryBlockstore)
         self.tree = open_tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
+        self._live: LiveRoots | None = None
+        if isinstance(self.blockstore, DirectoryBlockstore) and self._root is not None:
+            self._publish(self._root)  # its tree is read from here on: gc must keep it
+
+    def close(self) -> None:
+        """Close the store: its root is no longer published as in use (garbage collection keeps
+        it only if the history or a tag does). Freeze first to keep what was written."""
+        super().close()
+        if self._live is not None:
+            self._live.close()
+            self._live = None
+
+    def _publish(self, root: bytes) -> None:
+        """Tell garbage collection, in any process, that this store uses *root* (liveroots.py)."""
+        assert isinstance(self.blockstore, DirectoryBlockstore)
+        if self._live is None:
+            self._live = StoreHome(self.blockstore).live_roots()
+        self._live.publish([cids.cid_to_str(root)])
 
     # --- identity, pickling --------------------------------------------------
 
@@ -171,37 +190,51 @@ class IPLDStore(Store):
     def freeze(self) -> str:
         """Commit everything written so far and return the root CID (``bafy...``).
 
-        A new root of a store on disk is recorded in its history (``ipldmount log``).
+        A new root of a store on disk is recorded in its history (``ipldmount log``) and
+        published as in use while this store lives (garbage collection keeps it, whatever
+        the history keeps), before the writer's lease over its blocks is settled; a value
+        another thread is storing meanwhile stays leased until it is linked in.
         """
         with self._lock:  # every write links under it: all this store stored so far is in the root
+            started = time.time()  # writes that stored blocks after this may not be in the root
             if self._unsynced:  # cleared first: blocks stored from now on are synced next time
                 self._unsynced = False
                 self.blockstore.sync()
             parent, self._root = self._root, self.tree.commit()
-            if self._root != parent and isinstance(self.blockstore, DirectoryBlockstore):
-                record = RootRecord(
-                    cids.cid_to_str(self._root),
-                    RootRecord.now(),
-                    "api",
-                    str(self.blockstore.root.resolve()),
-                    cids.cid_to_str(parent) if parent is not None else None,
-                )
-                StoreHome(self.blockstore).registry.record(record)
-            self.blockstore.settle(time.time())  # what it stored is in a recorded root now
+            if isinstance(self.blockstore, DirectoryBlockstore):
+                if self._root != parent:
+                    self._record(parent)
+                self._publish(self._root)
+            self.blockstore.settle(started)  # what it stored is in a recorded root now
             return cids.cid_to_str(self._root)
+
+    def _record(self, parent: bytes | None) -> None:
+        assert isinstance(self.blockstore, DirectoryBlockstore) and self._root is not None
+        record = RootRecord(
+            cids.cid_to_str(self._root),
+            RootRecord.now(),
+            "api",
+            str(self.blockstore.root.resolve()),
+            cids.cid_to_str(parent) if parent is not None else None,
+        )
+        StoreHome(self.blockstore).registry.record(record)
 
     def collect_garbage(
         self, keep: Iterable[str] = (), *, grace: float = 0.0, dry_run: bool = False
     ) -> Collection:
         """Remove the blocks this store's tree (as of a :meth:`freeze` now) and the *keep* roots
         do not reach. On a store on disk, everything ``ipldmount gc`` keeps is kept as well
-        (tags, the newest root of each origin, mounts), and blocks other processes are writing."""
+        (tags, the newest root of each origin, mounts, live stores), and blocks other processes
+        are writing."""
         with self._gate.exclusive(), self._lock:
-            roots = [cids.parse_cid(self.freeze()), *(cids.parse_cid(root) for root in keep)]
+            roots = [self.freeze(), *keep]
             if isinstance(self.blockstore, DirectoryBlockstore):
-                kept = kept_roots(StoreHome(self.blockstore), Retention(grace=grace))
-                roots += [cids.parse_cid(root) for root in kept]
-            return collect_garbage(self.blockstore, roots, grace=grace, dry_run=dry_run)
+                also = {root: ["this store's tree, or kept by the caller"] for root in roots}
+                home = StoreHome(self.blockstore)
+                return collect(home, Retention(grace=grace), dry_run=dry_run, also=also).collection
+            return collect_garbage(
+                self.blockstore, [cids.parse_cid(root) for root in roots], grace=grace, dry_run=dry_run
+            )
 
     def export_car(self, out: BinaryIO) -> int:
         """Write a CARv1 of the committed tree to *out*; returns the bytes written."""
@@ -237,6 +270,8 @@ class IPLDStore(Store):
         tree = open_tree(self.blockstore, roots[0], whole_files=self._whole_files, read_only=self.read_only)
         with self._lock:
             self._root, self.tree = roots[0], tree
+            if isinstance(self.blockstore, DirectoryBlockstore):
+                self._publish(roots[0])
 
     # --- threads -------------------------------------------------------------
 
@@ -340,7 +375,7 @@ class IPLDStore(Store):
             raise TypeError(f"IPLDStore.set(): value must be a Buffer, not {type(value).__name__}")
         if not replace and self._exists_sync(key):
             return
-        with self._gate.shared():
+        with self._gate.shared(), self.blockstore.holding():  # leased until linked: see freeze()
             content = self._store_value(key, _view(value))
             with self._lock:
                 if replace or self._file(key) is None:  # checked again: another write may have won

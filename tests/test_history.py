@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from ipldmount import cli
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.errors import IpldmountError
+from ipldmount.ipld import cid as cids
 from ipldmount.state.home import StoreHome
 from ipldmount.state.registry import RootRecord, check_tag_name
 from ipldmount.zarrstore import IPLDStore
@@ -19,6 +21,11 @@ from ipldmount.zarrstore import IPLDStore
 SEED_DIR = Path(__file__).parent / "data" / "seed_example"
 SEED_CAR = SEED_DIR / "seed_example.car"
 SEED_ROOT = "bafyreidn66mk3fktszrfwayonvpq6y3agtnb5e5o22ivof5tgikbxt7k6u"
+
+
+def fake_root(name: str) -> str:
+    """A well-formed CID nobody stored: the history names roots by CID."""
+    return cids.cid_to_str(cids.digest_cid(cids.DAG_CBOR, hashlib.sha256(name.encode()).digest()))
 
 
 @pytest.fixture
@@ -37,22 +44,22 @@ def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str
 
 def test_records_come_back_newest_first_and_by_mountpoint(home: StoreHome) -> None:
     registry = home.registry
-    registry.record(RootRecord("bafy-a", "2026-01-01T00:00:00Z", "import", "/x.car"))
-    registry.record(RootRecord("bafy-b", "2026-01-02T00:00:00Z", "mount", "/mnt/a", "bafy-a", "first"))
-    registry.record(RootRecord("bafy-c", "2026-01-03T00:00:00Z", "mount", "/mnt/b"))
-    assert [record.root for record in registry.history()] == ["bafy-c", "bafy-b", "bafy-a"]
+    registry.record(RootRecord(fake_root("a"), "2026-01-01T00:00:00Z", "import", "/x.car"))
+    registry.record(RootRecord(fake_root("b"), "2026-01-02T00:00:00Z", "mount", "/mnt/a", fake_root("a"), "first"))
+    registry.record(RootRecord(fake_root("c"), "2026-01-03T00:00:00Z", "mount", "/mnt/b"))
+    assert [record.root for record in registry.history()] == [fake_root("c"), fake_root("b"), fake_root("a")]
     (only,) = registry.history("/mnt/a")
-    assert (only.parent, only.message) == ("bafy-a", "first")
+    assert (only.parent, only.message) == (fake_root("a"), "first")
     assert os.stat(registry.path).st_mode & 0o077 == 0
 
 
 def test_a_line_torn_by_a_crash_is_skipped_and_the_next_record_kept(home: StoreHome) -> None:
     registry = home.registry
-    registry.record(RootRecord("bafy-a", "2026-01-01T00:00:00Z", "import"))
+    registry.record(RootRecord(fake_root("a"), "2026-01-01T00:00:00Z", "import"))
     with open(registry.path, "ab") as stream:
-        stream.write(b'{"root": "bafy-torn", "ti')  # the process died mid-write
-    registry.record(RootRecord("bafy-b", "2026-01-02T00:00:00Z", "import"))
-    assert [record.root for record in registry.records()] == ["bafy-a", "bafy-b"]
+        stream.write(b'{"root": fake_root("torn"), "ti')  # the process died mid-write
+    registry.record(RootRecord(fake_root("b"), "2026-01-02T00:00:00Z", "import"))
+    assert [record.root for record in registry.records()] == [fake_root("a"), fake_root("b")]
 
 
 # --- tags ------------------------------------------------------------------------------

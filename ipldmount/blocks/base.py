@@ -490,6 +490,12 @@ class Blockstore(ABC):
         lease (if the store keeps leases) ends."""
         return
 
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        """Around storing blocks and then linking them into a tree or journal: a :meth:`settle`
+        meanwhile (another thread's commit) keeps what this stores leased (lease.py)."""
+        yield
+
     def protected_since(self) -> float | None:
         """Blocks written or claimed at or after this time (``time.time()``) may be in use by a
         live writer of another process: collecting garbage must keep them. None: no such writer."""

@@ -401,6 +401,11 @@ class DirectoryBlockstore(Blockstore):
     def settle(self, before: float) -> None:
         self._lease.settle(before)
 
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        with self._lease.holding():
+            yield
+
     def protected_since(self) -> float | None:
         horizons = live_horizons(self.root / "leases")
         return min(horizons) if horizons else None

@@ -192,21 +192,33 @@ def _sweep_one(
         result.removed_bytes += size
 
 
+def protection_time(store: Blockstore, grace: float) -> float:
+    """Blocks written or claimed at or after this time are kept, reached or not: the grace, and
+    every live writer's lease. Take it *before* reading what to keep (the roots): a writer
+    publishes its roots before it settles its lease, so whatever it stored is either under a
+    lease read here or named by a root read after (README, "Why gc never takes what is needed")."""
+    older_than = time.time() - grace - CLOCK_MARGIN  # mtimes lag time.time() by a tick
+    leased = store.protected_since()
+    return older_than if leased is None else min(older_than, leased)
+
+
 def collect_garbage(
     store: Blockstore,
     roots: Iterable[bytes],
     *,
     grace: float = 0.0,
+    older_than: float | None = None,
     dry_run: bool = False,
     marking: Progress | None = None,
     sweeping: Progress | None = None,
 ) -> Collection:
-    """Keep what *roots* reach and what writers may rely on (see the module); remove the rest."""
-    # Taken first: anything written or claimed later is kept (mtimes lag time.time() by a tick).
-    older_than = time.time() - grace - CLOCK_MARGIN
-    leased = store.protected_since()
-    if leased is not None:
-        older_than = min(older_than, leased)
+    """Keep what *roots* reach and what writers may rely on (see the module); remove the rest.
+
+    *older_than*: :func:`protection_time`, taken before the caller read *roots*; without it,
+    it is taken now, which is safe only for roots that no other writer can be publishing.
+    """
+    if older_than is None:
+        older_than = protection_time(store, grace)
     roots = list(roots)
     marked = mark(store, roots, marking)
     result = sweep(store, marked.cids, older_than, dry_run=dry_run, progress=sweeping)

@@ -1,14 +1,19 @@
 """STORE/: the one object that knows where everything in a store's folder lives.
 
     STORE/STORE, blocks/, tmp/    the block store's own (marker, one file per block, temporaries)
-    STORE/roots.log               every root made here (sync, import, freeze): one JSON line each
+    STORE/roots.log               every root made here (sync, import, freeze, pull) and every root
+                                  gc let go: one sealed JSON line each (see registry)
+    STORE/roots.head              the size of roots.log after its last append, and that line's seal
+    STORE/roots.log.damaged       lines `log --repair` set aside
+    STORE/live/                   roots live in-process stores (IPLDStore) use, one locked file each
     STORE/tags.json               names for roots
     STORE/pushes.log              roots pushed to IPFS nodes (`ipldmount push`): one JSON line each
     STORE/attributes.sqlite       mode, owner and mtime by path and content (outside the CIDs)
     STORE/cars/                   CARs written by sync (unless told otherwise)
     STORE/mounts/ID/journal       a mountpoint's unsynced changes (ID: its real path, hashed)
     STORE/mounts/ID/daemon.pid    while its daemon runs;  daemon.log: what the daemon said
-    STORE/mounts/ID/root          the root a running daemon serves (kept by garbage collection)
+    STORE/mounts/ID/root          the root a running daemon serves, then the contents its open
+                                  files read (kept by garbage collection)
     STORE/gc.lock, leases/        the block store's guards against collecting what writers use
 
 Everything is created with the store's modes (private by default, see
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.state.attributes import AttributeTable
+from ipldmount.state.liveroots import LiveRoots, live_roots
 from ipldmount.state.registry import PushLedger, Registry, Tags
 
 
@@ -100,7 +106,15 @@ class StoreHome:
 
     @property
     def registry(self) -> Registry:
-        return Registry(self.root / "roots.log", self.open_private)
+        return Registry(self.root / "roots.log", self.open_private, self.root / "roots.head")
+
+    def live_roots(self) -> LiveRoots:
+        """A new publication of the roots an in-process store uses (see liveroots)."""
+        return LiveRoots(self.root / "live", self.open_private, self.blocks.make_dir)
+
+    def roots_in_use(self) -> list[str]:
+        """The roots every live in-process store of this store has published."""
+        return live_roots(self.root / "live")
 
     @property
     def pushes(self) -> PushLedger:
@@ -128,23 +142,29 @@ class StoreHome:
         files.pid_file.unlink(missing_ok=True)
         files.root_file.unlink(missing_ok=True)
 
-    def write_root(self, files: MountFiles, root: str) -> None:
-        """Say which root the running daemon serves, atomically (garbage collection reads it)."""
+    def write_root(self, files: MountFiles, root: str, held: list[str] | None = None) -> None:
+        """Say which root the running daemon serves, and what else its open files read (content
+        unlinked or replaced since it was opened), atomically: garbage collection keeps them all."""
         temp = files.folder / f".root.{os.getpid()}"
         fd = self.open_private(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         with os.fdopen(fd, "w") as stream:
-            stream.write(f"{root}\n")
+            stream.write("".join(f"{cid}\n" for cid in [root, *(held or [])]))
         os.replace(temp, files.root_file)
 
     def served_root(self, files: MountFiles) -> str | None:
         """The root a live daemon serves at that mountpoint (None: no live daemon)."""
+        served = self.served_roots(files)
+        return served[0] if served else None
+
+    def served_roots(self, files: MountFiles) -> list[str]:
+        """The root a live daemon serves, then what its open files hold (empty: no live daemon)."""
         pid = self.daemon_pid(files)
         if pid is None or not process_alive(pid):
-            return None
+            return []
         try:
-            return files.root_file.read_text().strip() or None
+            return files.root_file.read_text().split()
         except FileNotFoundError:
-            return None
+            return []
 
     def daemon_pid(self, files: MountFiles) -> int | None:
         """The pid a mountpoint's daemon wrote (it may have died since)."""

@@ -10,6 +10,7 @@ says where both live.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -53,24 +54,63 @@ class RootRecord:
         return {key: value for key, value in asdict(self).items() if value not in (None, "")}
 
 
-class Registry:
-    """The roots of a store, oldest first on disk (``history`` gives newest first)."""
+class HistoryDamagedError(IpldmountError):
+    """The history cannot be read whole: what it no longer names would look collectable."""
 
-    def __init__(self, path: Path, open_private: OpenPrivate) -> None:
+
+@dataclass(frozen=True)
+class History:
+    """The history read whole: every root record, oldest first, and the roots gc dropped since."""
+
+    records: list[RootRecord]
+    live: list[RootRecord]  # the records no later `dropped` line let go, newest first
+    damaged: list[str]  # "line N: why", for each line that could not be read
+    dropped: set[str]  # roots a collection let go (and no later record made again)
+
+    def check(self, path: Path) -> None:
+        """Refuse to go on from a damaged history, saying what is wrong and how to mend it."""
+        if not self.damaged:
+            return
+        shown = "; ".join(self.damaged[:3]) + (
+            f"; and {len(self.damaged) - 3} more" if len(self.damaged) > 3 else ""
+        )
+        raise HistoryDamagedError(
+            f"{path} cannot be read whole ({shown}): nothing was collected. `ipldmount log --repair` "
+            f"sets the damaged lines aside (tagging every root they still name) and seals the rest"
+        )
+
+
+class Registry:
+    """The roots of a store, oldest first on disk (``history`` gives newest first).
+
+    Each line carries a checksum of itself (``sum``), and ``roots.head`` says how long the file
+    was after the last append and that line's checksum: a changed byte, a torn line or a cut
+    tail is found (:meth:`read_whole`), so garbage collection refuses rather than take the
+    blocks of roots it can no longer see. Lines from before checksums are read as they are.
+    """
+
+    def __init__(self, path: Path, open_private: OpenPrivate, head: Path | None = None) -> None:
         self.path = path
+        self.head = head or path.with_name("roots.head")
         self._open = open_private
 
     def record(self, record: RootRecord) -> None:
-        _append_line(self.path, self._open, record.as_json())
+        self._append([record.as_json()])
+
+    def drop(self, roots: list[str], reason: str) -> None:
+        """Say that garbage collection lets *roots* go: from now on they are partial, not kept.
+        Written before the first block goes, so a collection cut short leaves no half root
+        that looks whole (a later record of the same root makes it count again)."""
+        if roots:
+            when = RootRecord.now()
+            self._append([{"dropped": root, "time": when, "reason": reason} for root in roots])
 
     def records(self) -> list[RootRecord]:
-        found = []
-        for number, value in _read_lines(self.path):
-            try:
-                found.append(RootRecord(**value))
-            except TypeError:  # a foreign line: skipped, said
-                log.warning("%s: line %d is not a root record; skipped", self.path, number)
-        return found
+        """Every root record that can be read, oldest first; damaged lines are said and skipped."""
+        history = self.read_whole()
+        for damage in history.damaged:
+            log.warning("%s: %s; skipped", self.path, damage)
+        return history.records
 
     def history(self, where: str | None = None) -> list[RootRecord]:
         """Newest first; only a mountpoint's syncs if *where* is given."""
@@ -79,20 +119,216 @@ class Registry:
             records = [record for record in records if record.source == "mount" and record.where == where]
         return records[::-1]
 
+    def read_whole(self) -> History:
+        """The whole history, with every line that cannot be trusted named."""
+        head = self._read_head()  # before the log: an append between the two only adds lines
+        data = self._read_bytes()
+        records, dropped_at, damaged = _parse_history(data)
+        damaged += _head_damage(head, data)
+        live = [record for index, record in records if dropped_at.get(record.root, -1) < index]
+        dropped = set(dropped_at) - {record.root for record in live}
+        return History([record for _, record in records], live[::-1], damaged, dropped)
 
-def _append_line(path: Path, open_private: OpenPrivate, value: dict[str, Any]) -> None:
-    """Append *value* as one JSON line with a single write, and fsync it."""
-    line = (json.dumps(value, sort_keys=True) + "\n").encode()
+    def _read_head(self) -> dict[str, Any] | None:
+        try:
+            value = json.loads(self.head.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {"unreadable": True}
+        return value if isinstance(value, dict) else {"unreadable": True}
+
+    def _append(self, values: list[dict[str, Any]]) -> None:
+        """Append sealed lines with one write and fsync, then say so in the head (one writer at a
+        time: the store's folder is locked, as for tags)."""
+        lines = [_sealed(value) for value in values]
+        with _locked_folder(self.path.parent):
+            size = _append_lines(self.path, self._open, b"".join(lines))
+            self._write_head(size, json.loads(lines[-1])["sum"])
+
+    def _write_head(self, size: int, last_sum: str) -> None:
+        temporary = self.head.with_name(f".{self.head.name}.{os.getpid()}")
+        fd = self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, json.dumps({"size": size, "sum": last_sum}).encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.head)
+
+    def repair(self, tags: Tags, has: Callable[[str], bool]) -> tuple[int, list[str]]:
+        """Set the damaged lines aside in ``roots.log.damaged``, tag every stored root they still
+        name (``recovered-N``), and seal the rest anew. Returns (lines set aside, tags made)."""
+        _, bad = _split_damaged(self._read_bytes())
+        made = _tag_recovered(tags, bad, has)  # first: tags lock the same folder
+        with _locked_folder(self.path.parent):
+            good, bad = _split_damaged(self._read_bytes())
+            if bad:
+                _append_lines(self.path.with_name("roots.log.damaged"), self._open, b"".join(bad))
+            self._replace(b"".join(good))
+        return len(bad), made
+
+    def _read_bytes(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def _replace(self, data: bytes) -> None:
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        fd = self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, self.path)
+        fsync_dir(self.path.parent)
+        last = data.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        self._write_head(len(data), _line_sum(last) or "")
+
+
+@contextmanager
+def _locked_folder(folder: Path) -> Iterator[None]:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _seal_of(value: dict[str, Any]) -> str:
+    body = {key: item for key, item in value.items() if key != "sum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _sealed(value: dict[str, Any]) -> bytes:
+    return (json.dumps(value | {"sum": _seal_of(value)}, sort_keys=True) + "\n").encode()
+
+
+def _line_sum(line: bytes) -> str | None:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return str(value.get("sum")) if isinstance(value, dict) and "sum" in value else None
+
+
+def _line_damage(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """A line's value, or why it cannot be trusted."""
+    try:
+        value = json.loads(line.decode())
+    except (ValueError, UnicodeDecodeError):
+        return None, "not a JSON record"
+    if not isinstance(value, dict):
+        return None, "not a JSON record"
+    if "sum" in value and value["sum"] != _seal_of(value):
+        return None, "its checksum does not match (changed since it was written)"
+    if "dropped" in value:
+        return (value, None) if isinstance(value["dropped"], str) else (None, "not a history record")
+    try:
+        record = RootRecord(**{key: item for key, item in value.items() if key != "sum"})
+        cids.parse_cid(record.root)
+    except (TypeError, InvalidCIDError, ValueError):
+        return None, "not a root record"
+    return value, None
+
+
+def _parse_history(data: bytes) -> tuple[list[tuple[int, RootRecord]], dict[str, int], list[str]]:
+    """(index, record) of each root record, the index of each root's last `dropped` line, damage."""
+    records: list[tuple[int, RootRecord]] = []
+    dropped_at: dict[str, int] = {}
+    damaged: list[str] = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        value, damage = _line_damage(line)
+        if value is None:
+            damaged.append(f"line {number}: {damage}")
+        elif "dropped" in value:
+            dropped_at[value["dropped"]] = number
+        else:
+            records.append((number, RootRecord(**{k: v for k, v in value.items() if k != "sum"})))
+    return records, dropped_at, damaged
+
+
+def _head_damage(head: dict[str, Any] | None, data: bytes) -> list[str]:
+    """What the head says is missing or changed at the end of the log (nothing if it agrees)."""
+    if head is None:
+        return []
+    size, last_sum = head.get("size"), head.get("sum")
+    if not isinstance(size, int) or not isinstance(last_sum, str):
+        return ["roots.head is unreadable"]
+    if len(data) < size:
+        return [f"the file is {len(data)} bytes, {size - len(data)} fewer than last written (cut short)"]
+    last = data[:size].rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    if _line_sum(last) != last_sum:
+        return [f"the line ending at byte {size} is not the one last written"]
+    return []
+
+
+def _split_damaged(data: bytes) -> tuple[list[bytes], list[bytes]]:
+    """The log's lines that read as whole, and the rest."""
+    good: list[bytes] = []
+    bad: list[bytes] = []
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        value, _ = _line_damage(line)
+        if value is None:
+            bad.append(line + b"\n")
+        else:
+            good.append(line + b"\n")
+    return good, bad
+
+
+def _tag_recovered(tags: Tags, lines: list[bytes], has: Callable[[str], bool]) -> list[str]:
+    """Tag every stored root a damaged line still names, so nothing it kept is collected."""
+    made: list[str] = []
+    known = set(tags.all().values())
+    for line in lines:
+        for word in re.findall(rb"[A-Za-z0-9]{40,}", line):
+            text = word.decode()
+            try:
+                cids.parse_cid(text)
+            except InvalidCIDError:
+                continue
+            if text not in known and has(text):
+                name = free_tag_name(tags, "recovered")
+                tags.set(name, cids.parse_cid(text))
+                known.add(text)
+                made.append(name)
+    return made
+
+
+def free_tag_name(tags: Tags, prefix: str) -> str:
+    """``PREFIX-N`` for the smallest N no tag has."""
+    taken = tags.all()
+    number = 1
+    while f"{prefix}-{number}" in taken:
+        number += 1
+    return f"{prefix}-{number}"
+
+
+def _append_lines(path: Path, open_private: OpenPrivate, data: bytes) -> int:
+    """Append whole lines with a single write and fsync them; the file's size after."""
     fd = open_private(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
-            line = b"\n" + line  # after a line a crash tore: keep ours whole
-        if os.write(fd, line) != len(line):
+            data = b"\n" + data  # after a line a crash tore: keep ours whole
+        if os.write(fd, data) != len(data):
             raise OSError(f"short write to {path}")
         os.fsync(fd)
+        return os.fstat(fd).st_size
     finally:
         os.close(fd)
+
+
+def _append_line(path: Path, open_private: OpenPrivate, value: dict[str, Any]) -> None:
+    """Append *value* as one JSON line with a single write, and fsync it."""
+    _append_lines(path, open_private, (json.dumps(value, sort_keys=True) + "\n").encode())
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

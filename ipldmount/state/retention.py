@@ -25,11 +25,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ipldmount.blocks.gc import Collection, Progress, collect_garbage, mark
-from ipldmount.errors import InvalidCIDError, IpldmountError
+from ipldmount.blocks.dag import block_links
+from ipldmount.blocks.gc import Collection, Progress, collect_garbage, mark, protection_time
+from ipldmount.errors import BlockNotFoundError, CorruptBlockError, InvalidCIDError, IpldmountError
 from ipldmount.ipld import cid as cids
+from ipldmount.ipld.cid import may_link
 from ipldmount.state.home import StoreHome
 from ipldmount.state.journal import Journal, JournalError
+from ipldmount.state.registry import History
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +56,24 @@ class GcReport:
 
 
 def kept_roots(home: StoreHome, retention: Retention, now: float | None = None) -> dict[str, list[str]]:
-    """Every root (or journal-referenced block) to keep, as CID text, with the reasons why."""
-    return _merged(*_kept_parts(home, retention, now))
+    """Every root (or journal-referenced block) to keep, as CID text, with the reasons why.
+    Refuses (HistoryDamagedError) when the history cannot be read whole."""
+    history = home.registry.read_whole()
+    history.check(home.registry.path)
+    return _merged(*_kept_parts(home, retention, history, now))
 
 
 def _kept_parts(
-    home: StoreHome, retention: Retention, now: float | None
+    home: StoreHome, retention: Retention, history: History, now: float | None
 ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """What tags and history keep, and what mounts need (journals, daemons)."""
+    """What tags and history keep, and what mounts and live stores need."""
     by_mounts: dict[str, list[str]] = defaultdict(list)
     _keep_mounts(home, by_mounts)
-    return _kept_by_history(home, retention, now), by_mounts
+    for root in home.roots_in_use():
+        by_mounts[_checked(root, "a live in-process store's published root")].append(
+            "in use by a live in-process store"
+        )
+    return _kept_by_history(home, retention, history, now), by_mounts
 
 
 def _merged(*parts: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -74,20 +84,24 @@ def _merged(*parts: dict[str, list[str]]) -> dict[str, list[str]]:
     return dict(kept)
 
 
-def _kept_by_history(home: StoreHome, retention: Retention, now: float | None) -> dict[str, list[str]]:
+def _kept_by_history(
+    home: StoreHome, retention: Retention, history: History, now: float | None
+) -> dict[str, list[str]]:
     """The roots tags and the retained history keep (not mounts)."""
     kept: dict[str, list[str]] = defaultdict(list)
     for name, root in home.tags.all().items():
-        kept[root].append(f"tag {name}")
-    _keep_history(home, retention, now or time.time(), kept)
+        kept[_checked(root, f"tag {name}")].append(f"tag {name}")
+    _keep_history(home, retention, history, now or time.time(), kept)
     return kept
 
 
-def _keep_history(home: StoreHome, retention: Retention, now: float, kept: dict[str, list[str]]) -> None:
+def _keep_history(
+    home: StoreHome, retention: Retention, history: History, now: float, kept: dict[str, list[str]]
+) -> None:
     seen: dict[tuple[str, str], int] = defaultdict(int)
-    for record in home.registry.history():  # newest first
+    for record in history.live:  # newest first, without the roots a collection let go
         if not _stored(home, record.root):
-            continue  # collected before: the history remembers it, the store no longer has it
+            continue  # collected before dropped lines were written, or a lazy mount's root
         origin = (record.source, record.where)
         seen[origin] += 1
         if seen[origin] <= retention.keep_last:
@@ -101,6 +115,15 @@ def _stored(home: StoreHome, root: str) -> bool:
         return home.blocks.has(cids.parse_cid(root))
     except InvalidCIDError:
         return False
+
+
+def _checked(root: str, what: str) -> str:
+    """*root* if it reads as a CID; a name that does not is state gc cannot read whole: refuse."""
+    try:
+        cids.parse_cid(root)
+    except InvalidCIDError:
+        raise IpldmountError(f"{what} is not a CID ({root[:80]!r}); nothing was collected") from None
+    return root
 
 
 def _timestamp(text: str) -> float:
@@ -126,9 +149,12 @@ def _keep_mounts(home: StoreHome, kept: dict[str, list[str]]) -> None:
             for record in pending.records:
                 if "cid" in record:
                     kept[str(record["cid"])].append(f"written in {where}")
-        served = home.served_root(files)
-        if served is not None:
-            kept[served].append(f"served by the daemon of {files.folder}")
+        served = home.served_roots(files)
+        what = f"the root file {files.root_file}"
+        if served:
+            kept[_checked(served[0], what)].append(f"served by the daemon of {files.folder}")
+        for held in served[1:]:
+            kept[_checked(held, what)].append(f"read by a file open in the daemon of {files.folder}")
 
 
 def collect(
@@ -139,23 +165,42 @@ def collect(
     marking: Progress | None = None,
     sweeping: Progress | None = None,
     pinned_remotely: Callable[[bytes], bool] | None = None,
+    also: dict[str, list[str]] | None = None,
 ) -> GcReport:
     """Remove every block no kept root reaches (and that no writer may be using), and the CARs of
     roots not kept. *dry_run*: remove nothing, say what would go. *pinned_remotely*: whether a
-    node holds a root pinned now; such roots kept by tags or history are left to it (module)."""
-    by_history, by_mounts = _kept_parts(home, retention, None)
-    kept = _merged(by_history, by_mounts)
+    node holds a root pinned now; such roots kept by tags or history are left to it (module).
+    *also*: more roots to keep (CID text -> reasons), such as an in-process store's own.
+
+    The order is the safety argument (README, "Why gc never takes what is needed"): the time
+    before which blocks may go is fixed first, then every reference is read, then history
+    says which roots it lets go, and only then does a block go.
+    """
+    older_than = protection_time(home.blocks, retention.grace)
+    history = home.registry.read_whole()
+    history.check(home.registry.path)
+    by_history, by_mounts = _kept_parts(home, retention, history, None)
+    kept = _merged(by_history, by_mounts, also or {})
     left: list[str] = []
     if pinned_remotely is not None:  # a root a mount needs stays whole here, pinned or not
         left = [
-            text for text in by_history if text not in by_mounts and pinned_remotely(cids.parse_cid(text))
+            text
+            for text in by_history
+            if text not in by_mounts and text not in (also or {}) and pinned_remotely(cids.parse_cid(text))
         ]
+    if not dry_run:
+        _say_dropped(home, history, kept, left)
     roots = [cids.parse_cid(text) for text in kept if text not in left]
     # What the roots left to the node reach, marked while it is here: their files keep their
     # modes and times (the attribute table's rows), though their blocks go.
     on_node = mark(home.blocks, [cids.parse_cid(text) for text in left]).cids
     collection = collect_garbage(
-        home.blocks, roots, grace=retention.grace, dry_run=dry_run, marking=marking, sweeping=sweeping
+        home.blocks,
+        roots,
+        older_than=older_than,
+        dry_run=dry_run,
+        marking=marking,
+        sweeping=sweeping,
     )
     report = GcReport(kept, collection, left_to_node=left)
     report.attribute_rows_removed = home.attribute_table.prune(
@@ -167,3 +212,29 @@ def collect(
             if not dry_run:
                 path.unlink(missing_ok=True)
     return report
+
+
+def _say_dropped(home: StoreHome, history: History, kept: dict[str, list[str]], left: list[str]) -> None:
+    """Before any block goes: the history's stored roots this collection lets go are dropped
+    (partial from now on, never kept again unless made anew), and those left to the node."""
+    going = {record.root for record in history.live if record.root not in kept and _stored(home, record.root)}
+    home.registry.drop(sorted(going), "collected")
+    home.registry.drop(sorted(set(left) & {record.root for record in history.live}), "left to the IPFS node")
+
+
+def unnamed_heads(home: StoreHome) -> list[str]:
+    """Stored blocks that may link, that no other stored block links to, and that neither a tag nor
+    a readable history line names (nor a line that dropped them): every root a damaged history may
+    have lost. Reads every linking block of the store (a repair's cost, not a collection's)."""
+    store = home.blocks
+    linking = [cid for cid in store if may_link(cid)]
+    linked: set[bytes] = set()
+    for cid in linking:
+        try:
+            linked.update(block_links(cid, store.get(cid)))
+        except (BlockNotFoundError, CorruptBlockError, IpldmountError):
+            continue
+    history = home.registry.read_whole()
+    named = set(home.tags.all().values()) | {record.root for record in history.records} | history.dropped
+    heads = (cids.cid_to_str(cid) for cid in linking if cid not in linked)
+    return sorted(head for head in heads if head not in named)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ipldmount.blocks import Blockstore
 from ipldmount.blocks.car import write_car_file
-from ipldmount.errors import IpldmountError
+from ipldmount.errors import CarWriteError, IpldmountError
 from ipldmount.format.files import FileContent, InlineFile, PendingFile, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.state.attributes import Attributes
@@ -30,6 +30,10 @@ from ipldmount.tree import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node
 from ipldmount.unixfs_tree import open_tree
 
 log = logging.getLogger(__name__)
+
+
+class _Unread:
+    """Not read from the history yet."""
 
 
 class PendingChangesError(IpldmountError):
@@ -74,6 +78,7 @@ class Session:
         self.open_files = OpenFiles(store, self.tree.chunk_size, home.tmp_dir)
         self.attributes = Attributes(home.attribute_table, self.tree)
         self.recovered = 0
+        self._recorded: bytes | _Unread | None = _Unread()  # the root the history last has for here
         if not read_only:
             self._recover_or_start(self.base_root)
         home.write_root(self.files, cids.cid_to_str(self.base_root))  # for garbage collection
@@ -209,6 +214,7 @@ class Session:
         *,
         full_car: bool = False,
         started: float | None = None,
+        held: list[bytes] | None = None,
     ) -> SyncResult:
         """Commit, start a fresh journal on the new root, then write the CAR.
 
@@ -219,9 +225,12 @@ class Session:
         sync that changed nothing writes none unless asked (*car_path*, *full_car*).
         If blocks cannot be read, the root is committed all the same and
         IncompleteDagError names them (a later full sync or export writes the CAR
-        once they are back). *started* (``time.time()``) is when the caller began storing
+        once they are back); a CAR that cannot be written (a full disk) is CarWriteError,
+        the root committed too. *started* (``time.time()``) is when the caller began storing
         what the commit takes in (open files): blocks stored or claimed since may belong to
-        later writes, and stay leased from garbage collection.
+        later writes, and stay leased from garbage collection. *held*: the contents files
+        still open read (maybe unlinked or replaced since): published with the root, so
+        garbage collection keeps them while the daemon lives.
         """
         parent, started = self.base_root, started or time.time()
         root = self.tree.commit()
@@ -231,15 +240,20 @@ class Session:
         if changed or self.journal.pending:
             self.base_root = root
             self.journal.reset(root)
-            self.home.write_root(self.files, cids.cid_to_str(root))
+        self.home.write_root(self.files, cids.cid_to_str(root), [cids.cid_to_str(cid) for cid in held or ()])
         if changed:  # after the journal: a crash in between loses this line only, never the root
             self._record(root, parent, message, car_path or self._default_car(root, full_car))
+        elif self._moved(root):  # a mount of another root than the one last recorded here
+            self._record(root, self._recorded_root(), message, None)
         self.store.settle(started)  # what was stored before the commit is in the root now
         if not (changed or full_car or car_path):
             log.info("synced %s: root %s, unchanged", self.mountpoint, cids.cid_to_str(root))
             return SyncResult(cids.cid_to_str(root), None, 0, changed, full_car)
         car_path = car_path or self._default_car(root, full_car)
-        car_bytes = write_car_file(self.store, root, car_path, since=None if full_car else parent)
+        try:
+            car_bytes = write_car_file(self.store, root, car_path, since=None if full_car else parent)
+        except OSError as exc:
+            raise CarWriteError(root, cids.cid_to_str(root), car_path, exc) from exc
         log.info(
             "synced %s: root %s, %s CAR %s (%d bytes)",
             self.mountpoint,
@@ -250,18 +264,31 @@ class Session:
         )
         return SyncResult(cids.cid_to_str(root), car_path, car_bytes, changed, full_car)
 
+    def _moved(self, root: bytes) -> bool:
+        """Whether *root* is not the root this mountpoint last recorded (a mount of an older root,
+        a rollback): then a sync records it, so the history, and gc, know what it shows now."""
+        return self._recorded_root() != root
+
+    def _recorded_root(self) -> bytes | None:
+        """The root the history last has for this mountpoint (read once, then kept up to date)."""
+        if isinstance(self._recorded, _Unread):
+            synced = self.home.registry.history(str(self.mountpoint))
+            self._recorded = cids.parse_cid(synced[0].root) if synced else None
+        return self._recorded
+
     def _default_car(self, root: bytes, full_car: bool) -> Path:
         return self.car_dir / f"{cids.cid_to_str(root)}{'.full' if full_car else ''}.car"
 
-    def _record(self, root: bytes, parent: bytes, message: str | None, car_path: Path) -> None:
+    def _record(self, root: bytes, parent: bytes | None, message: str | None, car_path: Path | None) -> None:
+        self._recorded = root
         record = RootRecord(
             cids.cid_to_str(root),
             RootRecord.now(),
             "mount",
             str(self.mountpoint),
-            cids.cid_to_str(parent),
+            cids.cid_to_str(parent) if parent is not None else None,
             message,
-            str(car_path),
+            str(car_path) if car_path is not None else None,
         )
         self.home.registry.record(record)
 
