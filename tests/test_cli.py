@@ -338,12 +338,10 @@ def test_export_to_an_unwritable_directory(
     locked.chmod(0o555)
     if os.geteuid() == 0:
         # root writes anywhere; make the temporary file fail as it would for anyone else.
-        import tempfile
-
-        def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
+        def refuse(*args: object, **kwargs: object) -> tuple[int, Path]:
             raise PermissionError(13, "Permission denied", str(locked))
 
-        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+        monkeypatch.setattr(car, "_open_temporary", refuse)
     try:
         code, _, err = run(capsys, "export", SEED_ROOT, "-o", locked / "x.car", "--store", seeded)
     finally:

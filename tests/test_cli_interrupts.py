@@ -98,15 +98,21 @@ def test_mount_of_a_car_interrupted_while_importing(mounts: Mounts, half_a_car: 
     assert list(DirectoryBlockstore(store)) == []
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_export_interrupted_leaves_no_partial_car(tmp_path: Path, signum: int) -> None:
+def _store_with_a_stuck_block(tmp_path: Path) -> Path:
+    """The seed example's store, but reading its chunk waits forever: an export stops mid-archive."""
     store = tmp_path / "store"
     assert cli("import", SEED_CAR, "--store", store).returncode == 0
     blocks = DirectoryBlockstore(store)
     chunk = next(cid for cid in blocks if cid[1] == 0x55)
     path = blocks.block_path(chunk)
     path.unlink()
-    os.mkfifo(path)  # reading this block waits forever: the export is stuck mid-archive
+    os.mkfifo(path)  # nobody ever writes it
+    return store
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_export_interrupted_leaves_no_partial_car(tmp_path: Path, signum: int) -> None:
+    store = _store_with_a_stuck_block(tmp_path)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     process = start_cli("export", SEED_ROOT, "-o", out_dir / "seed.car", "--store", store)
@@ -115,6 +121,40 @@ def test_export_interrupted_leaves_no_partial_car(tmp_path: Path, signum: int) -
     assert code == 128 + signum
     assert "no CAR was written" in _one_line(err)
     assert os.listdir(out_dir) == [], "neither the CAR nor its temporary file"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_export_to_stdout_interrupted_says_the_car_is_incomplete(tmp_path: Path, signum: int) -> None:
+    """What went to stdout cannot be taken back: "no CAR was written" would be untrue."""
+    store = _store_with_a_stuck_block(tmp_path)
+    process = start_cli("export", SEED_ROOT, "-o", "-", "--store", store)
+    assert process.stdout is not None and process.stderr is not None
+    wait_for(lambda: _waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
+    process.send_signal(signum)
+    out = process.stdout.buffer.read()  # binary: a CAR is no text
+    err = process.stderr.read()
+    assert process.wait(timeout=60) == 128 + signum
+    line = _one_line(err)
+    assert "interrupted" in line and "the CAR written to stdout is incomplete" in line
+    assert "no CAR was written" not in line
+    assert out and SEED_CAR.read_bytes().startswith(out) and out != SEED_CAR.read_bytes()
+
+
+def test_export_into_a_fifo_interrupted_says_the_car_is_incomplete(tmp_path: Path) -> None:
+    store = _store_with_a_stuck_block(tmp_path)
+    fifo = tmp_path / "pipe.car"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    process = start_cli("export", SEED_ROOT, "-o", fifo, "--store", store)
+    wait_for(lambda: _waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
+    code, _, err = _stop(process, signal.SIGINT)
+    assert code == 130
+    assert f"the CAR written to {fifo} is incomplete" in _one_line(err)
+    reader.join(60)
+    assert received and SEED_CAR.read_bytes().startswith(received[0]) and received[0] != SEED_CAR.read_bytes()
+    assert sorted(os.listdir(tmp_path)) == ["pipe.car", "store"], "the FIFO is left as it was"
 
 
 def test_progress_line_shows_total_percentage_rate_and_time_left() -> None:

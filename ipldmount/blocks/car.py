@@ -8,11 +8,15 @@ a blockstore batch, so a CAR that turns out to be bad imports nothing.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
-import tempfile
+import re
+import secrets
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from multiformats import multicodec
 
@@ -24,6 +28,7 @@ from ipldmount.errors import (
     CorruptBlockError,
     IncompleteDagError,
     InvalidCIDError,
+    IpldmountError,
 )
 from ipldmount.ipld import codec
 from ipldmount.ipld.cid import (
@@ -39,6 +44,8 @@ from ipldmount.ipld.cid import (
 )
 from ipldmount.ipld.codec import Link
 from ipldmount.ipld.varint import MULTIFORMATS_MAX_BYTES, TruncatedVarint, decode_varint, encode_varint
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(blocks, nbytes)``: blocks done, CAR bytes written or read so far."""
@@ -131,6 +138,37 @@ def incomplete_dag(
     )
 
 
+class CarTarget(NamedTuple):
+    """Where a CAR for a path goes: the *path* to write, and whether it is *streamed* into.
+
+    A device or a pipe is written into as opened (what ``> path`` does in a shell):
+    replacing it by a file would destroy it (``/dev/null``) or leave its reader
+    waiting forever (a FIFO). A regular file, or none yet, is replaced atomically;
+    through a symlink, the file it points to is (never the link itself: ``/dev/stdout``).
+    """
+
+    path: Path
+    streamed: bool
+
+
+def car_target(path: Path) -> CarTarget:
+    """How a CAR is written to *path* (:class:`CarTarget`); refuses a directory, socket or the like.
+
+    Raises IpldmountError (one line, naming *path*) for what no CAR can be written to,
+    and OSError for a path that cannot even be looked at.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)):
+        return CarTarget(path, streamed=True)
+    if mode is None or stat.S_ISREG(mode):
+        return CarTarget(Path(os.path.realpath(path)) if os.path.islink(path) else path, streamed=False)
+    what = "a directory" if stat.S_ISDIR(mode) else "a socket" if stat.S_ISSOCK(mode) else "of another kind"
+    raise IpldmountError(f"cannot write a CAR to {path}: it is {what} (not a file, device or pipe)")
+
+
 def write_car_file(
     store: Blockstore,
     root: bytes,
@@ -138,14 +176,41 @@ def write_car_file(
     progress: Progress | None = None,
     since: bytes | None = None,
 ) -> int:
-    """Write a root's CAR (of the change since *since*, if given) to *path* atomically and
-    durably: never a half-written archive.
+    """Write a root's CAR (of the change since *since*, if given) to *path*; return its size.
 
-    Raises IncompleteDagError, naming every block that cannot be read, instead of
-    writing an archive without them.
+    A regular file (or a new one) is written atomically and durably, never half-written;
+    a device or pipe is streamed into (:func:`car_target`). Raises IncompleteDagError,
+    naming every block that cannot be read: then no file was written, or what went
+    into the device or pipe is incomplete.
     """
+    target = car_target(path)
+    if target.streamed:
+        return _stream_car_file(store, root, target.path, progress, since)
+    return _replace_car_file(store, root, target.path, progress, since)
+
+
+def _stream_car_file(
+    store: Blockstore, root: bytes, path: Path, progress: Progress | None, since: bytes | None
+) -> int:
+    """Write into a device or pipe as it is: no O_CREAT (a node that vanished is not made a
+    file), no temporary. Opening a FIFO waits for its reader, as any writer does."""
+    missing: list[bytes] = []
+    with open(os.open(path, os.O_WRONLY | os.O_CLOEXEC), "wb") as stream:
+        size = export_car(store, root, stream, progress=progress, missing=missing, since=since)
+        stream.flush()
+        if stat.S_ISBLK(os.fstat(stream.fileno()).st_mode):
+            os.fsync(stream.fileno())  # a disk keeps it; a pipe or character device cannot be synced
+    if missing:
+        raise incomplete_dag(root, missing, consequence=f"the CAR written to {path} is incomplete")
+    return size
+
+
+def _replace_car_file(
+    store: Blockstore, root: bytes, path: Path, progress: Progress | None, since: bytes | None
+) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_stale_temporaries(path.parent)
+    handle, temporary = _open_temporary(path)
     missing: list[bytes] = []
     try:
         with os.fdopen(handle, "wb") as stream:
@@ -156,10 +221,78 @@ def write_car_file(
             os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return size
+
+
+# A CAR's temporary is ``.NAME.ipldmount-PID-HEX.tmp`` beside it: hidden, saying whose it is (the
+# pid) so that one a killed writer left can be told from anyone else's file, and removed.
+_TEMPORARY = re.compile(r"\..*\.ipldmount-([1-9][0-9]{0,6})-[0-9a-f]{16}\.tmp", re.DOTALL)  # pid_max <= 2**22
+_TEMPORARY_NAME_BYTES = 200  # of NAME in it: with the rest (at most 40 bytes) within NAME_MAX, 255
+STALE_SCAN_LIMIT = 100_000  # entries of a folder looked at before each CAR written into it
+
+
+def temporary_name(name: str, pid: int | None = None) -> str:
+    """The name of a CAR temporary for a target called *name*, made by process *pid* (us)."""
+    short = os.fsdecode(os.fsencode(name)[:_TEMPORARY_NAME_BYTES])
+    return f".{short}.ipldmount-{os.getpid() if pid is None else pid}-{secrets.token_hex(8)}.tmp"
+
+
+def temporary_owner(name: str) -> int | None:
+    """The pid that made a CAR temporary called *name*, or None if *name* is not one of ours."""
+    match = _TEMPORARY.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def _open_temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside *path* for its CAR, readable by the owner only until renamed."""
+    temporary = path.parent / temporary_name(path.name)
+    return os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), temporary
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the CAR temporaries in *directory* whose writer is gone (killed mid-write: -9, a
+    crash, a power cut), and return them. Only names of our exact pattern, whose pid names
+    no live process (checked per file, not cached: pids are reused); never our own."""
+    removed: list[Path] = []
+    try:
+        with os.scandir(directory) as entries:
+            removed = [
+                Path(entry.path)
+                for entry in itertools.islice(entries, STALE_SCAN_LIMIT)
+                if _remove_stale(entry)
+            ]
+    except OSError as exc:  # a folder we may write to but not list, say: the new CAR matters more
+        log.debug("could not look for stale CAR temporaries in %s: %s", directory, exc)
+    return removed
+
+
+def _remove_stale(entry: os.DirEntry[str]) -> bool:
+    """Remove *entry* if it is a CAR temporary of a dead writer; whether it was."""
+    pid = temporary_owner(entry.name)
+    if pid is None or pid == os.getpid() or _process_exists(pid):
+        return False
+    try:
+        if not entry.is_file(follow_symlinks=False):
+            return False
+        os.unlink(entry.path)
+    except OSError as exc:  # gone already, or another user's in a sticky folder such as /tmp
+        log.debug("left %s in place: %s", entry.path, exc)
+        return False
+    log.info("removed %s, left by process %d (no longer running)", entry.path, pid)
+    return True
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 # --- reading --------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 
 import trio
 
+from ipldmount.blocks.car import car_target
 from ipldmount.errors import IncompleteDagError, IpldmountError
 from ipldmount.ipld import cid as cids
 from ipldmount.mount.control import MAX_MESSAGE, runtime_dir
@@ -212,6 +213,8 @@ async def _dispatch(ops: Operations, data: bytes) -> dict[str, Any]:
             answer.update(root=ops.session.status()["root"])
         else:
             car = Path(request["car"]) if request.get("car") else None
+            if car is not None:
+                car_target(car)  # a directory or socket is refused before the sync commits anything
             result = await ops.sync(car, request.get("message"), full_car=request.get("full_car", False))
             answer.update(root=result.root, changed=result.changed, car_bytes=result.car_bytes)
             answer.update(car=str(result.car) if result.car else None, full_car=result.full_car)
