@@ -4,6 +4,7 @@
   kernel turns every fallocate(2) on the mount into EOPNOTSUPP. :func:`install_fallocate`
   fills that empty slot of the operation table with a C-callable that hands the
   request to the trio loop and answers with ``fuse_reply_err``.
+* Not a hook but a mount option: :func:`fsname` names the mount's source after its root CID.
 * Open flags: pyfuse3's ``FileInfo`` carries only ``keep_cache``, ``direct_io`` and
   ``nonseekable``. :func:`install_open_flags` wraps pyfuse3's ``open`` and ``opendir``
   entries so that a read-only open asks for no FLUSH on close (``noflush``: one
@@ -122,6 +123,22 @@ def _opendir_bits(flags: int) -> int:
     """Listings stay in the kernel's cache, across opens too; it drops them when the directory
     changes (every change goes through the kernel: the daemon is the only writer)."""
     return _CACHE_READDIR | _KEEP_CACHE
+
+
+FSNAME_MAX = 255  # bytes; the kernel would take a page, but this keeps /proc/mounts lines readable
+
+
+def fsname(root: str) -> str:
+    """The mount's ``fsname`` option, its source in /proc/mounts and df: ``ipldmount:ROOT``, the
+    root CID it was mounted at, to tell mounts apart (plain ``ipldmount`` said nothing).
+
+    libfuse splits options at commas and /proc/mounts fields at whitespace, so anything but a
+    short ASCII letters-and-digits CID (as base32 and base58 ones are) gives plain ``ipldmount``.
+    """
+    name = f"ipldmount:{root}"
+    if not (root.isascii() and root.isalnum()) or len(name) > FSNAME_MAX:
+        return "ipldmount"
+    return name
 
 
 _installed: list[object] = []  # the callbacks libfuse points to: alive as long as the process
