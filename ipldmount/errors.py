@@ -6,6 +6,7 @@ Library code raises these; only the FUSE adapter and the CLI translate them
 
 from __future__ import annotations
 
+import base64
 import errno
 
 
@@ -49,9 +50,10 @@ class MustFetchError(IpldmountError):
     the caller fetches it in a worker thread and tries again (never seen outside the mount)."""
 
     def __init__(self, cid: bytes) -> None:
-        from ipldmount.ipld.cid import cid_to_str  # here: that module imports this one
-
-        super().__init__(f"block {cid_to_str(cid)} must be fetched from the network first")
+        # The CID's text (multibase base32, as ipld.cid writes it), spelled here: that module
+        # imports this one, and nothing here may import upwards.
+        text = "b" + base64.b32encode(cid).decode("ascii").lower().rstrip("=")
+        super().__init__(f"block {text} must be fetched from the network first")
         self.cid = cid
 
 

@@ -296,7 +296,11 @@ class Mount:
         if not path.exists():
             return []
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return [entry for entry in records if entry["source"] == "mount" and entry["where"] == str(self.path)]
+        return [
+            entry
+            for entry in records
+            if entry.get("source") == "mount" and entry.get("where") == str(self.path)
+        ]
 
     def kill(self, sig: int) -> int:
         pid = self.daemon_pid()

@@ -382,3 +382,19 @@ def test_zarr_through_an_in_process_store_survives_gc_in_another_process(tmp_pat
     age_blocks(path)
     check(cli("gc", "--grace", "0", "--keep-last", "1", "--store", path))
     assert list(zarr.open_array(store, mode="r")[:]) == list(range(64))
+
+
+def test_a_root_gc_let_go_is_named_again_only_while_whole(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    writer = IPLDStore(DirectoryBlockstore(path))
+    roots = []
+    for _ in range(3):
+        writer.set_sync("only", _buffer(os.urandom(20_000)))  # each version's own leaf
+        roots.append(writer.freeze())
+    writer.close()
+    age_blocks(path)
+    store = DirectoryBlockstore(path)
+    os.utime(store.block_path(cids.parse_cid(roots[0])))  # its own block stays, its leaf goes
+    check(cli("gc", "--grace", "5s", "--keep-last", "1", "--store", path))
+    assert_one_line_error(cli("tag", "old", roots[0], "--store", path), "let go by gc", "import or pull")
+    check(cli("tag", "last", roots[2], "--store", path))  # never let go

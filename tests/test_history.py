@@ -45,7 +45,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str
 def test_records_come_back_newest_first_and_by_mountpoint(home: StoreHome) -> None:
     registry = home.registry
     registry.record(RootRecord(fake_root("a"), "2026-01-01T00:00:00Z", "import", "/x.car"))
-    registry.record(RootRecord(fake_root("b"), "2026-01-02T00:00:00Z", "mount", "/mnt/a", fake_root("a"), "first"))
+    registry.record(
+        RootRecord(fake_root("b"), "2026-01-02T00:00:00Z", "mount", "/mnt/a", fake_root("a"), "first")
+    )
     registry.record(RootRecord(fake_root("c"), "2026-01-03T00:00:00Z", "mount", "/mnt/b"))
     assert [record.root for record in registry.history()] == [fake_root("c"), fake_root("b"), fake_root("a")]
     (only,) = registry.history("/mnt/a")

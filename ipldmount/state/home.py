@@ -106,7 +106,12 @@ class StoreHome:
 
     @property
     def registry(self) -> Registry:
-        return Registry(self.root / "roots.log", self.open_private, self.root / "roots.head")
+        return Registry(
+            self.root / "roots.log",
+            self.open_private,
+            self.root / "roots.head",
+            self.root / "roots.log.damaged",
+        )
 
     def live_roots(self) -> LiveRoots:
         """A new publication of the roots an in-process store uses (see liveroots)."""

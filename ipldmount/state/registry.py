@@ -83,15 +83,16 @@ class History:
 class Registry:
     """The roots of a store, oldest first on disk (``history`` gives newest first).
 
-    Each line carries a checksum of itself (``sum``), and ``roots.head`` says how long the file
+    Each line carries a checksum of itself (``sum``), and the *head* file says how long the file
     was after the last append and that line's checksum: a changed byte, a torn line or a cut
     tail is found (:meth:`read_whole`), so garbage collection refuses rather than take the
     blocks of roots it can no longer see. Lines from before checksums are read as they are.
     """
 
-    def __init__(self, path: Path, open_private: OpenPrivate, head: Path | None = None) -> None:
+    def __init__(self, path: Path, open_private: OpenPrivate, head: Path, set_aside: Path) -> None:
         self.path = path
-        self.head = head or path.with_name("roots.head")
+        self.head = head  # the log's size after the last append, and that line's checksum
+        self.set_aside = set_aside  # where `log --repair` puts damaged lines
         self._open = open_private
 
     def record(self, record: RootRecord) -> None:
@@ -157,14 +158,14 @@ class Registry:
         os.replace(temporary, self.head)
 
     def repair(self, tags: Tags, has: Callable[[str], bool]) -> tuple[int, list[str]]:
-        """Set the damaged lines aside in ``roots.log.damaged``, tag every stored root they still
+        """Set the damaged lines aside (in *set_aside*), tag every stored root they still
         name (``recovered-N``), and seal the rest anew. Returns (lines set aside, tags made)."""
         _, bad = _split_damaged(self._read_bytes())
         made = _tag_recovered(tags, bad, has)  # first: tags lock the same folder
         with _locked_folder(self.path.parent):
             good, bad = _split_damaged(self._read_bytes())
             if bad:
-                _append_lines(self.path.with_name("roots.log.damaged"), self._open, b"".join(bad))
+                _append_lines(self.set_aside, self._open, b"".join(bad))
             self._replace(b"".join(good))
         return len(bad), made
 
@@ -259,7 +260,7 @@ def _head_damage(head: dict[str, Any] | None, data: bytes) -> list[str]:
         return []
     size, last_sum = head.get("size"), head.get("sum")
     if not isinstance(size, int) or not isinstance(last_sum, str):
-        return ["roots.head is unreadable"]
+        return ["its head file is unreadable"]
     if len(data) < size:
         return [f"the file is {len(data)} bytes, {size - len(data)} fewer than last written (cut short)"]
     last = data[:size].rstrip(b"\n").rsplit(b"\n", 1)[-1]
