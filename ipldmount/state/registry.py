@@ -145,7 +145,7 @@ class Registry:
         lines = [_sealed(value) for value in values]
         with _locked_folder(self.path.parent):
             size = _append_lines(self.path, self._open, b"".join(lines))
-            self._write_head(size, json.loads(lines[-1])["sum"])
+            self._write_head(size, _line_sum(lines[-1]) or "")
 
     def _write_head(self, size: int, last_sum: str) -> None:
         temporary = self.head.with_name(f".{self.head.name}.{os.getpid()}")
@@ -199,41 +199,62 @@ def _locked_folder(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _seal_of(value: dict[str, Any]) -> str:
-    body = {key: item for key, item in value.items() if key != "sum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+_SUM_KEY = b'"sum": "'
+_SUM_WIDTH = 16  # hex digits of a line's checksum
+_SUM_BLANK = b"0" * _SUM_WIDTH
 
 
 def _sealed(value: dict[str, Any]) -> bytes:
-    return (json.dumps(value | {"sum": _seal_of(value)}, sort_keys=True) + "\n").encode()
+    """*value* as a JSON line whose ``sum`` is the checksum of the line with a blank sum in its place
+    (so a reader checks the bytes as they are, without encoding anything again)."""
+    blank = json.dumps(value | {"sum": _SUM_BLANK.decode()}, sort_keys=True).encode()
+    return blank.replace(_SUM_KEY + _SUM_BLANK, _SUM_KEY + _checksum(blank), 1) + b"\n"
+
+
+def _checksum(line: bytes) -> bytes:
+    return hashlib.sha256(line).hexdigest()[:_SUM_WIDTH].encode()
 
 
 def _line_sum(line: bytes) -> str | None:
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return str(value.get("sum")) if isinstance(value, dict) and "sum" in value else None
+    """The checksum a line carries (None: a line from before checksums, or no key at all)."""
+    at = line.find(_SUM_KEY)
+    return (
+        None
+        if at < 0
+        else line[at + len(_SUM_KEY) : at + len(_SUM_KEY) + _SUM_WIDTH].decode(errors="replace")
+    )
 
 
-def _line_damage(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """A line's value, or why it cannot be trusted."""
+def _seal_holds(line: bytes) -> bool:
+    at = line.find(_SUM_KEY) + len(_SUM_KEY)
+    carried = line[at : at + _SUM_WIDTH]
+    return _checksum(line[:at] + _SUM_BLANK + line[at + _SUM_WIDTH :]) == carried
+
+
+def _line_damage(line: bytes) -> tuple[RootRecord | str | None, str | None]:
+    """A line's record (a root record, or the root of a ``dropped`` line), or why it cannot be
+    trusted."""
     try:
         value = json.loads(line.decode())
     except (ValueError, UnicodeDecodeError):
         return None, "not a JSON record"
     if not isinstance(value, dict):
         return None, "not a JSON record"
-    if "sum" in value and value["sum"] != _seal_of(value):
+    sealed = "sum" in value
+    if sealed and not _seal_holds(line.rstrip()):
         return None, "its checksum does not match (changed since it was written)"
     if "dropped" in value:
-        return (value, None) if isinstance(value["dropped"], str) else (None, "not a history record")
+        return (
+            (value["dropped"], None) if isinstance(value["dropped"], str) else (None, "not a history record")
+        )
+    value.pop("sum", None)
     try:
-        record = RootRecord(**{key: item for key, item in value.items() if key != "sum"})
-        cids.parse_cid(record.root)
+        record = RootRecord(**value)
+        if not sealed:  # a sealed line is as it was written, and what was written was checked
+            cids.parse_cid(record.root)
     except (TypeError, InvalidCIDError, ValueError):
         return None, "not a root record"
-    return value, None
+    return record, None
 
 
 def _parse_history(data: bytes) -> tuple[list[tuple[int, RootRecord]], dict[str, int], list[str]]:
@@ -244,13 +265,13 @@ def _parse_history(data: bytes) -> tuple[list[tuple[int, RootRecord]], dict[str,
     for number, line in enumerate(data.split(b"\n"), 1):
         if not line.strip():
             continue
-        value, damage = _line_damage(line)
-        if value is None:
+        record, damage = _line_damage(line)
+        if record is None:
             damaged.append(f"line {number}: {damage}")
-        elif "dropped" in value:
-            dropped_at[value["dropped"]] = number
+        elif isinstance(record, str):
+            dropped_at[record] = number
         else:
-            records.append((number, RootRecord(**{k: v for k, v in value.items() if k != "sum"})))
+            records.append((number, record))
     return records, dropped_at, damaged
 
 

@@ -100,13 +100,16 @@ def _keep_history(
 ) -> None:
     seen: dict[tuple[str, str], int] = defaultdict(int)
     for record in history.live:  # newest first, without the roots a collection let go
+        origin = (record.source, record.where)
+        recent = retention.keep_within is not None and now - _timestamp(record.time) <= retention.keep_within
+        if seen[origin] >= retention.keep_last and not recent:
+            continue  # kept by nothing whether it is stored or not: no need to look
         if not _stored(home, record.root):
             continue  # collected before dropped lines were written, or a lazy mount's root
-        origin = (record.source, record.where)
         seen[origin] += 1
         if seen[origin] <= retention.keep_last:
             kept[record.root].append(f"last {retention.keep_last} of {record.source} {record.where}")
-        elif retention.keep_within is not None and now - _timestamp(record.time) <= retention.keep_within:
+        else:
             kept[record.root].append(f"made within the last {retention.keep_within:g} s")
 
 

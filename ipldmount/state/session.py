@@ -78,6 +78,7 @@ class Session:
         self.open_files = OpenFiles(store, self.tree.chunk_size, home.tmp_dir)
         self.attributes = Attributes(home.attribute_table, self.tree)
         self.recovered = 0
+        self.failed_closes: list[str] = []  # paths whose last close could not store their writes
         self._recorded: bytes | _Unread | None = _Unread()  # the root the history last has for here
         if not read_only:
             self._recover_or_start(self.base_root)
@@ -292,11 +293,24 @@ class Session:
         )
         self.home.registry.record(record)
 
+    def close_failed(self, path: str | None, reason: BaseException) -> None:
+        """A file's last close could not store its writes (a full disk): it keeps the content of
+        its previous close (empty, for a file just created). Said by status and by each sync."""
+        shown = path if path is not None else "(a file unlinked meanwhile)"
+        log.error(
+            "%s: unsaved writes dropped after a failed close (%s); it keeps its earlier content",
+            shown,
+            reason,
+        )
+        if path is not None and path not in self.failed_closes:
+            self.failed_closes = [*self.failed_closes[-99:], path]
+
     def status(self) -> dict[str, Any]:
         return {
             "mountpoint": str(self.mountpoint),
             "root": cids.cid_to_str(self.base_root),
             "unsynced_changes": self.journal.pending,
+            "failed_closes": list(self.failed_closes),
             "store": str(self.home.root),
             "read_only": self.read_only,
             "journal": str(self.journal.path),
