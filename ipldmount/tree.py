@@ -135,7 +135,17 @@ class File(Node):
 
 
 class Directory(Node):
-    __slots__ = ("_entries", "_form", "_previous", "changed", "complete", "dirty", "subdirs", "table")
+    __slots__ = (
+        "_entries",
+        "_form",
+        "_previous",
+        "changeable",
+        "changed",
+        "complete",
+        "dirty",
+        "subdirs",
+        "table",
+    )
 
     def __init__(self, form: DirectoryForm | None = None) -> None:
         super().__init__()
@@ -150,6 +160,9 @@ class Directory(Node):
         # listed directory of a million chunks): the two hold every entry, each name in one.
         self.table: EntryTable | None = None
         self.complete = form is None
+        # A sharded directory read name by name is read whole once, the first time it is to change
+        # (Tree._check_changeable): every name and node of its committed HAMT is then known valid.
+        self.changeable = False
         self.dirty = form is None
         self.subdirs: int | None = None if form is not None else 0  # known once counted or loaded
 
@@ -194,18 +207,43 @@ def _may_be_directory(cid: bytes, head: bytes | None) -> bool:
     return head is None or (bool(head) and head[0] >> 5 == 5)
 
 
-def _check_plain_names(value: dict[Any, Any], cid: bytes) -> None:
-    """A linked plain directory with an invalid name is unreadable as a whole (FORMAT.md 3.5):
-    refused here, it stays a link, never re-encoded inline into its parent."""
-    if hamt.is_root(value):
-        return  # its names are in its buckets, checked when it is read
-    for name in value:
+def _check_block(form: DirectoryForm) -> None:
+    """Refuse a directory block holding an invalid name or value anywhere: among its own entries,
+    or in a directory inline in it (FORMAT.md 3.2). Such a block is never read in part, so never
+    re-encoded: an entry linking it is broken and keeps its link; a root refuses every change."""
+    if not form.checked:
         try:
-            _check_key(name)
-        except IpldmountError as exc:
-            raise FormatError(
-                f"directory block {cids.cid_to_str(cid)} holds an invalid name: {exc}"
-            ) from None
+            _check_entries(dirnode.inline_entries(form.value))
+        except FormatError as exc:
+            raise FormatError(f"directory block {cids.cid_to_str(form.cid)} is malformed: {exc}") from None
+        form.checked = True
+
+
+def _check_entries(entries: Iterable[tuple[Any, Any]]) -> None:
+    """Raise FormatError at the first invalid name or value among *entries*, or in a directory
+    inline in them: an explicit stack, as inline maps may nest as deep as a decoder allows."""
+    stack = [iter(entries)]
+    while stack:
+        for name, value in stack.pop():
+            try:
+                _check_key(name)
+            except IpldmountError as exc:
+                raise FormatError(f"an invalid name: {exc}") from None
+            if isinstance(value, codec.Link):
+                continue
+            dirnode.check_inline_entry(name, value)
+            if not metadata.is_metadata_name(name):
+                stack.append(iter(dirnode.inline_entries(value)))
+
+
+def _once_each(entries: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
+    """*entries*, refused (FormatError) at a name met twice."""
+    seen: set[str] = set()
+    for name, value in entries:
+        if name in seen:
+            raise dirnode.duplicate_name(name)
+        seen.add(name)
+        yield name, value
 
 
 def _check_key(name: object) -> None:
@@ -256,6 +294,10 @@ class Tree:
     def _open_root(self, cid: bytes) -> Directory:
         if cids.codec_of(cid) != cids.DAG_CBOR:
             raise FormatError(f"root {cids.cid_to_str(cid)} is not a dag-cbor directory node")
+        if not cids.is_supported(cid):  # FORMAT.md 2.1: identity CIDs are read in UnixFS only
+            raise FormatError(
+                f"root {cids.cid_to_str(cid)} is not a sha2-256 block (identity CIDs are UnixFS's)"
+            )
         data = self.store.get(cid)
         value = codec.decode(data)
         if type(value) is not dict:
@@ -360,6 +402,9 @@ class Tree:
         with self._moving:
             if directory.complete:
                 return
+            committed = directory._form or directory._previous
+            if committed is not None and committed.stored:
+                _check_block(committed)  # once per block: a linked one was checked as it was read
             table = EntryTable()
             loaded, fresh = self._read_committed(directory, table)
             for name in fresh:
@@ -502,8 +547,9 @@ class Tree:
             if isinstance(value, list):
                 return File(StoredFile(cid, sum(length for _, length in decode_fbl(data))))
             if type(value) is dict:
-                _check_plain_names(value, cid)
-                return Directory(DirectoryForm(value, data, cid))
+                form = DirectoryForm(value, data, cid)
+                _check_block(form)
+                return Directory(form)
             raise FormatError(f"block {cids.cid_to_str(cid)} is neither a directory nor a chunked file")
         except (BlockNotFoundError, CorruptBlockError, FormatError) as exc:
             # Not an error yet: the entry is listed, and whoever uses it gets (and logs) EIO.
@@ -592,8 +638,34 @@ class Tree:
         if self.read_only:
             raise ReadOnlyError("the tree is read-only")
 
+    def _check_changeable(self, directory: Directory) -> None:
+        """Refuse a change to *directory* unless it, and each directory above it that the change
+        re-encodes, could be read in full (FORMAT.md 3.2, 6.4): a writer never re-encodes what it
+        could not read. A sharded directory read name by name is read whole for this, once."""
+        current: Directory | None = directory
+        while current is not None and not current.dirty:
+            if not (current.complete or current.changeable):
+                self._check_whole(current)
+            current = current.parent
+
+    def _check_whole(self, directory: Directory) -> None:
+        """Read every name and value of a committed directory, keeping none (FormatError if any is
+        invalid, or a node of its HAMT is malformed)."""
+        committed = directory._form
+        assert committed is not None, "a directory that is not dirty has its committed encoding"
+        if not committed.sharded:
+            self._load(directory)
+            return
+        try:
+            _check_entries(_once_each(self._committed_entries(committed)))
+        except FormatError as exc:
+            where = self.path_of(directory)
+            raise FormatError(f"sharded directory {where!r} cannot be changed: {exc}") from None
+        directory.changeable = True
+
     def _insert(self, directory: Directory, name: str, node: Node) -> None:
         self.get_entry(directory, name)  # what it replaces, if anything, is read first
+        self._check_changeable(directory)
         assert directory._entries is not None
         directory._entries[name] = node
         node.add_link(directory, name)
@@ -604,6 +676,7 @@ class Tree:
     def _detach(self, directory: Directory, name: str) -> Node:
         if self.get_entry(directory, name) is None:
             raise KeyError(name)
+        self._check_changeable(directory)
         assert directory._entries is not None
         node = directory._entries.pop(name)
         node.remove_link(directory, name)
@@ -625,6 +698,8 @@ class Tree:
     def set_content(self, file: File, content: FileContent) -> None:
         """Replace a file's content (every name that links to it sees the change)."""
         self._writable()
+        for parent, _ in file.links:
+            self._check_changeable(parent)
         file.content = content
         for parent, name in file.links:
             _mark_dirty(parent, name)
@@ -691,6 +766,8 @@ class Tree:
             return
         if isinstance(node, Directory) and self._is_ancestor(node, target):
             raise InvalidMoveError(new_name)
+        self._check_changeable(source)  # both, before either changes
+        self._check_changeable(target)
         if existing is not None:
             if not replace:
                 raise AlreadyExistsError(new_name)

@@ -1365,8 +1365,8 @@ def _sharded_with_a_name_twice(store: Blockstore) -> bytes:
 
 
 def test_a_sharded_directory_holding_a_name_twice_is_refused_as_it_is_read(store: Blockstore) -> None:
-    """Read entry by entry, the duplicate is still found: listing refuses, also once the name
-    is removed (which copy it named is undefined), and nothing of the directory is kept."""
+    """Read entry by entry, the duplicate is still found: listing refuses, and so does removing
+    the name (which copy it named is undefined), and nothing of the directory is kept."""
     root = _sharded_with_a_name_twice(store)
     tree = Tree(store, root)
     directory = tree.resolve_dir("d")
@@ -1378,6 +1378,135 @@ def test_a_sharded_directory_holding_a_name_twice_is_refused_as_it_is_read(store
         dirnode.plain_entries(store, hamt_root)
     again = Tree(store, root)
     removed = again.resolve_dir("d")
-    again.unlink(removed, "a")
+    with pytest.raises(FormatError, match="twice"):
+        again.unlink(removed, "a")
     with pytest.raises(FormatError, match="twice"):
         again.entries(removed)
+    assert again.commit() == root, "nothing changed"
+
+
+# --- directories that cannot be read in full are never re-encoded (issue 19) --------------------
+
+
+def _link(store: Blockstore, data: bytes) -> codec.Link:
+    return codec.Link(store.put(data, cids.RAW))
+
+
+def _sharded_with_an_invalid_name(store: Blockstore) -> tuple[bytes, bytes]:
+    """A root whose "d" is a HAMT holding "ok", a subdirectory "sub" and the invalid name "a/b"
+    (in buckets of their own: finding "ok" never reads it). Returns (root, the HAMT's block)."""
+    sub = store.put(codec.encode({"x": _link(store, b"x")}), cids.DAG_CBOR)
+    entries = {"ok": _link(store, b"kept"), "sub": codec.Link(sub), "a/b": _link(store, b"?")}
+    shard = store.put(codec.encode(hamt.build(store, entries)), cids.DAG_CBOR)
+    root = store.put(codec.encode({"d": codec.Link(shard), "f": _link(store, b"f")}), cids.DAG_CBOR)
+    return root, shard
+
+
+def test_a_sharded_directory_holding_an_invalid_name_refuses_every_change(store: Blockstore) -> None:
+    root, shard = _sharded_with_an_invalid_name(store)
+    tree = Tree(store, root)
+    assert tree.read_file("d/ok") == b"kept" and tree.read_file("d/sub/x") == b"x"  # lookups read a path
+    d = tree.resolve_dir("d")
+    changes: list[Callable[[], object]] = [
+        lambda: tree.write_file("d/new", b"n"),
+        lambda: tree.write_file("d/ok", b"changed"),
+        lambda: tree.unlink(d, "ok"),
+        lambda: tree.mkdir(d, "newdir"),
+        lambda: tree.rename(tree.root, "f", d, "f"),
+        lambda: tree.write_file("d/sub/y", b"y"),  # a change below it re-encodes it too
+    ]
+    for change in changes:
+        with pytest.raises(FormatError, match="'d' cannot be changed: an invalid name"):
+            change()
+    assert tree.read_file("f") == b"f" and tree.read_file("d/ok") == b"kept"
+    assert tree.commit() == root, "nothing changed"
+    tree.write_file("g", b"beside it")
+    assert codec.decode(store.get(tree.commit()))["d"] == codec.Link(shard)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        {"x": 5},  # an integer under an ordinary name
+        {".zattrs": b"bytes"},  # inline metadata that is not JSON
+        {"inner": {"x": 5}},  # in a directory inline in the block
+        {"inner": {"a/b": {}}},  # an invalid name, one level down
+    ],
+    ids=repr,
+)
+def test_a_linked_directory_holding_an_invalid_value_keeps_its_link(
+    store: Blockstore, content: dict[str, Any]
+) -> None:
+    """A small directory block that could not be read in full is not inlined into its parent when
+    the parent is rewritten (it once was: same entries, link gone); it refuses every use."""
+    sub = store.put(codec.encode({**content, "ok": _link(store, b"kept")}), cids.DAG_CBOR)
+    root = store.put(codec.encode({"sub": codec.Link(sub), "f": _link(store, b"f")}), cids.DAG_CBOR)
+    tree = Tree(store, root)
+    assert isinstance(tree.lookup(tree.root, "sub"), Broken)
+    with pytest.raises(FormatError, match="malformed"):
+        tree.resolve_dir("sub")  # and so no write can reach into it
+    tree.write_file("g", b"an unrelated change")
+    new_root = tree.commit()
+    assert codec.decode(store.get(new_root))["sub"] == codec.Link(sub)
+    assert Tree(store, new_root).read_file("g") == b"an unrelated change"
+
+
+def test_a_root_holding_an_invalid_inline_directory_refuses_changes(store: Blockstore) -> None:
+    """The root's block is checked whole too: it is never re-encoded with what it could not read."""
+    root = store.put(codec.encode({"inner": {"x": 5}, "f": _link(store, b"f")}), cids.DAG_CBOR)
+    tree = Tree(store, root)
+    for _ in range(2):
+        with pytest.raises(FormatError, match="malformed"):
+            tree.entries(tree.root)
+        with pytest.raises(FormatError, match="malformed"):
+            tree.write_file("g", b"g")
+    assert tree.commit() == root
+
+
+def test_a_hamt_10000_nodes_deep_is_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`ls ROOT/d` once printed a 2,001-line RecursionError (and the mount answered EIO, logging it)."""
+    from ipldmount import cli
+    from ipldmount.blocks import DirectoryBlockstore
+
+    store = DirectoryBlockstore(tmp_path / "store")
+    digest = hashlib.sha256(b"a").digest()
+
+    def bitmap(depth: int) -> bytes:  # the slot of "a" while the digest lasts, then slot 0
+        return (1 << (digest[depth] if depth < 32 else 0)).to_bytes(32, "big")
+
+    node: list[Any] = [bitmap(10_000), [[[b"a", _link(store, b"a")]]]]
+    with store.batch():
+        for depth in reversed(range(10_000)):
+            node = [bitmap(depth), [codec.Link(store.put(codec.encode(node), cids.DAG_CBOR))]]
+        shard = store.put(codec.encode({"hashAlg": 18, "bucketSize": 3, "hamt": node}), cids.DAG_CBOR)
+        root = store.put(codec.encode({"d": codec.Link(shard)}), cids.DAG_CBOR)
+    tree = Tree(store, root)
+    for attempt in (
+        lambda: tree.listdir("d"),
+        lambda: tree.resolve("d/a"),
+        lambda: tree.write_file("d/b", b""),
+    ):
+        with pytest.raises(FormatError, match="deeper than 32 levels"):
+            attempt()
+    assert cli.main(["ls", f"{cids.cid_to_str(root)}/d", "--store", str(store.root)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and "deeper than 32 levels" in err, err
+
+
+def test_identity_cids_are_for_unixfs_only(store: Blockstore) -> None:
+    """FORMAT.md 2.1: accepted as CIDs, but in this format a root or an entry naming one is refused."""
+    from ipldmount.ipld.varint import encode_varint
+
+    def identity(codec_: int, data: bytes) -> bytes:
+        return bytes([0x01, codec_, 0x00]) + encode_varint(len(data)) + data
+
+    with pytest.raises(FormatError, match="identity"):
+        Tree(store, identity(cids.DAG_CBOR, codec.encode({})))
+    entries = {
+        "raw": codec.Link(identity(cids.RAW, b"x")),
+        "dir": codec.Link(identity(cids.DAG_CBOR, b"\xa0")),
+    }
+    tree = Tree(store, store.put(codec.encode(entries), cids.DAG_CBOR))
+    assert all(isinstance(tree.lookup(tree.root, name), Broken) for name in entries)

@@ -27,7 +27,7 @@ MAX_NODE_DEPTH = 64
 class DirectoryForm:
     """One encoding of a directory: a plain map or a HAMT root, with its bytes."""
 
-    __slots__ = ("_cid", "_data", "_depth", "sharded", "stored", "value")
+    __slots__ = ("_cid", "_data", "_depth", "checked", "sharded", "stored", "value")
 
     def __init__(self, value: dict[str, Any], data: bytes | None = None, cid: bytes | None = None) -> None:
         self.value = value
@@ -36,6 +36,7 @@ class DirectoryForm:
         self._cid = cid
         self._depth: int | None = None
         self.stored = cid is not None  # read from its own block, or stored since: a block holds it
+        self.checked = False  # every name and value in the block (inline directories too) is valid
 
     @property
     def depth(self) -> int:
@@ -101,6 +102,16 @@ def iter_entries(store: Blockstore, value: Any) -> Iterable[tuple[str, Any]]:
     no map of a million entries at once). The caller checks that no name comes twice."""
     if hamt.is_root(value):
         return hamt.iter_entries(store, value)
+    if type(value) is not dict:
+        raise not_a_directory(value)
+    return value.items()
+
+
+def inline_entries(value: Any) -> Iterable[tuple[Any, Any]]:
+    """The entries a directory node's own value holds: a plain map's; none for a HAMT root (its
+    entries are in its buckets, checked as they are read)."""
+    if hamt.is_root(value):
+        return ()
     if type(value) is not dict:
         raise not_a_directory(value)
     return value.items()
