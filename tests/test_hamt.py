@@ -171,6 +171,8 @@ def test_non_ascii_names(store: Blockstore) -> None:
         {"hashAlg": {}, "bucketSize": {}, "hamt": {}},
         {"hashAlg": {"x": link_for("x")}, "bucketSize": link_for("b"), "hamt": {}},
         {"hashAlg": 18, "bucketSize": 3},
+        {"hashAlg": True, "bucketSize": 3, "hamt": [bytes(32), []]},  # FORMAT.md 3.1: never a boolean
+        {"hashAlg": 18.0, "bucketSize": 3, "hamt": [bytes(32), []]},
         {"hashAlg": 18, "bucketSize": 3, "hamt": [bytes(32), []], "other": {}},
         {},
         [bytes(32), []],
