@@ -136,6 +136,8 @@ def test_five_mib_file(mnt: Mount, mounts: Mounts) -> None:
         stream.write(b"PATCH")
     patched = data[: 3 << 20] + b"PATCH" + data[(3 << 20) + 5 :]
     assert read_file(path) == patched
+    assert os.getxattr(path, "user.ipld.dirty") == b"1"  # no CID until a sync stores it
+    again.sync()
     assert os.getxattr(path, "user.ipld.cid").decode() != cid
 
 
@@ -295,8 +297,10 @@ def test_cid_xattr_on_files_after_sync(mnt: Mount) -> None:
     # raw-block CIDs of the contents
     assert os.getxattr(mnt / "x", "user.ipld.cid").decode().startswith("bafkrei")
     assert os.getxattr(mnt / "x", "user.ipld.cid") != os.getxattr(mnt / "sub/y", "user.ipld.cid")
-    # same bytes, same CID
+    # same bytes, same CID (once synced: until then it is dirty, with no CID)
     write_file(mnt / "x2", b"hello")
+    assert os.getxattr(mnt / "x2", "user.ipld.dirty") == b"1"
+    mnt.sync()
     assert os.getxattr(mnt / "x2", "user.ipld.cid") == os.getxattr(mnt / "x", "user.ipld.cid")
     # a small directory is inline in its parent's block: it has no block, so no CID, and says so
     assert "user.ipld.cid" not in os.listxattr(mnt / "sub")

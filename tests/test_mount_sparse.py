@@ -106,6 +106,7 @@ def test_a_hole_has_the_cid_of_the_same_zeros_written(mounts: Mounts) -> None:
         os.close(fd)
     expected_bytes = b"head" + bytes(size - 8) + b"tail"
     expected = cids.cid_to_str(store_bytes(MemoryBlockstore(), expected_bytes).cid)
+    mnt.sync()
     assert _cid_of(mnt / "sparse") == expected
     root = mnt.unmount()
     again = mounts("again").mount(root, "--read-only")

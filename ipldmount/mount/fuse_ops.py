@@ -694,9 +694,20 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         source, target = self._directory(parent_inode_old), self._directory(parent_inode_new)
         old, new = decode_name(name_old), decode_name(name_new)
+        attributes = self.session.attributes
         async with self.lock:
+            moving = self.tree.lookup(source, old)
+            attributes.get(moving)  # its own row is found under the old path only: read it now
+            old_path, new_path = self._path_in(source, old), self._path_in(target, new)
             self.session.rename(source, old, target, new, replace=not flags & pyfuse3.RENAME_NOREPLACE)
+            if old_path is not None and new_path is not None and attributes.rows_follow(moving):
+                await trio.to_thread.run_sync(attributes.copy_rows, old_path, new_path)
         self._touch(source, target)
+
+    def _path_in(self, directory: Directory, name: str) -> str | None:
+        """The path of entry *name* of *directory* (None once the directory is removed)."""
+        parent = self.tree.path_of(directory)
+        return None if parent is None else f"{parent}/{name}" if parent else name
 
     @replies
     async def link(
@@ -945,6 +956,9 @@ class Operations(pyfuse3.Operations):
         status = self.session.status()
         unsaved = self.open_files.unsaved()
         status["open_unsaved_files"] = unsaved
+        warning = self.session.attributes.table.warning()
+        if warning is not None:  # the sync command prints it: modes, owners or times may be lost
+            status["attribute_warning"] = warning
         if self.read_only:
             status["sync_changes_root"] = False
         elif unsaved:
@@ -993,10 +1007,11 @@ class Operations(pyfuse3.Operations):
 
     def _attributes_of(self, ino: int) -> dict[bytes, bytes]:
         """The extended attributes of an inode: what it is made of, and for the root the socket."""
-        state = self.tree.describe(self.inodes.node(ino))
+        node = self.inodes.node(ino)
+        state = self.tree.describe(node)
         buffer = self.open_files.get(ino)
-        if buffer is not None and buffer.dirty:
-            state = NodeState(changed=True)
+        if (buffer is not None and buffer.dirty) or (isinstance(node, File) and _changed_since_sync(node)):
+            state = NodeState(changed=True)  # its CID (if any) is not one the last sync stored there
         if ino == pyfuse3.ROOT_INODE and not self.read_only and self.open_files.unsaved():
             state = NodeState(changed=True)
         found: dict[bytes, bytes] = {}
@@ -1034,6 +1049,14 @@ SIZE_PROBE = 16  # unless this many of them, found first, took less than
 WARM_STAT = 20e-6  # seconds each: then their inodes are cached and threads would only cost
 SMALL_STORE = 64 << 10  # a file this small is stored (hashed, written) in the event loop on close
 SMALL_READ = 64 << 10  # a raw block this small is read in the event loop: a thread hop costs more
+
+
+def _changed_since_sync(file: File) -> bool:
+    """Whether a name of *file* was written, created, moved or linked since the last sync: then
+    what it holds is not what the last sync stored under that name (README, the xattr table)."""
+    return any(
+        parent.dirty and (parent.changed is None or name in parent.changed) for parent, name in file.links
+    )
 
 
 def _look_up_sizes(store: Blockstore, entries: list[StoredFile | tuple[EntryTable, int]]) -> None:
