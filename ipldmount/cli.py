@@ -25,7 +25,7 @@ from ipldmount.blocks import DirectoryBlockstore, car, dag, default_store_path
 from ipldmount.blocks.car import write_car_file
 from ipldmount.blocks.exchange import CarSource, Transfer, pull, push
 from ipldmount.blocks.gateway import Gateway
-from ipldmount.blocks.gc import Collection
+from ipldmount.blocks.gc import Collection, mark
 from ipldmount.blocks.kubo import KuboNode
 from ipldmount.blocks.remotes import Remotes
 from ipldmount.errors import (
@@ -41,8 +41,8 @@ from ipldmount.mount import control
 from ipldmount.progress import Progress
 from ipldmount.state.home import StoreHome, process_alive
 from ipldmount.state.journal import Journal
-from ipldmount.state.registry import PushRecord, RootRecord
-from ipldmount.state.retention import DEFAULT_GRACE, GcReport, Retention
+from ipldmount.state.registry import PushRecord, RootRecord, free_tag_name
+from ipldmount.state.retention import DEFAULT_GRACE, GcReport, Retention, unnamed_heads
 from ipldmount.state.retention import collect as retention_gc
 from ipldmount.tree import Directory, File, Node, Tree
 from ipldmount.unixfs_tree import is_unixfs, open_tree
@@ -188,16 +188,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         if not parent.is_dir():
             what = "is not a directory" if parent.exists() else "does not exist"
             raise IpldmountError(f"cannot write {args.output}: directory {parent} {what}")
+    # A device or pipe is written into as it goes; a directory or socket is refused before anything.
+    streamed = to_stdout or car.car_target(Path(args.output)).streamed
     total = dag.closure_size(store, root) if sys.stderr.isatty() else None  # a first pass, for the % only
-    with _progress(f"export {args.cid}", total_blocks=total) as progress:
-        if to_stdout:
-            missing: list[bytes] = []
-            size = car.export_car(store, root, sys.stdout.buffer, progress=progress, missing=missing)
-            sys.stdout.buffer.flush()
-            if missing:
-                raise car.incomplete_dag(root, missing, consequence="the CAR written to stdout is incomplete")
-        else:
-            size = write_car_file(store, root, Path(args.output), progress=progress)
+    try:
+        with _progress(f"export {args.cid}", total_blocks=total) as progress:
+            if to_stdout:
+                missing: list[bytes] = []
+                size = car.export_car(store, root, sys.stdout.buffer, progress=progress, missing=missing)
+                sys.stdout.buffer.flush()
+                if missing:
+                    incomplete = "the CAR written to stdout is incomplete"
+                    raise car.incomplete_dag(root, missing, consequence=incomplete)
+            else:
+                size = write_car_file(store, root, Path(args.output), progress=progress)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if not streamed:
+            raise  # the temporary file is gone: main() says no CAR was written
+        signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else Interrupted.signum
+        stopped = f"export stopped; the CAR written to {'stdout' if to_stdout else args.output} is incomplete"
+        print(f"ipldmount: interrupted ({signum.name}): {stopped}", file=sys.stderr)
+        return 128 + signum
     if not to_stdout:
         print(f"wrote {size} bytes to {args.output}", file=sys.stderr)
     return 0
@@ -292,6 +303,16 @@ def _last_root(home: StoreHome, mountpoint: Path) -> bytes | None:
     return cids.parse_cid(synced[0].root) if synced else None
 
 
+def _mountpoint_root(home: StoreHome, mountpoint: Path) -> bytes | None:
+    """The root a mountpoint shows: its live daemon's (started from or last synced), else the base
+    of the journal a dead one left, else the last root synced there."""
+    files = home.mount_files(mountpoint)
+    served = home.served_root(files)
+    if served is not None:
+        return cids.parse_cid(served)
+    return _last_root(home, mountpoint)
+
+
 def _check_mountpoint(mountpoint: Path, home: StoreHome, nonempty: bool = False) -> None:
     """Refuse a bad mountpoint; clear a stale one our own dead daemon left."""
     try:
@@ -353,6 +374,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
     # the daemon's fsync and sync make blocks durable (syncfs)
     home = StoreHome(_open_store(args, durable=False))
     mountpoint = Path(args.mountpoint).resolve()
+    pid = home.daemon_pid(home.mount_files(mountpoint))
+    if args.discard and pid is not None and process_alive(pid):
+        raise IpldmountError(
+            f"{mountpoint} is mounted: the unsynced changes of a live mount cannot be dropped yet (unmount "
+            f"would sync them); to drop them, stop its daemon without a sync (kill -9 {pid}), then "
+            f"mount again with --discard"
+        )
     _check_mountpoint(mountpoint, home, args.nonempty)
     if args.discard:
         _discard_pending(home, mountpoint)
@@ -362,6 +390,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if root is not None and is_unixfs(root) and not args.read_only:
         print(f"{cids.cid_to_str(root)} is UnixFS: mounting it read-only", file=sys.stderr)
         args.read_only = True
+    attributes = home.attribute_table.recover()  # unreadable, or corrupt and moved aside: say so
+    if attributes:
+        print(f"ipldmount: warning: {attributes}", file=sys.stderr)
     if args.foreground:
         return _run_daemon(args, home, mountpoint, root)
     return _spawn_daemon(args, home, mountpoint, root, remotes)
@@ -462,13 +493,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
     except control.ControlError as exc:
         if exc.answer.get("root"):  # committed: only the CAR failed
             print(exc.answer["root"])
-            raise IpldmountError(f"synced, but {exc}") from None
+            raise IpldmountError(f"synced: {exc}") from None
         raise
     _print_synced(answer)
     return 0
 
 
 def _print_synced(answer: dict[str, object]) -> None:
+    warnings = answer.get("warnings")
+    for warning in warnings if isinstance(warnings, list) else ():  # what may have been lost
+        print(f"ipldmount: warning: {warning}", file=sys.stderr)
     if answer.get("car"):
         what = "the whole DAG" if answer.get("full_car") else "the blocks new since the last sync"
         print(f"wrote CAR {answer['car']} ({answer['car_bytes']} bytes: {what})")
@@ -519,6 +553,7 @@ STATUS_LINES = {
     "root": "root (started from, or last synced)",
     "unsynced_changes": "unsynced changes",
     "open_unsaved_files": "files open with unsaved writes",
+    "failed_closes": "files whose last close failed (they keep their earlier content)",
     "sync_changes_root": "a sync would change the root",
     "read_only": "read-only",
     "store": "store",
@@ -544,6 +579,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_log(args: argparse.Namespace) -> int:
     home = StoreHome(_open_existing_store(args))
+    if args.repair:
+        return _repair_history(home)
     where = None if args.mountpoint is None else str(Path(args.mountpoint).resolve())
     records = home.registry.history(where)
     changed = [_changed_paths(home.blocks, record) for record in records]
@@ -563,6 +600,28 @@ def cmd_log(args: argparse.Namespace) -> int:
         if record.root in names:
             line += f"  (tag: {', '.join(names[record.root])})"
         print(line + (f"\n    {record.message}" if record.message else ""))
+    return 0
+
+
+def _repair_history(home: StoreHome) -> int:
+    """`log --repair`: set the lines gc refuses on aside, tagging every stored root they name."""
+    registry = home.registry
+    before = registry.read_whole()
+    set_aside, made = registry.repair(home.tags, lambda text: home.blocks.has(cids.parse_cid(text)))
+    if not before.damaged and not set_aside:
+        print(f"{registry.path} reads whole: nothing to repair")
+        return 0
+    for damage in before.damaged:
+        print(f"  {damage}")
+    print(f"set {_count_of(set_aside, 'line')} aside in {registry.set_aside}; sealed the rest anew")
+    for name in made:
+        print(f"  tagged {name} {home.tags.all()[name]} (a root a damaged line named)")
+    # A line lost whole (a cut tail) or too damaged to name its root: keep every stored root that
+    # nothing names, rather than let the next gc take it. `tag -d` lets it go.
+    for head in unnamed_heads(home):
+        name = free_tag_name(home.tags, "recovered")
+        home.tags.set(name, cids.parse_cid(head))
+        print(f"  tagged {name} {head} (a stored root nothing named)")
     return 0
 
 
@@ -590,19 +649,33 @@ def cmd_tag(args: argparse.Namespace) -> int:
         raise IpldmountError(f"{args.name!r} cannot be a tag name: it is an ipldmount command")
     root = _tag_target(store, args.root)
     _open_tree(store, root)  # only stored trees get names
+    _check_whole_if_dropped(StoreHome(store), root)
     tags.set(args.name, root)
     print(f"{args.name} {cids.cid_to_str(root)}")
     return 0
 
 
+def _check_whole_if_dropped(home: StoreHome, root: bytes) -> None:
+    """A root gc let go may be partial: name it only if every block it reaches is still here."""
+    if cids.cid_to_str(root) not in home.registry.read_whole().dropped:
+        return
+    lacking = mark(home.blocks, [root], check_leaves=True).missing_count
+    if lacking:
+        raise IpldmountError(
+            f"{cids.cid_to_str(root)} was let go by gc and {_count_of(lacking, 'block')} of it are gone: "
+            f"import or pull it again before naming it"
+        )
+
+
 def _tag_target(store: DirectoryBlockstore, text: str | None) -> bytes:
-    """ROOT of `tag NAME [ROOT]`: a CID, a tag, or a mountpoint (its last synced root); else the newest."""
-    history = StoreHome(store).registry.history
+    """ROOT of `tag NAME [ROOT]`: a CID, a tag, or a mountpoint (the root it shows); else the newest."""
+    home = StoreHome(store)
+    history = home.registry.history
     if text is not None and Path(text).is_dir():
-        synced = history(str(Path(text).resolve()))
-        if not synced:
-            raise IpldmountError(f"nothing was synced at {text} yet")
-        return cids.parse_cid(synced[0].root)
+        root = _mountpoint_root(home, Path(text).resolve())
+        if root is None:
+            raise IpldmountError(f"nothing was mounted or synced at {text} yet")
+        return root
     if text is not None:
         return _root_or_tag(store, text)
     newest = history()
@@ -1014,6 +1087,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="only the roots synced there")
     which.add_argument("--all", action="store_true", help="every root of the store (the default)")
     log_parser.add_argument("--json", action="store_true", help="print JSON: a list of records, newest first")
+    log_parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="set aside the lines of a damaged history (gc refuses to run on one), tagging every stored root "
+        "they still name (recovered-N), and seal the rest anew",
+    )
     sub.choices["tag"].add_argument("name", metavar="NAME")
     sub.choices["tag"].add_argument(
         "root", metavar="ROOT", nargs="?", help="a CID, a tag or a mountpoint (default: the newest root)"
@@ -1163,16 +1242,26 @@ def _with_mount_first(arguments: list[str]) -> list[str]:
     return arguments
 
 
+def _configure_logging(command: str, verbose: int) -> None:
+    """-v: ipldmount's INFO; -vv: its DEBUG; libraries (pyfuse3, trio) say only WARNING unless
+    -vv (INFO) or -vvv (DEBUG): their debug lines are noise beside ours. The daemon
+    (``mount``) logs INFO without -v: its syncs and final root. Leaves alone logging that is
+    set up already (a program embedding main(), pytest)."""
+    if logging.getLogger().handlers:
+        return
+    own = [logging.WARNING, logging.INFO, logging.DEBUG][min(max(verbose, command == "mount"), 2)]
+    libraries = [logging.WARNING, logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 3)]
+    logging.basicConfig(
+        level=libraries,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if command == "mount" else "%(message)s",
+    )
+    logging.getLogger("ipldmount").setLevel(own)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_with_mount_first(list(sys.argv[1:] if argv is None else argv)))
-    verbosity = args.verbose + (args.command == "mount")  # the daemon logs its syncs and final root
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbosity, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        if args.command == "mount"
-        else "%(message)s",
-    )
+    _configure_logging(args.command, args.verbose)
     handler = COMMANDS[args.command][0]
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -4,6 +4,7 @@ that cannot be dropped while mounted. Real mounts, driven through the CLI."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -149,3 +150,24 @@ def test_discard_while_mounted_says_how_to_drop_the_changes(mounts: Mounts) -> N
     line = assert_one_line_error(result, "is mounted", "kill -9", "--discard")
     assert str(mnt.daemon_pid()) in line
     assert read_file(mnt / "a") == b"unsynced"
+
+
+def test_a_file_whose_close_failed_is_named_by_status_and_sync(mounts: Mounts, tmp_path: Path) -> None:
+    """After a close fails with ENOSPC the file keeps its earlier content (empty, for a new file):
+    the daemon log alone said so."""
+    with tmpfs(tmp_path / "small-disk", "4m") as disk:
+        (disk / "ballast").write_bytes(bytes(1536 * 1024))
+        mnt = mounts(store=disk / "store").mount("empty", "--car-dir", str(tmp_path / "cars"))
+        with pytest.raises(OSError) as caught, open(mnt / "big", "wb") as stream:
+            for _ in range(8):  # 8 MiB onto what is left of a 4 MiB disk
+                stream.write(os.urandom(1 << 20))
+            stream.flush()
+        assert caught.value.errno == errno.ENOSPC
+        assert mnt.status()["failed_closes"] == ["big"]
+        (disk / "ballast").unlink()
+        result = check(mnt.cli("sync", mnt.path))
+        assert "big" in result.stderr and "failed close" in result.stderr
+        assert "failed close" not in check(mnt.cli("sync", mnt.path)).stderr  # said once
+        assert mnt.status()["failed_closes"] == ["big"]  # status keeps saying it
+        assert (mnt / "big").stat().st_size == 0
+        mnt.unmount()

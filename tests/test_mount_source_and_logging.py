@@ -39,11 +39,6 @@ def _mount_source(mountpoint: Path) -> str:
 
 
 @pytest.mark.fuse
-@pytest.mark.xfail(
-    strict=True,
-    reason="fuse_ops.mount still passes fsname=ipldmount: it should pass "
-    "fuse_session.fsname(ops.session.status()['root']); remove this mark once it does",
-)
 def test_proc_mounts_shows_the_root(mounts: Mounts) -> None:
     mnt = mounts().mount("empty")
     assert _mount_source(mnt.path) == f"ipldmount:{mnt.status()['root']}"

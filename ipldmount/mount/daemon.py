@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from ipldmount.blocks.car import car_target
-from ipldmount.errors import IncompleteDagError, IpldmountError
+from ipldmount.errors import CarWriteError, IncompleteDagError, IpldmountError
 from ipldmount.ipld import cid as cids
 from ipldmount.mount.control import MAX_MESSAGE, runtime_dir
 from ipldmount.mount.fuse_ops import Operations, close, mount, serve, terminate
@@ -90,7 +90,7 @@ async def _serve(ops: Operations, control: Path, ready: Callable[[], None]) -> N
         if not ops.read_only and (ops.session.dirty or len(ops.session.open_files)):
             try:
                 result = await ops.sync()
-            except IncompleteDagError as exc:  # the root is committed: nothing is lost, the CAR is
+            except (IncompleteDagError, CarWriteError) as exc:  # the root is committed: nothing is lost
                 log.error("final sync of %s: %s", ops.session.mountpoint, exc)
                 nursery.cancel_scope.cancel()
                 return
@@ -218,7 +218,8 @@ async def _dispatch(ops: Operations, data: bytes) -> dict[str, Any]:
             result = await ops.sync(car, request.get("message"), full_car=request.get("full_car", False))
             answer.update(root=result.root, changed=result.changed, car_bytes=result.car_bytes)
             answer.update(car=str(result.car) if result.car else None, full_car=result.full_car)
-    except IncompleteDagError as exc:  # the root is committed; only its CAR is missing
+        answer.update(warnings=ops.session.warnings())
+    except (IncompleteDagError, CarWriteError) as exc:  # the root is committed; only its CAR is missing
         log.error("sync of %s: %s", ops.session.mountpoint, exc)
         answer.update(ok=False, error=str(exc), root=cids.cid_to_str(exc.root))
     except (IpldmountError, OSError) as exc:

@@ -129,7 +129,8 @@ def _brief(parameters: list[str], args: tuple[Any, ...]) -> str:
 
 def mount(ops: Operations, mountpoint: Path, *, read_only: bool, allow_other: bool) -> None:
     """Mount *ops* at *mountpoint* (the kernel sends requests once :func:`serve` runs)."""
-    options = set(pyfuse3.default_options) | {"fsname=ipldmount", "subtype=ipldmount"}
+    source = fuse_session.fsname(ops.session.status()["root"])  # /proc/mounts: ipldmount:ROOT
+    options = set(pyfuse3.default_options) | {f"fsname={source}", "subtype=ipldmount"}
     if read_only:
         options.add("ro")
     if allow_other:
@@ -429,8 +430,10 @@ class Operations(pyfuse3.Operations):
             return 0
         try:
             count = self.tree.known_subdirectories(node)
+        except MustFetchError:
+            return 1  # a lazy mount's directory whose blocks are not here yet: not counted (no fetch)
         except IpldmountError as exc:
-            log.error("directory %s cannot be read: %s", self.tree.path_of(node), exc)
+            log.error("directory %s cannot be read: %s", self.tree.path_of(node) or "/", exc)
             return 1
         return 1 if count is None else 2 + count
 
@@ -906,12 +909,12 @@ class Operations(pyfuse3.Operations):
                 return
             try:
                 await self._store_if_dirty(ino, node)
-            except Exception:
+            except Exception as exc:
                 # The last close got the error (ENOSPC, say); a buffer kept for a retry
                 # nobody can make would only fail every later sync. The tree keeps the
-                # content of the file's last successful close.
+                # content of the file's last successful close; status and sync say so.
                 if buffer.handles <= 0 and self.open_files.get(ino) is buffer:
-                    log.error("%s: unsaved writes dropped after a failed close", self.tree.path_of(node))
+                    self.session.close_failed(self.tree.path_of(node), exc)
                     self.open_files.close(ino)
                 raise
 
@@ -926,18 +929,20 @@ class Operations(pyfuse3.Operations):
         generation = buffer.generation
         name = link[1]
         buffer.busy += 1
-        try:
-            if buffer.data.size <= SMALL_STORE:  # hashing and writing it costs less than a thread hop
-                content = self.session.content_of_buffer(buffer.data, name)
-            else:
-                content = await trio.to_thread.run_sync(self.session.content_of_buffer, buffer.data, name)
-        finally:
-            buffer.busy -= 1
-        async with self.lock:
-            if generation <= buffer.applied:
-                return  # a store that started later has already put newer content in the tree
-            self.session.set_content(node, content)
-            buffer.applied = generation
+        # Held until journaled: a sync meanwhile leaves what this stores leased (blocks/lease.py).
+        with self.session.store.holding():
+            try:
+                if buffer.data.size <= SMALL_STORE:  # hashing and writing it costs less than a thread hop
+                    content = self.session.content_of_buffer(buffer.data, name)
+                else:
+                    content = await trio.to_thread.run_sync(self.session.content_of_buffer, buffer.data, name)
+            finally:
+                buffer.busy -= 1
+            async with self.lock:
+                if generation <= buffer.applied:
+                    return  # a store that started later has already put newer content in the tree
+                self.session.set_content(node, content)
+                buffer.applied = generation
         if buffer.generation == generation:
             buffer.dirty = False
         self._touch(node)
@@ -976,9 +981,22 @@ class Operations(pyfuse3.Operations):
         started = time.time()
         await self.store_all()
         async with self.lock:
+            held = self._held_contents()
             return await trio.to_thread.run_sync(
-                functools.partial(self.session.sync, car, message, full_car=full_car, started=started)
+                functools.partial(
+                    self.session.sync, car, message, full_car=full_car, started=started, held=held
+                )
             )
+
+    def _held_contents(self) -> list[bytes]:
+        """The stored contents open files read: a file unlinked or renamed over while open reads its
+        old content until closed (POSIX), so garbage collection must keep it (published at sync)."""
+        held = {
+            handle.node.content.cid
+            for handle in self.handles.values()
+            if isinstance(handle.node.content, StoredFile)
+        }
+        return sorted(held)
 
     # --- file system -----------------------------------------------------------
 

@@ -32,6 +32,9 @@ from ipldmount.unixfs_tree import open_tree
 log = logging.getLogger(__name__)
 
 
+MAX_FAILED_CLOSES = 1000  # paths status lists
+
+
 class _Unread:
     """Not read from the history yet."""
 
@@ -79,6 +82,7 @@ class Session:
         self.attributes = Attributes(home.attribute_table, self.tree)
         self.recovered = 0
         self.failed_closes: list[str] = []  # paths whose last close could not store their writes
+        self._failed_said = 0  # how many of them a sync has said
         self._recorded: bytes | _Unread | None = _Unread()  # the root the history last has for here
         if not read_only:
             self._recover_or_start(self.base_root)
@@ -302,8 +306,26 @@ class Session:
             shown,
             reason,
         )
-        if path is not None and path not in self.failed_closes:
-            self.failed_closes = [*self.failed_closes[-99:], path]
+        if path is not None and path not in self.failed_closes[self._failed_said :]:
+            self.failed_closes.append(path)
+            if len(self.failed_closes) > MAX_FAILED_CLOSES:  # the oldest go: status stays small
+                del self.failed_closes[0]
+                self._failed_said = max(self._failed_said - 1, 0)
+
+    def warnings(self) -> list[str]:
+        """What a sync or unmount says besides its root: what may have been lost (one line each)."""
+        said = []
+        attributes = self.attributes.table.warning()
+        if attributes is not None:
+            said.append(attributes)
+        fresh, self._failed_said = self.failed_closes[self._failed_said :], len(self.failed_closes)
+        if fresh:  # said once by a sync; status lists them all
+            shown = ", ".join(fresh[:3]) + (" ..." if len(fresh) > 3 else "")
+            said.append(
+                f"{len(fresh)} file(s) lost their last writes to a failed close (a full disk?) "
+                f"and keep their earlier content: {shown}"
+            )
+        return said
 
     def status(self) -> dict[str, Any]:
         return {
