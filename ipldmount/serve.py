@@ -11,20 +11,22 @@ checking every block it gets. Paths below a CID are refused (400): the blocks he
 DAG-CBOR, whose pathing this gateway does not implement; ask for a file's own CID.
 
 A stored block whose bytes do not hash to its CID is never sent: asked for alone, or found
-within the first MiB of a CAR, it is answered 500 (``the stored block is corrupt``); found
+within the first MiB of a CAR, it is answered 500 (a plain-text line naming it corrupt); found
 later in a CAR, whose 200 is already sent, it ends the CAR there (the client finds it
 incomplete). Either way one line naming the CID is logged.
 
 Hostile or broken clients cannot starve it. One thread (:meth:`GatewayServer.serve_forever`)
 accepts connections and reads each request's head without blocking; only a complete head is
 handed to one of a fixed pool of worker threads, so idle and half-sent connections hold no
-thread. A connection must start a request within *idle_timeout*, and send the whole head
-within *request_timeout* of its first byte (a slowloris sender is cut off then); each write
-of an answer must be taken by the client within *send_timeout*. At most *max_connections*
-are open (fewer when the file descriptor limit is lower): a new one past the cap closes the
-connection that has waited longest for a request, or, when every open one is being answered,
-gets a fast 503. Each failure (timeout, abort, reset, refusal) is one logged line, never a
-traceback.
+thread. A worker sends an answer as far as the client takes it, then leaves the rest to the
+loop until the socket is writable again, so a client that reads slowly, or not at all, holds
+no thread either. A connection must start a request within *idle_timeout*, and send the
+whole head within *request_timeout* of its first byte (a slowloris sender is cut off then);
+a client that takes no byte of its answer for *send_timeout* is cut off. At most
+*max_connections* are open (fewer when the file descriptor limit is lower): a new one past
+the cap closes the connection that has waited longest for a request (else the answer stalled
+longest), or, when every open one is being worked on, gets a fast 503. Each failure
+(timeout, abort, reset, refusal) is one logged line, never a traceback.
 """
 
 from __future__ import annotations
@@ -40,21 +42,18 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ipldmount.blocks import Blockstore
-from ipldmount.blocks.car import write_car
+from ipldmount.blocks.car import car_header, section_head
 from ipldmount.blocks.dag import iter_closure
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError, InvalidCIDError
 from ipldmount.ipld import cid as cids
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +66,10 @@ IMMUTABLE = "public, max-age=29030400, immutable"
 SCOPES = ("all", "entity", "block")
 
 MAX_CONNECTIONS = 512  # open connections, idle ones included (each costs a descriptor, no thread)
-WORKERS = 32  # threads answering requests whose head has arrived (each stalled reader holds one)
+WORKERS = 16  # threads answering requests whose head has arrived (disk reads, sends that do not wait)
 IDLE_TIMEOUT = 60.0  # seconds a connection may stay open without starting a request
 REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to the end of its head
-SEND_TIMEOUT = 30.0  # seconds the client may take to receive one write of an answer
+SEND_TIMEOUT = 30.0  # seconds a client may go without taking any byte of its answer
 MAX_HEAD = 64 * 1024  # bytes of request line and headers; more is answered 431
 CAR_READ_AHEAD = 1 << 20  # bytes of a CAR read (and verified) before its 200 is sent
 FD_RESERVE = 64  # descriptors kept free of connections: block files, logs, the server's own
@@ -99,9 +98,15 @@ class _Connection:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class _SendTimeout(Exception):
-    """The client took no answer bytes for SEND_TIMEOUT (not a TimeoutError, which
-    BaseHTTPRequestHandler would swallow into a debug line)."""
+@dataclass(eq=False)
+class _Response:
+    """An answer under way: the bytes the socket has not taken yet, and the rest to come."""
+
+    conn: _Connection
+    chunks: Iterator[bytes]
+    keep_alive: bool
+    deadline: float  # the client must have taken more by then
+    pending: memoryview = field(default_factory=lambda: memoryview(b""))
 
 
 class GatewayServer:
@@ -131,9 +136,10 @@ class GatewayServer:
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
-        self._waiting: set[_Connection] = set()  # the loop's own: no lock
-        self._ready: queue.SimpleQueue[tuple[_Connection, bytes] | None] = queue.SimpleQueue()
-        self._returned: queue.SimpleQueue[_Connection] = queue.SimpleQueue()
+        self._waiting: set[_Connection] = set()  # the loop's own (no lock): reading a head
+        self._writing: set[_Response] = set()  # the loop's own: waiting for the client to read
+        self._ready: queue.SimpleQueue[tuple[_Connection, bytes] | _Response | None] = queue.SimpleQueue()
+        self._returned: queue.SimpleQueue[_Connection | _Response] = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards _open and _serving, shared with the workers
         self._open = 0
         self._serving = False
@@ -185,12 +191,14 @@ class GatewayServer:
     # --- the event loop: accepting, reading heads, deadlines ----------------------------
 
     def _step(self) -> None:
-        timeout = SWEEP_INTERVAL if self._waiting or self._paused_until else 1.0
+        timeout = SWEEP_INTERVAL if self._waiting or self._writing or self._paused_until else 1.0
         for key, _ in self._selector.select(timeout):
             if key.fileobj is self.socket:
                 self._accept()
             elif key.fileobj is self._wake_in:
                 _drain(self._wake_in)
+            elif isinstance(key.data, _Response):
+                self._resume(key.data)
             else:
                 self._receive(key.data)
         now = time.monotonic()
@@ -266,8 +274,18 @@ class GatewayServer:
             answer = _plain(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "request head too large")
             self._drop(conn, f"request head over {MAX_HEAD} bytes", answer)
 
+    def _resume(self, response: _Response) -> None:
+        """The client of a parked answer can take more: back to a worker with it."""
+        if response in self._writing:  # else closed earlier in this round
+            self._unpark(response)
+            self._ready.put(response)
+
     def _sweep(self, now: float) -> None:
-        """Close the connections past their deadline: idle too long, or a head sent too slowly."""
+        """Close the connections past their deadline: idle too long, a head sent too slowly,
+        an answer not read."""
+        for response in [response for response in self._writing if now >= response.deadline]:
+            self._unpark(response)
+            self._release(response.conn, f"took no byte of its answer for {self.send_timeout:g} s")
         for conn in [conn for conn in self._waiting if now >= conn.deadline]:
             if conn.partial:
                 why = f"no complete request within {self.request_timeout:g} s ({len(conn.buffer)} bytes came)"
@@ -277,21 +295,28 @@ class GatewayServer:
                 self._drop(conn, f"no request within {self.idle_timeout:g} s{after}")
 
     def _evict_oldest(self, why: str) -> bool:
-        """Close the connection that has waited longest for a request, to let a new one in."""
-        if not self._waiting:
-            return False
-        oldest = min(self._waiting, key=lambda conn: conn.waiting_since)
-        self._unwait(oldest)
-        self._release(oldest, f"closed to make room for a new connection: {why}", logging.WARNING)
-        return True
+        """Close the connection that has waited longest for a request (else the one whose
+        client has read nothing for longest), to let a new one in."""
+        why = f"closed to make room for a new connection: {why}"
+        if self._waiting:
+            oldest = min(self._waiting, key=lambda conn: conn.waiting_since)
+            self._unwait(oldest)
+            self._release(oldest, why)
+            return True
+        if self._writing:
+            stalled = min(self._writing, key=lambda response: response.deadline)
+            self._unpark(stalled)
+            self._release(stalled.conn, f"{why} (its answer unfinished)")
+            return True
+        return False
 
     def _refuse(self, conn: _Connection) -> None:
-        """A fast 503 for a connection past the cap when none can be closed for it."""
+        """A fast 503 for a connection past the cap when every open one is being worked on."""
         busy = _plain(HTTPStatus.SERVICE_UNAVAILABLE, "too many connections: retry", "Retry-After: 1\r\n")
         _send_quietly(conn.sock, busy)
         conn.sock.close()
         log.warning(
-            "%s: refused (503): all %d connections are being answered", conn.peer, self.max_connections
+            "%s: refused (503): all %d connections are being worked on", conn.peer, self.max_connections
         )
 
     def _pause_accepting(self, exc: OSError) -> None:
@@ -302,16 +327,26 @@ class GatewayServer:
         self._paused_until = time.monotonic() + PAUSE_ON_EMFILE
 
     def _take_returned(self, now: float) -> None:
+        """Connections back from the workers: to wait for a request, or for their client to
+        read more of an answer."""
         while True:
             try:
-                conn = self._returned.get_nowait()
+                item = self._returned.get_nowait()
             except queue.Empty:
                 return
-            self._wait(conn, now)
+            if isinstance(item, _Response):
+                self._writing.add(item)
+                self._selector.register(item.conn.sock, selectors.EVENT_WRITE, item)
+            else:
+                self._wait(item, now)
 
     def _unwait(self, conn: _Connection) -> None:
         self._waiting.discard(conn)
         self._selector.unregister(conn.sock)
+
+    def _unpark(self, response: _Response) -> None:
+        self._writing.discard(response)
+        self._selector.unregister(response.conn.sock)
 
     def _drop(self, conn: _Connection, why: str, answer: bytes = b"") -> None:
         """Close a waiting connection, in one logged line: a warning for a request under way,
@@ -342,11 +377,15 @@ class GatewayServer:
         for conn in list(self._waiting):
             self._unwait(conn)
             self._release(conn)
+        for response in list(self._writing):
+            self._unpark(response)
+            self._release(response.conn)
         while True:
             try:
-                self._release(self._returned.get_nowait())
+                item = self._returned.get_nowait()
             except queue.Empty:
                 break
+            self._release(item.conn if isinstance(item, _Response) else item)
         for _ in range(self.workers):
             self._ready.put(None)
         for fileobj in (self.socket, self._wake_in):
@@ -359,42 +398,70 @@ class GatewayServer:
     # --- the workers ---------------------------------------------------------------------
 
     def _work(self) -> None:
-        while (item := self._ready.get()) is not None:
-            conn, head = item
-            if self._answer(conn, head):
-                self._give_back(conn)
+        while (job := self._ready.get()) is not None:
+            response = self._respond(*job) if isinstance(job, tuple) else job
+            if response is not None:
+                self._pump(response)
 
-    def _answer(self, conn: _Connection, head: bytes) -> bool:
-        """Answer one request; whether the connection stays open for another."""
+    def _respond(self, conn: _Connection, head: bytes) -> _Response | None:
+        """The answer to one request (worked out here; sent by :meth:`_pump`)."""
         try:
-            conn.sock.settimeout(self.send_timeout)
             handler = _Handler(self, conn, head)
-        except _SendTimeout:
-            why = f"took no answer bytes for {self.send_timeout:g} s"
+        except Exception:
+            log.exception("%s: answering %r failed", conn.peer, head.split(b"\r\n", 1)[0][:200])
+            self._release(conn)
+            return None
+        chunks = _coalesce(itertools.chain((handler.written.getvalue(),), handler.body))
+        deadline = time.monotonic() + self.send_timeout
+        return _Response(conn, chunks, not handler.close_connection, deadline)
+
+    def _pump(self, response: _Response) -> None:
+        """Send what the socket takes now; when it takes no more, park the answer with the loop
+        (which holds it, not a thread, until the client reads on); when all is sent, finish."""
+        try:
+            while True:
+                if not response.pending:
+                    chunk = next(response.chunks, None)
+                    if chunk is None:
+                        self._finish(response)
+                        return
+                    response.pending = memoryview(chunk)
+                sent = response.conn.sock.send(response.pending)
+                response.pending = response.pending[sent:]
+                response.deadline = time.monotonic() + self.send_timeout
+        except (BlockingIOError, InterruptedError):
+            self._hand_back(response)
+            return
         except ConnectionError as exc:
             why = f"{_why(exc)} during the answer"
         except Exception:
-            log.exception("%s: answering %r failed", conn.peer, head.split(b"\r\n", 1)[0][:200])
+            log.exception("%s: answering failed", response.conn.peer)
             why = ""
-        else:
-            if not handler.close_connection:
-                return True
-            why = ""
-        self._release(conn, why)
-        return False
+        self._release(response.conn, why)
 
-    def _give_back(self, conn: _Connection) -> None:
-        """Hand a kept-alive connection back to the loop (unless it is stopping: then close it)."""
-        conn.served += 1
-        conn.sock.setblocking(False)
+    def _finish(self, response: _Response) -> None:
+        """All sent: wait for the next request, or close after a FIN (reading what the client
+        sent first, as closing over unread bytes resets and may cut the answer's end off)."""
+        conn = response.conn
+        if response.keep_alive:
+            conn.served += 1
+            self._hand_back(conn)
+            return
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_WR)
+            _drain(conn.sock)
+        self._release(conn)
+
+    def _hand_back(self, item: _Connection | _Response) -> None:
+        """Give the loop a connection to wait on (unless it is stopping: then close it)."""
         with self._lock:
             serving = self._serving
             if serving:
-                self._returned.put(conn)
+                self._returned.put(item)
         if serving:
             self._wake()
         else:
-            self._release(conn)
+            self._release(item.conn if isinstance(item, _Response) else item)
 
 
 class _BadRequest(Exception):
@@ -408,15 +475,16 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "ipldmount-gateway"
 
     def __init__(self, gateway: GatewayServer, conn: _Connection, head: bytes) -> None:
-        """Answer the one request whose *head* the event loop has read (BaseRequestHandler's
-        own ``__init__`` would read the socket itself, in this thread, for as long as it takes)."""
+        """Work out the answer to the one request whose *head* the event loop has read: its
+        status and headers into *written*, its body into *body*. No socket I/O here (the
+        base class's ``__init__`` would read and write the socket, for as long as it takes)."""
         self.gateway = gateway
-        self.request = self.connection = conn.sock
         self.client_address = conn.address
         self.rfile = io.BytesIO(head)
-        self.wfile = _Sender(conn.sock)
+        self.written = io.BytesIO()
+        self.wfile = self.written
+        self.body: Iterable[bytes] = ()
         self.handle_one_request()
-        self.wfile.flush()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -493,7 +561,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if body:
-            self.wfile.write(data)
+            self.body = (data,)
 
     def _send_car(self, root: bytes, scope: str, body: bool) -> None:
         name = PROBE if root == PROBE_CID else cids.cid_to_str(root)
@@ -511,7 +579,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         if body:  # the probe's CAR is its header alone: identity blocks are never sent
-            write_car(self.wfile, [root], itertools.chain(ahead, blocks))
+            self.body = self._car_bytes(root, name, itertools.chain(ahead, blocks), missing)
+
+    def _car_bytes(
+        self, root: bytes, name: str, blocks: Iterator[tuple[bytes, bytes]], missing: list[bytes]
+    ) -> Iterator[bytes]:
+        """The CAR, framed as write_car frames it, a block at a time as the client reads."""
+        yield car_header([root])
+        for cid, data in blocks:
+            yield section_head(cid, len(data))
+            yield data
         if missing:
             self._log_cut_short(name, missing[0])
 
@@ -606,42 +683,20 @@ def _declares_body(headers: Any) -> bool:
 # --- the connection's bytes ----------------------------------------------------------------
 
 
-class _Sender(io.BufferedIOBase):
-    """An answer's way to the client: small writes gathered into one send (headers and a short
-    body, a CAR's section heads), each send bounded by the socket's timeout (SEND_TIMEOUT)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sock = sock
-        self._pending = bytearray()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: ReadableBuffer, /) -> int:
-        view = memoryview(data).cast("B")
-        if len(self._pending) + len(view) < SEND_CHUNK:
-            self._pending += view
+def _coalesce(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """*chunks*, small neighbours joined up to SEND_CHUNK: headers and a short body go out in
+    one send (two small sends in a row wait on the client's delayed ACK, 40 ms)."""
+    gathered = bytearray()
+    for chunk in chunks:
+        if gathered and len(gathered) + len(chunk) > SEND_CHUNK:
+            yield bytes(gathered)
+            gathered.clear()
+        if len(chunk) >= SEND_CHUNK:
+            yield chunk
         else:
-            self.flush()
-            self._send(view)
-        return len(view)
-
-    def flush(self) -> None:
-        if self._pending:
-            data = bytes(self._pending)
-            self._pending.clear()
-            self._send(data)
-
-    def close(self) -> None:
-        self._pending.clear()  # when collected: nothing more goes to a client that may be gone
-        super().close()
-
-    def _send(self, data: bytes | memoryview) -> None:
-        try:
-            self._sock.sendall(data)
-        except TimeoutError:
-            raise _SendTimeout from None
+            gathered += chunk
+    if gathered:
+        yield bytes(gathered)
 
 
 def _take_head(conn: _Connection) -> bytes | None:

@@ -286,35 +286,87 @@ def test_a_slowloris_sender_is_cut_off_after_the_request_timeout(
     assert _lines(caplog, "no complete request within 1 s")
 
 
-def test_a_client_that_stops_reading_frees_its_thread_after_the_send_timeout(
+def test_clients_that_stop_reading_hold_no_thread(big: tuple[DirectoryBlockstore, bytes]) -> None:
+    """More clients than workers stop reading a big CAR: their answers wait in the event loop,
+    not in the workers, so a well-behaved request is answered long before the send timeout."""
+    store, root = big
+    before = threading.active_count()
+    with (
+        _serving(store, workers=2, send_timeout=60) as server,
+        _connections(server.server_address[1], 20, _car_request(root), rcvbuf=4096) as stalled,
+    ):
+        for sock in stalled:  # each answer has begun, and stalled
+            assert len(sock.recv(1024)) > 0
+        _answered(_raw_url(server, root), store.get(root))
+        assert threading.active_count() <= before + 1 + 2
+
+
+def test_a_client_that_stops_reading_is_cut_off_after_the_send_timeout(
     big: tuple[DirectoryBlockstore, bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With one worker, the CAR it writes to a client that reads nothing must be given up
-    (send timeout) before anyone else can be answered."""
     store, root = big
-    request = f"GET /ipfs/{cids.cid_to_str(root)}?format=car HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     with (
-        _serving(store, workers=1, send_timeout=1) as server,
-        _connections(server.server_address[1], 1, request, rcvbuf=4096),
+        _serving(store, send_timeout=1) as server,
+        _connections(server.server_address[1], 1, _car_request(root), rcvbuf=4096) as (stalled,),
     ):
-        _answered(_raw_url(server, root), store.get(root))
-        assert _eventually(lambda: bool(_lines(caplog, "took no answer bytes for 1 s")))
+        assert _eventually(lambda: bool(_lines(caplog, "took no byte of its answer for 1 s")))
+        received = _read_all(stalled)  # what was sent before the cut, then the end
+        assert received.startswith(b"HTTP/1.1 200") and len(received) < BIG << 20
 
 
-def test_past_the_cap_with_every_connection_answered_a_new_one_gets_a_fast_503(
-    big: tuple[DirectoryBlockstore, bytes],
+class _Stuck:
+    """A store whose reads wait for *released*: its requests stay with the workers."""
+
+    def __init__(self, store: DirectoryBlockstore) -> None:
+        self.store = store
+        self.released = threading.Event()
+
+    def get(self, cid: bytes) -> bytes:
+        self.released.wait(ANSWER_BOUND)
+        return self.store.get(cid)
+
+    def has(self, cid: bytes) -> bool:
+        return self.store.has(cid)
+
+
+def test_past_the_cap_with_every_connection_worked_on_a_new_one_gets_a_fast_503(
+    small: tuple[DirectoryBlockstore, bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
-    store, root = big
-    request = f"GET /ipfs/{cids.cid_to_str(root)}?format=car HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-    with (
-        _serving(store, max_connections=2, workers=1, send_timeout=30) as server,
-        _connections(server.server_address[1], 2, request, rcvbuf=4096) as stalled,
-    ):
-        assert _eventually(lambda: select.select(stalled[:1], [], [], 0)[0] != [])  # being answered
-        time.sleep(0.3)  # the second one's head read, and queued for the one worker
-        with _connections(server.server_address[1], 1) as (refused,):  # sends nothing: no reset
-            answer = _read_all(refused)
-        assert answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer
+    store, root = small
+    stuck = _Stuck(store)
+    request = f"GET /ipfs/{cids.cid_to_str(root)}?format=raw HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    with _serving(stuck, max_connections=2, workers=1) as server:  # type: ignore[arg-type]
+        port = server.server_address[1]
+        with _connections(port, 2, request) as working:  # one with the worker, one queued for it
+            # both heads read (the loop's own state): neither connection can make room
+            assert _eventually(lambda: server._open == 2 and not server._waiting)
+            with _connections(port, 1) as (refused,):  # sends nothing: closing it cannot reset
+                answer = _read_all(refused)
+            assert answer.startswith(b"HTTP/1.1 503") and b"too many connections" in answer
+            stuck.released.set()
+            for sock in working:
+                assert sock.recv(100).startswith(b"HTTP/1.1 200")
+    assert len(_lines(caplog, "refused (503)")) == 1
+
+
+def test_pipelined_requests_are_answered_in_order(small: tuple[DirectoryBlockstore, bytes]) -> None:
+    """Two requests in one send, and a head split across sends: the bytes the loop read past
+    one request are the start of the next."""
+    store, root = small
+    ask = f"GET /ipfs/{cids.cid_to_str(root)}?format=raw HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    probe = b"GET /ipfs/bafkqaaa?format=raw HTTP/1.1\r\nHost: x\r\n\r\n"
+    with _serving(store) as server, _connections(server.server_address[1], 1, ask + probe[:20]) as (sock,):
+        time.sleep(0.2)
+        sock.sendall(
+            probe[20:] + ask + b"GET /ipfs/bafkqaaa?format=raw HTTP/1.1\r\nConnection: close\r\n\r\n"
+        )
+        answers = _read_all(sock)
+    assert answers.count(b"HTTP/1.1 200 OK") == 4
+    assert answers.count(store.get(root)) == 2
+
+
+def _car_request(root: bytes) -> bytes:
+    return f"GET /ipfs/{cids.cid_to_str(root)}?format=car HTTP/1.1\r\nHost: x\r\n\r\n".encode()
 
 
 def _read_all(sock: socket.socket) -> bytes:
@@ -342,7 +394,7 @@ def test_aborted_clients_leave_one_line_each_and_no_traceback(
     CAR being sent: one log line per client, naming it, and nothing on stderr."""
     store, root = big
     caplog.set_level(logging.INFO, logger="ipldmount.serve")
-    car_request = f"GET /ipfs/{cids.cid_to_str(root)}?format=car HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    car_request = _car_request(root)
     with _serving(store, workers=4) as server:
         port = server.server_address[1]
         with (  # all open at once: a port freed by a reset could be another client's next
