@@ -781,7 +781,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     store = _open_existing_store(args)
     try:
-        server = GatewayServer(store, (args.bind, args.port))
+        limits = {name: getattr(args, name) for name in SERVE_LIMITS if getattr(args, name) is not None}
+        server = GatewayServer(store, (args.bind, args.port), **limits)
     except OSError as exc:
         raise IpldmountError(f"cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}") from None
     print(f"serving {store.root} as a trustless gateway at {server.url}/ipfs/", file=sys.stderr, flush=True)
@@ -1046,6 +1047,14 @@ def _count(text: str) -> int:
     return value
 
 
+SERVE_LIMITS = {  # serve's bounds on hostile clients (ipldmount/serve.py says why)
+    "max_connections": (_count, "connections open at once, idle ones included (default 512)"),
+    "idle_timeout": (parse_duration, "a connection may wait this long to start a request (default 60s)"),
+    "request_timeout": (parse_duration, "from a request's first byte to its last header (default 10s)"),
+    "send_timeout": (parse_duration, "a client may go this long taking no byte of its answer (default 30s)"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipldmount",
@@ -1114,6 +1123,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["serve"].add_argument(
         "--bind", default="127.0.0.1", metavar="ADDRESS", help="address to listen on (default 127.0.0.1)"
     )
+    for name, (kind, what) in SERVE_LIMITS.items():
+        metavar = "N" if kind is _count else "DURATION"
+        option = f"--{name.replace('_', '-')}"
+        sub.choices["serve"].add_argument(option, type=kind, metavar=metavar, help=what)
     sub.choices["import"].add_argument("car", metavar="FILE.car", help="the CARv1 archive to import")
     sub.choices["export"].add_argument("cid", metavar="CID", help="root CID (or tag) to export")
     sub.choices["export"].add_argument(

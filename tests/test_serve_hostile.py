@@ -458,3 +458,35 @@ def test_a_corrupt_block_deep_in_a_car_ends_it_and_is_logged_as_corrupt(
     assert all(cids.verify(cid, data) for cid, data in sections)
     cut = _lines(caplog, f"stored block {cids.cid_to_str(bad)} is corrupt")
     assert len(cut) == 1 and cut[0].levelno == logging.ERROR
+
+
+def test_the_cli_passes_its_limits_to_the_server(small: tuple[DirectoryBlockstore, bytes]) -> None:
+    """`serve --idle-timeout 1`: the limits of the command line reach the server."""
+    store, _ = small
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ipldmount",
+            "serve",
+            "--port",
+            "0",
+            "--idle-timeout",
+            "1",
+            "--store",
+            str(store.root),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "IPLDMOUNT_CONFIG": "/nonexistent/config.toml"},
+    )
+    try:
+        line = process.stderr.readline()  # type: ignore[union-attr]
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_BOUND) as idle:
+            started = time.monotonic()
+            assert idle.recv(100) == b""  # closed by the server
+            assert time.monotonic() - started < ANSWER_BOUND
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
