@@ -465,13 +465,19 @@ class IPLDStore(Store):
                 self._prune_empty_parents(prefix)
 
     def _remove_subtree(self, parent: Directory, name: str) -> None:
-        node = self.tree.lookup(parent, name)
-        if isinstance(node, Directory):
-            for child in list(self.tree.entries(node)):
-                self._remove_subtree(node, child)
-            self.tree.rmdir(parent, name)
-        else:
-            self.tree.unlink(parent, name)
+        """Remove *name* and everything below it, children first: a stack, not recursion, since
+        a tree may be nested deeper than Python recurses."""
+        stack: list[tuple[Directory, str, bool]] = [(parent, name, False)]
+        while stack:
+            directory, entry, emptied = stack.pop()
+            node = self.tree.lookup(directory, entry)
+            if not isinstance(node, Directory):
+                self.tree.unlink(directory, entry)
+            elif emptied:
+                self.tree.rmdir(directory, entry)
+            else:
+                stack.append((directory, entry, True))
+                stack.extend((node, child, False) for child in list(self.tree.entries(node)))
 
     def _prune_empty_parents(self, key: str) -> None:
         """Drop directories a delete left empty: keys, not directories, are what zarr sees."""

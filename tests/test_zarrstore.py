@@ -578,6 +578,16 @@ def test_list_dir() -> None:
 
 
 @pytest.mark.asyncio
+async def test_delete_dir_removes_a_tree_nested_deeper_than_python_recurses() -> None:
+    store = IPLDStore(MemoryBlockstore())
+    deep = "/".join(["d"] * 1_200)
+    await store.set(f"top/{deep}/leaf", _buf(b"x"))
+    await store.set("kept", _buf(b"k"))
+    await store.delete_dir("top")
+    assert sorted(await _collect_aiterator(store.list())) == ["kept"]
+
+
+@pytest.mark.asyncio
 async def test_delete_dir_prunes_back_to_the_same_tree() -> None:
     keys = {"x/zarr.json": b"{}", "x/c/0": b"0", "x/c/1": b"1", "xy/zarr.json": b"{}"}
     only_x = IPLDStore(MemoryBlockstore())
