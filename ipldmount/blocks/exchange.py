@@ -6,7 +6,9 @@ only what the new root adds to it travels (:func:`~ipldmount.blocks.dag.iter_new
 as one CAR streamed to ``dag/import``. A pull takes a CAR stream (``dag/export``, or a
 trustless gateway's CAR) and keeps only verified blocks reachable from the root asked for,
 committing as it goes: an interrupted pull keeps what arrived, and the next one fetches
-only the subtrees still missing.
+only the subtrees still missing. What a CAR stream may make a pull hold is bounded: a
+section is refused by its stated length, before its bytes come (:func:`_framed`), and blocks
+that belong nowhere are dropped, then refused, past PARK_LIMIT.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from ipldmount.blocks.base import Blockstore
-from ipldmount.blocks.car import car_header, incomplete_dag, read_car, section_head
+from ipldmount.blocks.car import MAX_HEADER_SIZE, car_header, incomplete_dag, read_car, section_head
 from ipldmount.blocks.dag import block_links, iter_closure, iter_new_blocks
-from ipldmount.blocks.kubo import KuboNode, check_block_size
+from ipldmount.blocks.kubo import MAX_BLOCK, KuboNode, check_block_size
 from ipldmount.errors import CarError, IncompleteDagError, RemoteError
-from ipldmount.ipld.cid import cid_to_str, may_link
+from ipldmount.ipld.cid import MAX_IDENTITY, cid_to_str, may_link
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ Progress = Callable[[int, int], None]  # (blocks, bytes) so far
 COMMIT_EVERY = 64 << 20  # bytes a pull stores before it makes them durable and goes on
 WRITE_AHEAD = 16  # blocks received and checked but not yet stored, at most
 PARK_LIMIT = 64 << 20  # bytes of blocks a pull holds that came before their parent (order=unk)
+MAX_SECTION = MAX_BLOCK + 64 + MAX_IDENTITY  # a CAR section: a block and its CID (an identity CID holds one)
 
 
 @dataclass
@@ -134,6 +137,8 @@ class _Wanted:
     taken: set[bytes] = field(default_factory=set)  # handed to the writer, not in the store yet
     parked: dict[bytes, bytes] = field(default_factory=dict)  # came before their parent
     parked_bytes: int = 0
+    dropped_bytes: int = 0  # blocks of no use: sent again while parked, or with no room to park
+    source: object = None  # where they come from, for messages
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def is_taken(self, cid: bytes) -> bool:
@@ -173,8 +178,8 @@ def pull(
         for gap in gaps:
             try:
                 _fetch_subtree(store, gap, source, transfer, progress)
-            except (RemoteError, CarError) as exc:
-                log.warning("pull %s: %s from %r failed: %s", cid_to_str(root), cid_to_str(gap), source, exc)
+            except (RemoteError, CarError) as exc:  # the error raised at the end says it: no warning
+                log.info("pull %s: %s from %r failed: %s", cid_to_str(root), cid_to_str(gap), source, exc)
                 errors.append(str(exc))
         gaps = missing_subtrees(store, root)
         if not gaps:
@@ -250,8 +255,9 @@ def _fetch_subtree(
     """
     source.get_block(top)  # within the source's block timeout: a CAR stream of a root it lacks may hang
     transfer.requests += 1
-    _, sections = read_car(PieceStream(source.export_car(top)).as_binary())  # verifies each block
-    wanted = _Wanted({top})
+    stream = PieceStream(_framed(source.export_car(top), source)).as_binary()
+    _, sections = read_car(stream)  # verifies each block
+    wanted = _Wanted({top}, source=source)
     writer = _BlockWriter(store, wanted.stored, durable)
     try:
         for cid, data in sections:
@@ -270,9 +276,8 @@ def _fetch_subtree(
 def _take(store: Blockstore, wanted: _Wanted, cid: bytes, data: bytes) -> list[tuple[bytes, bytes]]:
     """The blocks to store now: *cid* if the pull wants it, with the parked children it unlocks."""
     if cid not in wanted.pending:
-        if not wanted.is_taken(cid) and not store.has(cid) and wanted.parked_bytes + len(data) <= PARK_LIMIT:
-            wanted.parked[cid] = data  # perhaps a child sent before its parent
-            wanted.parked_bytes += len(data)
+        if not wanted.is_taken(cid) and not store.has(cid):
+            _park(wanted, cid, data)
         return []
     taken = []
     queue = [(cid, data)]
@@ -290,6 +295,52 @@ def _take(store: Blockstore, wanted: _Wanted, cid: bytes, data: bytes) -> list[t
             elif not wanted.is_taken(link) and not store.has(link):  # taken first: see stored()
                 wanted.pending.add(link)
     return taken
+
+
+def _park(wanted: _Wanted, cid: bytes, data: bytes) -> None:
+    """Keep a block no parent has asked for yet (perhaps a child sent before it), while there is
+    room; past PARK_LIMIT of blocks of no use, the source is sending junk: RemoteError."""
+    if cid not in wanted.parked and wanted.parked_bytes + len(data) <= PARK_LIMIT:
+        wanted.parked[cid] = data
+        wanted.parked_bytes += len(data)
+        return
+    wanted.dropped_bytes += len(data)
+    if wanted.dropped_bytes > PARK_LIMIT:
+        raise RemoteError(
+            f"{wanted.source!r} sent more than {PARK_LIMIT >> 20} MiB of blocks that are not in the DAG "
+            "asked for, or that it sent before"
+        )
+
+
+def _framed(pieces: Iterator[bytes], source: object) -> Iterator[bytes]:
+    """A CAR stream's *pieces*, passed on as they come once the length that opens each section
+    is checked: one over MAX_SECTION is refused before its bytes arrive (the CAR reader gathers a
+    whole section before it can judge it, so a claimed 32 GiB would be gathered first)."""
+    offset, skip, limit = 0, 0, MAX_HEADER_SIZE  # the first length is the header's
+    varint: list[int] = []
+    for piece in pieces:
+        position = 0
+        while position < len(piece):
+            if skip:
+                step = min(skip, len(piece) - position)
+                skip, position = skip - step, position + step
+                continue
+            varint.append(piece[position])
+            position += 1
+            if varint[-1] & 0x80 and len(varint) < 10:
+                continue
+            skip = sum((byte & 0x7F) << (7 * index) for index, byte in enumerate(varint))
+            if skip > limit or varint[-1] & 0x80:
+                what = "header" if limit == MAX_HEADER_SIZE else "section"
+                start = offset + position - len(varint)
+                raise RemoteError(
+                    f"{source!r} sent a CAR whose {what} at byte {start} claims {skip:,} bytes (at most "
+                    f"{limit:,}: {'a block and its CID' if what == 'section' else 'a header'})"
+                )
+            varint.clear()
+            limit = MAX_SECTION
+        offset += len(piece)
+        yield piece
 
 
 class _BlockWriter:

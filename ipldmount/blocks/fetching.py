@@ -80,9 +80,12 @@ class BlockFetcher:
         """The block *cid* from the first source that has it (verified by the source), kept with
         *keep*; when another thread is fetching it already, that thread's copy, read with *local*.
 
-        Raises MustFetchError where waiting is not allowed, BlockNotFoundError when no source
-        gives it (saying why each failed).
+        Raises BlockNotFoundError when no source gives it (saying why each failed), at once for
+        a block none gave recently, also where waiting is not allowed (code that can do without
+        the block goes on, not after a round trip through a worker); MustFetchError where waiting
+        is not allowed for any other block.
         """
+        self._check_available(cid)
         if not self.may_wait():
             raise MustFetchError(cid)
         while True:

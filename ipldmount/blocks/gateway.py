@@ -3,15 +3,17 @@
 Requests follow the trustless gateway specification: ``GET /ipfs/{cid}`` with both the
 ``format`` query parameter and the ``Accept`` header, ``application/vnd.ipld.raw`` for
 one block, ``application/vnd.ipld.car`` (``dag-scope``, ``order=dfs``, ``dups=n``) for a
-DAG. Nothing a gateway sends is trusted: a block must hash to the CID asked for, and a
-CAR's blocks are checked by whoever reads it (:func:`~ipldmount.blocks.exchange.pull`).
+DAG. Nothing a gateway sends is trusted: a block must hash to the CID asked for (and is
+refused once past MAX_BLOCK, as it streams in), a CAR's blocks are checked by whoever reads
+it (:func:`~ipldmount.blocks.exchange.pull`), an error's body is never read, and every request
+ends by its deadline (:mod:`.http`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ipldmount.blocks.http import Endpoint, Timeouts
+from ipldmount.blocks.http import Endpoint, Reply, Timeouts
 from ipldmount.errors import RemoteError
 from ipldmount.ipld import cid as cids
 
@@ -39,15 +41,13 @@ class Gateway:
     def get_block(self, cid: bytes) -> bytes:
         """The block *cid*, verified: RemoteError if the gateway lacks it or sends other bytes."""
         name = cids.cid_to_str(cid)
-        response = self.endpoint.request(
-            "GET", f"/ipfs/{name}", [("format", "raw")], headers={"Accept": RAW}, stream=True
-        )
         asked = f"block {name}"
-        try:
-            self._check_status(response.status, asked, response.headers.get("Content-Type", ""), RAW)
-            data = b"".join(_limited(self.endpoint.read_pieces(response, asked), MAX_BLOCK, asked))
-        finally:
-            response.release_conn()
+        params = [("format", "raw")]
+        with self.endpoint.request(
+            "GET", f"/ipfs/{name}", params, headers={"Accept": RAW}, asked=asked
+        ) as reply:
+            self._check(reply, asked, RAW)
+            data = reply.body(MAX_BLOCK, "block")
         if not cids.verify(cid, data):
             raise RemoteError(f"gateway {self.url} sent a wrong block for {name} ({len(data)} bytes)")
         return data
@@ -57,34 +57,28 @@ class Gateway:
         name = cids.cid_to_str(root)
         accept = f"{CAR}; version=1; order=dfs; dups=n"
         params = [("format", "car"), ("dag-scope", scope), ("car-version", "1")]
-        response = self.endpoint.request(
-            "GET", f"/ipfs/{name}", params, headers={"Accept": accept}, stream=True
-        )
+        deadline = self.endpoint.deadline(rated=True)  # as long as its size takes at the minimum rate
         asked = f"CAR of {name}"
+        reply = self.endpoint.request(
+            "GET", f"/ipfs/{name}", params, headers={"Accept": accept}, deadline=deadline, asked=asked
+        )
         try:
-            self._check_status(response.status, asked, response.headers.get("Content-Type", ""), CAR)
+            self._check(reply, asked, CAR)
         except RemoteError:
-            response.release_conn()
+            reply.close()
             raise
-        return self.endpoint.read_pieces(response, asked)
+        return reply.pieces()
 
-    def _check_status(self, status: int, asked: str, content_type: str, expected: str) -> None:
+    def _check(self, reply: Reply, asked: str, expected: str) -> None:
+        """RemoteError unless *reply* is a 200 of the *expected* content type (its body unread)."""
+        status, content_type = reply.status, reply.header("Content-Type")
         if status == 404:
             raise RemoteError(f"gateway {self.url}: {asked}: not found (404)")
         if status != 200:
             raise RemoteError(f"gateway {self.url}: {asked}: HTTP {status}")
         if content_type.split(";")[0].strip().lower() != expected:
-            answered = content_type or "no content type"
+            answered = content_type[:80] or "no content type"
             raise RemoteError(
                 f"gateway {self.url}: {asked}: answered {answered!r}, not {expected} "
                 "(not a trustless gateway?)"
             )
-
-
-def _limited(pieces: Iterator[bytes], limit: int, asked: str) -> Iterator[bytes]:
-    total = 0
-    for piece in pieces:
-        total += len(piece)
-        if total > limit:
-            raise RemoteError(f"{asked}: more than {limit:,} bytes: not a block")
-        yield piece

@@ -7,6 +7,9 @@ spaces), then the config file (``$IPLDMOUNT_CONFIG``, else
 
     ipfs = "http://127.0.0.1:5001"
     gateways = ["http://127.0.0.1:8080"]
+
+The file is UTF-8 (a byte-order mark is accepted); anything wrong in it is one error that
+names the file.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from ipldmount.blocks.fetching import BlockFetcher, BlockSource
 from ipldmount.blocks.gateway import Gateway
 from ipldmount.blocks.http import check_url
-from ipldmount.blocks.kubo import BLOCK_TIMEOUT, KuboNode
+from ipldmount.blocks.kubo import KuboNode
 from ipldmount.errors import IpldmountError, RemoteError
 
 
@@ -42,12 +45,13 @@ class Remotes:
     def __bool__(self) -> bool:
         return self.ipfs is not None or bool(self.gateways)
 
-    def sources(self, block_timeout: float = BLOCK_TIMEOUT) -> list[BlockSource]:
-        """Clients for the node, then the gateways: the order blocks are asked for."""
+    def sources(self, block_timeout: float | None = None) -> list[BlockSource]:
+        """Clients for the node, then the gateways: the order blocks are asked for (*block_timeout*:
+        default, the total timeout of a request, :func:`~ipldmount.blocks.http.total_timeout`)."""
         node: list[BlockSource] = [KuboNode(self.ipfs, block_timeout=block_timeout)] if self.ipfs else []
         return node + [Gateway(url) for url in self.gateways]
 
-    def fetcher(self, block_timeout: float = BLOCK_TIMEOUT) -> BlockFetcher | None:
+    def fetcher(self, block_timeout: float | None = None) -> BlockFetcher | None:
         """A fetcher over :meth:`sources`, or None when nothing is configured."""
         return BlockFetcher(self.sources(block_timeout)) if self else None
 
@@ -68,11 +72,12 @@ class Remotes:
         """The remotes from the command line, else the environment, else the config file (each
         setting on its own)."""
         environ = os.environ if environ is None else environ
-        file = _read_config(config_path(environ))
-        ipfs = ipfs or environ.get("IPLDMOUNT_IPFS") or _text(file, "ipfs")
+        path = config_path(environ)
+        file = _read_config(path)
+        ipfs = ipfs or environ.get("IPLDMOUNT_IPFS") or _text(file, "ipfs", path)
         listed = list(gateways) or environ.get("IPLDMOUNT_GATEWAYS", "").replace(",", " ").split()
         if not listed:
-            listed = _texts(file, "gateways")
+            listed = _texts(file, "gateways", path)
         return cls.of(ipfs, listed)
 
     @classmethod
@@ -88,24 +93,38 @@ class Remotes:
 
 
 def _read_config(path: Path) -> dict[str, object]:
+    """The config file's settings ({} if there is none); IpldmountError naming it if it is not
+    UTF-8 TOML. A byte-order mark (some editors write one) is skipped: tomllib refuses it."""
     try:
-        with path.open("rb") as stream:
-            return tomllib.load(stream)
+        raw = path.read_bytes()
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise IpldmountError(f"config file {path}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8").removeprefix("\ufeff"))
+    except UnicodeDecodeError as exc:
+        raise IpldmountError(f"config file {path}: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
         raise IpldmountError(f"config file {path}: {exc}") from None
 
 
-def _text(config: dict[str, object], key: str) -> str | None:
+def _text(config: dict[str, object], key: str, path: Path) -> str | None:
     value = config.get(key)
     if value is not None and not isinstance(value, str):
-        raise IpldmountError(f"config file: {key} must be a URL in quotes, not {value!r}")
+        raise IpldmountError(f"config file {path}: {key} must be a URL in quotes, not {_brief(value)}")
     return value
 
 
-def _texts(config: dict[str, object], key: str) -> list[str]:
+def _texts(config: dict[str, object], key: str, path: Path) -> list[str]:
     value = config.get(key, [])
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise IpldmountError(f"config file: {key} must be a list of URLs in quotes, not {value!r}")
+        raise IpldmountError(
+            f"config file {path}: {key} must be a list of URLs in quotes, not {_brief(value)}"
+        )
     return list(value)
+
+
+def _brief(value: object) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
