@@ -160,8 +160,8 @@ class Directory(Node):
         # listed directory of a million chunks): the two hold every entry, each name in one.
         self.table: EntryTable | None = None
         self.complete = form is None
-        # A sharded directory read name by name is read whole once, the first time it is to change
-        # (Tree._check_changeable): every name and node of its committed HAMT is then known valid.
+        # A sharded directory read whole once for a change (a name removed: Tree._check_changeable):
+        # every name and node of its committed HAMT is then known valid.
         self.changeable = False
         self.dirty = form is None
         self.subdirs: int | None = None if form is not None else 0  # known once counted or loaded
@@ -234,6 +234,11 @@ def _check_entries(entries: Iterable[tuple[Any, Any]]) -> None:
             dirnode.check_inline_entry(name, value)
             if not metadata.is_metadata_name(name):
                 stack.append(iter(dirnode.inline_entries(value)))
+
+
+def _check_entry(name: object, value: Any) -> None:
+    """One entry of a directory, checked as :func:`_check_entries` checks each."""
+    _check_entries([(name, value)])
 
 
 def _once_each(entries: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
@@ -638,34 +643,43 @@ class Tree:
         if self.read_only:
             raise ReadOnlyError("the tree is read-only")
 
-    def _check_changeable(self, directory: Directory) -> None:
-        """Refuse a change to *directory* unless it, and each directory above it that the change
-        re-encodes, could be read in full (FORMAT.md 3.2, 6.4): a writer never re-encodes what it
-        could not read. A sharded directory read name by name is read whole for this, once."""
+    def _check_changeable(self, directory: Directory, name: str, *, removing: bool = False) -> None:
+        """Refuse a change to *name* in *directory* unless what the change re-encodes could be read
+        in full (FORMAT.md 3.2, 6.4): a writer never re-encodes what it could not read. That is
+        the directory's block, and each block above it; in a sharded directory, the HAMT nodes on
+        the changed names' paths (read again for each name: a change costs its path), or all of
+        it when a name goes (the commit lays it out anew, reading it all anyway)."""
         current: Directory | None = directory
-        while current is not None and not current.dirty:
-            if not (current.complete or current.changeable):
-                self._check_whole(current)
-            current = current.parent
+        while current is not None:
+            committed = current._form or current._previous
+            if current.complete or current.changeable:
+                pass  # read whole already, and found so
+            elif committed is not None and committed.sharded:
+                self._check_sharded(current, committed, name, whole=removing)
+            else:
+                self._load(current)  # a plain block is checked whole as it is read
+            link = current.first_link
+            if link is None:
+                return
+            current, name = link
+            removing = False  # above, a name is replaced by its new entry: a path's worth
 
-    def _check_whole(self, directory: Directory) -> None:
-        """Read every name and value of a committed directory, keeping none (FormatError if any is
-        invalid, or a node of its HAMT is malformed)."""
-        committed = directory._form
-        assert committed is not None, "a directory that is not dirty has its committed encoding"
-        if not committed.sharded:
-            self._load(directory)
-            return
+    def _check_sharded(
+        self, directory: Directory, committed: DirectoryForm, name: str, *, whole: bool
+    ) -> None:
         try:
-            _check_entries(_once_each(self._committed_entries(committed)))
+            if whole:
+                _check_entries(_once_each(self._committed_entries(committed)))
+                directory.changeable = True  # every node read and found whole
+            else:
+                hamt.check_path(self.store, committed.value, name, _check_entry, self._hamt_nodes)
         except FormatError as exc:
             where = self.path_of(directory)
             raise FormatError(f"sharded directory {where!r} cannot be changed: {exc}") from None
-        directory.changeable = True
 
     def _insert(self, directory: Directory, name: str, node: Node) -> None:
         self.get_entry(directory, name)  # what it replaces, if anything, is read first
-        self._check_changeable(directory)
+        self._check_changeable(directory, name)
         assert directory._entries is not None
         directory._entries[name] = node
         node.add_link(directory, name)
@@ -676,7 +690,7 @@ class Tree:
     def _detach(self, directory: Directory, name: str) -> Node:
         if self.get_entry(directory, name) is None:
             raise KeyError(name)
-        self._check_changeable(directory)
+        self._check_changeable(directory, name, removing=True)
         assert directory._entries is not None
         node = directory._entries.pop(name)
         node.remove_link(directory, name)
@@ -698,8 +712,8 @@ class Tree:
     def set_content(self, file: File, content: FileContent) -> None:
         """Replace a file's content (every name that links to it sees the change)."""
         self._writable()
-        for parent, _ in file.links:
-            self._check_changeable(parent)
+        for parent, name in file.links:
+            self._check_changeable(parent, name)
         file.content = content
         for parent, name in file.links:
             _mark_dirty(parent, name)
@@ -766,8 +780,8 @@ class Tree:
             return
         if isinstance(node, Directory) and self._is_ancestor(node, target):
             raise InvalidMoveError(new_name)
-        self._check_changeable(source)  # both, before either changes
-        self._check_changeable(target)
+        self._check_changeable(source, name, removing=True)  # both, before either changes
+        self._check_changeable(target, new_name)
         if existing is not None:
             if not replace:
                 raise AlreadyExistsError(new_name)

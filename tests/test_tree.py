@@ -1486,7 +1486,7 @@ def test_a_hamt_10000_nodes_deep_is_refused_in_one_line(
     for attempt in (
         lambda: tree.listdir("d"),
         lambda: tree.resolve("d/a"),
-        lambda: tree.write_file("d/b", b""),
+        lambda: tree.write_file("d/a", b""),  # a change rewrites the nodes on its path: this one
     ):
         with pytest.raises(FormatError, match="deeper than 32 levels"):
             attempt()
@@ -1510,3 +1510,27 @@ def test_identity_cids_are_for_unixfs_only(store: Blockstore) -> None:
     }
     tree = Tree(store, store.put(codec.encode(entries), cids.DAG_CBOR))
     assert all(isinstance(tree.lookup(tree.root, name), Broken) for name in entries)
+
+
+def test_a_change_to_a_sharded_directory_checks_its_path_and_keeps_the_rest_by_cid(store: Blockstore) -> None:
+    """A change costs the HAMT nodes on its name's path: an invalid name elsewhere is neither read
+    nor dropped (its node keeps its CID), and a change whose path reaches it is refused."""
+    entries: dict[str, Any] = {f"c{n}": _link(store, b"%d" % n) for n in range(2_000)}
+    entries["a/b"] = _link(store, b"?")
+    shard = store.put(codec.encode(hamt.build(store, entries)), cids.DAG_CBOR)
+    root = store.put(codec.encode({"d": codec.Link(shard)}), cids.DAG_CBOR)
+    bad_slot = hashlib.sha256(b"a/b").digest()[0]
+    far = next(f"n{n}" for n in range(1_000) if hashlib.sha256(b"n%d" % n).digest()[0] != bad_slot)
+    near = next(f"n{n}" for n in range(10_000) if hashlib.sha256(b"n%d" % n).digest()[0] == bad_slot)
+
+    tree = Tree(store, root)
+    with pytest.raises(FormatError, match="'d' cannot be changed: an invalid name"):
+        tree.write_file(f"d/{near}", b"x")
+    tree.write_file(f"d/{far}", b"x")
+    new_root = tree.commit()
+    shard_now = codec.decode(store.get(codec.decode(store.get(new_root))["d"].cid))
+    old_children = codec.decode(store.get(shard))["hamt"][1]
+    assert hamt.find(store, shard_now, "a/b") == entries["a/b"]  # kept, never re-encoded
+    kept = [element for element in shard_now["hamt"][1] if element in old_children]
+    assert len(kept) == len(old_children) - 1  # every node but the one on the change's path
+    assert Tree(store, new_root).read_file(f"d/{far}") == b"x"

@@ -10,7 +10,7 @@ so it depends on the entries alone, never on insertion order (FORMAT.md).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 from ipldmount.blocks import BlockSink, Blockstore
@@ -204,6 +204,41 @@ def find(store: Blockstore, root: dict[str, Any], name: str, cache: NodeCache | 
         element = data[(number & ((1 << slot) - 1)).bit_count()]
         if not isinstance(element, codec.Link):
             return next((value for found, value in _bucket_items(element) if found == key), MISSING)
+        node = _child(store, element.cid, cache)
+    raise too_deep()
+
+
+def check_path(
+    store: Blockstore,
+    root: dict[str, Any],
+    name: str,
+    check_entry: Callable[[str, Any], None],
+    cache: NodeCache | None = None,
+) -> None:
+    """Check every node a change to *name* rewrites: those on its digest's path, each whole (its
+    structure, and every entry of its buckets: *check_entry*, and no name twice), since a change
+    re-encodes them. FormatError at the first fault; nodes off the path are not read (they keep
+    their CIDs: a change costs its path, not the directory)."""
+    _check_root(root)
+    digest = hashlib.sha256(name.encode("utf-8")).digest()
+    node = root["hamt"]
+    for depth in range(MAX_DEPTH):
+        bitmap, data = _check_node(node)
+        seen: set[str] = set()
+        for element in data:
+            if isinstance(element, codec.Link):
+                continue
+            for found, value in _bucket_entries(element):
+                if found in seen:
+                    raise FormatError(f"the name {found!r} is in a HAMT node twice")
+                seen.add(found)
+                check_entry(found, value)
+        number, slot = int.from_bytes(bitmap, "big"), digest[depth]
+        if not number >> slot & 1:
+            return
+        element = data[(number & ((1 << slot) - 1)).bit_count()]
+        if not isinstance(element, codec.Link):
+            return
         node = _child(store, element.cid, cache)
     raise too_deep()
 
