@@ -101,13 +101,21 @@ async def _fetching_as_needed(
     store = args[0].tree.store
     if store.fetcher is None or handler.__name__ not in RETRIED_AFTER_FETCH:
         return await handler(*args, **kwargs)
+    failed: set[bytes] = set()
     for _ in range(MAX_FETCHES):
         try:
             with BlockFetcher.no_waiting():
                 return await handler(*args, **kwargs)
         except MustFetchError as needed:
             cid = needed.cid
-        await trio.to_thread.run_sync(store.get, cid)  # fetched and kept (or BlockNotFoundError: EIO)
+        try:
+            await trio.to_thread.run_sync(store.get, cid)  # fetched and kept
+        except IpldmountError:
+            # No source gave it: the request runs again and meets the failure where it matters
+            # (a listing shows a broken entry; a read of that block answers EIO), once.
+            if cid in failed:
+                raise
+            failed.add(cid)
     raise IpldmountError(f"{handler.__name__}: more than {MAX_FETCHES} blocks to fetch for one request")
 
 
