@@ -66,12 +66,19 @@ def test_a_rollback_is_recorded_and_kept_by_gc(mounts: Mounts) -> None:
     assert read_file(mnt / "a.txt") == b"one\n"
 
 
-def test_unmounting_an_older_root_without_a_sync_records_it_too(mounts: Mounts) -> None:
-    mnt = mounts().mount("empty")
+def two_versions(mnt: Mount) -> str:
+    """Sync "one" (v1), then unmount with "two": v1, now an older root of the mountpoint."""
+    mnt.mount("empty")
     write_file(mnt / "a", b"one")
     v1 = mnt.sync()
     write_file(mnt / "a", b"two")
     mnt.unmount()
+    return v1
+
+
+def test_unmounting_an_older_root_without_a_sync_records_it_too(mounts: Mounts) -> None:
+    mnt = mounts()
+    v1 = two_versions(mnt)
     mnt.mount(v1)
     assert mnt.unmount() == v1  # the root it printed...
     age_blocks(mnt.store)
@@ -81,11 +88,8 @@ def test_unmounting_an_older_root_without_a_sync_records_it_too(mounts: Mounts) 
 
 
 def test_a_mountpoint_names_the_root_it_shows(mounts: Mounts) -> None:
-    mnt = mounts().mount("empty")
-    write_file(mnt / "a", b"one")
-    v1 = mnt.sync()
-    write_file(mnt / "a", b"two")
-    mnt.unmount()
+    mnt = mounts()
+    v1 = two_versions(mnt)
     mnt.mount(v1)  # a rollback, not synced yet
     assert last_line(check(mnt.cli("tag", "here", mnt.path)).stdout) == f"here {v1}"
     assert check(mnt.cli("diff", v1, mnt.path)).stdout == ""

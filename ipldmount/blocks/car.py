@@ -22,6 +22,7 @@ from multiformats import multicodec
 
 from ipldmount.blocks import Blockstore, fsync_dir
 from ipldmount.blocks.dag import block_links, iter_closure, iter_new_blocks
+from ipldmount.blocks.directory import process_exists
 from ipldmount.errors import (
     BlockNotFoundError,
     CarError,
@@ -272,7 +273,7 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
 def _remove_stale(entry: os.DirEntry[str]) -> bool:
     """Remove *entry* if it is a CAR temporary of a dead writer; whether it was."""
     pid = temporary_owner(entry.name)
-    if pid is None or pid == os.getpid() or _process_exists(pid):
+    if pid is None or pid == os.getpid() or process_exists(pid):
         return False
     try:
         if not entry.is_file(follow_symlinks=False):
@@ -282,16 +283,6 @@ def _remove_stale(entry: os.DirEntry[str]) -> bool:
         log.debug("left %s in place: %s", entry.path, exc)
         return False
     log.info("removed %s, left by process %d (no longer running)", entry.path, pid)
-    return True
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
     return True
 
 

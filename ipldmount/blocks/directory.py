@@ -135,7 +135,8 @@ def _temp_owner(name: str) -> int | None:
     return int(pid) if dash and pid.isdigit() else None
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """Whether a process *pid* exists (someone else's counts): temporaries it left are its own."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -341,7 +342,7 @@ class DirectoryBlockstore(Blockstore):
                     continue
                 try:
                     if pid not in alive:
-                        alive[pid] = pid == os.getpid() or _process_exists(pid)
+                        alive[pid] = pid == os.getpid() or process_exists(pid)
                     if entry.is_file(follow_symlinks=False) and (
                         not alive[pid] or entry.stat().st_mtime < cutoff
                     ):
