@@ -31,6 +31,7 @@ import b_codec  # noqa: E402
 import b_fuse  # noqa: E402
 import b_history  # noqa: E402
 import b_ipfs  # noqa: E402
+import b_records  # noqa: E402
 import b_scale  # noqa: E402
 import b_sparse  # noqa: E402
 import b_tree  # noqa: E402
@@ -57,6 +58,11 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
         "1 GiB of 4 MiB chunks through zarr, write and read: IPLDStore vs MemoryStore and LocalStore",
     ),
     "history": (b_history.run, set(), "diff of two roots 1 chunk apart in 100k vs a full export"),
+    "records": (
+        b_records.run,
+        set(),
+        "the history kept whole: a sealed record, a long history read, a freeze that publishes its root",
+    ),
     "ipfs": (b_ipfs.run, set(), "push/pull vs the node's own dag/import/export; a lazy mount's first read"),
     "scale": (
         b_scale.run,
