@@ -398,3 +398,23 @@ def test_a_root_gc_let_go_is_named_again_only_while_whole(tmp_path: Path) -> Non
     check(cli("gc", "--grace", "5s", "--keep-last", "1", "--store", path))
     assert_one_line_error(cli("tag", "old", roots[0], "--store", path), "let go by gc", "import or pull")
     check(cli("tag", "last", roots[2], "--store", path))  # never let go
+
+
+def test_repair_tags_no_partial_root_an_earlier_gc_left(tmp_path: Path) -> None:
+    """A root block a gc from before 'dropped' lines left behind (its leaf gone, no line saying
+    so) is not a root to keep: repair does not tag it, so the next gc does not call it missing."""
+    path = tmp_path / "store"
+    writer = IPLDStore(DirectoryBlockstore(path))
+    roots = []
+    for _ in range(2):
+        writer.set_sync("only", _buffer(os.urandom(20_000)))
+        roots.append(writer.freeze())
+    writer.close()
+    store = DirectoryBlockstore(path)
+    (leaf,) = [cid for cid, _ in iter_closure(store, cids.parse_cid(roots[0])) if cid[1] == cids.RAW]
+    store.delete(leaf)  # as an old gc would have left it
+    _damage_nul(path / "roots.log")  # its line no longer names it
+    assert "sealed the rest anew" in check(cli("log", "--repair", "--store", path)).stdout
+    assert roots[0] not in json.loads(check(cli("tags", "--json", "--store", path)).stdout).values()
+    report = json.loads(check(cli("gc", "--grace", "0", "--json", "--store", path)).stdout)
+    assert report["missing_blocks"] == 0 and roots[1] in report["kept_roots"]

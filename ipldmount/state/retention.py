@@ -226,9 +226,10 @@ def _say_dropped(home: StoreHome, history: History, kept: dict[str, list[str]], 
 
 
 def unnamed_heads(home: StoreHome) -> list[str]:
-    """Stored blocks that may link, that no other stored block links to, and that neither a tag nor
-    a readable history line names (nor a line that dropped them): every root a damaged history may
-    have lost. Reads every linking block of the store (a repair's cost, not a collection's)."""
+    """Stored blocks that may link, that no other stored block links to, that neither a tag nor a
+    readable history line names (nor a line that dropped them), and that reach every block they
+    link (a partial one is what an earlier gc left): every root a damaged history may have lost.
+    Reads every linking block of the store (a repair's cost, not a collection's)."""
     store = home.blocks
     linking = [cid for cid in store if may_link(cid)]
     linked: set[bytes] = set()
@@ -239,5 +240,6 @@ def unnamed_heads(home: StoreHome) -> list[str]:
             continue
     history = home.registry.read_whole()
     named = set(home.tags.all().values()) | {record.root for record in history.records} | history.dropped
-    heads = (cids.cid_to_str(cid) for cid in linking if cid not in linked)
-    return sorted(head for head in heads if head not in named)
+    heads = [cid for cid in linking if cid not in linked and cids.cid_to_str(cid) not in named]
+    whole = [cid for cid in heads if not mark(store, [cid], check_leaves=True).missing_count]
+    return sorted(cids.cid_to_str(cid) for cid in whole)  # a partial one is what a gc left: not a root
