@@ -940,7 +940,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "tag": (cmd_tag, "name a root (tag NAME [ROOT]), or delete a name (tag -d NAME)"),
     "tags": (cmd_tags, "list the names of roots"),
     "diff": (cmd_diff, "the paths added (A), removed (D) and modified (M) from one root to another"),
-    "gc": (cmd_gc, "remove the blocks no kept root reaches (tags, recent history, mounts)"),
+    "gc": (cmd_gc, "remove the blocks no kept root reaches (tags, recent history, mounts, live stores)"),
     "push": (cmd_push, "send a root's blocks that an IPFS node lacks, and optionally pin it there"),
     "pull": (cmd_pull, "fetch what the store lacks of a root from an IPFS node or gateways"),
     "serve": (cmd_serve, "serve the store read-only as a trustless HTTP gateway (raw blocks and CARs)"),
@@ -1100,7 +1100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--repair",
         action="store_true",
         help="set aside the lines of a damaged history (gc refuses to run on one), tagging every stored root "
-        "they still name (recovered-N), and seal the rest anew",
+        "they still name and every whole stored root nothing names (recovered-N), and seal the rest anew",
     )
     sub.choices["tag"].add_argument("name", metavar="NAME")
     sub.choices["tag"].add_argument(
