@@ -37,10 +37,15 @@ class LiveRoots:
         self._open_file = open_file
         self._make_dir = make_dir
         self._held: list[tuple[int, Path]] = []  # a one-item list, shared with the finalizer
+        self._said: list[str] = []  # the roots the held file names
         self._finalizer = weakref.finalize(self, _retire, self._held)
 
     def publish(self, roots: list[str]) -> None:
-        """Say that *roots* are in use, then stop saying what was said before."""
+        """Say that *roots* are in use, then stop saying what was said before (nothing to do when
+        they are what is said already: a freeze that changed nothing)."""
+        if self._held and roots == self._said:
+            return
+        self._said = list(roots)
         data = "".join(f"{root}\n" for root in roots).encode()
         published = publish_locked(self.folder, data, self._open_file, self._make_dir)
         old = list(self._held)
