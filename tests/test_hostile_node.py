@@ -301,9 +301,9 @@ def test_a_lazy_mount_gives_eio_in_time_and_serves_the_rest_meanwhile(
 
 SIBLING_WAITS = pytest.mark.xfail(
     strict=True,
-    reason="loading a directory reads the head of every dag-cbor entry (a file or a directory?), so "
-    "a lookup of d waits, up to the deadline, for its sibling e's trickling block; then e is a broken "
-    "entry and d reads (a failed fetch no longer fails the request that asked for it)",
+    reason="a lookup of d waits, up to the deadline, while the lookup of its sibling e waits for e's "
+    "trickling block: the daemon is sent no lookup of d until e's ends (seen in its log; the kernel "
+    "holds it); then e is a broken entry and d reads (a failed fetch no longer fails the request)",
 )
 
 
