@@ -504,3 +504,13 @@ def expect_errno(code: int, function: object, *args: object) -> OSError:
         f"got {errno.errorcode.get(caught.value.errno or 0, caught.value.errno)} ({caught.value})"
     )
     return caught.value
+
+
+def waiting_in(pid: int, syscall_hint: str) -> bool:
+    """True once the process sleeps in the kernel at `syscall_hint` (a pipe read, a FIFO open)."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state == "S" and syscall_hint in wchan

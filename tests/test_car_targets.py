@@ -30,6 +30,7 @@ from fuse_helpers import (
     copy_seed,
     start_cli,
     wait_for,
+    waiting_in,
 )
 
 from ipldmount.blocks import DirectoryBlockstore
@@ -214,15 +215,6 @@ def test_only_the_temporaries_of_dead_writers_are_removed(tmp_path: Path) -> Non
     assert all(path.exists() for path in [ours, living, *others, folder])
 
 
-def _waiting_in(pid: int, syscall_hint: str) -> bool:
-    try:
-        wchan = Path(f"/proc/{pid}/wchan").read_text()
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state == "S" and syscall_hint in wchan
-
-
 def test_a_killed_exports_temporary_goes_with_the_next_car(seeded: Path, tmp_path: Path) -> None:
     """kill -9 leaves ``.F.ipldmount-PID-HEX.tmp``; the next CAR written into that folder removes it."""
     blocks = DirectoryBlockstore(seeded)
@@ -233,7 +225,7 @@ def test_a_killed_exports_temporary_goes_with_the_next_car(seeded: Path, tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     process = start_cli("export", SEED_ROOT, "-o", out / "seed.car", "--store", seeded)
-    wait_for(lambda: _waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
+    wait_for(lambda: waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
     (left,) = os.listdir(out)
     assert temporary_owner(left) == process.pid
     process.send_signal(signal.SIGKILL)

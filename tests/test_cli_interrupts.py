@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fuse_helpers import SEED_CAR, SEED_ROOT, Mounts, cli, is_mounted, start_cli, wait_for
+from fuse_helpers import SEED_CAR, SEED_ROOT, Mounts, cli, is_mounted, start_cli, wait_for, waiting_in
 
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.blocks.car import read_car
@@ -34,16 +34,6 @@ def _one_line(err: str) -> str:
     assert "Traceback" not in err, err
     assert len(lines) == 1, err
     return lines[0]
-
-
-def _waiting_in(pid: int, syscall_hint: str) -> bool:
-    """True once the process sleeps in the kernel at `syscall_hint` (a pipe read, a FIFO open)."""
-    try:
-        wchan = Path(f"/proc/{pid}/wchan").read_text()
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state == "S" and syscall_hint in wchan
 
 
 @pytest.fixture
@@ -77,7 +67,7 @@ def half_a_car(tmp_path: Path) -> Iterator[Path]:
 def test_import_interrupted(tmp_path: Path, half_a_car: Path, signum: int) -> None:
     store = tmp_path / "store"
     process = start_cli("import", half_a_car, "--store", store)
-    wait_for(lambda: _waiting_in(process.pid, "pipe"), 60, "the import to wait for more of the CAR")
+    wait_for(lambda: waiting_in(process.pid, "pipe"), 60, "the import to wait for more of the CAR")
     code, out, err = _stop(process, signum)
     assert code == 128 + signum
     line = _one_line(err)
@@ -90,7 +80,7 @@ def test_mount_of_a_car_interrupted_while_importing(mounts: Mounts, half_a_car: 
     mnt = mounts()  # should the mount happen after all, the fixture unmounts it
     store, mountpoint = mnt.store, mnt.path
     process = start_cli("mount", half_a_car, mountpoint, "--store", store)
-    wait_for(lambda: _waiting_in(process.pid, "pipe"), 60, "the import to wait for more of the CAR")
+    wait_for(lambda: waiting_in(process.pid, "pipe"), 60, "the import to wait for more of the CAR")
     code, _, err = _stop(process, signal.SIGINT)
     assert code == 130
     assert "nothing was mounted" in _one_line(err)
@@ -116,7 +106,7 @@ def test_export_interrupted_leaves_no_partial_car(tmp_path: Path, signum: int) -
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     process = start_cli("export", SEED_ROOT, "-o", out_dir / "seed.car", "--store", store)
-    wait_for(lambda: _waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
+    wait_for(lambda: waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
     code, _, err = _stop(process, signum)
     assert code == 128 + signum
     assert "no CAR was written" in _one_line(err)
@@ -129,7 +119,7 @@ def test_export_to_stdout_interrupted_says_the_car_is_incomplete(tmp_path: Path,
     store = _store_with_a_stuck_block(tmp_path)
     process = start_cli("export", SEED_ROOT, "-o", "-", "--store", store)
     assert process.stdout is not None and process.stderr is not None
-    wait_for(lambda: _waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
+    wait_for(lambda: waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
     process.send_signal(signum)
     out = process.stdout.buffer.read()  # binary: a CAR is no text
     err = process.stderr.read()
@@ -148,7 +138,7 @@ def test_export_into_a_fifo_interrupted_says_the_car_is_incomplete(tmp_path: Pat
     reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
     reader.start()
     process = start_cli("export", SEED_ROOT, "-o", fifo, "--store", store)
-    wait_for(lambda: _waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
+    wait_for(lambda: waiting_in(process.pid, "wait_for_partner"), 60, "the export to wait on the FIFO block")
     code, _, err = _stop(process, signal.SIGINT)
     assert code == 130
     assert f"the CAR written to {fifo} is incomplete" in _one_line(err)
