@@ -290,6 +290,7 @@ class Tree:
         self.read_only = read_only
         self.root = self._open_root(root) if root is not None else Directory()
         self._hamt_nodes: MutableMapping[bytes, Any] = _BoundedCache(HAMT_NODE_CACHE)
+        self._whole_nodes: set[bytes] = set()  # HAMT nodes a change checked whole (one CID each)
         # Told of every node made from a packed row (a mount gives it the row's inode number).
         self.took: Callable[[EntryTable, int, Node], None] | None = None
         # A row becoming a node (a mount opening a chunk, from its own thread) against a commit
@@ -672,7 +673,8 @@ class Tree:
                 _check_entries(_once_each(self._committed_entries(committed)))
                 directory.changeable = True  # every node read and found whole
             else:
-                hamt.check_path(self.store, committed.value, name, _check_entry, self._hamt_nodes)
+                checked = (self._whole_nodes, committed.cid if committed.stored else None)
+                hamt.check_path(self.store, committed.value, name, _check_entry, self._hamt_nodes, checked)
         except FormatError as exc:
             where = self.path_of(directory)
             raise FormatError(f"sharded directory {where!r} cannot be changed: {exc}") from None

@@ -214,33 +214,46 @@ def check_path(
     name: str,
     check_entry: Callable[[str, Any], None],
     cache: NodeCache | None = None,
+    checked: tuple[set[bytes], bytes | None] | None = None,
 ) -> None:
     """Check every node a change to *name* rewrites: those on its digest's path, each whole (its
     structure, and every entry of its buckets: *check_entry*, and no name twice), since a change
     re-encodes them. FormatError at the first fault; nodes off the path are not read (they keep
-    their CIDs: a change costs its path, not the directory)."""
+    their CIDs: a change costs its path, not the directory). *checked*: the CIDs of nodes found
+    whole before (added to), and the CID of the block holding *root* (None: not stored), so a
+    node is checked once however many changes pass through it."""
     _check_root(root)
+    seen_before, cid = checked if checked is not None else (set(), None)
     digest = hashlib.sha256(name.encode("utf-8")).digest()
     node = root["hamt"]
     for depth in range(MAX_DEPTH):
+        if cid is None or cid not in seen_before:
+            _check_node_whole(node, check_entry)
+            if cid is not None:
+                seen_before.add(cid)
         bitmap, data = _check_node(node)
-        seen: set[str] = set()
-        for element in data:
-            if isinstance(element, codec.Link):
-                continue
-            for found, value in _bucket_entries(element):
-                if found in seen:
-                    raise FormatError(f"the name {found!r} is in a HAMT node twice")
-                seen.add(found)
-                check_entry(found, value)
         number, slot = int.from_bytes(bitmap, "big"), digest[depth]
         if not number >> slot & 1:
             return
         element = data[(number & ((1 << slot) - 1)).bit_count()]
         if not isinstance(element, codec.Link):
             return
-        node = _child(store, element.cid, cache)
+        cid = element.cid
+        node = _child(store, cid, cache)
     raise too_deep()
+
+
+def _check_node_whole(node: Any, check_entry: Callable[[str, Any], None]) -> None:
+    _, data = _check_node(node)
+    seen: set[str] = set()
+    for element in data:
+        if isinstance(element, codec.Link):
+            continue
+        for found, value in _bucket_entries(element):
+            if found in seen:
+                raise FormatError(f"the name {found!r} is in a HAMT node twice")
+            seen.add(found)
+            check_entry(found, value)
 
 
 def too_deep() -> FormatError:
