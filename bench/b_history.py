@@ -14,7 +14,7 @@ from common import Context, Row, Timer, log
 
 from ipldmount.blocks import DirectoryBlockstore, car, dag
 from ipldmount.format.diff import Change, diff_roots
-from ipldmount.tree import Tree
+from ipldmount.tree.model import Tree
 
 
 class _Discard:

@@ -23,10 +23,10 @@ from common import MB, Context, MiB, Mount, Row, Timer, log, random_block, stamp
 from ipldmount.blocks import DirectoryBlockstore, car
 from ipldmount.blocks.car import read_car
 from ipldmount.blocks.directory import _sync_filesystem as sync_filesystem
-from ipldmount.blocks.exchange import PieceStream, pull, push
-from ipldmount.blocks.kubo import KuboNode
 from ipldmount.ipld.cid import cid_to_str, parse_cid
-from ipldmount.tree import Tree
+from ipldmount.remote.exchange import PieceStream, pull, push
+from ipldmount.remote.kubo import KuboNode
+from ipldmount.tree.model import Tree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import ipfs_node  # the test suite's node runner

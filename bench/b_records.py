@@ -19,11 +19,11 @@ import statistics
 import zarr
 from common import Context, Row, Timer, log
 
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.ipld import cid as cids
-from ipldmount.state.home import StoreHome
-from ipldmount.state.registry import RootRecord, _append_line, _sealed
-from ipldmount.zarrstore import IPLDStore
+from ipldmount.repo.home import StoreHome
+from ipldmount.repo.registry import RootRecord, _append_line, _sealed
 
 
 def _record(index: int) -> RootRecord:

@@ -26,10 +26,10 @@ from typing import Any
 from common import IPLDMOUNT, Context, Floor, Mount, Row, Timer, log
 from zarr.core.buffer import default_buffer_prototype
 
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.ipld.cid import cid_to_str
-from ipldmount.tree import Tree
-from ipldmount.zarrstore import IPLDStore
+from ipldmount.tree.model import Tree
 
 READS = 1000
 CREATES = 100_000  # files created through the mount into one directory (--quick: a tenth)

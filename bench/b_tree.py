@@ -11,11 +11,11 @@ from b_fuse import SmallFixture
 from common import IPLDMOUNT, Context, Row, Timer, log, random_block, stamp, write_all
 from zarr.core.buffer import default_buffer_prototype
 
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
 from ipldmount.format.files import StoredFile
 from ipldmount.ipld import cid as cids
-from ipldmount.tree import Tree
-from ipldmount.zarrstore import IPLDStore
+from ipldmount.tree.model import Tree
 
 # --- sync -----------------------------------------------------------------------------
 

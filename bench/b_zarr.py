@@ -12,8 +12,8 @@ import zarr
 from common import MB, Context, Mount, Row, Timer, log
 from zarr.storage import LocalStore, MemoryStore
 
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
-from ipldmount.zarrstore import IPLDStore
 
 ON_DISK = ("ext4", "mount", "ipld_dir")  # cold reads for these: caches dropped first
 

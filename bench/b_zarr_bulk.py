@@ -20,8 +20,8 @@ from zarr.abc.store import ByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import LocalStore, MemoryStore
 
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
-from ipldmount.zarrstore import IPLDStore
 
 CHUNK = 4 * MiB  # one zarr chunk: four 1 MiB leaves under an FBL node in the blockstore
 LEAF = MiB

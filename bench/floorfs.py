@@ -22,7 +22,7 @@ import sys
 import pyfuse3
 import trio
 
-from ipldmount.mount import fuse_session
+from ipldmount.adapters.fuse import libfuse_hooks as fuse_session
 
 TIMEOUT = 300.0
 ARR = pyfuse3.ROOT_INODE + 1

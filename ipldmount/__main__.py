@@ -1,5 +1,5 @@
 import sys
 
-from ipldmount.cli import main
+from ipldmount.adapters.cli import main
 
 sys.exit(main())

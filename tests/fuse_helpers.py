@@ -275,7 +275,7 @@ class Mount:
     # the daemon
 
     def state_dir(self) -> Path:
-        from ipldmount.state.home import mount_id
+        from ipldmount.repo.home import mount_id
 
         return self.store / "mounts" / mount_id(self.path)
 
@@ -315,8 +315,8 @@ class Mount:
 
     def daemon_answers(self, timeout: float = 5.0) -> bool:
         """Whether the daemon answers a status request on its control socket (never touches the mount)."""
-        from ipldmount.mount.control import runtime_dir
-        from ipldmount.state.home import mount_id
+        from ipldmount.adapters.fuse.control import runtime_dir
+        from ipldmount.repo.home import mount_id
 
         path = runtime_dir() / f"{mount_id(self.path)}.sock"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:

@@ -13,10 +13,10 @@ import pytest
 
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.ipld.cid import parse_cid
-from ipldmount.state.attributes import Attributes, AttributeTable, Meta
-from ipldmount.state.home import StoreHome
-from ipldmount.state.session import Session
-from ipldmount.tree import Tree
+from ipldmount.repo.attributes import Attributes, AttributeTable, Meta
+from ipldmount.repo.home import StoreHome
+from ipldmount.session.session import Session
+from ipldmount.tree.model import Tree
 
 
 def table(tmp_path: Path) -> AttributeTable:
@@ -79,7 +79,7 @@ def test_a_directory_s_rows_are_read_at_once_and_kept_right(tmp_path: Path, monk
     )
     queries: list[str] = []
     rows._connect().set_trace_callback(queries.append)
-    monkeypatch.setattr("ipldmount.state.attributes.DIRECTORY_ROWS", 2)
+    monkeypatch.setattr("ipldmount.repo.attributes.DIRECTORY_ROWS", 2)
     assert rows.lookup("d/a", b"cid-a") == meta["a"]
     assert rows.lookup("d/a", b"other") is None and rows.lookup("d/nothing", b"cid-a") is None
     assert rows.lookup("d/sub/a", b"cid-a") == meta["b"]
@@ -105,7 +105,7 @@ def test_an_empty_table_costs_no_path_per_file(tmp_path: Path, monkeypatch: Any)
 
 
 def test_pruning_drops_the_rows_of_contents_no_longer_kept(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr("ipldmount.state.attributes.PRUNE_PAGE", 2)  # several pages
+    monkeypatch.setattr("ipldmount.repo.attributes.PRUNE_PAGE", 2)  # several pages
     attributes = table(tmp_path)
     meta = Meta(stat.S_IFREG | 0o600, 1000, 100, 1, 1, 1)
     kept, gone = b"\x01kept", b"\x01gone"
@@ -335,7 +335,7 @@ def test_a_rename_the_table_could_not_follow_is_copied_at_the_next_sync(
 ) -> None:
     """The table is busy at the rename: the copy waits for the sync instead of being dropped
     (the renamed directory's contents would come back with the public defaults)."""
-    monkeypatch.setattr("ipldmount.state.attributes.RETRY_AFTER", 0)
+    monkeypatch.setattr("ipldmount.repo.attributes.RETRY_AFTER", 0)
     store, root = saved_table(tmp_path)
     tree = Tree(store, root)
     attributes = Attributes(table(tmp_path), tree)

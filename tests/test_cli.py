@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ipldmount import cli
+from ipldmount.adapters import cli
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import DirectoryBlockstore, car
 from ipldmount.ipld.cid import DAG_CBOR, RAW, block_cid, cid_to_str
-from ipldmount.zarrstore import IPLDStore
 
 SEED_DIR = Path(__file__).parent / "data" / "seed_example"
 SEED_CAR = SEED_DIR / "seed_example.car"

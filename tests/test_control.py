@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ipldmount.adapters.fuse.control import runtime_dir
 from ipldmount.errors import IpldmountError
-from ipldmount.mount.control import runtime_dir
 
 
 @pytest.fixture

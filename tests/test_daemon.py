@@ -11,7 +11,7 @@ import pytest
 # as the daemon does while a file is written; prints the page faults taken after the first round.
 FAULTS = """
 import resource, sys
-from ipldmount.mount.daemon import keep_freed_buffers
+from ipldmount.adapters.fuse.daemon import keep_freed_buffers
 taken = keep_freed_buffers() if sys.argv[1] == "tuned" else None
 def round_():
     buffers = [bytearray(1 << 20) for _ in range(8)]

@@ -15,7 +15,7 @@ from ipldmount.blocks.dag import iter_closure, iter_new_blocks
 from ipldmount.format import hamt
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
-from ipldmount.tree import EMPTY_DIRECTORY, Tree
+from ipldmount.tree.model import EMPTY_DIRECTORY, Tree
 
 Files = dict[str, bytes]
 

@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipldmount import cli
+from ipldmount.adapters import cli
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, dag
 from ipldmount.format.diff import Change, diff_roots
 from ipldmount.ipld.cid import cid_to_str
-from ipldmount.state.home import StoreHome
-from ipldmount.state.registry import RootRecord
-from ipldmount.tree import Tree
+from ipldmount.repo.home import StoreHome
+from ipldmount.repo.registry import RootRecord
+from ipldmount.tree.model import Tree
 
 Files = dict[str, bytes]  # path -> bytes; a path ending in "/" is an empty directory
 

@@ -16,7 +16,7 @@ from ipldmount.format.entrytable import EntryTable
 from ipldmount.format.files import StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
-from ipldmount.tree import Directory, File, Node, Tree
+from ipldmount.tree.model import Directory, File, Node, Tree
 
 
 def raw(data: bytes) -> bytes:

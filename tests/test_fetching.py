@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
-from ipldmount.blocks.fetching import BlockFetcher
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError, MustFetchError, RemoteError
 from ipldmount.ipld import cid as cids
-from ipldmount.tree import Tree
+from ipldmount.remote.fetching import BlockFetcher
+from ipldmount.tree.model import Tree
 
 
 class StoreSource:
@@ -123,7 +123,7 @@ def test_a_source_cannot_slip_in_wrong_bytes(remote: tuple[MemoryBlockstore, byt
 def test_blocks_nobody_had_are_forgotten_once_their_time_is_up(
     remote: tuple[MemoryBlockstore, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ipldmount.blocks import fetching
+    from ipldmount.remote import fetching
 
     monkeypatch.setattr(fetching, "UNAVAILABLE_KEPT", 8)
     origin, _ = remote

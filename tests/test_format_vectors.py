@@ -30,7 +30,7 @@ from ipldmount.blocks.dag import iter_closure
 from ipldmount.format import hamt
 from ipldmount.ipld import codec
 from ipldmount.ipld.cid import cid_to_str
-from ipldmount.tree import Tree
+from ipldmount.tree.model import Tree
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS_FILE = REPO / "tests/data/format_vectors.json"

@@ -15,15 +15,15 @@ from typing import Any
 import pyfuse3
 import pytest
 
+from ipldmount.adapters.fuse import libfuse_hooks
+from ipldmount.adapters.fuse.ops import Operations
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.format.files import MAX_FILE_SIZE, MAX_WHOLE_FILE_SIZE, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
-from ipldmount.mount import fuse_session
-from ipldmount.mount.fuse_ops import Operations
-from ipldmount.state.home import StoreHome
-from ipldmount.state.session import Session
-from ipldmount.tree import File, Tree
+from ipldmount.repo.home import StoreHome
+from ipldmount.session.session import Session
+from ipldmount.tree.model import File, Tree
 
 pytestmark = pytest.mark.trio
 
@@ -260,10 +260,10 @@ async def test_fallocate_answers(tmp_path: Path) -> None:
     await ops.fallocate(ino, 0, 0, 1 << 30)
     assert (await ops.getattr(ino, CTX)).st_size == 1 << 30
     await ops.fallocate(ino, 0, 5, 10)  # inside the file: no change
-    await ops.fallocate(ino, fuse_session.FALLOC_FL_KEEP_SIZE, 0, 1 << 40)  # reserves nothing
+    await ops.fallocate(ino, libfuse_hooks.FALLOC_FL_KEEP_SIZE, 0, 1 << 40)  # reserves nothing
     assert (await ops.getattr(ino, CTX)).st_size == 1 << 30
     assert await ops.read(fh, 0, 5) == b"abc\0\0"
-    punch = fuse_session.FALLOC_FL_PUNCH_HOLE | fuse_session.FALLOC_FL_KEEP_SIZE
+    punch = libfuse_hooks.FALLOC_FL_PUNCH_HOLE | libfuse_hooks.FALLOC_FL_KEEP_SIZE
     assert await errno_of(ops.fallocate, ino, punch, 0, 1) == errno.EOPNOTSUPP
     assert await errno_of(ops.fallocate, ino, 0, -1, 1) == errno.EINVAL
     assert await errno_of(ops.fallocate, ino, 0, 0, 0) == errno.EINVAL
@@ -288,14 +288,14 @@ async def test_fallocate_on_a_read_only_mount(tmp_path: Path) -> None:
 
 async def test_the_fallocate_hook_writes_nothing_without_a_session(caplog: pytest.LogCaptureFixture) -> None:
     """Before pyfuse3.init (here: never) there is no session to add to: refused, and said why."""
-    symbols = fuse_session._static_symbols(Path(pyfuse3.__file__), {"PyInit_pyfuse3", "no such symbol"})
+    symbols = libfuse_hooks._static_symbols(Path(pyfuse3.__file__), {"PyInit_pyfuse3", "no such symbol"})
     assert set(symbols) == {"PyInit_pyfuse3"}
 
     async def handler(inode: int, mode: int, offset: int, length: int) -> None:
         raise AssertionError("never called")
 
-    with caplog.at_level(logging.WARNING, logger="ipldmount.mount.fuse_session"):
-        assert fuse_session.install_fallocate(handler) is False
+    with caplog.at_level(logging.WARNING, logger="ipldmount.adapters.fuse.libfuse_hooks"):
+        assert libfuse_hooks.install_fallocate(handler) is False
     assert "pyfuse3 has no session" in caplog.text
 
 
@@ -326,24 +326,24 @@ async def test_open_flags_are_set_before_pyfuse3_answers() -> None:
     address = ctypes.cast(entry, ctypes.c_void_p).value or 0
     info = (ctypes.c_uint32 * 16)()  # a struct fuse_file_info: int flags, then its bit fields
     for flags, hook_bits, expected in (
-        (os.O_RDONLY, fuse_session._open_bits, 1 << 7),  # noflush
-        (os.O_RDWR, fuse_session._open_bits, 0),
-        (os.O_WRONLY, fuse_session._open_bits, 0),
+        (os.O_RDONLY, libfuse_hooks._open_bits, 1 << 7),  # noflush
+        (os.O_RDWR, libfuse_hooks._open_bits, 0),
+        (os.O_WRONLY, libfuse_hooks._open_bits, 0),
         (
             os.O_RDONLY | os.O_DIRECTORY,
-            fuse_session._opendir_bits,
+            libfuse_hooks._opendir_bits,
             (1 << 6) | (1 << 2),
         ),  # cache_readdir, keep_cache
     ):
         info[0], info[1] = flags, 0
-        fuse_session._OpenFlagsHook(address, hook_bits).callback(7, 42, ctypes.addressof(info))
+        libfuse_hooks._OpenFlagsHook(address, hook_bits).callback(7, 42, ctypes.addressof(info))
         assert seen.pop() == (7, 42, expected)
 
     def broken(flags: int) -> int:
         raise RuntimeError("boom")
 
     info[1] = 0
-    fuse_session._OpenFlagsHook(address, broken).callback(8, 43, ctypes.addressof(info))
+    libfuse_hooks._OpenFlagsHook(address, broken).callback(8, 43, ctypes.addressof(info))
     assert seen == [(8, 43, 0)], "pyfuse3 still answers the request"
 
 

@@ -23,16 +23,16 @@ import pytest
 from fuse_helpers import cli
 from ipfs_node import TRUSTLESS_CLIENT, require_node
 
+from ipldmount.adapters.serve import GatewayServer
 from ipldmount.blocks import DirectoryBlockstore, car
-from ipldmount.blocks.exchange import pull
-from ipldmount.blocks.gateway import Gateway
 from ipldmount.errors import CarError, IncompleteDagError, RemoteError
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
 from ipldmount.ipld.codec import Link
 from ipldmount.ipld.varint import encode_varint
-from ipldmount.serve import GatewayServer
-from ipldmount.tree import Tree
+from ipldmount.remote.exchange import pull
+from ipldmount.remote.gateway import Gateway
+from ipldmount.tree.model import Tree
 
 Served = tuple[GatewayServer, DirectoryBlockstore, bytes]
 FILES = {"arr/.zarray": b'{"zarr_format": 2}', **{f"arr/{i}": bytes([i]) * 3000 for i in range(20)}}

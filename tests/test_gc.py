@@ -13,15 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from zarr.core.buffer import Buffer, default_buffer_prototype
 
-from ipldmount import cli
+from ipldmount.adapters import cli
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, gc
 from ipldmount.blocks.dag import iter_closure
 from ipldmount.blocks.gc import MarkSet, collect_garbage
 from ipldmount.ipld import cid as cids
-from ipldmount.state.home import StoreHome
-from ipldmount.state.retention import Retention, collect, kept_roots
-from ipldmount.tree import Tree
-from ipldmount.zarrstore import IPLDStore
+from ipldmount.repo.home import StoreHome
+from ipldmount.repo.retention import Retention, collect, kept_roots
+from ipldmount.tree.model import Tree
 
 RAW = cids.RAW
 

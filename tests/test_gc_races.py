@@ -42,7 +42,7 @@ FREEZER = textwrap.dedent(
     from ipldmount.blocks import DirectoryBlockstore
     from ipldmount.blocks.dag import iter_closure
     from ipldmount.ipld.cid import parse_cid
-    from ipldmount.zarrstore import IPLDStore
+    from ipldmount.adapters.zarr_store import IPLDStore
     buf = zarr.core.buffer.default_buffer_prototype().buffer.from_bytes
     blocks = DirectoryBlockstore(sys.argv[1])
     store = IPLDStore(blocks)

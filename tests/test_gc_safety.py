@@ -20,15 +20,15 @@ import pytest
 import zarr
 from fuse_helpers import assert_one_line_error, check, cli
 
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.blocks.dag import iter_closure
 from ipldmount.errors import BlockNotFoundError
 from ipldmount.ipld import cid as cids
-from ipldmount.state import retention
-from ipldmount.state.home import StoreHome
-from ipldmount.state.registry import HistoryDamagedError
-from ipldmount.state.retention import Retention, collect
-from ipldmount.zarrstore import IPLDStore
+from ipldmount.repo import retention
+from ipldmount.repo.home import StoreHome
+from ipldmount.repo.registry import HistoryDamagedError
+from ipldmount.repo.retention import Retention, collect
 
 pytest_plugins = ("fuse_helpers",)
 
@@ -310,7 +310,7 @@ STORE_IN_A_PROCESS = textwrap.dedent(
     import os, sys
     import zarr
     from ipldmount.blocks import DirectoryBlockstore
-    from ipldmount.zarrstore import IPLDStore
+    from ipldmount.adapters.zarr_store import IPLDStore
     buf = zarr.core.buffer.default_buffer_prototype().buffer.from_bytes
     store = IPLDStore(DirectoryBlockstore(sys.argv[1]))
     for n in range(5):

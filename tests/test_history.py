@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from ipldmount import cli
+from ipldmount.adapters import cli
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.errors import IpldmountError
 from ipldmount.ipld import cid as cids
-from ipldmount.state.home import StoreHome
-from ipldmount.state.registry import RootRecord, check_tag_name
-from ipldmount.zarrstore import IPLDStore
+from ipldmount.repo.home import StoreHome
+from ipldmount.repo.registry import RootRecord, check_tag_name
 
 SEED_DIR = Path(__file__).parent / "data" / "seed_example"
 SEED_CAR = SEED_DIR / "seed_example.car"

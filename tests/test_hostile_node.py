@@ -27,11 +27,6 @@ from hostile_server import Hostile
 
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.blocks.dag import block_links
-from ipldmount.blocks.exchange import pull
-from ipldmount.blocks.fetching import BlockFetcher
-from ipldmount.blocks.http import Timeouts, total_timeout
-from ipldmount.blocks.kubo import KuboNode
-from ipldmount.blocks.remotes import Remotes
 from ipldmount.errors import (
     BlockNotFoundError,
     IncompleteDagError,
@@ -40,7 +35,12 @@ from ipldmount.errors import (
     RemoteError,
 )
 from ipldmount.ipld import cid as cids
-from ipldmount.tree import Tree
+from ipldmount.remote.exchange import pull
+from ipldmount.remote.fetching import BlockFetcher
+from ipldmount.remote.http import Timeouts, total_timeout
+from ipldmount.remote.kubo import KuboNode
+from ipldmount.remote.remotes import Remotes
+from ipldmount.tree.model import Tree
 
 pytest_plugins = ("fuse_helpers",)
 

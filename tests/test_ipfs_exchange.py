@@ -16,12 +16,12 @@ from fuse_helpers import check, cli
 from ipfs_node import IpfsNode, start_node
 
 from ipldmount.blocks import DirectoryBlockstore, car
-from ipldmount.blocks.exchange import missing_subtrees, pull, push
-from ipldmount.blocks.http import Timeouts
-from ipldmount.blocks.kubo import BLOCK_LIMIT, KuboNode
 from ipldmount.errors import IncompleteDagError, RemoteError, RemoteTimeoutError
 from ipldmount.ipld import cid as cids
-from ipldmount.tree import Tree
+from ipldmount.remote.exchange import missing_subtrees, pull, push
+from ipldmount.remote.http import Timeouts
+from ipldmount.remote.kubo import BLOCK_LIMIT, KuboNode
+from ipldmount.tree.model import Tree
 
 pytest_plugins = ("ipfs_node",)
 

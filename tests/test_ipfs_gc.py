@@ -15,9 +15,9 @@ from ipfs_node import IpfsNode, free_port
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.blocks.car import write_car_file
 from ipldmount.ipld import cid as cids
-from ipldmount.state.attributes import Meta
-from ipldmount.state.home import StoreHome
-from ipldmount.tree import Tree
+from ipldmount.repo.attributes import Meta
+from ipldmount.repo.home import StoreHome
+from ipldmount.tree.model import Tree
 
 pytest_plugins = ("fuse_helpers", "ipfs_node")
 

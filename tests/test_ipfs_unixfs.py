@@ -18,11 +18,11 @@ from fuse_helpers import Mount, Mounts, assert_one_line_error, check, cli
 from ipfs_node import IpfsNode, ipfs_car_pack
 
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
-from ipldmount.blocks.fetching import BlockFetcher
-from ipldmount.blocks.kubo import KuboNode
 from ipldmount.errors import ReadOnlyError
 from ipldmount.ipld import cid as cids
-from ipldmount.unixfs_tree import open_tree
+from ipldmount.remote.fetching import BlockFetcher
+from ipldmount.remote.kubo import KuboNode
+from ipldmount.tree.unixfs import open_tree
 
 pytest_plugins = ("fuse_helpers", "ipfs_node")
 pytestmark = pytest.mark.fuse

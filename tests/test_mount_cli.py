@@ -36,7 +36,7 @@ from fuse_helpers import (
 
 from ipldmount import __version__
 from ipldmount.ipld.cid import cid_to_str
-from ipldmount.tree import EMPTY_ROOT
+from ipldmount.tree.model import EMPTY_ROOT
 
 pytest_plugins = ("fuse_helpers",)
 pytestmark = pytest.mark.fuse

@@ -18,7 +18,7 @@ from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.blocks.car import write_car_file
 from ipldmount.blocks.dag import iter_closure
 from ipldmount.ipld.cid import parse_cid
-from ipldmount.tree import Tree
+from ipldmount.tree.model import Tree
 
 pytest_plugins = ("fuse_helpers",)
 pytestmark = pytest.mark.fuse

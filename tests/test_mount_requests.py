@@ -2,7 +2,7 @@
 
 The daemon asks the kernel to keep directory listings cached and to send no FLUSH
 when a read-only file is closed (flags pyfuse3 does not pass on: see
-``ipldmount/mount/fuse_session.py``). These tests count the requests that really
+``ipldmount/adapters/fuse/libfuse_hooks.py``). These tests count the requests that really
 arrive, and check that the cached listings still follow every change.
 """
 

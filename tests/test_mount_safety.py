@@ -30,8 +30,8 @@ from fuse_helpers import (
     write_file,
 )
 
+from ipldmount.adapters.fuse.control import STALE_ERRNOS
 from ipldmount.blocks import DirectoryBlockstore
-from ipldmount.mount.control import STALE_ERRNOS
 
 pytest_plugins = ("fuse_helpers",)
 pytestmark = pytest.mark.fuse

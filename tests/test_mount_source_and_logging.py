@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fuse_helpers import Mounts
 
-from ipldmount.mount.fuse_session import FSNAME_MAX, fsname
+from ipldmount.adapters.fuse.libfuse_hooks import FSNAME_MAX, fsname
 
 pytest_plugins = ("fuse_helpers",)
 

@@ -127,7 +127,7 @@ def test_mode_mtime_and_owner_survive_an_unmount_without_changing_the_root(mount
 
 def plain_root(store: Path, files: dict[str, bytes]) -> str:
     from ipldmount.blocks import MemoryBlockstore
-    from ipldmount.tree import Tree
+    from ipldmount.tree.model import Tree
 
     tree = Tree(MemoryBlockstore())
     for path, data in files.items():

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
+from ipldmount.adapters.fuse import readahead
+from ipldmount.adapters.fuse.readahead import NAME_ORDER_AFTER, WINDOW, RowScan
 from ipldmount.format.entrytable import EntryTable
 from ipldmount.ipld import cid as cids
-from ipldmount.mount import readahead
-from ipldmount.mount.readahead import NAME_ORDER_AFTER, WINDOW, RowScan
 
 
 def table_of(names: list[str]) -> EntryTable:

@@ -17,7 +17,7 @@ import pytest
 from ipldmount.blocks import MemoryBlockstore, car
 from ipldmount.errors import IpldmountError
 from ipldmount.ipld import cid as cids
-from ipldmount.tree import Directory, File, Tree
+from ipldmount.tree.model import Directory, File, Tree
 
 DATA = Path(__file__).parent / "data"
 VECTORS = json.loads((DATA / "reader_vectors.json").read_text())

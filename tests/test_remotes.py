@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ipldmount.blocks.remotes import Remotes, config_path
 from ipldmount.errors import IpldmountError
+from ipldmount.remote.remotes import Remotes, config_path
 
 
 def _env(tmp_path: Path, config: str | None = None, **values: str) -> dict[str, str]:

@@ -29,10 +29,10 @@ from typing import Any
 
 import pytest
 
+from ipldmount.adapters.serve import GatewayServer
 from ipldmount.blocks import DirectoryBlockstore, car
 from ipldmount.ipld import cid as cids
-from ipldmount.serve import GatewayServer
-from ipldmount.tree import Tree
+from ipldmount.tree.model import Tree
 
 ANSWER_BOUND = 10.0  # seconds a well-behaved request may take while hostile clients are connected
 HOSTILE = 150  # connections of each hostile kind
@@ -182,7 +182,7 @@ def test_past_the_cap_the_longest_waiting_connection_makes_room(
     small: tuple[DirectoryBlockstore, bytes], caplog: pytest.LogCaptureFixture
 ) -> None:
     store, root = small
-    caplog.set_level(logging.INFO, logger="ipldmount.serve")
+    caplog.set_level(logging.INFO, logger="ipldmount.adapters.serve")
     with (
         _serving(store, max_connections=32, workers=2) as server,
         _connections(server.server_address[1], 2 * HOSTILE, HALF_SENT),
@@ -393,7 +393,7 @@ def test_aborted_clients_leave_one_line_each_and_no_traceback(
     """Reset before sending anything, in the middle of a request head, and in the middle of a
     CAR being sent: one log line per client, naming it, and nothing on stderr."""
     store, root = big
-    caplog.set_level(logging.INFO, logger="ipldmount.serve")
+    caplog.set_level(logging.INFO, logger="ipldmount.adapters.serve")
     car_request = _car_request(root)
     with _serving(store, workers=4) as server:
         port = server.server_address[1]

@@ -35,7 +35,7 @@ from ipldmount.errors import (
 from ipldmount.format import dirnode, hamt, metadata
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
-from ipldmount.tree import Broken, Directory, File, Tree
+from ipldmount.tree.model import Broken, Directory, File, Tree
 
 MIB = 1 << 20
 BLOCK_LIMIT = MIB
@@ -1467,7 +1467,7 @@ def test_a_hamt_10000_nodes_deep_is_refused_in_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """`ls ROOT/d` once printed a 2,001-line RecursionError (and the mount answered EIO, logging it)."""
-    from ipldmount import cli
+    from ipldmount.adapters import cli
     from ipldmount.blocks import DirectoryBlockstore
 
     store = DirectoryBlockstore(tmp_path / "store")

@@ -27,8 +27,8 @@ from ipldmount.blocks.gc import collect_garbage
 from ipldmount.errors import FormatError, IpldmountError, ReadOnlyError
 from ipldmount.format import unixfs as unixfs_format
 from ipldmount.ipld import cid as cids
-from ipldmount.tree import Broken, Directory, File, Tree
-from ipldmount.unixfs_tree import UnixfsTree, open_tree
+from ipldmount.tree.model import Broken, Directory, File, Tree
+from ipldmount.tree.unixfs import UnixfsTree, open_tree
 
 
 @pytest.fixture

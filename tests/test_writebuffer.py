@@ -24,7 +24,7 @@ from ipldmount.format.files import (
     store_bytes,
     store_chunks,
 )
-from ipldmount.state.writebuffer import WriteBuffer, open_buffer
+from ipldmount.session.writebuffer import WriteBuffer, open_buffer
 
 MIB = 1 << 20
 

@@ -31,11 +31,11 @@ from zarr.core.buffer.cpu import Buffer as CPUBuffer
 from zarr.core.sync import _collect_aiterator, sync
 from zarr.testing.store import StoreTests
 
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, car, dag
 from ipldmount.errors import BlockNotFoundError, CarError, FileTooLargeError, FormatError, ReadOnlyError
 from ipldmount.format.files import BLOCK_LIMIT, MAX_FILE_SIZE
 from ipldmount.ipld import cid as cids
-from ipldmount.zarrstore import IPLDStore
 
 SEED_DIR = Path(__file__).parent / "data" / "seed_example"
 SEED_ROOT = "bafyreidn66mk3fktszrfwayonvpq6y3agtnb5e5o22ivof5tgikbxt7k6u"

@@ -23,11 +23,11 @@ from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.buffer.cpu import Buffer as CPUBuffer
 from zarr.core.sync import sync
 
+from ipldmount.adapters.zarr_store import IPLDStore
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
 from ipldmount.errors import CorruptBlockError
 from ipldmount.format.files import BLOCK_LIMIT, decode_fbl, store_bytes
 from ipldmount.ipld import cid as cids
-from ipldmount.zarrstore import IPLDStore
 
 
 def _buf(data: bytes) -> Buffer:

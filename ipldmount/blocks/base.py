@@ -19,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Generic, Protocol, TypeVar
 
-from ipldmount.blocks.fetching import BlockFetcher
 from ipldmount.errors import (
     BlockNotFoundError,
     CorruptBlockError,
@@ -35,6 +34,7 @@ from ipldmount.ipld.cid import (
     is_supported,
     verify,
 )
+from ipldmount.remote.fetching import BlockFetcher
 
 log = logging.getLogger(__name__)
 

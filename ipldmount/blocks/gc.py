@@ -1,7 +1,7 @@
 """Garbage collection of a block store: mark what kept roots reach, sweep the rest.
 
 Which roots to keep is the caller's policy (a store's history, tags and mounts: see
-:mod:`ipldmount.state.retention`); this module only guarantees that a block is removed when
+:mod:`ipldmount.repo.retention`); this module only guarantees that a block is removed when
 no kept root reaches it and no writer can be relying on it: it was written or claimed
 before ``grace`` seconds ago and before every live writer's lease (:mod:`.lease`).
 

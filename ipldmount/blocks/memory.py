@@ -190,7 +190,7 @@ class MemoryBlockstore(Blockstore):
 
     def _remove(self, cid: bytes, older_than: float | None, dry_run: bool = False) -> int | None:
         """In memory there are no other processes: a collector runs with its writers' cooperation
-        (:meth:`IPLDStore.collect_garbage <ipldmount.zarrstore.IPLDStore.collect_garbage>` holds
+        (:meth:`IPLDStore.collect_garbage <ipldmount.adapters.zarr_store.IPLDStore.collect_garbage>` holds
         the store's lock), so *older_than* does not apply."""
         if dry_run:
             data = self._blocks.get(cid)

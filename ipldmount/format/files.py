@@ -18,7 +18,6 @@ from concurrent.futures import Future
 from typing import Any, BinaryIO, Protocol
 
 from ipldmount.blocks import BlockSink, Blockstore, Chunk, Staging
-from ipldmount.blocks.exchange import prefetch_dag
 from ipldmount.errors import (
     BlockNotFoundError,
     CorruptBlockError,
@@ -28,6 +27,7 @@ from ipldmount.errors import (
 from ipldmount.format import metadata
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
+from ipldmount.remote.exchange import prefetch_dag
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Roots that live in-process stores rely on: published in ``STORE/live/``, kept by gc.
 
-An :class:`~ipldmount.zarrstore.IPLDStore` on a store on disk reads the tree it opened and, after
+An :class:`~ipldmount.adapters.zarr_store.IPLDStore` on a store on disk reads the tree it opened and, after
 each ``freeze()``, the root it made. The history keeps only the newest roots of each origin, and
 every in-process store of one store shares an origin, so a store in another process could see
 its tree collected under it. Each such store therefore publishes its root in a file of its own,

@@ -20,14 +20,14 @@ from ipldmount.blocks.car import write_car_file
 from ipldmount.errors import CarWriteError, IpldmountError
 from ipldmount.format.files import FileContent, InlineFile, PendingFile, StoredFile
 from ipldmount.ipld import cid as cids
-from ipldmount.state.attributes import Attributes
-from ipldmount.state.home import StoreHome
-from ipldmount.state.journal import Journal, Pending, decode_data, encode_data
-from ipldmount.state.openfiles import OpenFiles
-from ipldmount.state.registry import RootRecord
-from ipldmount.state.writebuffer import WriteBuffer, buffer_content
-from ipldmount.tree import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node
-from ipldmount.unixfs_tree import open_tree
+from ipldmount.repo.attributes import Attributes
+from ipldmount.repo.home import StoreHome
+from ipldmount.repo.journal import Journal, Pending, decode_data, encode_data
+from ipldmount.repo.registry import RootRecord
+from ipldmount.session.openfiles import OpenFiles
+from ipldmount.session.writebuffer import WriteBuffer, buffer_content
+from ipldmount.tree.model import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node
+from ipldmount.tree.unixfs import open_tree
 
 log = logging.getLogger(__name__)
 

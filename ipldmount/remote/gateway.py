@@ -5,7 +5,7 @@ Requests follow the trustless gateway specification: ``GET /ipfs/{cid}`` with bo
 one block, ``application/vnd.ipld.car`` (``dag-scope``, ``order=dfs``, ``dups=n``) for a
 DAG. Nothing a gateway sends is trusted: a block must hash to the CID asked for (and is
 refused once past MAX_BLOCK, as it streams in), a CAR's blocks are checked by whoever reads
-it (:func:`~ipldmount.blocks.exchange.pull`), an error's body is never read, and every request
+it (:func:`~ipldmount.remote.exchange.pull`), an error's body is never read, and every request
 ends by its deadline (:mod:`.http`).
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ipldmount.blocks.http import Endpoint, Reply, Timeouts
 from ipldmount.errors import RemoteError
 from ipldmount.ipld import cid as cids
+from ipldmount.remote.http import Endpoint, Reply, Timeouts
 
 RAW = "application/vnd.ipld.raw"
 CAR = "application/vnd.ipld.car"

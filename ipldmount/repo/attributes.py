@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipldmount.format.entrytable import EntryTable
-from ipldmount.tree import Broken, Directory, File, Node, Tree
+from ipldmount.tree.model import Broken, Directory, File, Node, Tree
 
 log = logging.getLogger(__name__)
 

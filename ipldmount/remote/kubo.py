@@ -17,9 +17,9 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-from ipldmount.blocks.http import Endpoint, Reply, Timeouts, multipart_file
 from ipldmount.errors import InvalidCIDError, RemoteError, RemoteTimeoutError
 from ipldmount.ipld import cid as cids
+from ipldmount.remote.http import Endpoint, Reply, Timeouts, multipart_file
 
 log = logging.getLogger(__name__)
 

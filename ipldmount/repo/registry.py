@@ -3,7 +3,7 @@
 The registry is one append-only file of JSON lines, each appended with a single
 ``write`` and fsynced: readers in other processes see whole lines, and a crash
 can at worst tear the last line, which readers skip. Tags are one small JSON map,
-replaced atomically (temporary file, fsync, rename). :class:`~ipldmount.state.home.StoreHome`
+replaced atomically (temporary file, fsync, rename). :class:`~ipldmount.repo.home.StoreHome`
 says where both live.
 """
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ipldmount.blocks import Blockstore
 from ipldmount.format.files import FileContent
-from ipldmount.state.writebuffer import WriteBuffer, open_buffer
+from ipldmount.session.writebuffer import WriteBuffer, open_buffer
 
 
 @dataclass

@@ -25,9 +25,9 @@ from typing import BinaryIO, Protocol, runtime_checkable
 from ipldmount.blocks.base import Blockstore
 from ipldmount.blocks.car import MAX_HEADER_SIZE, car_header, incomplete_dag, read_car, section_head
 from ipldmount.blocks.dag import block_links, iter_closure, iter_new_blocks
-from ipldmount.blocks.kubo import MAX_BLOCK, KuboNode, check_block_size
 from ipldmount.errors import CarError, IncompleteDagError, RemoteError
 from ipldmount.ipld.cid import MAX_IDENTITY, cid_to_str, may_link
+from ipldmount.remote.kubo import MAX_BLOCK, KuboNode, check_block_size
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from ipldmount.blocks.gc import Collection, Progress, collect_garbage, mark, pro
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError, InvalidCIDError, IpldmountError
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld.cid import may_link
-from ipldmount.state.home import StoreHome
-from ipldmount.state.journal import Journal, JournalError
-from ipldmount.state.registry import History
+from ipldmount.repo.home import StoreHome
+from ipldmount.repo.journal import Journal, JournalError
+from ipldmount.repo.registry import History
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from ipldmount import __version__
+from ipldmount._version import __version__
+from ipldmount.adapters.fuse import control
 from ipldmount.blocks import DirectoryBlockstore, car, dag, default_store_path
 from ipldmount.blocks.car import write_car_file
-from ipldmount.blocks.exchange import CarSource, Transfer, pull, push
-from ipldmount.blocks.gateway import Gateway
 from ipldmount.blocks.gc import Collection, mark
-from ipldmount.blocks.kubo import KuboNode
-from ipldmount.blocks.remotes import Remotes
 from ipldmount.errors import (
     InvalidCIDError,
     IpldmountError,
@@ -37,15 +34,18 @@ from ipldmount.errors import (
 )
 from ipldmount.format.diff import diff_roots
 from ipldmount.ipld import cid as cids
-from ipldmount.mount import control
 from ipldmount.progress import Progress
-from ipldmount.state.home import StoreHome, process_alive
-from ipldmount.state.journal import Journal
-from ipldmount.state.registry import PushRecord, RootRecord, free_tag_name
-from ipldmount.state.retention import DEFAULT_GRACE, GcReport, Retention, unnamed_heads
-from ipldmount.state.retention import collect as retention_gc
-from ipldmount.tree import Directory, File, Node, Tree
-from ipldmount.unixfs_tree import is_unixfs, open_tree
+from ipldmount.remote.exchange import CarSource, Transfer, pull, push
+from ipldmount.remote.gateway import Gateway
+from ipldmount.remote.kubo import KuboNode
+from ipldmount.remote.remotes import Remotes
+from ipldmount.repo.home import StoreHome, process_alive
+from ipldmount.repo.journal import Journal
+from ipldmount.repo.registry import PushRecord, RootRecord, free_tag_name
+from ipldmount.repo.retention import DEFAULT_GRACE, GcReport, Retention, unnamed_heads
+from ipldmount.repo.retention import collect as retention_gc
+from ipldmount.tree.model import Directory, File, Node, Tree
+from ipldmount.tree.unixfs import is_unixfs, open_tree
 
 log = logging.getLogger("ipldmount")
 
@@ -399,7 +399,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 
 def _run_daemon(args: argparse.Namespace, home: StoreHome, mountpoint: Path, root: bytes | None) -> int:
-    from ipldmount.mount import daemon  # pyfuse3 is needed only here
+    from ipldmount.adapters.fuse import daemon  # pyfuse3 is needed only here
 
     config = daemon.MountConfig(
         home=home,
@@ -777,7 +777,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ipldmount.serve import GatewayServer  # http.server only for this command
+    from ipldmount.adapters.serve import GatewayServer  # http.server only for this command
 
     store = _open_existing_store(args)
     try:
@@ -1047,7 +1047,7 @@ def _count(text: str) -> int:
     return value
 
 
-SERVE_LIMITS = {  # serve's bounds on hostile clients (ipldmount/serve.py says why)
+SERVE_LIMITS = {  # serve's bounds on hostile clients (ipldmount/adapters/serve.py says why)
     "max_connections": (_count, "connections open at once, idle ones included (default 512)"),
     "idle_timeout": (parse_duration, "a connection may wait this long to start a request (default 60s)"),
     "request_timeout": (parse_duration, "from a request's first byte to its last header (default 10s)"),

@@ -27,20 +27,20 @@ from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Sto
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from ipldmount.blocks import Blockstore, Chunk, DirectoryBlockstore, MemoryBlockstore, car
-from ipldmount.blocks.exchange import push
 from ipldmount.blocks.gc import Collection, collect_garbage
-from ipldmount.blocks.kubo import KuboNode
-from ipldmount.blocks.remotes import Remotes
 from ipldmount.errors import IpldmountError, NotADirectoryError_, NotFoundError
 from ipldmount.format.files import FileContent, StoredFile
 from ipldmount.ipld import cid as cids
-from ipldmount.state.home import StoreHome
-from ipldmount.state.liveroots import LiveRoots
-from ipldmount.state.registry import RootRecord
-from ipldmount.state.retention import Retention, collect
-from ipldmount.state.writebuffer import buffer_content, open_buffer
-from ipldmount.tree import Directory, File, check_name, split_path
-from ipldmount.unixfs_tree import open_tree
+from ipldmount.remote.exchange import push
+from ipldmount.remote.kubo import KuboNode
+from ipldmount.remote.remotes import Remotes
+from ipldmount.repo.home import StoreHome
+from ipldmount.repo.liveroots import LiveRoots
+from ipldmount.repo.registry import RootRecord
+from ipldmount.repo.retention import Retention, collect
+from ipldmount.session.writebuffer import buffer_content, open_buffer
+from ipldmount.tree.model import Directory, File, check_name, split_path
+from ipldmount.tree.unixfs import open_tree
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -527,7 +527,7 @@ class IPFSStore(IPLDStore):
 
     Blocks the local *cache* lacks come from the node's RPC API at *ipfs* (then the
     *gateways*, read-only), verified, and stay in the cache; :meth:`freeze` sends the node
-    what the new root adds (only that: see :func:`~ipldmount.blocks.exchange.push`) and, with
+    what the new root adds (only that: see :func:`~ipldmount.remote.exchange.push`) and, with
     *pin*, pins it there. With only gateways it reads and cannot push (``read_only``).
 
     >>> store = IPFSStore("http://127.0.0.1:5001")   # doctest: +SKIP

@@ -21,7 +21,7 @@ from ipldmount.format.unixfs import UnixfsFile, UnixfsNode
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
 from ipldmount.ipld.dagpb import UnixFSType
-from ipldmount.tree import Broken, Directory, File, Node, Tree
+from ipldmount.tree.model import Broken, Directory, File, Node, Tree
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ from typing import Any
 
 import trio
 
+from ipldmount.adapters.fuse.control import MAX_MESSAGE, runtime_dir
+from ipldmount.adapters.fuse.ops import Operations, close, mount, serve, terminate
 from ipldmount.blocks.car import car_target
 from ipldmount.errors import CarWriteError, IncompleteDagError, IpldmountError
 from ipldmount.ipld import cid as cids
-from ipldmount.mount.control import MAX_MESSAGE, runtime_dir
-from ipldmount.mount.fuse_ops import Operations, close, mount, serve, terminate
-from ipldmount.state.home import StoreHome, mount_id
-from ipldmount.state.session import Session
+from ipldmount.repo.home import StoreHome, mount_id
+from ipldmount.session.session import Session
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipldmount.blocks import DirectoryBlockstore
-from ipldmount.state.attributes import AttributeTable
-from ipldmount.state.liveroots import LiveRoots, live_roots
-from ipldmount.state.registry import PushLedger, Registry, Tags
+from ipldmount.repo.attributes import AttributeTable
+from ipldmount.repo.liveroots import LiveRoots, live_roots
+from ipldmount.repo.registry import PushLedger, Registry, Tags
 
 
 def mount_id(mountpoint: Path) -> str:

@@ -1,14 +1,14 @@
 """The FUSE adapter: kernel requests in, tree operations out.
 
-With :mod:`~ipldmount.mount.fuse_session` (what pyfuse3 does not pass on: fallocate, open flags),
+With :mod:`~ipldmount.adapters.fuse.libfuse_hooks` (what pyfuse3 does not pass on: fallocate, open flags),
 the only code that imports pyfuse3 (the daemon mounts and serves through
 :func:`mount`, :func:`serve`, :func:`terminate` and :func:`close`). It keeps what
 only the kernel protocol needs: inode numbers, open handles and directory listings.
 What a sync needs is the session's: the tree, its journal, the files being
-written (:class:`~ipldmount.state.openfiles.OpenFiles`), whose buffers this
+written (:class:`~ipldmount.session.openfiles.OpenFiles`), whose buffers this
 adapter fills and settles, and the attributes the format does not store (mode,
-owner, times: :class:`~ipldmount.state.attributes.Attributes`). Every change goes through
-:class:`~ipldmount.state.session.Session`, which journals it; a file's new
+owner, times: :class:`~ipldmount.repo.attributes.Attributes`). Every change goes through
+:class:`~ipldmount.session.session.Session`, which journals it; a file's new
 content reaches the blockstore when the file is closed (``flush``) or fsynced,
 never later."""
 
@@ -33,18 +33,18 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from ipldmount.adapters.fuse import control, libfuse_hooks
+from ipldmount.adapters.fuse.readahead import RowScan
 from ipldmount.blocks import Blockstore
-from ipldmount.blocks.fetching import BlockFetcher
 from ipldmount.errors import IpldmountError, MustFetchError, ReadOnlyError, errno_for
 from ipldmount.format.entrytable import EntryTable
 from ipldmount.format.files import FileReader, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
-from ipldmount.mount import control, fuse_session
-from ipldmount.mount.readahead import RowScan
-from ipldmount.state.attributes import Meta
-from ipldmount.state.openfiles import OpenFile
-from ipldmount.state.session import Session, SyncResult
-from ipldmount.tree import NAME_MAX, Broken, Directory, File, Node, NodeState, Tree, check_name
+from ipldmount.remote.fetching import BlockFetcher
+from ipldmount.repo.attributes import Meta
+from ipldmount.session.openfiles import OpenFile
+from ipldmount.session.session import Session, SyncResult
+from ipldmount.tree.model import NAME_MAX, Broken, Directory, File, Node, NodeState, Tree, check_name
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +137,15 @@ def _brief(parameters: list[str], args: tuple[Any, ...]) -> str:
 
 def mount(ops: Operations, mountpoint: Path, *, read_only: bool, allow_other: bool) -> None:
     """Mount *ops* at *mountpoint* (the kernel sends requests once :func:`serve` runs)."""
-    source = fuse_session.fsname(ops.session.status()["root"])  # /proc/mounts: ipldmount:ROOT
+    source = libfuse_hooks.fsname(ops.session.status()["root"])  # /proc/mounts: ipldmount:ROOT
     options = set(pyfuse3.default_options) | {f"fsname={source}", "subtype=ipldmount"}
     if read_only:
         options.add("ro")
     if allow_other:
         options.add("allow_other")
     pyfuse3.init(ops, str(mountpoint), options)
-    fuse_session.install_fallocate(ops.fallocate)
-    fuse_session.install_open_flags()
+    libfuse_hooks.install_fallocate(ops.fallocate)
+    libfuse_hooks.install_open_flags()
 
 
 async def serve() -> None:
@@ -522,10 +522,10 @@ class Operations(pyfuse3.Operations):
 
     @replies
     async def fallocate(self, inode: int, mode: int, offset: int, length: int) -> None:
-        """fallocate(2) (through fuse_session): mode 0 extends the file with a hole, as
+        """fallocate(2) (through libfuse_hooks): mode 0 extends the file with a hole, as
         truncate does; FALLOC_FL_KEEP_SIZE reserves nothing (there is nothing to reserve:
         blocks are written whole, when stored) and succeeds; other modes are not supported."""
-        if mode & ~fuse_session.FALLOC_FL_KEEP_SIZE:
+        if mode & ~libfuse_hooks.FALLOC_FL_KEEP_SIZE:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         node = self.inodes.node(inode)
         if not isinstance(node, File):
@@ -535,7 +535,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         end = offset + length
         check_file_size(end, self.tree.chunk_size)
-        if not mode & fuse_session.FALLOC_FL_KEEP_SIZE and end > self._size(inode, node):
+        if not mode & libfuse_hooks.FALLOC_FL_KEEP_SIZE and end > self._size(inode, node):
             await self._truncate(inode, node, end, None)
 
     # --- directories -----------------------------------------------------------

@@ -20,11 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipldmount.blocks.fetching import BlockFetcher, BlockSource
-from ipldmount.blocks.gateway import Gateway
-from ipldmount.blocks.http import check_url
-from ipldmount.blocks.kubo import KuboNode
 from ipldmount.errors import IpldmountError, RemoteError
+from ipldmount.remote.fetching import BlockFetcher, BlockSource
+from ipldmount.remote.gateway import Gateway
+from ipldmount.remote.http import check_url
+from ipldmount.remote.kubo import KuboNode
 
 
 def config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -47,7 +47,7 @@ class Remotes:
 
     def sources(self, block_timeout: float | None = None) -> list[BlockSource]:
         """Clients for the node, then the gateways: the order blocks are asked for (*block_timeout*:
-        default, the total timeout of a request, :func:`~ipldmount.blocks.http.total_timeout`)."""
+        default, the total timeout of a request, :func:`~ipldmount.remote.http.total_timeout`)."""
         node: list[BlockSource] = [KuboNode(self.ipfs, block_timeout=block_timeout)] if self.ipfs else []
         return node + [Gateway(url) for url in self.gateways]
 
