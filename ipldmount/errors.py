@@ -103,11 +103,11 @@ class AlreadyExistsError(PathError):
     """File exists"""
 
 
-class NotADirectoryError_(PathError):
+class NotDirectoryError(PathError):  # (OSError has NotADirectoryError; ours is a tree refusal)
     """Not a directory"""
 
 
-class IsADirectoryError_(PathError):
+class IsDirectoryError(PathError):
     """Is a directory"""
 
 
@@ -134,8 +134,8 @@ class ReadOnlyError(IpldmountError):
 _ERRNO: dict[type[BaseException], int] = {
     NotFoundError: errno.ENOENT,
     AlreadyExistsError: errno.EEXIST,
-    NotADirectoryError_: errno.ENOTDIR,
-    IsADirectoryError_: errno.EISDIR,
+    NotDirectoryError: errno.ENOTDIR,
+    IsDirectoryError: errno.EISDIR,
     DirectoryNotEmptyError: errno.ENOTEMPTY,
     NameTooLongError: errno.ENAMETOOLONG,
     InvalidNameError: errno.EINVAL,

@@ -25,9 +25,9 @@ from ipldmount.errors import (
     InvalidMoveError,
     InvalidNameError,
     IpldmountError,
-    IsADirectoryError_,
+    IsDirectoryError,
     NameTooLongError,
-    NotADirectoryError_,
+    NotDirectoryError,
     NotFoundError,
     ReadOnlyError,
     StoreFullError,
@@ -587,8 +587,8 @@ def test_rename_into_other_directory_and_back(small_tree: Tree) -> None:
     ("source", "target", "error"),
     [
         ("d1", "full", DirectoryNotEmptyError),
-        ("f1", "empty", IsADirectoryError_),
-        ("d1", "f1", NotADirectoryError_),
+        ("f1", "empty", IsDirectoryError),
+        ("d1", "f1", NotDirectoryError),
         ("missing", "f1", NotFoundError),
     ],
 )
@@ -629,19 +629,19 @@ def test_rename_onto_itself_is_a_no_op(small_tree: Tree) -> None:
 
 def test_unlink_and_rmdir(small_tree: Tree) -> None:
     root = small_tree.root
-    with pytest.raises(IsADirectoryError_):
+    with pytest.raises(IsDirectoryError):
         small_tree.unlink(root, "empty")
     with pytest.raises(DirectoryNotEmptyError):
         small_tree.rmdir(root, "full")
     with pytest.raises(DirectoryNotEmptyError):
         small_tree.remove("d1/sub")
-    with pytest.raises(NotADirectoryError_):
+    with pytest.raises(NotDirectoryError):
         small_tree.rmdir(root, "f1")
     with pytest.raises(NotFoundError):
         small_tree.unlink(root, "missing")
     with pytest.raises(NotFoundError):
         small_tree.remove("full/missing")
-    with pytest.raises(NotADirectoryError_):
+    with pytest.raises(NotDirectoryError):
         small_tree.remove("f1/x")
     small_tree.rmdir(root, "empty")
     small_tree.unlink(small_tree.resolve_dir("full"), "x")
@@ -650,11 +650,11 @@ def test_unlink_and_rmdir(small_tree: Tree) -> None:
 
 
 def test_write_file_conflicts(small_tree: Tree) -> None:
-    with pytest.raises(IsADirectoryError_):
+    with pytest.raises(IsDirectoryError):
         small_tree.write_file("empty", b"x")
-    with pytest.raises(NotADirectoryError_):
+    with pytest.raises(NotDirectoryError):
         small_tree.write_file("f1/x", b"x")
-    with pytest.raises(NotADirectoryError_):
+    with pytest.raises(NotDirectoryError):
         small_tree.makedirs("f1/x")
     with pytest.raises(AlreadyExistsError):
         small_tree.mkdir(small_tree.root, "f1")
@@ -736,7 +736,7 @@ def test_hard_link_shares_content_changes(store: Blockstore) -> None:
 
 def test_hard_link_refusals(small_tree: Tree) -> None:
     root = small_tree.root
-    with pytest.raises(IsADirectoryError_):
+    with pytest.raises(IsDirectoryError):
         small_tree.link(small_tree.resolve_dir("d1"), root, "dlink")
     with pytest.raises(AlreadyExistsError):
         small_tree.link(small_tree.resolve_file("f1"), root, "f2")
@@ -919,7 +919,7 @@ class TreeModel(RuleBasedStateMachine):
             if kind is None:
                 return NotFoundError
             if kind == "file":
-                return NotADirectoryError_
+                return NotDirectoryError
         return None
 
     def add_parents(self, path: str) -> None:
@@ -937,10 +937,10 @@ class TreeModel(RuleBasedStateMachine):
         parts = path.split("/")
         blocked = any(self.kind("/".join(parts[:depth])) == "file" for depth in range(1, len(parts)))
         if blocked:
-            with pytest.raises(NotADirectoryError_):
+            with pytest.raises(NotDirectoryError):
                 self.tree.write_file(path, data)
         elif path in self.dirs:
-            with pytest.raises(IsADirectoryError_):
+            with pytest.raises(IsDirectoryError):
                 self.tree.write_file(path, data)
         else:
             self.tree.write_file(path, data)
@@ -951,7 +951,7 @@ class TreeModel(RuleBasedStateMachine):
     def makedirs(self, path: str) -> None:
         parts = path.split("/")
         if any(self.kind("/".join(parts[:depth])) == "file" for depth in range(1, len(parts) + 1)):
-            with pytest.raises(NotADirectoryError_):
+            with pytest.raises(NotDirectoryError):
                 self.tree.makedirs(path)
         else:
             self.tree.makedirs(path)
@@ -998,11 +998,11 @@ class TreeModel(RuleBasedStateMachine):
             if not replace:
                 error = AlreadyExistsError
             elif target_kind == "dir" and source_kind == "file":
-                error = IsADirectoryError_
+                error = IsDirectoryError
             elif target_kind == "dir" and self.below(target):
                 error = DirectoryNotEmptyError
             elif target_kind == "file" and source_kind == "dir":
-                error = NotADirectoryError_
+                error = NotDirectoryError
 
         def attempt() -> None:
             self.tree.rename(

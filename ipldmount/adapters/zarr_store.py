@@ -28,7 +28,7 @@ from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
 from ipldmount.blocks import Blockstore, Chunk, DirectoryBlockstore, MemoryBlockstore, car
 from ipldmount.blocks.gc import Collection, collect_garbage
-from ipldmount.errors import IpldmountError, NotADirectoryError_, NotFoundError
+from ipldmount.errors import IpldmountError, NotDirectoryError, NotFoundError
 from ipldmount.format.files import FileContent, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.exchange import push
@@ -291,7 +291,7 @@ class IPLDStore(Store):
     def _file(self, key: str) -> File | None:
         try:
             node = self.tree.resolve(key)
-        except (NotFoundError, NotADirectoryError_):  # a key below a file is simply absent
+        except (NotFoundError, NotDirectoryError):  # a key below a file is simply absent
             return None
         return node if isinstance(node, File) else None
 
@@ -614,7 +614,7 @@ def get_ipfs_mapper(host: str = "http://127.0.0.1:5001", *, pin: bool = True) ->
 
 # What a path lookup raises when there is simply nothing at that path (as opposed
 # to a block that is missing or corrupt, which must never read as "no keys").
-_ABSENT = (NotFoundError, NotADirectoryError_)
+_ABSENT = (NotFoundError, NotDirectoryError)
 
 
 def _view(value: Buffer) -> memoryview:

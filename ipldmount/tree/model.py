@@ -27,9 +27,9 @@ from ipldmount.errors import (
     InvalidMoveError,
     InvalidNameError,
     IpldmountError,
-    IsADirectoryError_,
+    IsDirectoryError,
     NameTooLongError,
-    NotADirectoryError_,
+    NotDirectoryError,
     NotFoundError,
     ReadOnlyError,
 )
@@ -748,14 +748,14 @@ class Tree:
         """Remove a non-directory entry; the node lives on for whoever holds it."""
         self._writable()
         if isinstance(self.lookup(directory, name), Directory):
-            raise IsADirectoryError_(name)
+            raise IsDirectoryError(name)
         return self._detach(directory, name)
 
     def rmdir(self, directory: Directory, name: str) -> None:
         self._writable()
         node = self.lookup(directory, name)
         if not isinstance(node, Directory):
-            raise NotADirectoryError_(name)
+            raise NotDirectoryError(name)
         if not self.is_empty(node):
             raise DirectoryNotEmptyError(name)
         self._detach(directory, name)
@@ -765,7 +765,7 @@ class Tree:
         self._writable()
         check_name(name)
         if isinstance(file, Directory):
-            raise IsADirectoryError_(name, "Hard links to directories are not allowed")
+            raise IsDirectoryError(name, "Hard links to directories are not allowed")
         if self.get_entry(directory, name) is not None:
             raise AlreadyExistsError(name)
         self._insert(directory, name, file)
@@ -795,11 +795,11 @@ class Tree:
     def _check_replaceable(self, node: Node, existing: Node, name: str) -> None:
         if isinstance(existing, Directory):
             if not isinstance(node, Directory):
-                raise IsADirectoryError_(name)
+                raise IsDirectoryError(name)
             if not self.is_empty(existing):
                 raise DirectoryNotEmptyError(name)
         elif isinstance(node, Directory):
-            raise NotADirectoryError_(name)
+            raise NotDirectoryError(name)
 
     @staticmethod
     def _is_ancestor(node: Directory, directory: Directory) -> bool:
@@ -989,7 +989,7 @@ class Tree:
             if isinstance(node, Broken):
                 raise node.error
             if not isinstance(node, Directory):
-                raise NotADirectoryError_(path)
+                raise NotDirectoryError(path)
             found = self.get_entry(node, part)
             if found is None:
                 raise NotFoundError(path)
@@ -1001,19 +1001,19 @@ class Tree:
     def resolve_dir(self, path: str) -> Directory:
         node = self.resolve(path)
         if not isinstance(node, Directory):
-            raise NotADirectoryError_(path)
+            raise NotDirectoryError(path)
         return node
 
     def resolve_file(self, path: str) -> File:
         node = self.resolve(path)
         if not isinstance(node, File):
-            raise IsADirectoryError_(path)
+            raise IsDirectoryError(path)
         return node
 
     def exists(self, path: str) -> bool:
         try:
             self.resolve(path)
-        except (NotFoundError, NotADirectoryError_):
+        except (NotFoundError, NotDirectoryError):
             return False
         return True
 
@@ -1028,7 +1028,7 @@ class Tree:
             if node is None:
                 node = self.mkdir(directory, part)
             elif not isinstance(node, Directory):
-                raise NotADirectoryError_(path)
+                raise NotDirectoryError(path)
             directory = node
         return directory
 
@@ -1043,7 +1043,7 @@ class Tree:
         if existing is None:
             return self.create(directory, name, content)
         if not isinstance(existing, File):
-            raise IsADirectoryError_(path)
+            raise IsDirectoryError(path)
         self.set_content(existing, content)
         return existing
 

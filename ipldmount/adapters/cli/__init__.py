@@ -28,8 +28,8 @@ from ipldmount.blocks.gc import Collection, mark
 from ipldmount.errors import (
     InvalidCIDError,
     IpldmountError,
-    IsADirectoryError_,
-    NotADirectoryError_,
+    IsDirectoryError,
+    NotDirectoryError,
     NotFoundError,
 )
 from ipldmount.format.diff import diff_roots
@@ -102,7 +102,7 @@ def _path_errors(target: str) -> Iterator[None]:
     """Name the whole ``CID/PATH`` the user typed in lookup errors, not just the part that failed."""
     try:
         yield
-    except (NotFoundError, NotADirectoryError_, IsADirectoryError_) as exc:
+    except (NotFoundError, NotDirectoryError, IsDirectoryError) as exc:
         raise type(exc)(target.rstrip("/")) from None
 
 
