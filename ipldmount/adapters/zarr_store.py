@@ -26,18 +26,17 @@ import numpy as np
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
-from ipldmount.blocks import Blockstore, Chunk, DirectoryBlockstore, MemoryBlockstore, car
-from ipldmount.blocks.gc import Collection, collect_garbage
+from ipldmount.blocks import Blockstore, Chunk, MemoryBlockstore, car
+from ipldmount.blocks.gc import Collection
 from ipldmount.errors import IpldmountError, NotDirectoryError, NotFoundError
 from ipldmount.format.files import FileContent, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.exchange import push
 from ipldmount.remote.kubo import KuboNode
 from ipldmount.remote.remotes import Remotes
-from ipldmount.repo.home import StoreHome
-from ipldmount.repo.liveroots import LiveRoots
 from ipldmount.repo.registry import RootRecord
-from ipldmount.repo.retention import Retention, collect
+from ipldmount.repo.repository import Repository
+from ipldmount.repo.retention import Retention
 from ipldmount.session.writebuffer import buffer_content, open_buffer
 from ipldmount.tree.model import Directory, File, check_name, split_path
 from ipldmount.tree.unixfs import open_tree
@@ -119,24 +118,16 @@ class IPLDStore(Store):
         # Reads from memory cost a copy: a hop to a thread would cost more than it overlaps.
         self._reads_in_thread = not isinstance(self.blockstore, MemoryBlockstore)
         self.tree = open_tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
-        self._live: LiveRoots | None = None
-        if isinstance(self.blockstore, DirectoryBlockstore) and self._root is not None:
-            self._publish(self._root)  # its tree is read from here on: gc must keep it
+        # The store's history, live roots and gc (none in memory): this store's own.
+        self.repository = Repository(self.blockstore)
+        if self._root is not None:
+            self.repository.publish_in_use(self._root)  # its tree is read from here on: gc must keep it
 
     def close(self) -> None:
         """Close the store: its root is no longer published as in use (garbage collection keeps
         it only if the history or a tag does). Freeze first to keep what was written."""
         super().close()
-        if self._live is not None:
-            self._live.close()
-            self._live = None
-
-    def _publish(self, root: bytes) -> None:
-        """Tell garbage collection, in any process, that this store uses *root* (liveroots.py)."""
-        assert isinstance(self.blockstore, DirectoryBlockstore)
-        if self._live is None:
-            self._live = StoreHome(self.blockstore).live_roots()
-        self._live.publish([cids.cid_to_str(root)])
+        self.repository.close()
 
     # --- identity, pickling --------------------------------------------------
 
@@ -201,23 +192,14 @@ class IPLDStore(Store):
                 self._unsynced = False
                 self.blockstore.sync()
             parent, self._root = self._root, self.tree.commit()
-            if isinstance(self.blockstore, DirectoryBlockstore):
-                if self._root != parent:
-                    self._record(parent)
-                self._publish(self._root)
-            self.blockstore.settle(started)  # what it stored is in a recorded root now
+            made = (
+                [RootRecord.made(self._root, "api", self.repository.where, parent)]
+                if self._root != parent
+                else []
+            )
+            # what it stored is in a recorded (and published) root now: the lease is settled
+            self.repository.record(made, settle_before=started, in_use=self._root)
             return cids.cid_to_str(self._root)
-
-    def _record(self, parent: bytes | None) -> None:
-        assert isinstance(self.blockstore, DirectoryBlockstore) and self._root is not None
-        record = RootRecord(
-            cids.cid_to_str(self._root),
-            RootRecord.now(),
-            "api",
-            str(self.blockstore.root.resolve()),
-            cids.cid_to_str(parent) if parent is not None else None,
-        )
-        StoreHome(self.blockstore).registry.record(record)
 
     def collect_garbage(
         self, keep: Iterable[str] = (), *, grace: float = 0.0, dry_run: bool = False
@@ -227,14 +209,8 @@ class IPLDStore(Store):
         (tags, the newest root of each origin, mounts, live stores), and blocks other processes
         are writing."""
         with self._gate.exclusive(), self._lock:
-            roots = [self.freeze(), *keep]
-            if isinstance(self.blockstore, DirectoryBlockstore):
-                also = {root: ["this store's tree, or kept by the caller"] for root in roots}
-                home = StoreHome(self.blockstore)
-                return collect(home, Retention(grace=grace), dry_run=dry_run, also=also).collection
-            return collect_garbage(
-                self.blockstore, [cids.parse_cid(root) for root in roots], grace=grace, dry_run=dry_run
-            )
+            also = {root: ["this store's tree, or kept by the caller"] for root in [self.freeze(), *keep]}
+            return self.repository.collect(Retention(grace=grace), dry_run=dry_run, also=also).collection
 
     def export_car(self, out: BinaryIO) -> int:
         """Write a CARv1 of the committed tree to *out*; returns the bytes written."""
@@ -270,8 +246,7 @@ class IPLDStore(Store):
         tree = open_tree(self.blockstore, roots[0], whole_files=self._whole_files, read_only=self.read_only)
         with self._lock:
             self._root, self.tree = roots[0], tree
-            if isinstance(self.blockstore, DirectoryBlockstore):
-                self._publish(roots[0])
+            self.repository.publish_in_use(roots[0])
 
     # --- threads -------------------------------------------------------------
 

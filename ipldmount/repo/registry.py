@@ -50,6 +50,27 @@ class RootRecord:
     def now() -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
+    @classmethod
+    def made(
+        cls,
+        root: bytes,
+        source: str,
+        where: str,
+        parent: bytes | None = None,
+        message: str | None = None,
+        car: Path | None = None,
+    ) -> RootRecord:
+        """The record of *root*, made now."""
+        return cls(
+            cids.cid_to_str(root),
+            cls.now(),
+            source,
+            where,
+            cids.cid_to_str(parent) if parent is not None else None,
+            message,
+            str(car) if car is not None else None,
+        )
+
     def as_json(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value not in (None, "")}
 

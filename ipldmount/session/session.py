@@ -24,6 +24,7 @@ from ipldmount.repo.attributes import Attributes
 from ipldmount.repo.home import StoreHome
 from ipldmount.repo.journal import Journal, Pending, decode_data, encode_data
 from ipldmount.repo.registry import RootRecord
+from ipldmount.repo.repository import Repository
 from ipldmount.session.openfiles import OpenFiles
 from ipldmount.session.writebuffer import WriteBuffer, buffer_content
 from ipldmount.tree.model import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node
@@ -246,11 +247,13 @@ class Session:
             self.base_root = root
             self.journal.reset(root)
         self.home.write_root(self.files, cids.cid_to_str(root), [cids.cid_to_str(cid) for cid in held or ()])
+        made: list[RootRecord] = []
         if changed:  # after the journal: a crash in between loses this line only, never the root
-            self._record(root, parent, message, car_path or self._default_car(root, full_car))
+            made = [self._made(root, parent, message, car_path or self._default_car(root, full_car))]
         elif self._moved(root):  # a mount of another root than the one last recorded here
-            self._record(root, self._recorded_root(), message, None)
-        self.store.settle(started)  # what was stored before the commit is in the root now
+            made = [self._made(root, self._recorded_root(), message, None)]
+        # what was stored before the commit is in the root now (recorded here, or before)
+        Repository(self.store, home=self.home).record(made, settle_before=started)
         if not (changed or full_car or car_path):
             log.info("synced %s: root %s, unchanged", self.mountpoint, cids.cid_to_str(root))
             return SyncResult(cids.cid_to_str(root), None, 0, changed, full_car)
@@ -284,18 +287,12 @@ class Session:
     def _default_car(self, root: bytes, full_car: bool) -> Path:
         return self.car_dir / f"{cids.cid_to_str(root)}{'.full' if full_car else ''}.car"
 
-    def _record(self, root: bytes, parent: bytes | None, message: str | None, car_path: Path | None) -> None:
+    def _made(
+        self, root: bytes, parent: bytes | None, message: str | None, car_path: Path | None
+    ) -> RootRecord:
+        """The history's record of *root*, made at this mountpoint (now the root it last has)."""
         self._recorded = root
-        record = RootRecord(
-            cids.cid_to_str(root),
-            RootRecord.now(),
-            "mount",
-            str(self.mountpoint),
-            cids.cid_to_str(parent) if parent is not None else None,
-            message,
-            str(car_path) if car_path is not None else None,
-        )
-        self.home.registry.record(record)
+        return RootRecord.made(root, "mount", str(self.mountpoint), parent, message, car_path)
 
     def close_failed(self, path: str | None, reason: BaseException) -> None:
         """A file's last close could not store its writes (a full disk): it keeps the content of

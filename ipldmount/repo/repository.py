@@ -1,0 +1,515 @@
+"""One store as every front door uses it: :class:`Repository`.
+
+The command line, the zarr Store and the mount each build one Repository over the store they
+opened, and go through it for what is the store's rather than theirs: which root a text names
+(a CID, a tag, a mountpoint, ``ROOT/PATH``), recording a root made (and only then settling the
+writer's lease on its blocks), importing and exporting CARs, garbage collection, ancestry, tags,
+reading and repairing the history, and the journal a crashed mount left.
+
+A store in memory has no folder: no history, tags or mounts. Its Repository records nothing, and
+its garbage collection keeps only the roots it is given.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from ipldmount.blocks import Blockstore, DirectoryBlockstore, car, dag
+from ipldmount.blocks.car import write_car_file
+from ipldmount.blocks.gc import collect_garbage, mark
+from ipldmount.errors import (
+    InvalidCIDError,
+    IpldmountError,
+    IsDirectoryError,
+    NotDirectoryError,
+    NotFoundError,
+)
+from ipldmount.format.diff import Change, diff_roots
+from ipldmount.ipld import cid as cids
+from ipldmount.repo.home import StoreHome
+from ipldmount.repo.journal import Journal
+from ipldmount.repo.liveroots import LiveRoots
+from ipldmount.repo.registry import PushRecord, RootRecord, free_tag_name
+from ipldmount.repo.retention import GcReport, Retention, collect, unnamed_heads
+from ipldmount.tree.model import File, Node, Tree
+from ipldmount.tree.unixfs import open_tree
+
+if TYPE_CHECKING:  # transports: imported where they are used, so that opening a store loads no HTTP
+    from ipldmount.remote.exchange import CarSource, Transfer
+    from ipldmount.remote.kubo import KuboNode
+
+Counting = Callable[[int, int], None]  # (blocks, bytes) so far: a progress line
+SizedProgress = Callable[[int | None], AbstractContextManager[Counting]]  # given the size to read, if known
+
+
+@dataclass(frozen=True)
+class Discarded:
+    """What :meth:`Repository.discard_pending` dropped."""
+
+    journal: Path
+    changes: int  # unsynced changes dropped (0: there were none)
+    base: bytes | None  # the root they were made on (None: the empty tree)
+    unreadable: str | None = None  # why the journal could not be read (dropped all the same)
+
+
+@dataclass(frozen=True)
+class HistoryRepair:
+    """What :meth:`Repository.repair_history` did."""
+
+    history: Path
+    set_aside_in: Path
+    damaged: list[str]  # what was wrong with the history before ("line N: why")
+    set_aside: int  # lines set aside
+    tagged: list[tuple[str, str]]  # (tag, root) for each stored root a damaged line named
+    recovered: list[tuple[str, str]]  # (tag, root) for each whole stored root nothing named
+
+    @property
+    def was_whole(self) -> bool:
+        """The history read whole: nothing was changed."""
+        return not self.damaged and not self.set_aside
+
+
+class Repository:
+    """The roots of one store: *blocks*, and on disk its folder (*home*, built from *blocks* when
+    not given)."""
+
+    def __init__(self, blocks: Blockstore, *, home: StoreHome | None = None) -> None:
+        self.blocks = blocks
+        if home is None and isinstance(blocks, DirectoryBlockstore):
+            home = StoreHome(blocks)
+        self._home = home
+        self._live: LiveRoots | None = None  # the root an in-process store said it uses
+
+    @classmethod
+    def at(cls, path: Path, *, durable: bool = True) -> Repository:
+        """The store in the folder *path* (made if there is none)."""
+        return cls(DirectoryBlockstore(path, durable=durable))
+
+    def __repr__(self) -> str:
+        return f"Repository({self.blocks!r})"
+
+    @property
+    def home(self) -> StoreHome:
+        """The store's folder; a store in memory has none (IpldmountError)."""
+        if self._home is None:
+            raise IpldmountError(f"{self.blocks!r} is in memory: it has no history, tags or mounts")
+        return self._home
+
+    @property
+    def on_disk(self) -> bool:
+        return self._home is not None
+
+    @property
+    def where(self) -> str:
+        """The store's folder as the history names it (its real path); "" for a store in memory."""
+        return str(self._home.root.resolve()) if self._home is not None else ""
+
+    # --- which root a text names --------------------------------------------------------
+
+    def root_or_tag(self, text: str) -> bytes:
+        """A CID, or the root a tag names; the CID's InvalidCIDError when it is neither."""
+        try:
+            return cids.parse_cid(text)
+        except InvalidCIDError:
+            tagged = self.home.tags.get(text)
+            if tagged is None:
+                raise
+            return tagged
+
+    def split_target(self, target: str) -> tuple[bytes, str]:
+        """``ROOT[/PATH]`` -> (root, path); ROOT is a CID or a tag."""
+        text, _, path = target.partition("/")
+        return self.root_or_tag(text), path
+
+    def find_root(self, text: str | None) -> bytes:
+        """A CID, a tag, or a mountpoint (the root it shows: :meth:`root_shown_at`); without
+        *text*, the newest root made in the store."""
+        if text is not None and Path(text).is_dir():
+            root = self.root_shown_at(Path(text).resolve())
+            if root is None:
+                raise IpldmountError(f"nothing was mounted or synced at {text} yet")
+            return root
+        if text is not None:
+            return self.root_or_tag(text)
+        newest = self.home.registry.history()
+        if not newest:
+            raise IpldmountError("no root was made in this store yet: name one (tag NAME ROOT)")
+        return cids.parse_cid(newest[0].root)
+
+    def stored_tree(self, root: bytes) -> Tree:
+        """The tree at *root*, read-only: a directory node in the store (or fetched into it)."""
+        if not self.blocks.has(root) and self.blocks.fetcher is None:
+            shown = cids.cid_to_str(root)
+            raise IpldmountError(f"{shown} is not in the store {self.home.root} (import its CAR first)")
+        return open_tree(self.blocks, root, read_only=True)
+
+    def stored_root(self, root: bytes) -> bytes:
+        """*root*, if its block is in the store (not fetched: for sending it elsewhere)."""
+        if not self.blocks.has(root):
+            raise IpldmountError(f"{cids.cid_to_str(root)} is not in the store {self.home.root}")
+        return root
+
+    def locate(self, target: str) -> tuple[Tree, Node, str]:
+        """The tree, the node and the path at ``ROOT[/PATH]`` (a lookup error names all of *target*)."""
+        root, path = self.split_target(target)
+        tree = self.stored_tree(root)
+        with _naming(target):
+            return tree, tree.resolve(path), path
+
+    def file_at(self, target: str) -> tuple[Tree, File]:
+        """The tree and the file at ``ROOT/PATH`` (a lookup error names all of *target*)."""
+        root, path = self.split_target(target)
+        tree = self.stored_tree(root)
+        with _naming(target):
+            return tree, tree.resolve_file(path)
+
+    # --- mountpoints --------------------------------------------------------------------
+
+    def mount_root(
+        self, text: str, mountpoint: Path, *, importing: SizedProgress | None = None
+    ) -> bytes | None:
+        """ROOT of a mount as a root in the store: ``empty`` (None), ``resume`` (:meth:`last_root_at`),
+        a ``.car`` file (imported first: it must hold one tree), or a CID or a tag. A root that
+        is not a directory is refused here, not in the daemon."""
+        if text == "empty":
+            return None
+        if text == "resume":
+            return self.last_root_at(mountpoint)
+        if Path(text).exists() and not Path(text).is_dir():  # a .car file, or a pipe (/dev/stdin)
+            return self.import_car(text, single_root=True, progress=importing)[0]
+        root = self._mountable(text)
+        if not self.blocks.has(root) and self.blocks.fetcher is None:
+            raise IpldmountError(
+                f"root {text} is not in the store {self.home.root} (import its CAR first, pass the .car, or "
+                "name an IPFS node or gateway that has it: --ipfs URL, --gateway URL)"
+            )
+        open_tree(self.blocks, root, read_only=True)
+        return root
+
+    def _mountable(self, text: str) -> bytes:
+        """ROOT as typed: a CID or a tag, or else say what ROOT may be."""
+        try:
+            return self.root_or_tag(text)
+        except InvalidCIDError as exc:
+            if Path(text).exists():
+                raise IpldmountError(f"{text} is not a CAR file") from None
+            raise IpldmountError(
+                f"ROOT must be a CID, a tag, a .car file, 'empty' or 'resume'; {exc} "
+                "(and no tag has that name)"
+            ) from None
+
+    def last_root_at(self, mountpoint: Path) -> bytes | None:
+        """The root *mountpoint* had last: its journal's base (changes pending on it come back),
+        else the last root synced there, else empty. What a service restarting after a crash wants."""
+        pending = Journal(self.home.mount_files(mountpoint).journal).read()
+        if pending is not None:
+            return pending.root
+        synced = self.home.registry.history(str(mountpoint))
+        return cids.parse_cid(synced[0].root) if synced else None
+
+    def root_shown_at(self, mountpoint: Path) -> bytes | None:
+        """The root *mountpoint* shows now: its live daemon's (started from or last synced), else
+        the base of the journal a dead one left, else the last root synced there."""
+        served = self.home.served_root(self.home.mount_files(mountpoint))
+        if served is not None:
+            return cids.parse_cid(served)
+        return self.last_root_at(mountpoint)
+
+    def daemon_pid(self, mountpoint: Path) -> int | None:
+        """The pid *mountpoint*'s daemon wrote (it may have died since)."""
+        return self.home.daemon_pid(self.home.mount_files(mountpoint))
+
+    def discard_pending(self, mountpoint: Path) -> Discarded:
+        """Drop the unsynced changes an earlier session at *mountpoint* left in its journal (a
+        crashed or killed mount's), saying what they were."""
+        journal = Journal(self.home.mount_files(mountpoint).journal)
+        try:
+            pending = journal.read()
+        except IpldmountError as exc:
+            journal.remove()
+            return Discarded(journal.path, 0, None, unreadable=str(exc))
+        journal.remove()
+        if pending is None:
+            return Discarded(journal.path, 0, None)
+        return Discarded(journal.path, len(pending.records), pending.root)
+
+    # --- recording roots ----------------------------------------------------------------
+
+    def record(
+        self, records: Sequence[RootRecord], *, settle_before: float, in_use: bytes | None = None
+    ) -> None:
+        """Commit roots this process made: *records* go into the history, *in_use* is published
+        as the root an in-process store uses (:meth:`publish_in_use`), and only then is this
+        process's writer lease settled: what it stored or claimed before *settle_before*
+        (``time.time()``) is in a root garbage collection keeps. In memory nothing is recorded."""
+        if self._home is not None:
+            for record in records:
+                self._home.registry.record(record)
+            if in_use is not None:
+                self.publish_in_use(in_use)
+        self.blocks.settle(settle_before)
+
+    def publish_in_use(self, root: bytes) -> None:
+        """Tell garbage collection, in any process, that this process uses *root* until
+        :meth:`close` or its exit (liveroots); nothing to tell for a store in memory."""
+        if self._home is None:
+            return
+        if self._live is None:
+            self._live = self._home.live_roots()
+        self._live.publish([cids.cid_to_str(root)])
+
+    def close(self) -> None:
+        """Stop publishing the root in use (garbage collection keeps it only if the history or a tag does)."""
+        if self._live is not None:
+            self._live.close()
+            self._live = None
+
+    # --- CARs ---------------------------------------------------------------------------
+
+    def import_car(
+        self, path: str, *, single_root: bool = False, progress: SizedProgress | None = None
+    ) -> list[bytes]:
+        """Import a CAR file whose roots are all directory trees (one, if *single_root*), all or
+        nothing, and record its roots (source ``import``, where: the file's real path)."""
+        started = time.time()
+        try:
+            with open(path, "rb") as stream:
+                check = self._check_roots(path, single_root)
+                if progress is None:
+                    roots = car.import_car(self.blocks, stream, None, check)
+                else:
+                    with progress(_regular_file_size(stream.fileno())) as counting:
+                        roots = car.import_car(self.blocks, stream, counting, check)
+            where = str(Path(path).resolve()) if Path(path).is_file() else path
+            # in the history, the roots are kept by garbage collection: the lease may end
+            self.record([RootRecord.made(root, "import", where) for root in roots], settle_before=started)
+            return roots
+        except FileNotFoundError:
+            raise IpldmountError(f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise IpldmountError(f"{path} is a directory, not a CAR file") from None
+
+    def _check_roots(self, path: str, single_root: bool) -> Callable[[list[bytes]], None]:
+        """Refuse, before anything is committed, a CAR whose roots are not what is needed."""
+
+        def check(roots: list[bytes]) -> None:
+            if single_root and len(roots) != 1:
+                shown = ", ".join(cids.cid_to_str(root) for root in roots[:3]) + ", ..." * (len(roots) > 3)
+                raise IpldmountError(
+                    f"{path} has {len(roots)} roots ({shown}), so it names no single tree; nothing was "
+                    f"imported (`ipldmount import {path}` keeps them all; then mount one by its CID)"
+                )
+            for root in roots:
+                try:
+                    open_tree(self.blocks, root, read_only=True)
+                except IpldmountError as exc:
+                    raise IpldmountError(
+                        f"{path}: root {cids.cid_to_str(root)} is not a directory tree ({exc}); "
+                        f"nothing was imported"
+                    ) from None
+
+        return check
+
+    def export_root(self, text: str) -> bytes:
+        """The root to export: a CID or a tag (not a path), a directory tree in the store,
+        refused before anything is written."""
+        root, path = self.split_target(text)
+        if path.strip("/"):
+            raise IpldmountError("export takes a root CID, not a path (export the CID `ls -l` shows for it)")
+        self.stored_tree(root)
+        return root
+
+    def block_count(self, root: bytes) -> int:
+        """How many blocks *root* reaches (a walk of them all)."""
+        return dag.closure_size(self.blocks, root)
+
+    def export_car(
+        self, root: bytes, out: Path | BinaryIO, *, progress: Counting | None = None, shown_as: str = ""
+    ) -> int:
+        """Write the CARv1 of *root*; the bytes written. To a path, a file is replaced whole (a
+        device or pipe is streamed into); into a stream, as it goes. Blocks that cannot be read
+        are named (IncompleteDagError): then no file was written, or what went into a stream
+        (*shown_as*, for the message) is incomplete."""
+        if isinstance(out, Path):
+            return write_car_file(self.blocks, root, out, progress=progress)
+        missing: list[bytes] = []
+        size = car.export_car(self.blocks, root, out, progress=progress, missing=missing)
+        out.flush()
+        if missing:
+            raise car.incomplete_dag(
+                root, missing, consequence=f"the CAR written to {shown_as} is incomplete"
+            )
+        return size
+
+    # --- IPFS nodes and gateways --------------------------------------------------------
+
+    def push(self, root: bytes, node: KuboNode, *, pin: bool, progress: Counting | None = None) -> Transfer:
+        """Send *node* what it lacks of *root* (the difference from the roots pushed there before
+        and from those *root* was made from), pinning it there if *pin*; the push is kept in
+        the push ledger unless the node had *root* pinned already."""
+        from ipldmount.remote.exchange import push
+
+        pushes = self.home.pushes
+        bases = [*pushes.roots_on(node.url), *self.ancestors(root)]
+        sent = push(self.blocks, root, node, bases=bases, pin=pin, progress=progress)
+        if not sent.already:
+            pushes.record(PushRecord(node.url, cids.cid_to_str(root), pin, RootRecord.now(), sent.blocks))
+        return sent
+
+    def pull(
+        self, root: bytes, sources: Sequence[CarSource], where: str, *, progress: Counting | None = None
+    ) -> Transfer:
+        """Fetch what the store lacks of *root* from the first of *sources* that has it, and
+        record it (source ``pull``, *where*: the node or gateways)."""
+        from ipldmount.remote.exchange import pull
+
+        started = time.time()
+        fetched = pull(self.blocks, root, sources, progress=progress)
+        self.record([RootRecord.made(root, "pull", where)], settle_before=started)
+        return fetched
+
+    # --- history and tags ---------------------------------------------------------------
+
+    def history(self, mountpoint: Path | None = None) -> list[RootRecord]:
+        """The roots made here, newest first; only those synced at *mountpoint* if given."""
+        return self.home.registry.history(None if mountpoint is None else str(mountpoint))
+
+    def changed_paths(self, record: RootRecord) -> int | None:
+        """How many paths differ from the record's parent: a diff, so it costs the change; None
+        where there is no parent, or a block of either tree is not in the store."""
+        if record.parent is None:
+            return None
+        try:
+            return sum(
+                1 for _ in diff_roots(self.blocks, cids.parse_cid(record.parent), cids.parse_cid(record.root))
+            )
+        except IpldmountError:
+            return None
+
+    def ancestors(self, root: bytes, limit: int = 8) -> list[bytes]:
+        """Roots *root* was made from (a mount's earlier syncs), newest first."""
+        parents = {record.root: record.parent for record in self.home.registry.records() if record.parent}
+        found: list[bytes] = []
+        text = cids.cid_to_str(root)
+        while len(found) < limit and (text := parents.get(text, "")):
+            found.append(cids.parse_cid(text))
+        return found
+
+    def diff(self, a: str, b: str) -> list[Change]:
+        """The paths added, removed and modified from *a* to *b*: each a CID, a tag or a
+        mountpoint, a tree in the store."""
+        before, after = (self._stored_root_named(text) for text in (a, b))
+        return list(diff_roots(self.blocks, before, after))
+
+    def _stored_root_named(self, text: str) -> bytes:
+        root = self.find_root(text)
+        self.stored_tree(root)
+        return root
+
+    def tags(self) -> dict[str, str]:
+        """Tag name -> root CID."""
+        return self.home.tags.all()
+
+    def tags_by_root(self) -> dict[str, list[str]]:
+        """Root CID -> the names it has, sorted."""
+        names: dict[str, list[str]] = {}
+        for name, root in sorted(self.tags().items()):
+            names.setdefault(root, []).append(name)
+        return names
+
+    def tag(self, name: str, text: str | None) -> bytes:
+        """Name the root *text* names (:meth:`find_root`): only a stored tree, and only a whole one."""
+        root = self.find_root(text)
+        self.stored_tree(root)
+        self._check_whole_if_dropped(root)
+        self.home.tags.set(name, root)
+        return root
+
+    def untag(self, name: str) -> None:
+        self.home.tags.delete(name)
+
+    def _check_whole_if_dropped(self, root: bytes) -> None:
+        """A root gc let go may be partial: it is named only if every block it reaches is still here."""
+        if cids.cid_to_str(root) not in self.home.registry.read_whole().dropped:
+            return
+        lacking = mark(self.blocks, [root], check_leaves=True).missing_count
+        if lacking:
+            raise IpldmountError(
+                f"{cids.cid_to_str(root)} was let go by gc and {_count_of(lacking, 'block')} of it are gone: "
+                f"import or pull it again before naming it"
+            )
+
+    def repair_history(self) -> HistoryRepair:
+        """Set the history's lines gc refuses on aside, tagging every stored root they name; then
+        (a line lost whole, or too damaged to name its root) tag every whole stored root nothing
+        names (``recovered-N``), rather than let the next gc take it."""
+        home = self.home
+        registry = home.registry
+        before = registry.read_whole()
+        set_aside, made = registry.repair(home.tags, lambda text: self.blocks.has(cids.parse_cid(text)))
+        if not before.damaged and not set_aside:
+            return HistoryRepair(registry.path, registry.set_aside, [], 0, [], [])
+        names = home.tags.all()
+        tagged = [(name, names[name]) for name in made]
+        recovered: list[tuple[str, str]] = []
+        for head in unnamed_heads(home):
+            name = free_tag_name(home.tags, "recovered")
+            home.tags.set(name, cids.parse_cid(head))
+            recovered.append((name, head))
+        return HistoryRepair(registry.path, registry.set_aside, before.damaged, set_aside, tagged, recovered)
+
+    # --- garbage collection -------------------------------------------------------------
+
+    def collect(
+        self,
+        retention: Retention,
+        *,
+        dry_run: bool = False,
+        marking: Counting | None = None,
+        sweeping: Counting | None = None,
+        pinned_remotely: Callable[[bytes], bool] | None = None,
+        also: dict[str, list[str]] | None = None,
+    ) -> GcReport:
+        """Remove every block no kept root reaches (:func:`~ipldmount.repo.retention.collect`);
+        *also*: more roots to keep (CID text -> reasons). A store in memory keeps only those."""
+        if self._home is None:
+            kept = dict(also or {})
+            roots = [cids.parse_cid(text) for text in kept]
+            found = collect_garbage(
+                self.blocks, roots, grace=retention.grace, dry_run=dry_run, marking=marking, sweeping=sweeping
+            )
+            return GcReport(kept, found)
+        return collect(
+            self._home,
+            retention,
+            dry_run=dry_run,
+            marking=marking,
+            sweeping=sweeping,
+            pinned_remotely=pinned_remotely,
+            also=also,
+        )
+
+
+@contextmanager
+def _naming(target: str) -> Iterator[None]:
+    """Name the whole ``CID/PATH`` typed in lookup errors, not just the part that failed."""
+    try:
+        yield
+    except (NotFoundError, NotDirectoryError, IsDirectoryError) as exc:
+        raise type(exc)(target.rstrip("/")) from None
+
+
+def _regular_file_size(fd: int) -> int | None:
+    info = os.fstat(fd)
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _count_of(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' * (count != 1)}"
