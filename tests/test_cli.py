@@ -473,3 +473,32 @@ def test_command_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
     assert exit_info.value.code == 0
     out, _ = capsys.readouterr()
     assert f"ipldmount {command}" in out and "--store" in out
+
+
+def test_every_command_has_one_handler_in_the_order_help_lists_them() -> None:
+    from ipldmount.adapters.cli import GROUPS
+    from ipldmount.adapters.cli.common import COMMAND_NAMES
+
+    assert list(cli.COMMANDS) == list(COMMAND_NAMES)
+    handled = [name for group in GROUPS for name in group.COMMANDS]
+    assert sorted(handled) == sorted(COMMAND_NAMES)  # each in one group, none left out
+
+
+def test_a_daemon_mount_starts_is_given_the_remotes_as_options() -> None:
+    from ipldmount.adapters.cli.mounting import remote_arguments
+    from ipldmount.remote.remotes import Remotes
+
+    assert remote_arguments(Remotes()) == []
+    both = Remotes.of("http://flag:5001", ["http://g", "http://h"])
+    assert remote_arguments(both) == [
+        "--ipfs",
+        "http://flag:5001",
+        "--gateway",
+        "http://g",
+        "--gateway",
+        "http://h",
+    ]
+    assert remote_arguments(Remotes.of(None, ["http://g"])) == ["--gateway", "http://g"]
+    # what the daemon parses back is what was given
+    parsed = cli.build_parser().parse_args(["mount", "empty", "/mnt", *remote_arguments(both)])
+    assert (parsed.ipfs, parsed.gateway) == ("http://flag:5001", ["http://g", "http://h"])

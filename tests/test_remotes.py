@@ -20,7 +20,7 @@ def _env(tmp_path: Path, config: str | None = None, **values: str) -> dict[str, 
 
 def test_nothing_is_configured_by_default(tmp_path: Path) -> None:
     remotes = Remotes.resolve(environ=_env(tmp_path))
-    assert not remotes and remotes.fetcher() is None and remotes.as_arguments() == []
+    assert not remotes and remotes.fetcher() is None
 
 
 def test_the_command_line_wins_then_the_environment_then_the_file(tmp_path: Path) -> None:
@@ -31,8 +31,6 @@ def test_the_command_line_wins_then_the_environment_then_the_file(tmp_path: Path
         "http://flag:5001", ("http://g",)
     )
     assert Remotes.resolve(environ=_env(tmp_path, config)) == Remotes("http://file:5001", ("http://file-gw",))
-    flagged = Remotes.resolve("http://flag:5001", ["http://g"], environ=env)
-    assert flagged.as_arguments() == ["--ipfs", "http://flag:5001", "--gateway", "http://g"]
 
 
 @pytest.mark.parametrize(

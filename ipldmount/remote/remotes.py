@@ -55,13 +55,6 @@ class Remotes:
         """A fetcher over :meth:`sources`, or None when nothing is configured."""
         return BlockFetcher(self.sources(block_timeout)) if self else None
 
-    def as_arguments(self) -> list[str]:
-        """The command-line options that give these remotes (for the daemon a mount starts)."""
-        arguments = ["--ipfs", self.ipfs] if self.ipfs else []
-        for url in self.gateways:
-            arguments += ["--gateway", url]
-        return arguments
-
     @classmethod
     def resolve(
         cls,
