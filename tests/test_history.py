@@ -103,7 +103,12 @@ async def test_freeze_records_new_roots_of_a_store_on_disk(tmp_path: Path) -> No
     second = store.freeze()
     history = StoreHome(blocks).registry.history()
     assert [(r.root, r.parent, r.source) for r in history] == [(second, first, "api"), (first, None, "api")]
-    IPLDStore(MemoryBlockstore()).freeze()  # in memory: no folder, no history
+    memory = IPLDStore(MemoryBlockstore())
+    made = memory.freeze()  # in memory: no folder, so no history to record the root in
+    assert cids.parse_cid(made) and memory.freeze() == made and not memory.repository.on_disk
+    with pytest.raises(IpldmountError, match="in memory"):
+        memory.repository.history()
+    assert StoreHome(blocks).registry.history() == history  # nothing reached the store on disk
 
 
 # --- the CLI ---------------------------------------------------------------------------------

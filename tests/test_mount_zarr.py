@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -137,8 +138,10 @@ def test_zarr_arrays_by_path(mounts: Mounts, zarr_format: int, tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("zarr_format", "driver"), [(3, "zarr3"), (2, "zarr")])
-def test_tensorstore_reads_what_zarr_wrote(mounts: Mounts, zarr_format: int, driver: str) -> None:
-    ts = pytest.importorskip("tensorstore")
+def test_tensorstore_reads_what_zarr_wrote(
+    mounts: Mounts, tensorstore: ModuleType, zarr_format: int, driver: str
+) -> None:
+    ts = tensorstore
     mnt = mounts().mount("empty")
     data = (np.arange(64 * 48, dtype="int32").reshape(64, 48) * 3 - 1000).astype("int32")
     array = zarr.create_array(
@@ -161,9 +164,9 @@ def test_tensorstore_reads_what_zarr_wrote(mounts: Mounts, zarr_format: int, dri
     np.testing.assert_array_equal(read(again / "arr"), data)
 
 
-def test_tensorstore_writes_zarr_reads(mounts: Mounts) -> None:
+def test_tensorstore_writes_zarr_reads(mounts: Mounts, tensorstore: ModuleType) -> None:
     """The other direction: tensorstore writes a zarr v3 array, zarr-python reads it after a remount."""
-    ts = pytest.importorskip("tensorstore")
+    ts = tensorstore
     mnt = mounts().mount("empty")
     data = np.linspace(0, 1, 40 * 30, dtype="float32").reshape(40, 30)
     spec = {

@@ -706,6 +706,8 @@ async def test_with_read_only() -> None:
     assert await _get_bytes(reader, "a/0") == SEED_CHUNK_BYTES
     with pytest.raises(ValueError, match=READ_ONLY):
         await reader.set("a/1", _buf(b"x"))
+    await writer.set("a/2", _buf(b"w"))  # the writer stays writable; the reader keeps its root
+    assert await _get_bytes(writer, "a/2") == b"w" and not await reader.exists("a/2")
 
     second = reader.with_read_only(False)
     assert not second.read_only
@@ -716,13 +718,33 @@ async def test_with_read_only() -> None:
     assert IPLDStore(backend, second.freeze()).get_sync("a/1") is not None
 
 
-def test_open_zarr_on_a_writable_store_goes_through_with_read_only() -> None:
+def test_open_zarr_on_a_writable_store_goes_through_with_read_only(monkeypatch: pytest.MonkeyPatch) -> None:
     store = IPLDStore(MemoryBlockstore())
     ds = _dataset()
     _write(store, ds, 3, compressed=True)
+    copies: list[IPLDStore] = []
+    with_read_only = store.with_read_only
+
+    def recording(read_only: bool = False) -> IPLDStore:
+        copies.append(with_read_only(read_only))
+        return copies[-1]
+
+    monkeypatch.setattr(store, "with_read_only", recording)
     xr.testing.assert_identical(xr.open_zarr(store, consolidated=False, chunks=None).load(), ds)
-    # The store itself stays writable.
+    assert copies and all(copy.read_only for copy in copies)  # zarr read through read-only copies
+    copy = copies[0]
+    # Both read the same: every key, every value.
+    keys = sorted(sync(_collect_aiterator(store.list())))
+    assert keys and sorted(sync(_collect_aiterator(copy.list()))) == keys
+    for key in keys:
+        assert copy.get_sync(key) == store.get_sync(key), key
+    # The copy refuses writes; the store itself stays writable.
+    with pytest.raises(ValueError, match=READ_ONLY):
+        copy.set_sync("more/zarr.json", _buf(b"{}"))
+    with pytest.raises(ValueError, match=READ_ONLY):
+        copy.delete_sync(keys[0])
     store.set_sync("more/zarr.json", _buf(b"{}"))
+    assert store.get_sync("more/zarr.json") == _buf(b"{}") and copy.get_sync("more/zarr.json") is None
 
 
 # --- threads -------------------------------------------------------------------------------
