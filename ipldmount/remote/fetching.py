@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 UNAVAILABLE_FOR = 30.0  # seconds a block no source could give is answered "not found" at once
 UNAVAILABLE_KEPT = 4096  # such blocks remembered before the expired ones are dropped
-BLOCK_FETCHES = 8  # blocks one store fetches ahead at once: network-bound, so more than cores
-DAG_FETCHES = 2  # DAGs (one CAR each) one store fetches ahead at once
+BLOCK_FETCH_THREADS = 8  # blocks a store fetches ahead at once: network-bound, so more than cores
+DAG_FETCH_THREADS = 2  # DAGs (one CAR each) a store fetches ahead at once
 
 # The thread (by ident) in which the current task must not wait on the network; None: anywhere.
 _NO_WAIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("ipldmount_no_wait", default=None)
@@ -188,8 +188,8 @@ class FetchingBlockstore(Blockstore, Generic[L]):
         self.local = local
         self.fetcher = fetcher
         self._car_sources = [source for source in fetcher.sources if isinstance(source, CarSource)]
-        self._block_fetches = _LazyThreadPool(BLOCK_FETCHES, "ipldmount-prefetch")
-        self._dag_fetches = _LazyThreadPool(DAG_FETCHES, "ipldmount-dag-prefetch")
+        self._block_workers = _LazyThreadPool(BLOCK_FETCH_THREADS, "ipldmount-prefetch")
+        self._dag_workers = _LazyThreadPool(DAG_FETCH_THREADS, "ipldmount-dag-prefetch")
 
     def __repr__(self) -> str:
         return f"<FetchingBlockstore into {self.local!r} from {self.fetcher.sources!r}>"
@@ -198,8 +198,8 @@ class FetchingBlockstore(Blockstore, Generic[L]):
         """Stop fetching ahead: what was asked for and not started is dropped, what is under way
         ends (within the sources' timeouts) before this returns. Reads still fetch what they need,
         and a later prefetch starts the pools again."""
-        self._block_fetches.close()
-        self._dag_fetches.close()
+        self._block_workers.close()
+        self._dag_workers.close()
 
     # --- reading: the local store, else the sources -----------------------------------------
 
@@ -258,7 +258,7 @@ class FetchingBlockstore(Blockstore, Generic[L]):
         if wait and not self.fetcher.may_wait():
             return
         missing = [cid for cid in wanted if is_supported(cid) and not self.has(cid)]
-        fetching = [self._block_fetches.submit(self._fetch_quietly, cid) for cid in missing]
+        fetching = [self._block_workers.submit(self._fetch_quietly, cid) for cid in missing]
         for done in fetching if wait else ():
             with contextlib.suppress(futures.CancelledError):  # closed meanwhile: not fetched ahead
                 done.result()
@@ -275,7 +275,7 @@ class FetchingBlockstore(Blockstore, Generic[L]):
         trip. None when no source sends CARs (see :meth:`Blockstore.prefetch_dag`)."""
         if not self._car_sources:
             return None
-        return self._dag_fetches.submit(fetch_dag_ahead, self.local, root, self._car_sources)
+        return self._dag_workers.submit(fetch_dag_ahead, self.local, root, self._car_sources)
 
     # --- everything else is the local store's -----------------------------------------------
 
@@ -377,10 +377,6 @@ class _LazyThreadPool:
         self._workers, self._name = workers, name
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-
-    @property
-    def started(self) -> bool:
-        return self._pool is not None
 
     def submit(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         with self._lock:  # never into a pool being shut down
