@@ -32,6 +32,7 @@ from ipldmount.errors import IpldmountError, NotDirectoryError, NotFoundError
 from ipldmount.format.files import FileContent, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.exchange import push
+from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore
 from ipldmount.remote.kubo import KuboNode
 from ipldmount.remote.remotes import Remotes
 from ipldmount.repo.home import StoreHome
@@ -120,7 +121,8 @@ class IPLDStore(Store):
         self._reads_in_thread = not isinstance(self.blockstore, MemoryBlockstore)
         self.tree = open_tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
         self._live: LiveRoots | None = None
-        if isinstance(self.blockstore, DirectoryBlockstore) and self._root is not None:
+        self._on_disk = _on_disk(self.blockstore)  # its history, live roots and gc are the store's
+        if self._on_disk is not None and self._root is not None:
             self._publish(self._root)  # its tree is read from here on: gc must keep it
 
     def close(self) -> None:
@@ -133,9 +135,9 @@ class IPLDStore(Store):
 
     def _publish(self, root: bytes) -> None:
         """Tell garbage collection, in any process, that this store uses *root* (liveroots.py)."""
-        assert isinstance(self.blockstore, DirectoryBlockstore)
+        assert self._on_disk is not None
         if self._live is None:
-            self._live = StoreHome(self.blockstore).live_roots()
+            self._live = StoreHome(self._on_disk).live_roots()
         self._live.publish([cids.cid_to_str(root)])
 
     # --- identity, pickling --------------------------------------------------
@@ -201,7 +203,7 @@ class IPLDStore(Store):
                 self._unsynced = False
                 self.blockstore.sync()
             parent, self._root = self._root, self.tree.commit()
-            if isinstance(self.blockstore, DirectoryBlockstore):
+            if self._on_disk is not None:
                 if self._root != parent:
                     self._record(parent)
                 self._publish(self._root)
@@ -209,15 +211,15 @@ class IPLDStore(Store):
             return cids.cid_to_str(self._root)
 
     def _record(self, parent: bytes | None) -> None:
-        assert isinstance(self.blockstore, DirectoryBlockstore) and self._root is not None
+        assert self._on_disk is not None and self._root is not None
         record = RootRecord(
             cids.cid_to_str(self._root),
             RootRecord.now(),
             "api",
-            str(self.blockstore.root.resolve()),
+            str(self._on_disk.root.resolve()),
             cids.cid_to_str(parent) if parent is not None else None,
         )
-        StoreHome(self.blockstore).registry.record(record)
+        StoreHome(self._on_disk).registry.record(record)
 
     def collect_garbage(
         self, keep: Iterable[str] = (), *, grace: float = 0.0, dry_run: bool = False
@@ -228,9 +230,9 @@ class IPLDStore(Store):
         are writing."""
         with self._gate.exclusive(), self._lock:
             roots = [self.freeze(), *keep]
-            if isinstance(self.blockstore, DirectoryBlockstore):
+            if self._on_disk is not None:
                 also = {root: ["this store's tree, or kept by the caller"] for root in roots}
-                home = StoreHome(self.blockstore)
+                home = StoreHome(self._on_disk)
                 return collect(home, Retention(grace=grace), dry_run=dry_run, also=also).collection
             return collect_garbage(
                 self.blockstore, [cids.parse_cid(root) for root in roots], grace=grace, dry_run=dry_run
@@ -270,7 +272,7 @@ class IPLDStore(Store):
         tree = open_tree(self.blockstore, roots[0], whole_files=self._whole_files, read_only=self.read_only)
         with self._lock:
             self._root, self.tree = roots[0], tree
-            if isinstance(self.blockstore, DirectoryBlockstore):
+            if self._on_disk is not None:
                 self._publish(roots[0])
 
     # --- threads -------------------------------------------------------------
@@ -551,10 +553,10 @@ class IPFSStore(IPLDStore):
             raise IpldmountError("IPFSStore needs an IPFS node (ipfs=URL) or a gateway to read from")
         if self.remotes.ipfs is None and not read_only:
             raise IpldmountError("a store over gateways alone is read-only: pass read_only=True")
-        cache = cache if cache is not None else MemoryBlockstore()
-        cache.fetcher = self.remotes.fetcher()
+        self.cache = cache if cache is not None else MemoryBlockstore()  # where fetched blocks stay
         self.pin = pin
-        super().__init__(cache, root, read_only=read_only, whole_files=whole_files)
+        fetching = FetchingBlockstore(self.cache, BlockFetcher(self.remotes.sources()))
+        super().__init__(fetching, root, read_only=read_only, whole_files=whole_files)
         self._reads_in_thread = True  # a read may wait on the network: never on zarr's event loop
         self._pushed = self._root  # the root the node has complete (opened from it, or sent)
 
@@ -562,9 +564,15 @@ class IPFSStore(IPLDStore):
         root = cids.cid_to_str(self._root) if self._root else "empty"
         return f"IPFSStore({self.remotes.ipfs or self.remotes.gateways!r}, root={root})"
 
+    def close(self) -> None:
+        """Close the store (see :meth:`IPLDStore.close`) and stop fetching ahead; the cache stays
+        open (its maker closes it)."""
+        super().close()
+        self.blockstore.close()
+
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        return {**state, "remotes": self.remotes, "pin": self.pin}
+        return {**state, "blockstore": self.cache, "remotes": self.remotes, "pin": self.pin}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         remotes: Remotes = state["remotes"]
@@ -586,7 +594,7 @@ class IPFSStore(IPLDStore):
             return type(self)(
                 self.remotes.ipfs,
                 self._root,
-                cache=self.blockstore,
+                cache=self.cache,
                 gateways=self.remotes.gateways,
                 pin=self.pin,
                 read_only=read_only,
@@ -626,7 +634,19 @@ def _view(value: Buffer) -> memoryview:
 
 
 def _same_blockstore(a: Blockstore, b: Blockstore) -> bool:
+    a, b = _local(a), _local(b)
     return a is b or a == b
+
+
+def _local(store: Blockstore) -> Blockstore:
+    """The store that holds *store*'s blocks: itself, or the cache a store that fetches keeps them in."""
+    return store.local if isinstance(store, FetchingBlockstore) else store
+
+
+def _on_disk(store: Blockstore) -> DirectoryBlockstore | None:
+    """The store on disk that holds *store*'s blocks, if they are on disk."""
+    local = _local(store)
+    return local if isinstance(local, DirectoryBlockstore) else None
 
 
 def _byte_span(size: int, byte_range: ByteRequest | None) -> tuple[int, int]:

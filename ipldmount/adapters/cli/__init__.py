@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ipldmount._version import __version__
 from ipldmount.adapters.fuse import control
@@ -36,8 +37,7 @@ from ipldmount.format.diff import diff_roots
 from ipldmount.ipld import cid as cids
 from ipldmount.progress import Progress
 from ipldmount.remote.exchange import CarSource, Transfer, pull, push
-from ipldmount.remote.gateway import Gateway
-from ipldmount.remote.kubo import KuboNode
+from ipldmount.remote.fetching import FetchingBlockstore
 from ipldmount.remote.remotes import Remotes
 from ipldmount.repo.home import StoreHome, process_alive
 from ipldmount.repo.journal import Journal
@@ -47,17 +47,28 @@ from ipldmount.repo.retention import collect as retention_gc
 from ipldmount.tree.model import Directory, File, Node, Tree
 from ipldmount.tree.unixfs import is_unixfs, open_tree
 
+if TYPE_CHECKING:  # built in the commands that talk to a node: the HTTP client loads with it
+    from ipldmount.remote.kubo import KuboNode
+
 log = logging.getLogger("ipldmount")
+
+# The store a command reads trees from: blocks it lacks come from remotes, if any are configured.
+ReadingStore = DirectoryBlockstore | FetchingBlockstore[DirectoryBlockstore]
 
 
 def _open_store(args: argparse.Namespace, durable: bool = True) -> DirectoryBlockstore:
     return DirectoryBlockstore(Path(args.store) if args.store else default_store_path(), durable=durable)
 
 
-def _split_target(store: DirectoryBlockstore, target: str) -> tuple[bytes, str]:
+def _split_target(store: ReadingStore, target: str) -> tuple[bytes, str]:
     """``ROOT[/PATH]`` -> (binary CID, path); ROOT is a CID or a tag."""
     text, _, path = target.partition("/")
-    return _root_or_tag(store, text), path
+    return _root_or_tag(_directory(store), text), path
+
+
+def _directory(store: ReadingStore) -> DirectoryBlockstore:
+    """The store on disk under a reading store (its tags, its history)."""
+    return store.local if isinstance(store, FetchingBlockstore) else store
 
 
 def _root_or_tag(store: DirectoryBlockstore, text: str) -> bytes:
@@ -81,19 +92,17 @@ def _open_existing_store(args: argparse.Namespace) -> DirectoryBlockstore:
     return DirectoryBlockstore(path)
 
 
-def _reading_store(args: argparse.Namespace) -> DirectoryBlockstore:
+def _reading_store(args: argparse.Namespace) -> ReadingStore:
     """The store for a command that reads trees: blocks it lacks come from the configured IPFS
-    node or gateways, if any (and stay in the store)."""
-    store = _open_existing_store(args)
-    store.fetcher = _remotes(args).fetcher()
-    return store
+    node or gateways, if any (and stay in the store). The command closes it."""
+    return _remotes(args).fetching_into(_open_existing_store(args))
 
 
-def _open_tree(store: DirectoryBlockstore, root: bytes) -> Tree:
+def _open_tree(store: ReadingStore, root: bytes) -> Tree:
     """The tree at *root*, which must be a directory node in *store* (or fetched into it)."""
-    if not store.has(root) and store.fetcher is None:
+    if not store.has(root) and not store.fetches_missing:
         shown = cids.cid_to_str(root)
-        raise IpldmountError(f"{shown} is not in the store {store.root} (import its CAR first)")
+        raise IpldmountError(f"{shown} is not in the store {_directory(store).root} (import its CAR first)")
     return open_tree(store, root, read_only=True)
 
 
@@ -176,7 +185,11 @@ def _check_roots(store: DirectoryBlockstore, path: str, single_root: bool) -> Ca
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    store = _reading_store(args)
+    with _reading_store(args) as store:
+        return _export(args, store)
+
+
+def _export(args: argparse.Namespace, store: ReadingStore) -> int:
     root, path = _split_target(store, args.cid)
     if path.strip("/"):
         raise IpldmountError("export takes a root CID, not a path (export the CID `ls -l` shows for it)")
@@ -215,18 +228,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    store = _reading_store(args)
-    root, path = _split_target(store, args.target)
-    tree = _open_tree(store, root)
-    with _path_errors(args.target):
-        node = tree.resolve(path)
-    if isinstance(node, Directory):
-        listing = sorted(tree.entries(node).items())
-    else:
-        listing = [(path.rstrip("/").rpartition("/")[2], node)]
-    for name, child in listing:
-        print(_ls_line(tree, name, child) if args.long else _display_name(name, child))
-    return 0
+    with _reading_store(args) as store:
+        root, path = _split_target(store, args.target)
+        tree = _open_tree(store, root)
+        with _path_errors(args.target):
+            node = tree.resolve(path)
+        if isinstance(node, Directory):
+            listing = sorted(tree.entries(node).items())
+        else:
+            listing = [(path.rstrip("/").rpartition("/")[2], node)]
+        for name, child in listing:
+            print(_ls_line(tree, name, child) if args.long else _display_name(name, child))
+        return 0
 
 
 def _display_name(name: str, node: Node) -> str:
@@ -246,24 +259,25 @@ def _ls_line(tree: Tree, name: str, node: Node) -> str:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    store = _reading_store(args)
-    root, path = _split_target(store, args.target)
-    tree = _open_tree(store, root)
-    with _path_errors(args.target):
-        file = tree.resolve_file(path)
-    reader = tree.reader(file)
-    out = sys.stdout.buffer
-    for offset in range(0, reader.size, 1 << 20):
-        out.write(reader.read(offset, 1 << 20))
-    out.flush()
-    return 0
+    with _reading_store(args) as store:
+        root, path = _split_target(store, args.target)
+        tree = _open_tree(store, root)
+        with _path_errors(args.target):
+            file = tree.resolve_file(path)
+        reader = tree.reader(file)
+        out = sys.stdout.buffer
+        for offset in range(0, reader.size, 1 << 20):
+            out.write(reader.read(offset, 1 << 20))
+        out.flush()
+        return 0
 
 
 # --- mounting ---------------------------------------------------------------------
 
 
-def _resolve_root(home: StoreHome, root: str, mountpoint: Path) -> bytes | None:
-    """ROOT as a CID in the store: ``empty``, ``resume``, a ``.car`` file (imported first), or a CID."""
+def _resolve_root(home: StoreHome, reading: ReadingStore, root: str, mountpoint: Path) -> bytes | None:
+    """ROOT as a CID in the store: ``empty``, ``resume``, a ``.car`` file (imported first), or a CID
+    (*reading* fetches it if it is not there and remotes are configured)."""
     store = home.blocks
     if root == "empty":
         return None
@@ -272,12 +286,12 @@ def _resolve_root(home: StoreHome, root: str, mountpoint: Path) -> bytes | None:
     if Path(root).exists() and not Path(root).is_dir():  # a .car file, or a pipe (/dev/stdin)
         return _import(store, root, single_root=True)[0]
     cid = _parse_root(store, root)
-    if not store.has(cid) and store.fetcher is None:
+    if not reading.has(cid) and not reading.fetches_missing:
         raise IpldmountError(
             f"root {root} is not in the store {store.root} (import its CAR first, pass the .car, or "
             "name an IPFS node or gateway that has it: --ipfs URL, --gateway URL)"
         )
-    open_tree(store, cid, read_only=True)  # a root that is not a directory is refused here, not in the daemon
+    open_tree(reading, cid, read_only=True)  # a root that is no directory is refused here, not in the daemon
     return cid
 
 
@@ -385,24 +399,27 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.discard:
         _discard_pending(home, mountpoint)
     remotes = _remotes(args)
-    home.blocks.fetcher = remotes.fetcher()
-    root = _resolve_root(home, args.root, mountpoint)
-    if root is not None and is_unixfs(root) and not args.read_only:
-        print(f"{cids.cid_to_str(root)} is UnixFS: mounting it read-only", file=sys.stderr)
-        args.read_only = True
-    attributes = home.attribute_table.recover()  # unreadable, or corrupt and moved aside: say so
-    if attributes:
-        print(f"ipldmount: warning: {attributes}", file=sys.stderr)
-    if args.foreground:
-        return _run_daemon(args, home, mountpoint, root)
-    return _spawn_daemon(args, home, mountpoint, root, remotes)
+    with remotes.fetching_into(home.blocks) as store:
+        root = _resolve_root(home, store, args.root, mountpoint)
+        if root is not None and is_unixfs(root) and not args.read_only:
+            print(f"{cids.cid_to_str(root)} is UnixFS: mounting it read-only", file=sys.stderr)
+            args.read_only = True
+        attributes = home.attribute_table.recover()  # unreadable, or corrupt and moved aside: say so
+        if attributes:
+            print(f"ipldmount: warning: {attributes}", file=sys.stderr)
+        if args.foreground:
+            return _run_daemon(args, home, store, mountpoint, root)
+        return _spawn_daemon(args, home, mountpoint, root, remotes)
 
 
-def _run_daemon(args: argparse.Namespace, home: StoreHome, mountpoint: Path, root: bytes | None) -> int:
+def _run_daemon(
+    args: argparse.Namespace, home: StoreHome, store: ReadingStore, mountpoint: Path, root: bytes | None
+) -> int:
     from ipldmount.adapters.fuse import daemon  # pyfuse3 is needed only here
 
     config = daemon.MountConfig(
         home=home,
+        store=store,
         mountpoint=mountpoint,
         root=root,
         read_only=args.read_only,
@@ -685,23 +702,23 @@ def _tag_target(store: DirectoryBlockstore, text: str | None) -> bytes:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    store = _reading_store(args)
-    before, after = (_diff_side(store, text) for text in (args.a, args.b))
-    changes = list(diff_roots(store, before, after))
-    if args.json:
-        print(json.dumps([{"change": change.kind, "path": change.path} for change in changes], indent=2))
+    with _reading_store(args) as store:
+        before, after = (_diff_side(store, text) for text in (args.a, args.b))
+        changes = list(diff_roots(store, before, after))
+        if args.json:
+            print(json.dumps([{"change": change.kind, "path": change.path} for change in changes], indent=2))
+            return 0
+        for change in changes:
+            print(f"{DIFF_MARKS[change.kind]} {change.path}")
         return 0
-    for change in changes:
-        print(f"{DIFF_MARKS[change.kind]} {change.path}")
-    return 0
 
 
 DIFF_MARKS = {"added": "A", "removed": "D", "modified": "M"}
 
 
-def _diff_side(store: DirectoryBlockstore, text: str) -> bytes:
+def _diff_side(store: ReadingStore, text: str) -> bytes:
     """A side of `diff`: a CID, a tag, or a mountpoint (the root last synced there)."""
-    root = _tag_target(store, text)
+    root = _tag_target(_directory(store), text)
     _open_tree(store, root)
     return root
 
@@ -721,6 +738,8 @@ def cmd_push(args: argparse.Namespace) -> int:
     root = _tag_target(home.blocks, args.root)
     if not home.blocks.has(root):
         raise IpldmountError(f"{cids.cid_to_str(root)} is not in the store {home.root}")
+    from ipldmount.remote.kubo import KuboNode  # the HTTP client, for the commands that use one
+
     node = KuboNode(remotes.ipfs)
     node.version()  # a node that is not there fails here, before any walk
     bases = [*home.pushes.roots_on(node.url), *_ancestors(home, root)]
@@ -759,6 +778,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise IpldmountError("pull needs a source: --ipfs URL or --gateway URL (or IPLDMOUNT_IPFS, ...)")
     root = cids.parse_cid(args.root)
     home = StoreHome(_open_store(args))
+    from ipldmount.remote.gateway import Gateway  # the HTTP client, for the commands that use one
+    from ipldmount.remote.kubo import KuboNode
+
     sources: list[CarSource] = [KuboNode(remotes.ipfs)] if remotes.ipfs else []
     sources += [Gateway(url) for url in remotes.gateways]
     with _progress(f"pull {args.root}") as progress:
@@ -867,6 +889,8 @@ def _evicting_for(args: argparse.Namespace) -> KuboNode | None:
         raise IpldmountError(
             "gc --evict-pinned needs an IPFS node: --ipfs URL (or IPLDMOUNT_IPFS, or the config)"
         )
+    from ipldmount.remote.kubo import KuboNode  # the HTTP client, for the commands that use one
+
     node = KuboNode(url)
     node.version()  # a node that is not there fails here, before anything is removed
     return node
