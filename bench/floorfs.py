@@ -22,7 +22,7 @@ import sys
 import pyfuse3
 import trio
 
-from ipldmount.adapters.fuse import libfuse_hooks as fuse_session
+from ipldmount.adapters.fuse import libfuse_hooks
 
 TIMEOUT = 300.0
 ARR = pyfuse3.ROOT_INODE + 1
@@ -116,7 +116,7 @@ def main() -> None:
     big = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     options = set(pyfuse3.default_options) | {"fsname=floorfs"}
     pyfuse3.init(FloorFS(side, big), mountpoint, options)
-    fuse_session.install_open_flags()  # as the daemon does: cached listings, no FLUSH after reads
+    libfuse_hooks.install_open_flags()  # as the daemon does: cached listings, no FLUSH after reads
     try:
         trio.run(pyfuse3.main)
     finally:

@@ -6,7 +6,6 @@ Library code raises these; only the FUSE adapter and the CLI translate them
 
 from __future__ import annotations
 
-import base64
 import errno
 
 
@@ -43,18 +42,6 @@ class RemoteError(IpldmountError):
 
 class RemoteTimeoutError(RemoteError):
     """An IPFS node or gateway did not answer within the time allowed."""
-
-
-class MustFetchError(IpldmountError):
-    """A block must come from the network, and this thread (an event loop) must not wait for it:
-    the caller fetches it in a worker thread and tries again (never seen outside the mount)."""
-
-    def __init__(self, cid: bytes) -> None:
-        # The CID's text (multibase base32, as ipld.cid writes it), spelled here: that module
-        # imports this one, and nothing here may import upwards.
-        text = "b" + base64.b32encode(cid).decode("ascii").lower().rstrip("=")
-        super().__init__(f"block {text} must be fetched from the network first")
-        self.cid = cid
 
 
 class FileTooLargeError(IpldmountError):

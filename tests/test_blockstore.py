@@ -1,4 +1,5 @@
-"""The blockstore contract, for both implementations, plus what only the on-disk store promises."""
+"""The blockstore contract, for both implementations and for a store that fetches into either,
+plus what only the on-disk store promises."""
 
 from __future__ import annotations
 
@@ -29,19 +30,46 @@ from ipldmount.errors import (
     BlockNotFoundError,
     CorruptBlockError,
     InvalidCIDError,
+    RemoteError,
     StoreFullError,
 )
 from ipldmount.ipld.cid import DAG_CBOR, DAG_PB, RAW, block_cid, cid_to_str
+from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore
 
 
 class Boom(Exception):
     pass
 
 
+class Nowhere:
+    """A source that has no block at all: a store fetching from it keeps the contract to the letter."""
+
+    def get_block(self, cid: bytes) -> bytes:
+        raise RemoteError(f"nowhere has {cid_to_str(cid)}")
+
+
+@pytest.fixture(params=["memory", "directory", "fetching into memory", "fetching into directory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Blockstore]:
+    """An empty blockstore (conftest's), or a FetchingBlockstore over one (overrides conftest's)."""
+    kind = request.param
+    local = MemoryBlockstore() if kind.endswith("memory") else DirectoryBlockstore(tmp_path / "store")
+    if not kind.startswith("fetching"):
+        yield local
+        return
+    with FetchingBlockstore(local, BlockFetcher([Nowhere()])) as fetching:
+        yield fetching
+
+
+def local_of(store: Blockstore) -> Blockstore:
+    """The store that holds the blocks: *store*, or the one a fetching store keeps them in."""
+    return store.local if isinstance(store, FetchingBlockstore) else store
+
+
 def temp_files(store: Blockstore) -> list[str]:
     """Leftover temporaries of an on-disk store (none for a memory store)."""
-    if isinstance(store, DirectoryBlockstore):
-        return os.listdir(store.root / "tmp")
+    local = local_of(store)
+    if isinstance(local, DirectoryBlockstore):
+        return os.listdir(local.root / "tmp")
     return []
 
 
@@ -210,8 +238,9 @@ def test_sync(store: Blockstore, monkeypatch: pytest.MonkeyPatch) -> None:
     cid = store.put(b"x", RAW)
     store.sync()
     assert store.get(cid) == b"x"
-    if isinstance(store, DirectoryBlockstore):
-        assert flushed == [store.root]
+    local = local_of(store)
+    if isinstance(local, DirectoryBlockstore):
+        assert flushed == [local.root]
     else:
         assert flushed == []  # nothing on disk to flush
 

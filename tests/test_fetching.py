@@ -1,21 +1,28 @@
-"""A blockstore with a fetcher: blocks it lacks come from its sources, verified, once, and are kept.
+"""A store that fetches: blocks its local store lacks come from its sources, verified, once, and
+are kept in the local store.
 
 The sources here are other blockstores behind the BlockSource protocol (the real IPFS node and
-gateway are tested in test_ipfs_*.py); what is checked is the store's and the fetcher's logic.
+gateway are tested in test_ipfs_*.py); what is checked is the wrapper's and the fetcher's logic.
+That the wrapper keeps the blockstore contract is checked by test_blockstore.py, which runs it
+through the same tests as the local stores.
 """
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
-from ipldmount.errors import BlockNotFoundError, CorruptBlockError, MustFetchError, RemoteError
+from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, car
+from ipldmount.errors import BlockNotFoundError, CorruptBlockError, RemoteError
 from ipldmount.ipld import cid as cids
-from ipldmount.remote.fetching import BlockFetcher
+from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore, MustFetchError
 from ipldmount.tree.model import Tree
 
 
@@ -49,21 +56,21 @@ def test_a_tree_reads_through_to_the_source_and_keeps_what_it_read(
     origin, root = remote
     source = StoreSource(origin)
     local = DirectoryBlockstore(tmp_path / "cache", durable=False)
-    local.fetcher = BlockFetcher([source])
-    tree = Tree(local, root, read_only=True)
+    store = FetchingBlockstore(local, BlockFetcher([source]))
+    tree = Tree(store, root, read_only=True)
     assert tree.read_file("dir/7") == bytes([7]) * 100
     kept = set(local)
     assert cids.block_cid(cids.RAW, bytes([7]) * 100) in kept and root in kept
     assert len(kept) == len(source.asked) < 10  # only what the read needed
-    assert Tree(local, root, read_only=True).read_file("dir/7") == bytes([7]) * 100
+    assert Tree(store, root, read_only=True).read_file("dir/7") == bytes([7]) * 100
     assert len(source.asked) == len(kept)  # read again: nothing asked
+    assert Tree(local, root, read_only=True).read_file("dir/7") == bytes([7]) * 100  # it is all here
 
 
 def test_sources_are_tried_in_order_and_failures_named(remote: tuple[MemoryBlockstore, bytes]) -> None:
     origin, root = remote
     broken, good = StoreSource(origin, fail=True), StoreSource(origin)
-    local = MemoryBlockstore()
-    local.fetcher = BlockFetcher([broken, good])
+    local = FetchingBlockstore(MemoryBlockstore(), BlockFetcher([broken, good]))
     assert local.get(root) == origin.get(root)
     assert broken.asked == [root] and good.asked == [root]
     nowhere = cids.block_cid(cids.RAW, b"nobody has it")
@@ -78,8 +85,7 @@ def test_sources_are_tried_in_order_and_failures_named(remote: tuple[MemoryBlock
 def test_one_fetch_however_many_threads_ask(remote: tuple[MemoryBlockstore, bytes]) -> None:
     origin, root = remote
     source = StoreSource(origin, delay=0.2)
-    local = MemoryBlockstore()
-    local.fetcher = BlockFetcher([source])
+    local = FetchingBlockstore(MemoryBlockstore(), BlockFetcher([source]))
     results: list[bytes] = []
     threads = [threading.Thread(target=lambda: results.append(local.get(root))) for _ in range(8)]
     for thread in threads:
@@ -92,8 +98,7 @@ def test_one_fetch_however_many_threads_ask(remote: tuple[MemoryBlockstore, byte
 def test_where_waiting_is_not_allowed_a_fetch_is_handed_back(remote: tuple[MemoryBlockstore, bytes]) -> None:
     origin, root = remote
     source = StoreSource(origin)
-    local = MemoryBlockstore()
-    local.fetcher = BlockFetcher([source])
+    local = FetchingBlockstore(MemoryBlockstore(), BlockFetcher([source]))
     with BlockFetcher.no_waiting():
         with pytest.raises(MustFetchError) as raised:
             local.get(root)
@@ -114,10 +119,11 @@ def test_a_source_cannot_slip_in_wrong_bytes(remote: tuple[MemoryBlockstore, byt
             return b"wrong"
 
     local = MemoryBlockstore()
-    local.fetcher = BlockFetcher([Liar()])
-    with pytest.raises(BlockNotFoundError, match="do not hash"):
-        local.get(root)
-    assert not local.has(root)
+    store = FetchingBlockstore(local, BlockFetcher([Liar()]))
+    for read in (store.get, store.size, lambda cid: store.read(cid, 0, 1)):
+        with pytest.raises(BlockNotFoundError, match=r"do not hash|recently"):
+            read(root)
+    assert not local.has(root) and not store.has(root) and list(local) == []
 
 
 def test_blocks_nobody_had_are_forgotten_once_their_time_is_up(
@@ -128,8 +134,7 @@ def test_blocks_nobody_had_are_forgotten_once_their_time_is_up(
     monkeypatch.setattr(fetching, "UNAVAILABLE_KEPT", 8)
     origin, _ = remote
     fetcher = BlockFetcher([StoreSource(origin)], unavailable_for=0.0)
-    local = MemoryBlockstore()
-    local.fetcher = fetcher
+    local = FetchingBlockstore(MemoryBlockstore(), fetcher)
     for index in range(100):
         with pytest.raises(BlockNotFoundError):
             local.get(cids.block_cid(cids.RAW, index.to_bytes(4, "little")))
@@ -143,14 +148,13 @@ def test_a_corrupt_local_copy_is_fetched_again(
     fetched again; without one it stays an error."""
     origin, _ = remote
     local = DirectoryBlockstore(tmp_path / "cache", durable=False)
-    local.fetcher = BlockFetcher([StoreSource(origin)])
+    store = FetchingBlockstore(local, BlockFetcher([StoreSource(origin)]))
     chunk = cids.block_cid(cids.RAW, bytes([9]) * 100)
-    assert local.get(chunk) == bytes([9]) * 100
+    assert store.get(chunk) == bytes([9]) * 100
     local.block_path(chunk).write_bytes(b"rotten")
-    assert local.get(chunk) == bytes([9]) * 100
+    assert store.get(chunk) == bytes([9]) * 100
     assert local.block_path(chunk).read_bytes() == bytes([9]) * 100  # kept whole again
     local.block_path(chunk).write_bytes(b"rotten")
-    local.fetcher = None
     with pytest.raises(CorruptBlockError):
         local.get(chunk)
 
@@ -160,8 +164,7 @@ def test_prefetch_fetches_side_by_side_and_only_where_waiting_is_allowed(
 ) -> None:
     origin, _ = remote
     source = _CountingSource(origin)
-    local = MemoryBlockstore()
-    local.fetcher = BlockFetcher([source])
+    local = FetchingBlockstore(MemoryBlockstore(), BlockFetcher([source]))
     wanted = [cids.block_cid(cids.RAW, bytes([index]) * 100) for index in range(8)]
     with BlockFetcher.no_waiting():
         local.prefetch(wanted)  # the event loop: nothing fetched, nothing waited for
@@ -169,6 +172,7 @@ def test_prefetch_fetches_side_by_side_and_only_where_waiting_is_allowed(
     local.prefetch(wanted)
     assert all(local.has(cid) for cid in wanted) and sorted(source.asked) == sorted(wanted)
     assert source.most_at_once > 1  # side by side, not one after another
+    local.close()
 
 
 class _CountingSource(StoreSource):
@@ -192,3 +196,157 @@ class _CountingSource(StoreSource):
         finally:
             with self._lock:
                 self.now -= 1
+
+
+# --- what the wrapper adds, and what it leaves to the local store -------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+def test_a_miss_is_fetched_verified_and_kept_in_the_local_store(
+    remote: tuple[MemoryBlockstore, bytes],
+) -> None:
+    origin, _ = remote
+    source = StoreSource(origin)
+    local = MemoryBlockstore()
+    store = FetchingBlockstore(local, BlockFetcher([source]))
+    leaf, other, third = (cids.block_cid(cids.RAW, bytes([index]) * 100) for index in (3, 4, 5))
+    assert not store.has(leaf)  # has() is what is here: it never fetches
+    assert store.read(leaf, 10, 5) == bytes([3]) * 5
+    assert store.size(other) == 100
+    assert store.get(third) == bytes([5]) * 100
+    assert set(local) == {leaf, other, third} and source.asked == [leaf, other, third]
+    assert all(local.get(cid) == origin.get(cid) for cid in (leaf, other, third))  # verified on the way in
+    assert store.get(leaf) == bytes([3]) * 100 and len(source.asked) == 3  # kept: not asked again
+
+
+def test_a_block_fetched_inside_a_batch_is_kept_when_the_batch_fails(
+    remote: tuple[MemoryBlockstore, bytes],
+) -> None:
+    """A fetched block goes straight into the local store: a failed batch takes back what the
+    thread wrote, not what it read."""
+    origin, root = remote
+    local = MemoryBlockstore()
+    store = FetchingBlockstore(local, BlockFetcher([StoreSource(origin)]))
+    with pytest.raises(Boom), store.batch():
+        written = store.put(b"written in the batch", cids.RAW)
+        assert store.get(root) == origin.get(root)
+        assert local.has(written)  # the local store's batch: one batch, whichever handle opened it
+        raise Boom
+    assert local.has(root) and not local.has(written)
+
+
+def test_stores_of_their_own_fetch_nothing(tmp_path: Path) -> None:
+    cid = cids.block_cid(cids.RAW, b"absent")
+    for local in (MemoryBlockstore(), DirectoryBlockstore(tmp_path / "store")):
+        assert not local.fetches_missing and local.prefetch_dag(cid) is None
+        local.prefetch([cid])
+        local.prefetch([cid], wait=False)
+        with pytest.raises(BlockNotFoundError):
+            local.get(cid)
+        local.close()
+    source = StoreSource(MemoryBlockstore())
+    assert FetchingBlockstore(MemoryBlockstore(), BlockFetcher([source])).fetches_missing
+
+
+def test_the_wrapper_passes_every_method_of_the_contract_on() -> None:
+    """A method added to Blockstore and not forwarded here would run the base class's code on the
+    wrapper's own (empty) batches instead of the local store's."""
+    inherited_on_purpose = {"__bool__", "__enter__", "__exit__"}
+    contract = {
+        name
+        for name in vars(Blockstore)
+        if (not name.startswith("_") or name in {"__iter__", "__len__"} | inherited_on_purpose)
+    }
+    missing = {name for name in contract - inherited_on_purpose if name not in vars(FetchingBlockstore)}
+    assert missing == set()
+    abstract = set(getattr(Blockstore, "__abstractmethods__", ()))
+    assert abstract <= set(vars(FetchingBlockstore))
+
+
+def _prefetch_threads() -> list[threading.Thread]:
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread.name.startswith("ipldmount-") and "prefetch" in thread.name
+    ]
+
+
+class StoreCarSource(StoreSource):
+    """A source that also sends whole DAGs as CARs (as an IPFS node or a trustless gateway does)."""
+
+    def __init__(self, store: Blockstore) -> None:
+        super().__init__(store)
+        self.cars: list[bytes] = []
+
+    def export_car(self, root: bytes) -> Iterator[bytes]:
+        self.cars.append(root)
+        out = io.BytesIO()
+        car.export_car(self.store, root, out)
+        yield out.getvalue()
+
+
+def test_a_dag_comes_in_one_request_from_a_source_that_sends_cars(
+    remote: tuple[MemoryBlockstore, bytes],
+) -> None:
+    origin, root = remote
+    plain = FetchingBlockstore(MemoryBlockstore(), BlockFetcher([StoreSource(origin)]))
+    assert plain.prefetch_dag(root) is None  # no source sends CARs: the reader fetches block by block
+    source = StoreCarSource(origin)
+    local = MemoryBlockstore()
+    with FetchingBlockstore(local, BlockFetcher([source])) as store:
+        fetching = store.prefetch_dag(root)
+        assert fetching is not None
+        fetching.result(timeout=10)
+    assert set(local) == set(origin) and source.cars == [root]
+
+
+def test_pools_start_on_first_use_and_close_shuts_them_down(remote: tuple[MemoryBlockstore, bytes]) -> None:
+    origin, root = remote
+    before = set(_prefetch_threads())
+    store = FetchingBlockstore(MemoryBlockstore(), BlockFetcher([StoreCarSource(origin)]))
+    assert set(_prefetch_threads()) == before  # nothing started by building it
+    wanted = [cids.block_cid(cids.RAW, bytes([index]) * 100) for index in range(4)]
+    store.prefetch(wanted)
+    fetching = store.prefetch_dag(root)
+    assert fetching is not None
+    fetching.result(timeout=10)
+    started = set(_prefetch_threads()) - before
+    assert {thread.name.rsplit("_", 1)[0] for thread in started} == {
+        "ipldmount-prefetch",
+        "ipldmount-dag-prefetch",
+    }
+    store.close()
+    assert not any(thread.is_alive() for thread in started)
+    store.close()  # twice is fine
+    store.prefetch([cids.block_cid(cids.RAW, bytes([9]) * 100)])  # used again: a new pool
+    assert store.has(cids.block_cid(cids.RAW, bytes([9]) * 100))
+    store.close()
+    assert set(_prefetch_threads()) == before
+
+
+def test_close_drops_what_was_not_started(remote: tuple[MemoryBlockstore, bytes]) -> None:
+    origin, _ = remote
+    source = StoreSource(origin, delay=0.3)
+    store = FetchingBlockstore(MemoryBlockstore(), BlockFetcher([source]))
+    wanted = [cids.block_cid(cids.RAW, bytes([index]) * 100) for index in range(40)]
+    store.prefetch(wanted, wait=False)
+    started = time.monotonic()
+    store.close()  # waits for the 8 under way, not for the 32 queued behind them
+    assert time.monotonic() - started < 2.0 and len(source.asked) < len(wanted)
+
+
+def test_no_http_client_is_loaded_before_a_transport_is_built() -> None:
+    code = (
+        "import sys\n"
+        "import ipldmount.remote.fetching, ipldmount.remote.remotes, ipldmount.remote.exchange\n"
+        "from ipldmount.remote.remotes import Remotes\n"
+        "remotes = Remotes.resolve(None, (), environ={'IPLDMOUNT_CONFIG': '/nonexistent'})\n"
+        "print('urllib3' in sys.modules)\n"
+        "Remotes.of(None, ['http://127.0.0.1:9']).sources()\n"
+        "print('urllib3' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "True"]

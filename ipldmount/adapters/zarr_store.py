@@ -32,6 +32,7 @@ from ipldmount.errors import IpldmountError, NotDirectoryError, NotFoundError
 from ipldmount.format.files import FileContent, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.exchange import push
+from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore
 from ipldmount.remote.kubo import KuboNode
 from ipldmount.remote.remotes import Remotes
 from ipldmount.repo.registry import RootRecord
@@ -526,10 +527,10 @@ class IPFSStore(IPLDStore):
             raise IpldmountError("IPFSStore needs an IPFS node (ipfs=URL) or a gateway to read from")
         if self.remotes.ipfs is None and not read_only:
             raise IpldmountError("a store over gateways alone is read-only: pass read_only=True")
-        cache = cache if cache is not None else MemoryBlockstore()
-        cache.fetcher = self.remotes.fetcher()
+        self.cache = cache if cache is not None else MemoryBlockstore()  # where fetched blocks stay
         self.pin = pin
-        super().__init__(cache, root, read_only=read_only, whole_files=whole_files)
+        fetching = FetchingBlockstore(self.cache, BlockFetcher(self.remotes.sources()))
+        super().__init__(fetching, root, read_only=read_only, whole_files=whole_files)
         self._reads_in_thread = True  # a read may wait on the network: never on zarr's event loop
         self._pushed = self._root  # the root the node has complete (opened from it, or sent)
 
@@ -537,9 +538,15 @@ class IPFSStore(IPLDStore):
         root = cids.cid_to_str(self._root) if self._root else "empty"
         return f"IPFSStore({self.remotes.ipfs or self.remotes.gateways!r}, root={root})"
 
+    def close(self) -> None:
+        """Close the store (see :meth:`IPLDStore.close`) and stop fetching ahead; the cache stays
+        open (its maker closes it)."""
+        super().close()
+        self.blockstore.close()
+
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        return {**state, "remotes": self.remotes, "pin": self.pin}
+        return {**state, "blockstore": self.cache, "remotes": self.remotes, "pin": self.pin}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         remotes: Remotes = state["remotes"]
@@ -561,7 +568,7 @@ class IPFSStore(IPLDStore):
             return type(self)(
                 self.remotes.ipfs,
                 self._root,
-                cache=self.blockstore,
+                cache=self.cache,
                 gateways=self.remotes.gateways,
                 pin=self.pin,
                 read_only=read_only,
@@ -601,7 +608,13 @@ def _view(value: Buffer) -> memoryview:
 
 
 def _same_blockstore(a: Blockstore, b: Blockstore) -> bool:
+    a, b = _local(a), _local(b)
     return a is b or a == b
+
+
+def _local(store: Blockstore) -> Blockstore:
+    """The store that holds *store*'s blocks: itself, or the cache a store that fetches keeps them in."""
+    return store.local if isinstance(store, FetchingBlockstore) else store
 
 
 def _byte_span(size: int, byte_range: ByteRequest | None) -> tuple[int, int]:

@@ -11,19 +11,18 @@ raises) never visible at all.
 
 from __future__ import annotations
 
-import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
-from typing import Any, Generic, Protocol, TypeVar
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from ipldmount.errors import (
     BlockNotFoundError,
     CorruptBlockError,
     InvalidCIDError,
-    IpldmountError,
 )
 from ipldmount.ipld.cid import (
     DAG_CBOR,
@@ -34,12 +33,6 @@ from ipldmount.ipld.cid import (
     is_supported,
     verify,
 )
-from ipldmount.remote.fetching import BlockFetcher
-
-log = logging.getLogger(__name__)
-
-# Fetches are network-bound: more threads than cores, so round trips overlap.
-_PREFETCH_POOL = ThreadPoolExecutor(8, thread_name_prefix="ipldmount-prefetch")
 
 Chunk = bytes | bytearray | memoryview
 
@@ -266,14 +259,28 @@ class Blockstore(ABC):
     an implementation supplies the storage primitives below and its
     :class:`Staging`. Inside a :meth:`batch`, the current thread's puts are
     staged and its reads see them.
-    """
 
-    fetcher: BlockFetcher | None = None
-    """Where blocks this store lacks come from (an IPFS node, gateways): fetched on first read,
-    then kept here. None: a block not here is not found."""
+    A store here holds what it holds: a block it lacks is not found. A store that gets
+    missing blocks from elsewhere wraps one of these (:mod:`ipldmount.remote.fetching`);
+    readers ask :attr:`fetches_missing` and use :meth:`prefetch` and :meth:`prefetch_dag`,
+    which do nothing here, without knowing where the blocks come from.
+    """
 
     def __init__(self) -> None:
         self._batches = _ThreadBatches()
+
+    def close(self) -> None:
+        """Let go of what the store runs beside its blocks (threads fetching ahead): nothing here.
+        Whoever made a store closes it; its blocks stay where they are."""
+        return
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
 
     # --- reading ----------------------------------------------------------------
 
@@ -298,15 +305,11 @@ class Blockstore(ABC):
         if data is None:
             data = self._lookup(cid) if is_supported(cid) else inline_data(cid)
         if data is None:
-            return self._fetch(cid)  # verified by the source
+            raise self._not_found(cid)
         if not self._known_intact(cid, data) and not verify(cid, data):
             actual = cid_to_str(block_cid(cid[1], data))
             message = f"block {cid_to_str(cid)} in {self!r} is corrupt: the bytes hash to {actual}"
-            if self.fetcher is None:
-                raise CorruptBlockError(message)
-            log.warning("%s: dropped, and fetched again", message)  # the source has it whole
-            self._remove(cid, None)
-            return self._fetch(cid)
+            raise CorruptBlockError(message)
         return data
 
     def read(self, cid: bytes, offset: int, size: int) -> bytes:
@@ -320,7 +323,7 @@ class Blockstore(ABC):
             inline = inline_data(cid)
             data = inline[offset : offset + size] if inline is not None else None
         if data is None:
-            data = self._fetch(cid)[offset : offset + size]
+            raise self._not_found(cid)
         return data
 
     def size(self, cid: bytes) -> int:
@@ -333,7 +336,7 @@ class Blockstore(ABC):
             inline = inline_data(cid)
             length = len(inline) if inline is not None else None
         if length is None:
-            length = len(self._fetch(cid))
+            raise self._not_found(cid)
         return length
 
     def __iter__(self) -> Iterator[bytes]:
@@ -353,33 +356,27 @@ class Blockstore(ABC):
         """Always true: an empty store is still a store, and a truth test must not count blocks."""
         return True
 
+    # --- what a store that fetches missing blocks does more (remote/fetching.py) ----------
+
+    @property
+    def fetches_missing(self) -> bool:
+        """Whether a block this store lacks may still come, from elsewhere, when read: then a read
+        may wait on the network, and a reader may ask for blocks ahead of need. False here."""
+        return False
+
     def prefetch(self, wanted: Iterable[bytes], *, wait: bool = True) -> None:
-        """On a store with a fetcher, fetch those of *wanted* it lacks, side by side (a listing's
-        entries, a reader's next leaves). *wait*: return once each is here or failed (a failure
-        is met again by whoever reads that block); else at once. A thread that must not wait on
-        the network (the mount's event loop) fetches nothing here: its reader fetches in a worker."""
-        if self.fetcher is None or (wait and not self.fetcher.may_wait()):
-            return
-        missing = [cid for cid in wanted if is_supported(cid) and not self.has(cid)]
-        fetching = [_PREFETCH_POOL.submit(self._fetch_quietly, cid) for cid in missing]
-        for done in fetching if wait else ():
-            done.result()
+        """Where :attr:`fetches_missing`, fetch those of *wanted* the store lacks, side by side (a
+        listing's entries, a reader's next leaves). *wait*: return once each is here or failed (a
+        failure is met again by whoever reads that block); else at once. Nothing here."""
+        return
 
-    def _fetch_quietly(self, cid: bytes) -> None:
-        try:
-            self.get(cid)
-        except IpldmountError as exc:
-            log.debug("fetching %s ahead of need failed: %s", cid_to_str(cid), exc)
-
-    def _fetch(self, cid: bytes) -> bytes:
-        """A block this store lacks, from its fetcher (then kept here); else not found."""
-        if self.fetcher is None or not is_supported(cid):
-            raise self._not_found(cid)
-        return self.fetcher.fetch(cid, self._lookup, self._keep_fetched)
-
-    def _keep_fetched(self, cid: bytes, data: bytes) -> None:
-        if not self._claim(cid):
-            self._add(cid, data)
+    def prefetch_dag(self, root: bytes) -> Future[None] | None:
+        """Where :attr:`fetches_missing`, fetch what the store lacks of the DAG under *root* in the
+        background, in one request if a source can send a whole DAG (a reader's next stretch of a
+        file). Its future (done once the blocks are here or the fetch failed, which is only
+        logged), or None when nothing is fetched so: then the reader fetches block by block.
+        None here."""
+        return None
 
     def _batch_lookup(self, cid: bytes) -> bytes | None:
         batch = self._batches.current

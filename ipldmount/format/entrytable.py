@@ -3,7 +3,7 @@
 A zarr array keeps a million chunk keys in one directory, each a link to one raw block. Listing it
 must not make a million tree nodes: the tree keeps such entries here (names, digests and sizes in
 flat columns, with a small open-addressing index by name) and makes a node for one only when it is
-used for more than its name and size (:meth:`~ipldmount.tree.Tree.get_entry`). A row is *taken*
+used for more than its name and size (:meth:`~ipldmount.tree.model.Tree.get_entry`). A row is *taken*
 then: from that moment the node is the entry, and the row only keeps its name and position (a
 mount hands out inode numbers by position).
 """

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from typing import Any, BinaryIO, Protocol
 
 from ipldmount.blocks import BlockSink, Blockstore, Chunk, Staging
@@ -27,7 +27,6 @@ from ipldmount.errors import (
 from ipldmount.format import metadata
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
-from ipldmount.remote.exchange import prefetch_dag
 
 log = logging.getLogger(__name__)
 
@@ -594,7 +593,7 @@ class FblReader:
     def read(self, offset: int, size: int) -> bytes:
         parts: list[bytes] = []
         end = min(offset + size, self.size)
-        if self.store.fetcher is not None and offset <= self._read_until + SEQUENTIAL_SLACK:
+        if self.store.fetches_missing and offset <= self._read_until + SEQUENTIAL_SLACK:
             self._fetch_ahead(end)  # a reader going forward (not one reading a leaf to change it)
         self._read_until = max(self._read_until, end)
         if self._dags:
@@ -653,7 +652,7 @@ class FblReader:
         with self._lock:
             if cid in self._dags:
                 return True
-            fetching = prefetch_dag(self.store, cid)
+            fetching = self.store.prefetch_dag(cid)
             if fetching is None:
                 return False
             self._dags[cid] = fetching
@@ -664,8 +663,8 @@ class FblReader:
         within the sources' timeouts): fetching its leaves one by one beside it costs twice."""
         subtree = self._subtree_at(offset)
         fetching = self._dags.get(subtree[0]) if subtree is not None else None
-        if fetching is not None:
-            fetching.result()
+        if fetching is not None:  # it never raises: a failure, or a store closed meanwhile, is
+            wait([fetching])  # met again by reading the blocks one by one
 
     def _subtree_at(self, offset: int) -> tuple[bytes, int] | None:
         """The largest node holding *offset* that spans at most SUBTREE_SPAN bytes (and holds

@@ -18,16 +18,18 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 from ipldmount.blocks.base import Blockstore
 from ipldmount.blocks.car import MAX_HEADER_SIZE, car_header, incomplete_dag, read_car, section_head
 from ipldmount.blocks.dag import block_links, iter_closure, iter_new_blocks
 from ipldmount.errors import CarError, IncompleteDagError, RemoteError
 from ipldmount.ipld.cid import MAX_IDENTITY, cid_to_str, may_link
-from ipldmount.remote.kubo import MAX_BLOCK, KuboNode, check_block_size
+from ipldmount.remote.limits import MAX_BLOCK, check_block_size
+
+if TYPE_CHECKING:  # the node is built by the caller: moving DAGs loads no HTTP client
+    from ipldmount.remote.kubo import KuboNode
 
 log = logging.getLogger(__name__)
 
@@ -193,24 +195,11 @@ def pull(
     )
 
 
-_DAG_FETCHES = ThreadPoolExecutor(2, thread_name_prefix="ipldmount-dag-prefetch")
-
-
-def prefetch_dag(store: Blockstore, root: bytes) -> Future[None] | None:
-    """In the background, pull the DAG under *root* (a reader's next stretch of a file) from the
-    store's sources that serve CARs: one request for many blocks, where fetching each is a round
-    trip. Its future (done once the blocks are in the store), or None if the store has no such
-    source. A failure is only logged: the reader fetches what is still missing block by block."""
-    fetcher = store.fetcher
-    sources = [source for source in fetcher.sources if isinstance(source, CarSource)] if fetcher else []
-    if not sources:
-        return None
-    return _DAG_FETCHES.submit(_fetch_dag_quietly, store, root, sources)
-
-
-def _fetch_dag_quietly(store: Blockstore, root: bytes, sources: list[CarSource]) -> None:
+def fetch_dag_ahead(store: Blockstore, root: bytes, sources: Sequence[CarSource]) -> None:
     """One CAR of the DAG under *root* (which may be here already: its blocks below may not),
-    from the first source that gives it; what the store lacks of it is kept."""
+    from the first of *sources* that gives it; what the store lacks of it is kept, not made
+    durable (a cache filled ahead of a reader). A failure is only logged: the reader fetches what
+    is still missing block by block, meets the failure again, and reports it."""
     for source in sources:
         try:
             _fetch_subtree(store, root, source, Transfer(root), None, durable=False)

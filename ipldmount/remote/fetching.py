@@ -1,38 +1,58 @@
 """Blocks a store lacks, fetched on first use from an IPFS node or gateways, and kept.
 
-A :class:`~ipldmount.blocks.base.Blockstore` given a :class:`BlockFetcher` reads a block
-it does not hold from the fetcher's sources (in order), verifies it, stores it, and goes on:
-the local store is the cache, and a tree or a mount over it sees the remote DAG as if it
-were local, fetching only the blocks it touches. A block no source has within its timeout
-fails that read (BlockNotFoundError, EIO through the mount), and is not asked for again for
-a little while, so a broken link costs one timeout, not one per request.
+A :class:`FetchingBlockstore` wraps a local :class:`~ipldmount.blocks.base.Blockstore`: a
+block the local store does not hold is read from a :class:`BlockFetcher`'s sources (in order),
+verified, kept in the local store, and returned. The local store is the cache, and a tree or
+a mount over the wrapper sees the remote DAG as if it were local, fetching only the blocks it
+touches. A block no source has within its timeout fails that read (BlockNotFoundError, EIO
+through the mount), and is not asked for again for a little while, so a broken link costs one
+timeout, not one per request.
 
 An event loop must never wait on the network: code running in one marks it with
 :meth:`BlockFetcher.no_waiting`, and a block needed there raises :class:`MustFetchError`
-instead, for the caller to fetch it (:meth:`BlockFetcher.fetch`) in a worker thread and
-try again.
+instead, for the caller to fetch it (``store.get``) in a worker thread and try again.
+
+Nothing here loads an HTTP client: the sources a fetcher is given (:mod:`.kubo`,
+:mod:`.gateway`) do, when they are built.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar
 
-from ipldmount.errors import BlockNotFoundError, MustFetchError, RemoteError
-from ipldmount.ipld.cid import cid_to_str, verify
+from ipldmount.blocks.base import Blockstore, Chunk, Staging
+from ipldmount.errors import BlockNotFoundError, CorruptBlockError, IpldmountError, RemoteError
+from ipldmount.ipld.cid import RAW, cid_to_str, is_supported, verify
+from ipldmount.remote.exchange import CarSource, fetch_dag_ahead
 
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_FOR = 30.0  # seconds a block no source could give is answered "not found" at once
 UNAVAILABLE_KEPT = 4096  # such blocks remembered before the expired ones are dropped
+BLOCK_FETCH_THREADS = 8  # blocks a store fetches ahead at once: network-bound, so more than cores
+DAG_FETCH_THREADS = 2  # DAGs (one CAR each) a store fetches ahead at once
 
 # The thread (by ident) in which the current task must not wait on the network; None: anywhere.
 _NO_WAIT: contextvars.ContextVar[int | None] = contextvars.ContextVar("ipldmount_no_wait", default=None)
+
+
+class MustFetchError(IpldmountError):
+    """A block must come from the network, and this thread (an event loop) must not wait for it:
+    the caller fetches it in a worker thread and tries again (never seen outside the mount; the
+    tree and the format let it pass)."""
+
+    def __init__(self, cid: bytes) -> None:
+        super().__init__(f"block {cid_to_str(cid)} must be fetched from the network first")
+        self.cid = cid
 
 
 Lookup = Callable[[bytes], "bytes | None"]  # a block from the local store, or None
@@ -142,3 +162,231 @@ class BlockFetcher:
             self._unavailable[cid] = (now + self._unavailable_for, why)
         log.debug("block %s: %s", cid_to_str(cid), why)  # raised: whoever catches it says so
         raise BlockNotFoundError(f"block {cid_to_str(cid)} is not in the store, and {why}")
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+L = TypeVar("L", bound=Blockstore)
+
+
+class FetchingBlockstore(Blockstore, Generic[L]):
+    """A store that reads what its *local* store lacks from *fetcher*'s sources and keeps it there.
+
+    A read of a block *local* does not hold fetches it (verified by the fetcher) and keeps it in
+    *local*; so does a read of a block stored there corrupt (a bad disk: the sources have it
+    whole). Everything else is *local*'s own: its blocks, batches, staging, sync, leases and
+    sweeps, so gc and writers see one store whichever of the two they are given. What only the
+    local store has (a directory store's path, its files) is reached through :attr:`local`.
+
+    Fetching ahead (:meth:`prefetch`, :meth:`prefetch_dag`) runs in thread pools this store
+    owns, started on first use; :meth:`close` shuts them down. *local* stays open: its maker
+    closes it.
+    """
+
+    def __init__(self, local: L, fetcher: BlockFetcher) -> None:
+        super().__init__()
+        self.local = local
+        self.fetcher = fetcher
+        self._car_sources = [source for source in fetcher.sources if isinstance(source, CarSource)]
+        self._block_workers = _LazyThreadPool(BLOCK_FETCH_THREADS, "ipldmount-prefetch")
+        self._dag_workers = _LazyThreadPool(DAG_FETCH_THREADS, "ipldmount-dag-prefetch")
+
+    def __repr__(self) -> str:
+        return f"<FetchingBlockstore into {self.local!r} from {self.fetcher.sources!r}>"
+
+    def close(self) -> None:
+        """Stop fetching ahead: what was asked for and not started is dropped, what is under way
+        ends (within the sources' timeouts) before this returns. Reads still fetch what they need,
+        and a later prefetch starts the pools again."""
+        self._block_workers.close()
+        self._dag_workers.close()
+
+    # --- reading: the local store, else the sources -----------------------------------------
+
+    @property
+    def fetches_missing(self) -> bool:
+        return True
+
+    def has(self, cid: bytes) -> bool:
+        return self.local.has(cid)
+
+    def claim(self, cid: bytes) -> bool:
+        return self.local.claim(cid)
+
+    def get(self, cid: bytes) -> bytes:
+        try:
+            return self.local.get(cid)
+        except BlockNotFoundError:
+            if not is_supported(cid):
+                raise  # no source could send it: nothing to ask for
+        except CorruptBlockError as exc:
+            log.warning("%s: dropped, and fetched again", exc)  # the sources have it whole
+            self.local.delete(cid)
+        return self._fetch(cid)
+
+    def read(self, cid: bytes, offset: int, size: int) -> bytes:
+        try:
+            return self.local.read(cid, offset, size)
+        except BlockNotFoundError:
+            if not is_supported(cid):
+                raise
+        return self._fetch(cid)[offset : offset + size]
+
+    def size(self, cid: bytes) -> int:
+        try:
+            return self.local.size(cid)
+        except BlockNotFoundError:
+            if not is_supported(cid):
+                raise
+        return len(self._fetch(cid))
+
+    def _fetch(self, cid: bytes) -> bytes:
+        """A block the local store lacks, from the sources (verified), then kept there."""
+        return self.fetcher.fetch(cid, self.local._lookup, self._keep_fetched)
+
+    def _keep_fetched(self, cid: bytes, data: bytes) -> None:
+        # Through the local store's primitives: the block is verified already (no second hash),
+        # and it goes into the store now, outside any batch of the thread that asked for it (a
+        # batch that fails must not take a fetched block with it).
+        if not self.local._claim(cid):
+            self.local._add(cid, data)
+
+    def prefetch(self, wanted: Iterable[bytes], *, wait: bool = True) -> None:
+        """Fetch those of *wanted* the local store lacks, side by side (see
+        :meth:`Blockstore.prefetch`). A thread that must not wait on the network (the mount's
+        event loop) fetches nothing here when *wait* is asked: its reader fetches in a worker."""
+        if wait and not self.fetcher.may_wait():
+            return
+        missing = [cid for cid in wanted if is_supported(cid) and not self.has(cid)]
+        fetching = [self._block_workers.submit(self._fetch_quietly, cid) for cid in missing]
+        for done in fetching if wait else ():
+            with contextlib.suppress(futures.CancelledError):  # closed meanwhile: not fetched ahead
+                done.result()
+
+    def _fetch_quietly(self, cid: bytes) -> None:
+        try:
+            self.get(cid)
+        except IpldmountError as exc:
+            log.debug("fetching %s ahead of need failed: %s", cid_to_str(cid), exc)
+
+    def prefetch_dag(self, root: bytes) -> Future[None] | None:
+        """Pull the DAG under *root* in the background from the sources that send CARs (an IPFS
+        node, a trustless gateway): one request for many blocks, where fetching each is a round
+        trip. None when no source sends CARs (see :meth:`Blockstore.prefetch_dag`)."""
+        if not self._car_sources:
+            return None
+        return self._dag_workers.submit(fetch_dag_ahead, self.local, root, self._car_sources)
+
+    # --- everything else is the local store's -----------------------------------------------
+
+    def put(self, data: Chunk, codec: int) -> bytes:
+        return self.local.put(data, codec)
+
+    def put_leaves(self, data: Chunk, chunk_size: int) -> tuple[list[tuple[bytes, int]], bytes | None]:
+        return self.local.put_leaves(data, chunk_size)
+
+    def keep_whole(self, root: bytes, data: bytes, leaves: list[bytes]) -> None:
+        self.local.keep_whole(root, data, leaves)
+
+    def whole_file(self, root: bytes) -> memoryview | None:
+        return self.local.whole_file(root)
+
+    def put_block(self, cid: bytes, data: bytes) -> None:
+        self.local.put_block(cid, data)
+
+    def put_stream(self, chunks: Iterable[Chunk], codec: int = RAW) -> bytes:
+        return self.local.put_stream(chunks, codec)
+
+    def staging(self) -> Staging[Any]:
+        return self.local.staging()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self.local.batch():
+            yield
+
+    def sync(self) -> None:
+        self.local.sync()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.local)
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+    def delete(self, cid: bytes) -> bool:
+        return self.local.delete(cid)
+
+    def remove_unused(self, cid: bytes, older_than: float | None, dry_run: bool = False) -> int | None:
+        return self.local.remove_unused(cid, older_than, dry_run)
+
+    def settle(self, before: float) -> None:
+        self.local.settle(before)
+
+    @contextmanager
+    def holding(self) -> Iterator[None]:
+        with self.local.holding():
+            yield
+
+    def protected_since(self) -> float | None:
+        return self.local.protected_since()
+
+    @contextmanager
+    def sweeping(self) -> Iterator[None]:
+        with self.local.sweeping():
+            yield
+
+    # The primitives, for the contract's sake: every public method above goes to the local store.
+
+    def _contains(self, cid: bytes) -> bool:
+        return self.local._contains(cid)
+
+    def _claim(self, cid: bytes) -> bool:
+        return self.local._claim(cid)
+
+    def _known_intact(self, cid: bytes, data: bytes) -> bool:
+        return self.local._known_intact(cid, data)
+
+    def _remove(self, cid: bytes, older_than: float | None, dry_run: bool = False) -> int | None:
+        return self.local._remove(cid, older_than, dry_run)
+
+    def _lookup(self, cid: bytes) -> bytes | None:
+        return self.local._lookup(cid)
+
+    def _read_range(self, cid: bytes, offset: int, size: int) -> bytes | None:
+        return self.local._read_range(cid, offset, size)
+
+    def _block_size(self, cid: bytes) -> int | None:
+        return self.local._block_size(cid)
+
+    def _stored_cids(self) -> Iterator[bytes]:
+        return self.local._stored_cids()
+
+    def _add(self, cid: bytes, data: Chunk) -> None:
+        self.local._add(cid, data)
+
+    def _add_stream(self, chunks: Iterable[Chunk], codec: int) -> bytes:
+        return self.local._add_stream(chunks, codec)
+
+
+class _LazyThreadPool:
+    """Worker threads started by the first task and shut down by :meth:`close` (started again by a
+    task after that)."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._workers, self._name = workers, name
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        with self._lock:  # never into a pool being shut down
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=self._name)
+            return self._pool.submit(function, *args, **kwargs)
+
+    def close(self) -> None:
+        """Drop the tasks not started, wait for those under way, end the threads."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)

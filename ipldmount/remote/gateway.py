@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from ipldmount.errors import RemoteError
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.http import Endpoint, Reply, Timeouts
+from ipldmount.remote.limits import MAX_BLOCK
 
 RAW = "application/vnd.ipld.raw"
 CAR = "application/vnd.ipld.car"
-MAX_BLOCK = 2 << 20  # bytes: the largest block any IPFS implementation exchanges
 
 
 class Gateway:

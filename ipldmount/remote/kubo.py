@@ -20,12 +20,11 @@ from typing import Any, TypeVar
 from ipldmount.errors import InvalidCIDError, RemoteError, RemoteTimeoutError
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.http import Endpoint, Reply, Timeouts, multipart_file
+from ipldmount.remote.limits import MAX_BLOCK, check_block_size
 
 log = logging.getLogger(__name__)
 
 API = "/api/v0"
-BLOCK_LIMIT = 1 << 20  # the largest block a node accepts from block/put and dag/import (Kubo's default)
-MAX_BLOCK = 2 << 20  # the largest block taken from a node: the most any IPFS implementation exchanges
 JSON_LIMIT = 1 << 20  # bytes of a JSON answer (ours are one object of a few fields)
 LINE_LIMIT = 64 << 10  # bytes of one line of a streamed answer (dag/import's roots and stats)
 SHORT = 10.0  # seconds for a question the node answers from what it holds (at most the total timeout)
@@ -239,15 +238,6 @@ class KuboNode:
             raise
         keys = self._field(answer, "Keys", dict, "pin/ls")  # {CID: {"Type": ...}}
         return any(_same_cid(key, root) for key in keys)
-
-
-def check_block_size(cid: bytes, size: int) -> None:
-    """RemoteError if a node would refuse a block of *size* bytes."""
-    if size > BLOCK_LIMIT:
-        raise RemoteError(
-            f"block {cids.cid_to_str(cid)} is {size:,} bytes, over the {BLOCK_LIMIT:,} an IPFS node "
-            "accepts (a file stored whole, --whole-files): it cannot be sent"
-        )
 
 
 T = TypeVar("T")

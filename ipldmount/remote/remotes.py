@@ -9,7 +9,8 @@ spaces), then the config file (``$IPLDMOUNT_CONFIG``, else
     gateways = ["http://127.0.0.1:8080"]
 
 The file is UTF-8 (a byte-order mark is accepted); anything wrong in it is one error that
-names the file.
+names the file. Reading the settings loads no HTTP client: that comes with the first client
+built for them (:meth:`Remotes.sources`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from ipldmount.blocks.base import Blockstore
 from ipldmount.errors import IpldmountError, RemoteError
-from ipldmount.remote.fetching import BlockFetcher, BlockSource
-from ipldmount.remote.gateway import Gateway
-from ipldmount.remote.http import check_url
-from ipldmount.remote.kubo import KuboNode
+from ipldmount.remote.fetching import BlockFetcher, BlockSource, FetchingBlockstore
+
+L = TypeVar("L", bound=Blockstore)
 
 
 def config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -48,12 +50,22 @@ class Remotes:
     def sources(self, block_timeout: float | None = None) -> list[BlockSource]:
         """Clients for the node, then the gateways: the order blocks are asked for (*block_timeout*:
         default, the total timeout of a request, :func:`~ipldmount.remote.http.total_timeout`)."""
+        from ipldmount.remote.gateway import Gateway  # the HTTP client, loaded with the first one
+        from ipldmount.remote.kubo import KuboNode
+
         node: list[BlockSource] = [KuboNode(self.ipfs, block_timeout=block_timeout)] if self.ipfs else []
         return node + [Gateway(url) for url in self.gateways]
 
     def fetcher(self, block_timeout: float | None = None) -> BlockFetcher | None:
         """A fetcher over :meth:`sources`, or None when nothing is configured."""
         return BlockFetcher(self.sources(block_timeout)) if self else None
+
+    def fetching_into(self, store: L) -> L | FetchingBlockstore[L]:
+        """*store* as readers see it: when anything is configured, a :class:`FetchingBlockstore`
+        over it (blocks it lacks come from :meth:`sources` and stay in it), to be closed by the
+        caller; else *store* itself."""
+        fetcher = self.fetcher()
+        return store if fetcher is None else FetchingBlockstore(store, fetcher)
 
     @classmethod
     def resolve(
@@ -76,6 +88,10 @@ class Remotes:
     @classmethod
     def of(cls, ipfs: str | None, gateways: Sequence[str] = ()) -> Remotes:
         """Exactly these remotes (no environment, no config file), their URLs checked."""
+        if not ipfs and not gateways:
+            return cls()
+        from ipldmount.remote.http import check_url  # the HTTP client: only for remotes to use
+
         try:
             return cls(
                 check_url(ipfs, "IPFS node") if ipfs else None,

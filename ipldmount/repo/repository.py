@@ -33,6 +33,7 @@ from ipldmount.errors import (
 )
 from ipldmount.format.diff import Change, diff_roots
 from ipldmount.ipld import cid as cids
+from ipldmount.remote.fetching import FetchingBlockstore
 from ipldmount.repo.home import StoreHome
 from ipldmount.repo.journal import Journal
 from ipldmount.repo.liveroots import LiveRoots
@@ -77,13 +78,16 @@ class HistoryRepair:
 
 
 class Repository:
-    """The roots of one store: *blocks*, and on disk its folder (*home*, built from *blocks* when
-    not given)."""
+    """The roots of one store: *blocks*, what trees are read through (a
+    :class:`~ipldmount.remote.fetching.FetchingBlockstore` fetches what the store lacks), and on
+    disk the store's folder (*home*, found from *blocks* when not given)."""
 
     def __init__(self, blocks: Blockstore, *, home: StoreHome | None = None) -> None:
         self.blocks = blocks
-        if home is None and isinstance(blocks, DirectoryBlockstore):
-            home = StoreHome(blocks)
+        # the store that holds the blocks: imports go there, and only what is there counts as stored
+        self.local = blocks.local if isinstance(blocks, FetchingBlockstore) else blocks
+        if home is None and isinstance(self.local, DirectoryBlockstore):
+            home = StoreHome(self.local)
         self._home = home
         self._live: LiveRoots | None = None  # the root an in-process store said it uses
 
@@ -145,14 +149,14 @@ class Repository:
 
     def stored_tree(self, root: bytes) -> Tree:
         """The tree at *root*, read-only: a directory node in the store (or fetched into it)."""
-        if not self.blocks.has(root) and self.blocks.fetcher is None:
+        if not self.blocks.has(root) and not self.blocks.fetches_missing:
             shown = cids.cid_to_str(root)
             raise IpldmountError(f"{shown} is not in the store {self.home.root} (import its CAR first)")
         return open_tree(self.blocks, root, read_only=True)
 
     def stored_root(self, root: bytes) -> bytes:
         """*root*, if its block is in the store (not fetched: for sending it elsewhere)."""
-        if not self.blocks.has(root):
+        if not self.local.has(root):
             raise IpldmountError(f"{cids.cid_to_str(root)} is not in the store {self.home.root}")
         return root
 
@@ -185,12 +189,12 @@ class Repository:
         if Path(text).exists() and not Path(text).is_dir():  # a .car file, or a pipe (/dev/stdin)
             return self.import_car(text, single_root=True, progress=importing)[0]
         root = self._mountable(text)
-        if not self.blocks.has(root) and self.blocks.fetcher is None:
+        if not self.blocks.has(root) and not self.blocks.fetches_missing:
             raise IpldmountError(
                 f"root {text} is not in the store {self.home.root} (import its CAR first, pass the .car, or "
                 "name an IPFS node or gateway that has it: --ipfs URL, --gateway URL)"
             )
-        open_tree(self.blocks, root, read_only=True)
+        open_tree(self.blocks, root, read_only=True)  # fetched, if it must be
         return root
 
     def _mountable(self, text: str) -> bytes:
@@ -254,7 +258,7 @@ class Repository:
                 self._home.registry.record(record)
             if in_use is not None:
                 self.publish_in_use(in_use)
-        self.blocks.settle(settle_before)
+        self.local.settle(settle_before)
 
     def publish_in_use(self, root: bytes) -> None:
         """Tell garbage collection, in any process, that this process uses *root* until
@@ -283,10 +287,10 @@ class Repository:
             with open(path, "rb") as stream:
                 check = self._check_roots(path, single_root)
                 if progress is None:
-                    roots = car.import_car(self.blocks, stream, None, check)
+                    roots = car.import_car(self.local, stream, None, check)
                 else:
                     with progress(_regular_file_size(stream.fileno())) as counting:
-                        roots = car.import_car(self.blocks, stream, counting, check)
+                        roots = car.import_car(self.local, stream, counting, check)
             where = str(Path(path).resolve()) if Path(path).is_file() else path
             # in the history, the roots are kept by garbage collection: the lease may end
             self.record([RootRecord.made(root, "import", where) for root in roots], settle_before=started)
@@ -308,7 +312,7 @@ class Repository:
                 )
             for root in roots:
                 try:
-                    open_tree(self.blocks, root, read_only=True)
+                    open_tree(self.local, root, read_only=True)
                 except IpldmountError as exc:
                     raise IpldmountError(
                         f"{path}: root {cids.cid_to_str(root)} is not a directory tree ({exc}); "
@@ -358,7 +362,7 @@ class Repository:
 
         pushes = self.home.pushes
         bases = [*pushes.roots_on(node.url), *self.ancestors(root)]
-        sent = push(self.blocks, root, node, bases=bases, pin=pin, progress=progress)
+        sent = push(self.local, root, node, bases=bases, pin=pin, progress=progress)
         if not sent.already:
             pushes.record(PushRecord(node.url, cids.cid_to_str(root), pin, RootRecord.now(), sent.blocks))
         return sent
@@ -371,7 +375,7 @@ class Repository:
         from ipldmount.remote.exchange import pull
 
         started = time.time()
-        fetched = pull(self.blocks, root, sources, progress=progress)
+        fetched = pull(self.local, root, sources, progress=progress)
         self.record([RootRecord.made(root, "pull", where)], settle_before=started)
         return fetched
 
@@ -439,7 +443,7 @@ class Repository:
         """A root gc let go may be partial: it is named only if every block it reaches is still here."""
         if cids.cid_to_str(root) not in self.home.registry.read_whole().dropped:
             return
-        lacking = mark(self.blocks, [root], check_leaves=True).missing_count
+        lacking = mark(self.local, [root], check_leaves=True).missing_count
         if lacking:
             raise IpldmountError(
                 f"{cids.cid_to_str(root)} was let go by gc and {_count_of(lacking, 'block')} of it are gone: "
@@ -453,7 +457,7 @@ class Repository:
         home = self.home
         registry = home.registry
         before = registry.read_whole()
-        set_aside, made = registry.repair(home.tags, lambda text: self.blocks.has(cids.parse_cid(text)))
+        set_aside, made = registry.repair(home.tags, lambda text: self.local.has(cids.parse_cid(text)))
         if not before.damaged and not set_aside:
             return HistoryRepair(registry.path, registry.set_aside, [], 0, [], [])
         names = home.tags.all()
@@ -483,7 +487,7 @@ class Repository:
             kept = dict(also or {})
             roots = [cids.parse_cid(text) for text in kept]
             found = collect_garbage(
-                self.blocks, roots, grace=retention.grace, dry_run=dry_run, marking=marking, sweeping=sweeping
+                self.local, roots, grace=retention.grace, dry_run=dry_run, marking=marking, sweeping=sweeping
             )
             return GcReport(kept, found)
         return collect(

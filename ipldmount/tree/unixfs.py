@@ -1,6 +1,6 @@
 """Trees over UnixFS: what ``ipfs add -r`` made, mounted and read like any tree, never changed.
 
-:class:`UnixfsTree` is a read-only :class:`~ipldmount.tree.Tree` whose directories are UnixFS
+:class:`UnixfsTree` is a read-only :class:`~ipldmount.tree.model.Tree` whose directories are UnixFS
 nodes (plain or HAMT-sharded) and whose files are UnixFS files; everything above the tree (the
 mount, the zarr store, the CLI) uses it unchanged. :func:`open_tree` picks the tree a root
 needs by its codec.

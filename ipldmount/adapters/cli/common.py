@@ -59,17 +59,20 @@ def open_existing_store(args: argparse.Namespace) -> Repository:
     return Repository.at(path)
 
 
-def open_reading_store(args: argparse.Namespace) -> Repository:
+@contextmanager
+def open_reading_store(args: argparse.Namespace) -> Iterator[Repository]:
     """The store for a command that reads trees: blocks it lacks come from the configured IPFS
     node or gateways, if any (and stay in the store)."""
-    repository = open_existing_store(args)
-    read_through(repository, remotes_of(args))
-    return repository
+    with read_through(open_existing_store(args), remotes_of(args)) as repository:
+        yield repository
 
 
-def read_through(repository: Repository, remotes: Remotes) -> None:
-    """The one place the command line lets a store fetch the blocks it lacks from *remotes*."""
-    repository.blocks.fetcher = remotes.fetcher()
+@contextmanager
+def read_through(repository: Repository, remotes: Remotes) -> Iterator[Repository]:
+    """The one place the command line lets a store fetch the blocks it lacks from *remotes*: the
+    repository as readers see it, fetching ahead stopped at the end."""
+    with remotes.fetching_into(repository.local) as store:
+        yield Repository(store, home=repository.home)
 
 
 def remotes_of(args: argparse.Namespace) -> Remotes:

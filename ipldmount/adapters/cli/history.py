@@ -89,7 +89,8 @@ DIFF_MARKS = {"added": "A", "removed": "D", "modified": "M"}
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    changes = open_reading_store(args).diff(args.a, args.b)
+    with open_reading_store(args) as repository:
+        changes = repository.diff(args.a, args.b)
     if args.json:
         print(json.dumps([{"change": change.kind, "path": change.path} for change in changes], indent=2))
         return 0
@@ -99,14 +100,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    tree, node, path = open_reading_store(args).locate(args.target)
-    if isinstance(node, Directory):
-        listing = sorted(tree.entries(node).items())
-    else:
-        listing = [(path.rstrip("/").rpartition("/")[2], node)]
-    for name, child in listing:
-        print(_ls_line(tree, name, child) if args.long else _display_name(name, child))
-    return 0
+    with open_reading_store(args) as repository:
+        tree, node, path = repository.locate(args.target)
+        if isinstance(node, Directory):
+            listing = sorted(tree.entries(node).items())
+        else:
+            listing = [(path.rstrip("/").rpartition("/")[2], node)]
+        for name, child in listing:
+            print(_ls_line(tree, name, child) if args.long else _display_name(name, child))
+        return 0
 
 
 def _display_name(name: str, node: Node) -> str:
@@ -126,13 +128,14 @@ def _ls_line(tree: Tree, name: str, node: Node) -> str:
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    tree, file = open_reading_store(args).file_at(args.target)
-    reader = tree.reader(file)
-    out = sys.stdout.buffer
-    for offset in range(0, reader.size, 1 << 20):
-        out.write(reader.read(offset, 1 << 20))
-    out.flush()
-    return 0
+    with open_reading_store(args) as repository:
+        tree, file = repository.file_at(args.target)
+        reader = tree.reader(file)
+        out = sys.stdout.buffer
+        for offset in range(0, reader.size, 1 << 20):
+            out.write(reader.read(offset, 1 << 20))
+        out.flush()
+        return 0
 
 
 COMMANDS: dict[str, tuple[Command, str]] = {

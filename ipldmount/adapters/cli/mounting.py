@@ -49,19 +49,21 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.discard:
         _say_discarded(repository.discard_pending(mountpoint), mountpoint)
     remotes = remotes_of(args)
-    read_through(repository, remotes)
-    root = repository.mount_root(
-        args.root, mountpoint, importing=lambda size: progress_line(f"import {args.root}", total_bytes=size)
-    )
-    if root is not None and is_unixfs(root) and not args.read_only:
-        print(f"{cids.cid_to_str(root)} is UnixFS: mounting it read-only", file=sys.stderr)
-        args.read_only = True
-    attributes = repository.home.attribute_table.recover()  # unreadable, or corrupt and moved aside: say so
-    if attributes:
-        print(f"ipldmount: warning: {attributes}", file=sys.stderr)
-    if args.foreground:
-        return _run_daemon(args, repository, mountpoint, root)
-    return _spawn_daemon(args, repository, mountpoint, root, remotes)
+    with read_through(repository, remotes) as reading:
+        root = reading.mount_root(
+            args.root,
+            mountpoint,
+            importing=lambda size: progress_line(f"import {args.root}", total_bytes=size),
+        )
+        if root is not None and is_unixfs(root) and not args.read_only:
+            print(f"{cids.cid_to_str(root)} is UnixFS: mounting it read-only", file=sys.stderr)
+            args.read_only = True
+        attributes = reading.home.attribute_table.recover()  # unreadable, or corrupt and moved aside: say so
+        if attributes:
+            print(f"ipldmount: warning: {attributes}", file=sys.stderr)
+        if args.foreground:
+            return _run_daemon(args, reading, mountpoint, root)
+        return _spawn_daemon(args, reading, mountpoint, root, remotes)
 
 
 def _check_mountpoint(mountpoint: Path, repository: Repository, nonempty: bool = False) -> None:
@@ -123,6 +125,7 @@ def _run_daemon(
 
     config = daemon.MountConfig(
         home=repository.home,
+        store=repository.blocks,
         mountpoint=mountpoint,
         root=root,
         read_only=args.read_only,

@@ -26,6 +26,7 @@ from ipldmount.adapters.cli.common import (
 from ipldmount.blocks import car
 from ipldmount.errors import IpldmountError
 from ipldmount.ipld import cid as cids
+from ipldmount.repo.repository import Repository
 
 if TYPE_CHECKING:
     from ipldmount.remote.exchange import CarSource, Transfer
@@ -42,7 +43,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    repository = open_reading_store(args)
+    with open_reading_store(args) as repository:
+        return _export(args, repository)
+
+
+def _export(args: argparse.Namespace, repository: Repository) -> int:
     root = repository.export_root(args.cid)  # refused if missing or not a directory, before anything
     to_stdout = args.output == "-"
     if not to_stdout:

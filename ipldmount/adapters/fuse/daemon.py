@@ -24,6 +24,7 @@ import trio
 
 from ipldmount.adapters.fuse.control import MAX_MESSAGE, runtime_dir
 from ipldmount.adapters.fuse.ops import Operations, close, mount, serve, terminate
+from ipldmount.blocks import Blockstore
 from ipldmount.blocks.car import car_target
 from ipldmount.errors import CarWriteError, IncompleteDagError, IpldmountError
 from ipldmount.ipld import cid as cids
@@ -44,13 +45,14 @@ class MountConfig:
     whole_files: bool = False
     car_dir: Path | None = None
     allow_other: bool = False
+    store: Blockstore | None = None  # None: home.blocks (a lazy mount passes a store that fetches into it)
 
 
 def run(config: MountConfig, ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted, sync, and return. *ready* is called once the mount is live."""
     keep_freed_buffers()
     session = Session(
-        config.home.blocks,
+        config.home.blocks if config.store is None else config.store,
         config.home,
         config.mountpoint,
         config.root,

@@ -36,11 +36,11 @@ import trio
 from ipldmount.adapters.fuse import control, libfuse_hooks
 from ipldmount.adapters.fuse.readahead import RowScan
 from ipldmount.blocks import Blockstore
-from ipldmount.errors import IpldmountError, MustFetchError, ReadOnlyError, errno_for
+from ipldmount.errors import IpldmountError, ReadOnlyError, errno_for
 from ipldmount.format.entrytable import EntryTable
 from ipldmount.format.files import FileReader, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
-from ipldmount.remote.fetching import BlockFetcher
+from ipldmount.remote.fetching import BlockFetcher, MustFetchError
 from ipldmount.repo.attributes import Meta
 from ipldmount.session.openfiles import OpenFile
 from ipldmount.session.session import Session, SyncResult
@@ -99,7 +99,7 @@ async def _fetching_as_needed(
     """Run *handler*; on a store that fetches missing blocks, the event loop never waits for one:
     the block is fetched in a worker thread and the request runs again."""
     store = args[0].tree.store
-    if store.fetcher is None or handler.__name__ not in RETRIED_AFTER_FETCH:
+    if not store.fetches_missing or handler.__name__ not in RETRIED_AFTER_FETCH:
         return await handler(*args, **kwargs)
     failed: set[bytes] = set()
     for _ in range(MAX_FETCHES):
@@ -393,7 +393,7 @@ class Operations(pyfuse3.Operations):
         as for :meth:`attributes`)."""
         table = rows.table
         size = table.size(position)
-        if fetch and self.tree.store.fetcher is not None:
+        if fetch and self.tree.store.fetches_missing:
             self._fetch_ahead(rows, position, missed=size is None)
         if size is None:
             try:
@@ -575,7 +575,7 @@ class Operations(pyfuse3.Operations):
     @replies
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.listings[fh]
-        if listing.names is None and self.tree.store.fetcher is not None:
+        if listing.names is None and self.tree.store.fetches_missing:
             # all of its blocks may come from the network: read them in a thread, one request
             await trio.to_thread.run_sync(self.tree.listing, listing.directory)
         names, table = self._listed(listing)
@@ -1086,7 +1086,7 @@ def _changed_since_sync(file: File) -> bool:
 
 
 def _look_up_sizes(store: Blockstore, entries: list[StoredFile | tuple[EntryTable, int]]) -> None:
-    remote = store.fetcher is not None
+    remote = store.fetches_missing
     for entry in entries:
         cid = entry.cid if isinstance(entry, StoredFile) else entry[0].cid(entry[1])
         if remote and not store.has(cid):
