@@ -239,7 +239,7 @@ async def test_failed_requests_are_logged_without_file_contents(
 ) -> None:
     from ipldmount.errors import StoreFullError
 
-    ino, fh = await create(ops, ROOT, b"secret-file")
+    _, fh = await create(ops, ROOT, b"secret-file")
     buffer = await ops.session._buffer(ops.handles[fh].node)
 
     def full(offset: int, data: bytes) -> int:
@@ -302,7 +302,7 @@ async def test_the_fallocate_hook_writes_nothing_without_a_session(caplog: pytes
 async def test_open_files_are_session_state(tmp_path: Path) -> None:
     """What is written but not yet closed belongs to the session: a sync (and status) sees it."""
     ops = _ops(tmp_path)
-    ino, fh = await create(ops, ROOT, b"file")
+    _, fh = await create(ops, ROOT, b"file")
     await ops.flush(fh)
     root = (await ops.session.sync()).root
     assert not ops.session.dirty
