@@ -1,16 +1,17 @@
-"""The FUSE adapter: kernel requests in, tree operations out.
+"""The FUSE adapter: kernel requests in, session requests out.
 
 With :mod:`~ipldmount.adapters.fuse.libfuse_hooks` (what pyfuse3 does not pass on: fallocate, open flags),
 the only code that imports pyfuse3 (the daemon mounts and serves through
 :func:`mount`, :func:`serve`, :func:`terminate` and :func:`close`). It keeps what
-only the kernel protocol needs: inode numbers, open handles and directory listings.
-What a sync needs is the session's: the tree, its journal, the files being
-written (:class:`~ipldmount.session.openfiles.OpenFiles`), whose buffers this
-adapter fills and settles, and the attributes the format does not store (mode,
-owner, times: :class:`~ipldmount.repo.attributes.Attributes`). Every change goes through
-:class:`~ipldmount.session.session.Session`, which journals it; a file's new
-content reaches the blockstore when the file is closed (``flush``) or fsynced,
-never later."""
+only the kernel protocol needs: inode numbers and lookup counts
+(:class:`~ipldmount.adapters.fuse.inodes.InodeTable`), file handle numbers and directory
+listings. Everything else is the session's (:class:`~ipldmount.session.session.Session`): the
+tree and its journal, open files and their writes, sync, and the attributes the format does
+not store (mode, owner, times). A handler translates the kernel's arguments (inode numbers,
+bytes, flags), calls the session, and translates its answer; the session runs its blocking work
+in trio's worker threads (:class:`TrioRunner`). Every change is journaled before it is
+answered; a file's new content reaches the blockstore when the file is closed (``flush``) or
+fsynced, never later."""
 
 from __future__ import annotations
 
