@@ -106,7 +106,7 @@ def test_a_node_made_from_a_row_is_told_and_keeps_what_was_learnt() -> None:
     root, _ = _array(store, 50)
     tree = Tree(store, root)
     told: list[tuple[int, Node]] = []
-    tree.took = lambda table, position, node: told.append((position, node))
+    tree.on_node_from_row = lambda table, position, node: told.append((position, node))
     arr = tree.resolve_dir("arr")
     _, table = tree.listing(arr)
     assert table is not None

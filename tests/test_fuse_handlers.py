@@ -202,7 +202,7 @@ async def test_attributes_say_what_a_node_is_made_of(ops: Operations) -> None:
     assert await ops.getxattr(sub, b"user.ipld.dirty", CTX) == b"1"
     assert await ops.getxattr(ROOT, b"user.ipld.dirty", CTX) == b"1"
     assert await errno_of(ops.getxattr, ROOT, b"user.ipld.cid", CTX) == pyfuse3.ENOATTR
-    root = await ops.sync()
+    root = await ops.session.sync()
     assert await ops.getxattr(ROOT, b"user.ipld.cid", CTX) == root.root.encode()
     assert await ops.getxattr(sub, b"user.ipld.inline", CTX) == b"1"
     assert await ops.getxattr(meta_ino, b"user.ipld.inline", CTX) == b"1"
@@ -239,8 +239,8 @@ async def test_failed_requests_are_logged_without_file_contents(
 ) -> None:
     from ipldmount.errors import StoreFullError
 
-    ino, fh = await create(ops, ROOT, b"secret-file")
-    buffer = await ops._buffer(ino, ops.handles[fh].node)
+    _, fh = await create(ops, ROOT, b"secret-file")
+    buffer = await ops.session._buffer(ops.handles[fh].node)
 
     def full(offset: int, data: bytes) -> int:
         raise StoreFullError("disk full")
@@ -280,7 +280,7 @@ async def test_fallocate_on_a_read_only_mount(tmp_path: Path) -> None:
     writable = _ops(tmp_path)
     _, fh = await create(writable, ROOT, b"file", b"abc")
     await close(writable, fh)
-    root = (await writable.sync()).root
+    root = (await writable.session.sync()).root
     ops = _ops(tmp_path, cids.parse_cid(root), read_only=True)
     entry = await ops.lookup(ROOT, b"file", CTX)
     assert await errno_of(ops.fallocate, entry.st_ino, 0, 0, 10) == errno.EROFS
@@ -302,17 +302,18 @@ async def test_the_fallocate_hook_writes_nothing_without_a_session(caplog: pytes
 async def test_open_files_are_session_state(tmp_path: Path) -> None:
     """What is written but not yet closed belongs to the session: a sync (and status) sees it."""
     ops = _ops(tmp_path)
-    ino, fh = await create(ops, ROOT, b"file")
+    _, fh = await create(ops, ROOT, b"file")
     await ops.flush(fh)
-    root = (await ops.sync()).root
+    root = (await ops.session.sync()).root
     assert not ops.session.dirty
     await ops.write(fh, 0, b"unsaved")
     assert ops.session.open_files.unsaved() == 1 and ops.session.dirty
-    assert (await ops.status())["open_unsaved_files"] == 1
-    assert (await ops.sync()).root != root  # the open file's writes are committed
+    assert (await ops.session.status())["open_unsaved_files"] == 1
+    assert (await ops.session.sync()).root != root  # the open file's writes are committed
     assert ops.session.open_files.unsaved() == 0 and not ops.session.dirty
+    node = ops.handles[fh].node
     await ops.release(fh)
-    assert ino not in ops.session.open_files
+    assert node not in ops.session.open_files
 
 
 async def test_open_flags_are_set_before_pyfuse3_answers() -> None:
@@ -476,7 +477,7 @@ async def test_a_row_used_becomes_a_node_under_its_inode(
     info = await ops.open(ino, os.O_RDWR, CTX)
     assert await ops.read(info.fh, 0, 100) == files[b"7"]
     node = ops.inodes.node(ino)
-    assert isinstance(node, File) and node.ino == ino and ops.inodes.lookups(ino) == 1
+    assert isinstance(node, File) and ops.inodes.ino(node) == ino and ops.inodes.lookups(ino) == 1
     await ops.write(info.fh, 0, b"written")
     await close(ops, info.fh)
     await ops.rename(arr, b"7", ROOT, b"moved", 0, CTX)
@@ -568,7 +569,7 @@ async def test_a_chunk_changed_keeps_its_node(tmp_path: Path, monkeypatch: pytes
     await ops.release(read.fh)
     assert {"1", "2"} <= set(directory._entries)
     assert (await ops.getattr(inos[b"2"], CTX)).st_mode & 0o777 == 0o600
-    root = await ops.sync()
+    root = await ops.session.sync()
     assert root is not None
     assert ops.tree.read_file("arr/1") == b"new" + files[b"1"][3:]
 

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from ipldmount.adapters.fuse import readahead
-from ipldmount.adapters.fuse.readahead import NAME_ORDER_AFTER, WINDOW, RowScan
+from ipldmount.adapters.fuse.readahead import NAME_ORDER_AFTER, WINDOW, NameIndexing, RowScan
 from ipldmount.format.entrytable import EntryTable
 from ipldmount.ipld import cid as cids
 
@@ -86,7 +86,36 @@ def test_a_table_too_large_to_index_by_name_is_followed_in_its_own_order_only(
     names = [f"{index:03}" for index in range(101)]
     random.Random(5).shuffle(names)
     table = table_of(names)
+    in_name_order = sorted(range(101), key=lambda position: names[position])
+
+    def never(self: RowScan) -> None:
+        raise AssertionError("a table this large is never indexed by name")
+
+    monkeypatch.setattr(RowScan, "index_names", never)
     scan = RowScan(table)
-    for position in sorted(range(101), key=lambda position: names[position])[:20]:
-        scan.read(position, missed=True)
+    asked: list[int] = []
+    for position in in_name_order[:20]:  # rising in name order: indexed, were the table smaller
+        asked += scan.read(position, missed=True)
         assert not scan.should_index_names()
+    assert all(  # nothing fetched ahead in name order: only rows following one in the table's
+        any(table_position - before in range(1, WINDOW + 1) for before in in_name_order[:20])
+        for table_position in asked
+    )
+    assert len(asked) < 20, "a reader in name order is not followed"
+    misses, fetched = read_through(RowScan(table), list(range(101)))
+    assert misses == 2 and fetched == list(range(2, 101)), "in the table's own order it is"
+
+
+def test_the_mount_joins_its_name_indexing_threads() -> None:
+    names = [f"{index:05}" for index in range(50_000)]
+    random.Random(9).shuffle(names)
+    scans = [RowScan(table_of(names[:20_000])), RowScan(table_of(names))]
+    indexing = NameIndexing()
+    for scan in scans:
+        indexing.start(scan)
+    indexing.close()
+    assert indexing.running() == 0
+    assert all(scan._rank is not None for scan in scans), "each finished, not abandoned"
+    late = RowScan(table_of(names[:10]))
+    indexing.start(late)  # the mount has ended: no thread
+    assert indexing.running() == 0 and late._rank is None

@@ -24,7 +24,8 @@ from ipldmount.format.files import (
     store_bytes,
     store_chunks,
 )
-from ipldmount.session.writebuffer import WriteBuffer, open_buffer
+from ipldmount.ipld import cid as cids
+from ipldmount.session.writebuffer import ChunkedBuffer, LeafPool, WriteBuffer, open_buffer
 
 MIB = 1 << 20
 
@@ -75,13 +76,51 @@ def test_forward_writes_are_memory_copies(tmp_path: Path) -> None:
     _check(buffer, bytearray(b"x" * 65536 + b"y" * (MIB - 65536)), BLOCK_LIMIT)
 
 
-def test_overwriting_a_stored_leaf_falls_back_to_the_whole_file(tmp_path: Path) -> None:
-    buffer = open_buffer(MemoryBlockstore(), BLOCK_LIMIT, None, tmp_path)
+def test_overwriting_a_staged_leaf_restages_that_leaf_alone(tmp_path: Path) -> None:
+    """A write into a leaf already handed off reads that one leaf back from staging (a disk
+    read: not cheap), edits it and, as it is whole, hands it off again; its old staged copy is
+    let go (here still used by the equal leaves 1 and 2), which stay staged as they were."""
+    store = MemoryBlockstore()
+    buffer = open_buffer(store, BLOCK_LIMIT, None, tmp_path)
+    assert isinstance(buffer, ChunkedBuffer)
     model = bytearray(b"a" * (3 * MIB))
     buffer.write(0, bytes(model))
+    assert buffer.read(0, 3 * MIB) == bytes(model)  # waits until the three are staged
+    same = cids.block_cid(cids.RAW, b"a" * MIB)
+    assert buffer._refs == {same: 3}, "three leaves, one staged block"
+    assert not buffer.write_is_cheap(10, 17), "the leaf must be read back first"
     buffer.write(10, b"changed")
     _model_write(model, 10, b"changed")
+    assert buffer.read(0, 20) == bytes(model[:20])
+    edited = cids.block_cid(cids.RAW, bytes(model[:MIB]))
+    assert buffer._refs == {same: 2, edited: 1}, "leaf 0 staged anew, leaves 1 and 2 untouched"
     _check(buffer, model, BLOCK_LIMIT)
+    assert len(store) == 3, "the two leaf blocks and the layout root"
+    buffer.close()
+
+
+def test_a_buffer_without_a_pool_owns_one_until_closed(tmp_path: Path) -> None:
+    buffer = open_buffer(MemoryBlockstore(), BLOCK_LIMIT, None, tmp_path)
+    assert isinstance(buffer, ChunkedBuffer)
+    pool = buffer._pool
+    assert not pool.started, "no thread until a leaf is full"
+    buffer.write(0, b"x" * MIB)
+    assert pool.started
+    buffer.close()
+    assert not pool.started, "shut down with its buffer"
+
+
+def test_a_buffer_given_a_pool_leaves_it_running(tmp_path: Path) -> None:
+    pool = LeafPool()
+    store = MemoryBlockstore()
+    for _ in range(2):
+        buffer = open_buffer(store, BLOCK_LIMIT, None, tmp_path, pool)
+        buffer.write(0, b"y" * MIB)
+        assert buffer.store().size_in(store) == MIB
+        buffer.close()
+        assert pool.started, "its owner's: still running"
+    pool.close()
+    assert not pool.started
 
 
 def test_from_reader_and_truncate(tmp_path: Path) -> None:

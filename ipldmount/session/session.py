@@ -1,15 +1,21 @@
-"""A mount session: the tree a daemon serves, its journal, and sync.
+"""A mount session: the tree a daemon serves, its journal, its open files, and sync.
 
-Knows nothing of FUSE or trio: the FUSE adapter calls these methods from the
-event loop (and :meth:`Session.content_of_buffer` from worker threads), the control
-server calls :meth:`Session.sync`. Every change to the tree goes through here,
-so every change is journaled before the request that made it is answered.
+Knows nothing of FUSE or trio. A front door (the FUSE adapter, the daemon's control server, a
+test) calls its requests: changes by name (mkdir, create, rename, ...), the life of open files
+(open, read, write, flush, fsync, release), sync and status. Every change to the tree goes
+through here, so every change is journaled before the request that made it is answered; a
+file's writes reach the blockstore and the journal when it is closed or fsynced. Requests are
+coroutines whose blocking parts run where the session's :class:`~.runner.Runner` puts them (a
+worker thread, for a front door with an event loop; in place by default).
 """
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,23 +23,26 @@ from typing import Any
 
 from ipldmount.blocks import Blockstore
 from ipldmount.blocks.car import write_car_file
-from ipldmount.errors import CarWriteError, IpldmountError
-from ipldmount.format.files import FileContent, InlineFile, PendingFile, StoredFile
+from ipldmount.errors import CarWriteError, IpldmountError, IsDirectoryError, ReadOnlyError
+from ipldmount.format.files import FileContent, InlineFile, PendingFile, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
-from ipldmount.repo.attributes import Attributes
+from ipldmount.repo.attributes import Attributes, Meta
 from ipldmount.repo.home import StoreHome
 from ipldmount.repo.journal import Journal, Pending, decode_data, encode_data
 from ipldmount.repo.registry import RootRecord
 from ipldmount.repo.repository import Repository
-from ipldmount.session.openfiles import OpenFiles
+from ipldmount.session.openfiles import FileHandle, OpenFile, OpenFiles
+from ipldmount.session.runner import InPlace, Runner
 from ipldmount.session.writebuffer import WriteBuffer, buffer_content
-from ipldmount.tree.model import EMPTY_DIRECTORY, EMPTY_ROOT, Directory, File, Node
+from ipldmount.tree.model import EMPTY_DIRECTORY, EMPTY_ROOT, Broken, Directory, File, Node, NodeState
 from ipldmount.tree.unixfs import open_tree
 
 log = logging.getLogger(__name__)
 
 
 MAX_FAILED_CLOSES = 1000  # paths status lists
+SMALL_STORE = 64 << 10  # a file this small is stored (hashed, written) in place on close: no thread hop
+SMALL_READ = 64 << 10  # a raw block this small is read in place: a thread hop costs more
 
 
 class _Unread:
@@ -80,6 +89,8 @@ class Session:
         self.base_root = root if root is not None else store.put(EMPTY_DIRECTORY, cids.DAG_CBOR)
         self.tree = open_tree(store, self.base_root, whole_files=whole_files, read_only=read_only)
         self.open_files = OpenFiles(store, self.tree.chunk_size, home.tmp_dir)
+        self._runner: Runner = InPlace()
+        self.lock = self._runner.lock()  # tree changes and sync take turns
         self.attributes = Attributes(home.attribute_table, self.tree)
         self.recovered = 0
         self.failed_closes: list[str] = []  # paths whose last close could not store their writes
@@ -88,6 +99,11 @@ class Session:
         if not read_only:
             self._recover_or_start(self.base_root)
         home.write_root(self.files, cids.cid_to_str(self.base_root))  # for garbage collection
+
+    def run_with(self, runner: Runner) -> None:
+        """Have *runner* run the blocking parts of requests (a front door with an event loop: in
+        worker threads) and make the lock of its kind; before the first request."""
+        self._runner, self.lock = runner, runner.lock()
 
     # --- journal recovery ------------------------------------------------------
 
@@ -138,6 +154,9 @@ class Session:
         return StoredFile(cids.parse_cid(record["cid"]), int(record["size"]))
 
     # --- changes ---------------------------------------------------------------
+    #
+    # Each is journaled before it returns; each takes the lock, so none runs while a sync (in a
+    # worker thread) reads the tree. Modes are permission bits (a caller applies its umask).
 
     def _path(self, directory: Directory, name: str) -> str:
         parent = self.tree.path_of(directory)
@@ -145,42 +164,88 @@ class Session:
             raise IpldmountError(f"directory of {name!r} was removed")
         return f"{parent}/{name}" if parent else name
 
-    def mkdir(self, directory: Directory, name: str) -> Directory:
-        child = self.tree.mkdir(directory, name)
-        self.journal.append("mkdir", path=self._path(directory, name))
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyError("mounted read-only")
+
+    async def mkdir(
+        self,
+        directory: Directory,
+        name: str,
+        *,
+        mode: int = 0o755,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> Directory:
+        self._check_writable()
+        async with self.lock:
+            child = self.tree.mkdir(directory, name)
+            self.journal.append("mkdir", path=self._path(directory, name))
+        self._new_meta(child, stat.S_IFDIR | mode, uid, gid)
+        self.touch(directory)
         return child
 
-    def create(self, directory: Directory, name: str) -> File:
-        file = self.tree.create(directory, name, PendingFile(b"", self.tree.chunk_size))
-        self.journal.append("write", path=self._path(directory, name), data="")
+    async def create(
+        self,
+        directory: Directory,
+        name: str,
+        *,
+        mode: int = 0o644,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> File:
+        """A new empty file (open it with :meth:`open`)."""
+        self._check_writable()
+        async with self.lock:
+            file = self.tree.create(directory, name, PendingFile(b"", self.tree.chunk_size))
+            self.journal.append("write", path=self._path(directory, name), data="")
+        self._new_meta(file, stat.S_IFREG | mode, uid, gid)
+        self.touch(directory)
         return file
 
-    def unlink(self, directory: Directory, name: str) -> Node:
-        path = self._path(directory, name)
-        node = self.tree.unlink(directory, name)
-        self.journal.append("unlink", path=path)
-        return node
+    async def unlink(self, directory: Directory, name: str) -> None:
+        self._check_writable()
+        async with self.lock:
+            path = self._path(directory, name)
+            node = self.tree.unlink(directory, name)
+            self.journal.append("unlink", path=path)
+        self.touch(directory, node)
 
-    def rmdir(self, directory: Directory, name: str) -> None:
-        path = self._path(directory, name)
-        self.tree.rmdir(directory, name)
-        self.journal.append("rmdir", path=path)
+    async def rmdir(self, directory: Directory, name: str) -> None:
+        self._check_writable()
+        async with self.lock:
+            path = self._path(directory, name)
+            self.tree.rmdir(directory, name)
+            self.journal.append("rmdir", path=path)
+        self.touch(directory)
 
-    def rename(
+    async def rename(
         self, source: Directory, name: str, target: Directory, new_name: str, *, replace: bool = True
     ) -> None:
-        src, dst = self._path(source, name), self._path(target, new_name)
-        self.tree.rename(source, name, target, new_name, replace=replace)
-        self.journal.append("rename", src=src, dst=dst)
-        self.attributes.changed(self.tree.lookup(target, new_name))  # kept under its new path
+        self._check_writable()
+        attributes = self.attributes
+        async with self.lock:
+            moving = self.tree.lookup(source, name)
+            attributes.get(moving)  # its own row is found under the old path only: read it now
+            src, dst = self._path(source, name), self._path(target, new_name)
+            self.tree.rename(source, name, target, new_name, replace=replace)
+            self.journal.append("rename", src=src, dst=dst)
+            attributes.changed(self.tree.lookup(target, new_name))  # kept under its new path
+            if attributes.rows_follow(moving):
+                await self._runner.in_thread(attributes.copy_rows, src, dst)
+        self.touch(source, target)
 
-    def link(self, node: Node, directory: Directory, name: str) -> None:
-        src = self.tree.path_of(node)
-        self.tree.link(node, directory, name)
-        if src is not None:
-            self.journal.append("link", src=src, dst=self._path(directory, name))
+    async def link(self, node: Node, directory: Directory, name: str) -> None:
+        self._check_writable()
+        await self._store_if_dirty(node)  # the new name must see what was written
+        async with self.lock:
+            src = self.tree.path_of(node)
+            self.tree.link(node, directory, name)
+            if src is not None:
+                self.journal.append("link", src=src, dst=self._path(directory, name))
+        self.touch(directory, node)
 
-    def set_content(self, file: File, content: FileContent) -> None:
+    def _set_content(self, file: File, content: FileContent) -> None:
         self.tree.set_content(file, content)
         path = self.tree.path_of(file)
         if path is None:
@@ -197,8 +262,264 @@ class Session:
         """Turn a written file into content: touches only the blockstore, so safe in a worker thread."""
         return buffer_content(buffer, name, self.tree.chunk_size)
 
-    def flush(self) -> None:
+    # --- attributes ------------------------------------------------------------
+
+    def meta(self, node: Node) -> Meta:
+        """*node*'s mode, owner and times."""
+        return self.attributes.get(node)
+
+    def touch(self, *nodes: Node) -> None:
+        """Their content or entries changed now."""
+        now = time.time_ns()
+        for node in nodes:
+            meta = self.attributes.editable(node)
+            meta.mtime_ns = meta.ctime_ns = now
+
+    def _new_meta(self, node: Node, mode: int, uid: int | None, gid: int | None) -> None:
+        now = time.time_ns()
+        uid, gid = os.getuid() if uid is None else uid, os.getgid() if gid is None else gid
+        self.attributes.set(node, Meta(mode, uid, gid, now, now, now))
+
+    async def set_attributes(
+        self,
+        node: Node,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+        ctime_ns: int | None = None,
+    ) -> None:
+        """chmod, chown, utimes and truncate: what is not None changes (a file's kind stays; its
+        change time is now unless given)."""
+        self._check_writable()
+        if size is not None:
+            if not isinstance(node, File):
+                raise IsDirectoryError(self.tree.path_of(node) or "/")
+            await self.truncate(node, size)
+        meta = self.attributes.editable(node)
+        if mode is not None:
+            meta.mode = stat.S_IFMT(meta.mode) | stat.S_IMODE(mode)
+        if uid is not None:
+            meta.uid = uid
+        if gid is not None:
+            meta.gid = gid
+        if atime_ns is not None:
+            meta.atime_ns = atime_ns
+        if mtime_ns is not None:
+            meta.mtime_ns = mtime_ns
+        meta.ctime_ns = ctime_ns if ctime_ns is not None else time.time_ns()
+
+    # --- open files ------------------------------------------------------------
+    #
+    # A file's writes go into its buffer (OpenFile), shared by its handles; they reach the
+    # blockstore and the journal when a handle is closed (flush: close(2)) or fsynced, never
+    # later, and once no handle is open and no request uses the buffer it is let go (settled).
+    # Requests for one file interleave wherever one waits for the runner's worker thread:
+    # everything known before such a wait is checked again after it.
+
+    async def open(self, node: Node, *, writable: bool, truncate: bool = False) -> FileHandle:
+        if isinstance(node, Broken):
+            raise node.error
+        if isinstance(node, Directory):
+            raise IsDirectoryError(self.tree.path_of(node) or "/")
+        assert isinstance(node, File)
+        if writable:
+            self._check_writable()
+        if node not in self.open_files and not (writable and truncate):
+            self.tree.size(node)  # unreadable content (a block is missing) is EIO here, not an empty file
+        handle = self.open_files.open(node, writable)
+        if writable and truncate:
+            await self.truncate(node, 0)
+        return handle
+
+    def size(self, node: Node) -> int:
+        """*node*'s size as its readers see it: with what open handles wrote (0 for a directory)."""
+        if not isinstance(node, File):
+            return 0
+        buffer = self.open_files.get(node)
+        return buffer.data.size if buffer is not None else self.tree.size(node)
+
+    async def read(self, handle: FileHandle, offset: int, size: int) -> bytes:
+        node = handle.node
+        buffer = self.open_files.get(node)
+        if buffer is not None:
+            if buffer.data.read_is_cheap(offset, offset + size):
+                return buffer.data.read(offset, size)
+            buffer.busy += 1
+            try:
+                return await self._runner.in_thread(buffer.data.read, offset, size)
+            finally:
+                buffer.busy -= 1
+        small = _small_raw(node)  # one small block: cheaper read in place than a thread hop
+        if handle.reader is None or handle.reader_content is not node.content:
+            handle.reader_content = node.content
+            if small:
+                handle.reader = self.tree.reader(node)
+            else:
+                handle.reader = await self._runner.in_thread(self.tree.reader, node)
+        reader = handle.reader
+        data = reader.cached(offset, size)
+        if data is None:
+            data = (
+                reader.read(offset, size)
+                if small
+                else await self._runner.in_thread(reader.read, offset, size)
+            )
+        return data
+
+    async def write(self, handle: FileHandle, offset: int, data: bytes) -> int:
+        if not handle.writable:
+            raise OSError(errno.EBADF, "not open for writing")
+        buffer = await self._buffer(handle.node)
+        if buffer.data.write_is_cheap(offset, offset + len(data)):  # a memory copy: no thread hop needed
+            written = buffer.data.write(offset, data)
+        else:
+            buffer.busy += 1
+            try:
+                written = await self._runner.in_thread(buffer.data.write, offset, data)
+            finally:
+                buffer.busy -= 1
+        buffer.changed()
+        return written
+
+    async def truncate(self, node: File, size: int) -> None:
+        """The file's new size (a hole past its end); with no handle open, stored now."""
+        buffer = await self._buffer(node)
+        buffer.busy += 1
+        try:
+            await self._runner.in_thread(buffer.data.truncate, size)
+        finally:
+            buffer.busy -= 1
+        buffer.changed()
+        await self._settle(node, buffer)  # truncate(2) with no open file: store it now
+
+    async def allocate(self, node: File, offset: int, length: int, *, keep_size: bool) -> None:
+        """fallocate(2): extends the file with a hole to offset + length, as truncate does; with
+        *keep_size* reserves nothing (blocks are written whole, when stored) and succeeds."""
+        self._check_writable()
+        if offset < 0 or length <= 0:
+            raise OSError(errno.EINVAL, "fallocate of an empty or negative range")
+        end = offset + length
+        check_file_size(end, self.tree.chunk_size)
+        if not keep_size and end > self.size(node):
+            await self.truncate(node, end)
+
+    async def flush(self, handle: FileHandle) -> None:
+        """close(2): what was written reaches the blockstore and the journal before close returns."""
+        if handle.writable:
+            await self._store_if_dirty(handle.node)
+
+    async def fsync(self, handle: FileHandle) -> None:
+        await self._store_if_dirty(handle.node)
+        await self.fsync_all()
+
+    async def fsync_all(self) -> None:
         """What ``fsync`` promises: every change so far survives a machine crash."""
+        await self._runner.in_thread(self._make_durable)
+
+    async def release(self, handle: FileHandle) -> bool:
+        """The handle's last close. True when its file is left unchanged and unused, and may go
+        back to being a packed row of its directory (:meth:`Tree.return_to_row`) if nothing
+        else (a front door's inode number) holds it."""
+        self.open_files.release(handle)
+        node = handle.node
+        buffer = self.open_files.get(node)
+        if buffer is not None:
+            await self._settle(node, buffer)
+            return False
+        if handle.writable or self.open_files.handles(node):
+            return False
+        if self.lock.locked():
+            return False  # a sync (or a change) is reading the tree in a worker thread: keep the node
+        return self.attributes.is_default(node)
+
+    async def _buffer(self, node: File) -> OpenFile:
+        """The file's write buffer, made on first write over the current content."""
+        buffer = self.open_files.get(node)
+        if buffer is None:
+            if isinstance(node.content, StoredFile):  # reads its root node: a worker thread's job
+                data = await self._runner.in_thread(self.open_files.new_buffer, node.content)
+            else:  # content in memory (a file just created, metadata): nothing to wait for
+                data = self.open_files.new_buffer(node.content)
+            buffer = self.open_files.get(node)  # another request may have made one meanwhile
+            if buffer is None:
+                buffer = self.open_files.add(node, OpenFile(data))
+            else:
+                data.close()
+        return buffer
+
+    async def _settle(self, node: File, buffer: OpenFile) -> None:
+        """Once no handle is open and no request uses the buffer: store what is unsaved, then close it.
+
+        Re-checked after every wait, because requests for the same file (an open and
+        write, another release) run while this one waits for its worker thread.
+        """
+        files = self.open_files
+        while files.handles(node) <= 0 and buffer.busy <= 0 and files.get(node) is buffer:
+            if not buffer.dirty:
+                files.close(node)
+                return
+            try:
+                await self._store_if_dirty(node)
+            except Exception as exc:
+                # The last close got the error (ENOSPC, say); a buffer kept for a retry
+                # nobody can make would only fail every later sync. The tree keeps the
+                # content of the file's last successful close; status and sync say so.
+                if files.handles(node) <= 0 and files.get(node) is buffer:
+                    self.close_failed(self.tree.path_of(node), exc)
+                    files.close(node)
+                raise
+
+    async def _store_if_dirty(self, node: Node) -> None:
+        buffer = self.open_files.get(node) if isinstance(node, File) else None
+        if buffer is None or not buffer.dirty:
+            return
+        assert isinstance(node, File)
+        link = node.first_link
+        if link is None:  # unlinked while open: no name will ever show this content
+            buffer.dirty = False
+            return
+        generation = buffer.generation
+        name = link[1]
+        buffer.busy += 1
+        # Held until journaled: a sync meanwhile leaves what this stores leased (blocks/lease.py).
+        with self.store.holding():
+            try:
+                if buffer.data.size <= SMALL_STORE:  # hashing and writing it costs less than a thread hop
+                    content = self.content_of_buffer(buffer.data, name)
+                else:
+                    content = await self._runner.in_thread(self.content_of_buffer, buffer.data, name)
+            finally:
+                buffer.busy -= 1
+            async with self.lock:
+                if generation <= buffer.applied:
+                    return  # a store that started later has already put newer content in the tree
+                self._set_content(node, content)
+                buffer.applied = generation
+        if buffer.generation == generation:
+            buffer.dirty = False
+        self.touch(node)
+
+    async def store_all(self) -> None:
+        """Store every file still open with unsaved writes (before a sync or exit)."""
+        for node in self.open_files:
+            await self._store_if_dirty(node)
+
+    def describe(self, node: Node) -> NodeState:
+        """What *node* is made of now, for the user: as the tree says, unless an open handle wrote
+        to it or one of its names changed since the last sync (the root: anything unsaved)."""
+        state = self.tree.describe(node)
+        buffer = self.open_files.get(node) if isinstance(node, File) else None
+        if (buffer is not None and buffer.dirty) or (isinstance(node, File) and _changed_since_sync(node)):
+            state = NodeState(changed=True)  # its CID (if any) is not one the last sync stored there
+        if node is self.tree.root and not self.read_only and self.open_files.unsaved():
+            state = NodeState(changed=True)
+        return state
+
+    def _make_durable(self) -> None:
         self.store.sync()
         self.journal.flush()
 
@@ -213,7 +534,23 @@ class Session:
 
     # --- sync ------------------------------------------------------------------
 
-    def sync(
+    async def sync(
+        self, car: Path | None = None, message: str | None = None, *, full_car: bool = False
+    ) -> SyncResult:
+        """Everything written so far, including files still open, committed and exported
+        (:meth:`_commit`, in a worker thread while changes wait)."""
+        self._check_writable()
+        started = time.time()
+        await self.store_all()
+        async with self.lock:
+            # A file unlinked or renamed over while open reads its old content until closed
+            # (POSIX), so garbage collection must keep it: published with the root.
+            held = self.open_files.held_contents()
+            return await self._runner.in_thread(
+                functools.partial(self._commit, car, message, full_car=full_car, started=started, held=held)
+            )
+
+    def _commit(
         self,
         car_path: Path | None = None,
         message: str | None = None,
@@ -324,20 +661,42 @@ class Session:
             )
         return said
 
-    def status(self) -> dict[str, Any]:
-        return {
+    @property
+    def root(self) -> str:
+        """The root as of the last sync (or the one mounted)."""
+        return cids.cid_to_str(self.base_root)
+
+    async def status(self) -> dict[str, Any]:
+        """What ``ipldmount status`` shows: the session's state, the files still open with
+        unsaved writes, and whether a sync would change the root (computed, nothing stored)."""
+        unsaved = self.open_files.unsaved()
+        status: dict[str, Any] = {
             "mountpoint": str(self.mountpoint),
-            "root": cids.cid_to_str(self.base_root),
+            "root": self.root,
             "unsynced_changes": self.journal.pending,
             "failed_closes": list(self.failed_closes),
             "store": str(self.home.root),
             "read_only": self.read_only,
             "journal": str(self.journal.path),
             "pid": os.getpid(),
+            "open_unsaved_files": unsaved,
         }
+        warning = self.attributes.table.warning()
+        if warning is not None:  # the sync command prints it: modes, owners or times may be lost
+            status["attribute_warning"] = warning
+        if self.read_only:
+            status["sync_changes_root"] = False
+        elif unsaved:
+            status["sync_changes_root"] = True  # as good as certain, and knowing costs storing them
+        else:
+            async with self.lock:
+                status["sync_changes_root"] = await self._runner.in_thread(self.sync_changes_root)
+        return status
 
     def close(self, clean: bool) -> None:
-        """Close the journal; a clean exit after a sync leaves none behind."""
+        """Let go of the open files (what they hold unstored, the threads that stage their
+        leaves) and close the journal; a clean exit after a sync leaves none behind."""
+        self.open_files.shut_down()
         if clean and not self.dirty:
             self.journal.remove()
         else:
@@ -346,3 +705,22 @@ class Session:
 
 def _show(root: bytes | None) -> str | None:
     return cids.cid_to_str(root) if root else None
+
+
+def _changed_since_sync(file: File) -> bool:
+    """Whether a name of *file* was written, created, moved or linked since the last sync: then
+    what it holds is not what the last sync stored under that name (README, the xattr table)."""
+    return any(
+        parent.dirty and (parent.changed is None or name in parent.changed) for parent, name in file.links
+    )
+
+
+def _small_raw(node: File) -> bool:
+    """Whether *node* is one raw block of at most SMALL_READ bytes, its size already known."""
+    content = node.content
+    return (
+        isinstance(content, StoredFile)
+        and cids.codec_of(content.cid) == cids.RAW
+        and content.known_size is not None
+        and content.known_size <= SMALL_READ
+    )

@@ -14,8 +14,10 @@ stretch of zeros. Whatever the pattern, the stored content is exactly what
 Writers almost always go forward (zarr chunks, netCDF, ``cp``): the leaf being
 filled stays in memory and a completed leaf is handed to a small pool that
 hashes it and stages it (:class:`~ipldmount.blocks.Staging`) while the
-writer goes on. Leaves stay staged, invisible to the store, until
-:meth:`~ChunkedBuffer.store` commits the ones the file still uses; a buffer
+writer goes on. The pool (:class:`LeafPool`) belongs to whoever outlives the buffers it serves:
+a mount's open files share one, shut down with the session; a buffer opened without one makes
+its own on its first full leaf and shuts it down when closed. Leaves stay staged, invisible to
+the store, until :meth:`~ChunkedBuffer.store` commits the ones the file still uses; a buffer
 closed without storing (a failed close, a file unlinked while open) takes them
 all back, so a full disk never leaves blocks behind.
 
@@ -34,6 +36,7 @@ import os
 import tempfile
 import threading
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,8 +63,39 @@ from ipldmount.ipld import cid as cids
 COPY_CHUNK = 1 << 20
 MAX_IN_FLIGHT = 8  # leaves being staged at once per buffer: bounds memory; their disk waits overlap
 MEMORY_LIMIT = 8 << 20  # bytes of partly written leaves one buffer keeps in memory
-_LEAF_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ipldmount-leaf")  # 2 cores: hashing and
-# writing release the GIL, and a write into a busy page cache waits (measured: 4 beat 2 by about 5%)
+LEAF_WORKERS = 4  # threads of a leaf pool (on 2 cores: hashing and writing release the GIL, and a
+# write into a busy page cache waits; measured: 4 beat 2 by about 5%)
+
+
+class LeafPool:
+    """The threads that hash and stage completed leaves: started on the first leaf, shut down
+    (after the leaves in flight) by :meth:`close`, which its owner calls when it ends."""
+
+    def __init__(self, workers: int = LEAF_WORKERS) -> None:
+        self._workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def submit(self, call: Callable[[bytearray], bytes], leaf: bytearray) -> Future[bytes]:
+        with self._lock:
+            if self._closed:
+                raise IpldmountError("the leaf pool is shut down: its owner has ended")
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="ipldmount-leaf")
+            return self._executor.submit(call, leaf)
+
+    @property
+    def started(self) -> bool:
+        """Whether its threads were started (and not shut down since)."""
+        return self._executor is not None
+
+    def close(self) -> None:
+        """Wait for the leaves in flight, stop the threads; later leaves are refused."""
+        with self._lock:
+            executor, self._executor, self._closed = self._executor, None, True
+        if executor is not None:
+            executor.shutdown(wait=True)
 
 
 class WriteBuffer(Protocol):
@@ -95,12 +129,14 @@ def open_buffer(
     chunk_size: int | None,
     base: FileContent | None = None,
     tmp_dir: Path | None = None,
+    pool: LeafPool | None = None,
 ) -> WriteBuffer:
-    """A buffer holding *base* (or nothing) to be changed; reads the base's root node (I/O)."""
+    """A buffer holding *base* (or nothing) to be changed; reads the base's root node (I/O).
+    Its full leaves are staged by *pool* (its owner's), or by a pool of the buffer's own."""
     reader = base.reader(store) if base is not None and base.size_in(store) > 0 else None
     if chunk_size is None:
         return WholeFileBuffer(store, tmp_dir, reader)
-    return ChunkedBuffer(store, chunk_size, reader)
+    return ChunkedBuffer(store, chunk_size, reader, pool)
 
 
 def buffer_content(buffer: WriteBuffer, name: str, chunk_size: int | None) -> FileContent:
@@ -134,9 +170,17 @@ class ChunkedBuffer:
     for a leaf not in it, the bytes below ``_base_end`` are the base's, the rest zeros.
     """
 
-    def __init__(self, store: Blockstore, chunk_size: int, base: FileReader | None = None) -> None:
+    def __init__(
+        self,
+        store: Blockstore,
+        chunk_size: int,
+        base: FileReader | None = None,
+        pool: LeafPool | None = None,
+    ) -> None:
         self._store = store
         self._chunk = chunk_size
+        self._own_pool = pool is None  # then shut down with the buffer
+        self._pool = pool if pool is not None else LeafPool()
         self._staging: Staging[Any] = store.staging()
         self._lock = threading.Lock()
         self._refs: Counter[bytes] = Counter()  # staged CID -> leaves using it
@@ -241,7 +285,7 @@ class ChunkedBuffer:
         assert isinstance(leaf, bytearray)
         del self._memory[index]
         self._memory_bytes -= len(leaf)
-        future = _LEAF_POOL.submit(self._stage, leaf)  # the bytearray is never touched again here
+        future = self._pool.submit(self._stage, leaf)  # the bytearray is never touched again here
         self._leaves[index] = _Staged(future, len(leaf))
         self._in_flight.append(future)
 
@@ -399,6 +443,9 @@ class ChunkedBuffer:
             self._leaves.clear()
             self._memory.clear()
             self._memory_bytes = 0
+            self._in_flight.clear()
+        if self._own_pool:
+            self._pool.close()
 
 
 class _Recording:

@@ -77,7 +77,7 @@ EMPTY_ROOT = cids.block_cid(cids.DAG_CBOR, EMPTY_DIRECTORY)
 class Node:
     """Something a directory entry can name."""
 
-    __slots__ = ("__weakref__", "_more_links", "_name", "_parent", "ino", "lookups", "meta")
+    __slots__ = ("__weakref__", "_more_links", "_name", "_parent", "meta")
 
     def __init__(self) -> None:
         # Every (directory, name) that refers to this node: nearly all have one, kept in two
@@ -86,10 +86,8 @@ class Node:
         self._parent: Directory | None = None
         self._name = ""
         self._more_links: tuple[tuple[Directory, str], ...] = ()
-        # Kept here for the mount (its inode, the kernel's references to it, its mode/owner/times):
-        # a field costs 8 bytes per node, a dictionary entry beside the tree 50-130.
-        self.ino: int | None = None
-        self.lookups = 0  # the kernel's references to that inode
+        # Kept here for the session (its mode/owner/times, repo/attributes.py): a field costs
+        # 8 bytes per node, a dictionary entry beside the tree 50-130.
         self.meta: object = None
 
     @property
@@ -291,8 +289,9 @@ class Tree:
         self.root = self._open_root(root) if root is not None else Directory()
         self._hamt_nodes: MutableMapping[bytes, Any] = _BoundedCache(HAMT_NODE_CACHE)
         self._whole_nodes: set[bytes] = set()  # HAMT nodes a change checked whole (one CID each)
-        # Told of every node made from a packed row (a mount gives it the row's inode number).
-        self.took: Callable[[EntryTable, int, Node], None] | None = None
+        # Called with (table, position, node) for every node made from a packed row of a
+        # directory's entry table (a mount gives the node the row's inode number).
+        self.on_node_from_row: Callable[[EntryTable, int, Node], None] | None = None
         # A row becoming a node (a mount opening a chunk, from its own thread) against a commit
         # reading a directory's nodes and rows: each entry must be read in exactly one of them.
         self._moving = threading.RLock()
@@ -358,15 +357,16 @@ class Tree:
         position = table.find(name)
         return None if position is None else (table, position)
 
-    def take(self, directory: Directory, table: EntryTable, position: int) -> Node:
+    def node_from_row(self, directory: Directory, table: EntryTable, position: int) -> Node:
         """The node for a packed row (made now; from then on the entry)."""
         assert directory.table is table and table.is_live(position)
         return self._take(directory, table, position)
 
-    def give_back(self, node: Node) -> tuple[EntryTable, int] | None:
+    def return_to_row(self, node: Node) -> tuple[EntryTable, int] | None:
         """Make *node* a packed row again if it is one's, unchanged: a file made from a row, still
         its directory's only name for it, with the row's content. Returns the row (None: kept).
-        Whoever calls this holds no other reference to the node (a mount: no handle, no inode)."""
+        Whoever calls this holds no other reference to the node (a mount: no handle, no inode):
+        reading every chunk of a huge directory once must not leave a node for each."""
         link = node.first_link
         if not isinstance(node, File) or link is None or node.link_count != 1:
             return None
@@ -397,8 +397,8 @@ class Tree:
             node.add_link(directory, name)
             assert directory._entries is not None
             directory._entries[name] = node
-        if self.took is not None:
-            self.took(table, position, node)
+        if self.on_node_from_row is not None:
+            self.on_node_from_row(table, position, node)
         return node
 
     def _load(self, directory: Directory) -> None:

@@ -1,4 +1,7 @@
-"""The mount daemon: pyfuse3's request loop, the control socket and signals, under trio.
+"""The mount daemon: pyfuse3's request loop, the control socket's server and signals, under trio.
+
+The kernel's requests go to the mount's Operations; the control socket (sync, status, unmount)
+and signals talk to the session itself.
 
 Whatever way the mount ends (``ipldmount unmount``, ``fusermount3 -u``,
 SIGTERM, SIGINT) the daemon syncs before it exits, so nothing written is lost.
@@ -67,39 +70,42 @@ def run(config: MountConfig, ready: Callable[[], None]) -> None:
     try:
         config.home.write_pid(session.files)
         try:
-            trio.run(_serve, ops, control, ready)
+            trio.run(_serve, session, control, ready)
         except BaseExceptionGroup as group:
             raise _single(group) from None  # what failed, not "Exceptions from Trio nursery"
         clean = True
     finally:
         close(unmount=is_mounted(config.mountpoint))
+        ops.close()  # the threads the mount started
         session.close(clean)
         if _bound_by_us(control):
             control.unlink()  # never another daemon's: one that failed to bind leaves it alone
         config.home.forget_pid(session.files)
-    log.info("unmounted %s; final root %s", config.mountpoint, session.status()["root"])
+    log.info("unmounted %s; final root %s", config.mountpoint, session.root)
 
 
-async def _serve(ops: Operations, control: Path, ready: Callable[[], None]) -> None:
+async def _serve(session: Session, control: Path, ready: Callable[[], None]) -> None:
+    """The kernel's requests (pyfuse3 calls the mount's Operations), the control socket's and
+    signals, until unmounted; then the final sync."""
     async with trio.open_nursery() as nursery:
         listener = _listen(control)
-        nursery.start_soon(trio.serve_listeners, functools.partial(_answer, ops), [listener])
-        nursery.start_soon(_on_signals, ops)
-        nursery.start_soon(_raise_read_ahead, ops.session.mountpoint)
+        nursery.start_soon(trio.serve_listeners, functools.partial(_answer, session), [listener])
+        nursery.start_soon(_on_signals, session)
+        nursery.start_soon(_raise_read_ahead, session.mountpoint)
         ready()
-        log.info("serving %s (root %s)", ops.session.mountpoint, ops.session.status()["root"])
+        log.info("serving %s (root %s)", session.mountpoint, session.root)
         await serve()
-        if not ops.read_only and (ops.session.dirty or len(ops.session.open_files)):
+        if not session.read_only and (session.dirty or len(session.open_files)):
             try:
-                result = await ops.sync()
+                result = await session.sync()
             except (IncompleteDagError, CarWriteError) as exc:  # the root is committed: nothing is lost
-                log.error("final sync of %s: %s", ops.session.mountpoint, exc)
+                log.error("final sync of %s: %s", session.mountpoint, exc)
                 nursery.cancel_scope.cancel()
                 return
             except IpldmountError as exc:
                 raise IpldmountError(
-                    f"the final sync of {ops.session.mountpoint} failed: {exc}; its changes stay in the "
-                    f"journal {ops.session.journal.path} and come back when this mountpoint mounts the "
+                    f"the final sync of {session.mountpoint} failed: {exc}; its changes stay in the "
+                    f"journal {session.journal.path} and come back when this mountpoint mounts the "
                     f"same root again"
                 ) from exc
             log.info("final sync on exit: root %s, CAR %s", result.root, result.car or "(unchanged, none)")
@@ -170,7 +176,7 @@ def _listen(path: Path) -> trio.SocketListener:
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
-async def _answer(ops: Operations, stream: trio.SocketStream) -> None:
+async def _answer(session: Session, stream: trio.SocketStream) -> None:
     async with stream:
         data = b""
         while not data.endswith(b"\n") and len(data) < MAX_MESSAGE:
@@ -178,7 +184,7 @@ async def _answer(ops: Operations, stream: trio.SocketStream) -> None:
             if not chunk:
                 return
             data += chunk
-        answer = await _dispatch(ops, data)
+        answer = await _dispatch(session, data)
         await stream.send_all(json.dumps(answer).encode() + b"\n")
         if answer.get("unmounting"):
             terminate()  # an unmount always unmounts: what failed is in the answer, the rest is safe
@@ -200,46 +206,46 @@ def _parse(data: bytes) -> tuple[str, dict[str, Any]] | None:
     return request["command"], request
 
 
-async def _dispatch(ops: Operations, data: bytes) -> dict[str, Any]:
+async def _dispatch(session: Session, data: bytes) -> dict[str, Any]:
     parsed = _parse(data)
     if parsed is None:
         return {"ok": False, "error": "malformed request"}
     command, request = parsed
     if command == "status":
-        return {"ok": True, **(await ops.status())}
+        return {"ok": True, **(await session.status())}
     if command not in ("sync", "unmount"):
         return {"ok": False, "error": f"unknown command {command!r}"}
     answer: dict[str, Any] = {"ok": True, "unmounting": command == "unmount"}
     try:
-        if ops.read_only:
-            answer.update(root=ops.session.status()["root"])
+        if session.read_only:
+            answer.update(root=session.root)
         else:
             car = Path(request["car"]) if request.get("car") else None
             if car is not None:
                 car_target(car)  # a directory or socket is refused before the sync commits anything
-            result = await ops.sync(car, request.get("message"), full_car=request.get("full_car", False))
+            result = await session.sync(car, request.get("message"), full_car=request.get("full_car", False))
             answer.update(root=result.root, changed=result.changed, car_bytes=result.car_bytes)
             answer.update(car=str(result.car) if result.car else None, full_car=result.full_car)
-        answer.update(warnings=ops.session.warnings())
+        answer.update(warnings=session.warnings())
     except (IncompleteDagError, CarWriteError) as exc:  # the root is committed; only its CAR is missing
-        log.error("sync of %s: %s", ops.session.mountpoint, exc)
+        log.error("sync of %s: %s", session.mountpoint, exc)
         answer.update(ok=False, error=str(exc), root=cids.cid_to_str(exc.root))
     except (IpldmountError, OSError) as exc:
-        log.error("%s of %s failed: %s", command, ops.session.mountpoint, exc)
+        log.error("%s of %s failed: %s", command, session.mountpoint, exc)
         answer.update(ok=False, error=f"{command} failed: {exc}")
     except Exception:
-        log.exception("%s of %s failed unexpectedly", command, ops.session.mountpoint)
+        log.exception("%s of %s failed unexpectedly", command, session.mountpoint)
         answer.update(ok=False, error=f"{command} failed unexpectedly (see the daemon log)")
     return answer
 
 
-async def _on_signals(ops: Operations) -> None:
+async def _on_signals(session: Session) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("got %s: syncing and unmounting", signal.Signals(signum).name)
-            if not ops.read_only:
+            if not session.read_only:
                 try:
-                    result = await ops.sync()
+                    result = await session.sync()
                     log.info("synced on %s: root %s", signal.Signals(signum).name, result.root)
                 except IpldmountError as exc:
                     log.error("sync on signal failed (changes stay in the journal): %s", exc)

@@ -1,16 +1,17 @@
-"""The FUSE adapter: kernel requests in, tree operations out.
+"""The FUSE adapter: kernel requests in, session requests out.
 
 With :mod:`~ipldmount.adapters.fuse.libfuse_hooks` (what pyfuse3 does not pass on: fallocate, open flags),
 the only code that imports pyfuse3 (the daemon mounts and serves through
 :func:`mount`, :func:`serve`, :func:`terminate` and :func:`close`). It keeps what
-only the kernel protocol needs: inode numbers, open handles and directory listings.
-What a sync needs is the session's: the tree, its journal, the files being
-written (:class:`~ipldmount.session.openfiles.OpenFiles`), whose buffers this
-adapter fills and settles, and the attributes the format does not store (mode,
-owner, times: :class:`~ipldmount.repo.attributes.Attributes`). Every change goes through
-:class:`~ipldmount.session.session.Session`, which journals it; a file's new
-content reaches the blockstore when the file is closed (``flush``) or fsynced,
-never later."""
+only the kernel protocol needs: inode numbers and lookup counts
+(:class:`~ipldmount.adapters.fuse.inodes.InodeTable`), file handle numbers and directory
+listings. Everything else is the session's (:class:`~ipldmount.session.session.Session`): the
+tree and its journal, open files and their writes, sync, and the attributes the format does
+not store (mode, owner, times). A handler translates the kernel's arguments (inode numbers,
+bytes, flags), calls the session, and translates its answer; the session runs its blocking work
+in trio's worker threads (:class:`TrioRunner`). Every change is journaled before it is
+answered; a file's new content reaches the blockstore when the file is closed (``flush``) or
+fsynced, never later."""
 
 from __future__ import annotations
 
@@ -22,9 +23,7 @@ import inspect
 import logging
 import os
 import stat
-import threading
 import time
-from array import array
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +33,19 @@ import pyfuse3
 import trio
 
 from ipldmount.adapters.fuse import control, libfuse_hooks
-from ipldmount.adapters.fuse.readahead import RowScan
+from ipldmount.adapters.fuse.inodes import InodeTable, Rows
+from ipldmount.adapters.fuse.readahead import NameIndexing, RowScan
 from ipldmount.blocks import Blockstore
-from ipldmount.errors import IpldmountError, ReadOnlyError, errno_for
+from ipldmount.errors import IpldmountError, errno_for
 from ipldmount.format.entrytable import EntryTable
-from ipldmount.format.files import FileReader, StoredFile, check_file_size
+from ipldmount.format.files import StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.fetching import BlockFetcher, MustFetchError
 from ipldmount.repo.attributes import Meta
-from ipldmount.session.openfiles import OpenFile
-from ipldmount.session.session import Session, SyncResult
-from ipldmount.tree.model import NAME_MAX, Broken, Directory, File, Node, NodeState, Tree, check_name
+from ipldmount.session.openfiles import FileHandle
+from ipldmount.session.runner import TurnLock
+from ipldmount.session.session import Session
+from ipldmount.tree.model import NAME_MAX, Broken, Directory, File, Node, check_name
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def _brief(parameters: list[str], args: tuple[Any, ...]) -> str:
 
 def mount(ops: Operations, mountpoint: Path, *, read_only: bool, allow_other: bool) -> None:
     """Mount *ops* at *mountpoint* (the kernel sends requests once :func:`serve` runs)."""
-    source = libfuse_hooks.fsname(ops.session.status()["root"])  # /proc/mounts: ipldmount:ROOT
+    source = libfuse_hooks.fsname(ops.session.root)  # /proc/mounts: ipldmount:ROOT
     options = set(pyfuse3.default_options) | {f"fsname={source}", "subtype=ipldmount"}
     if read_only:
         options.add("ro")
@@ -175,13 +176,14 @@ def decode_name(raw: bytes) -> str:
     return name
 
 
-@dataclass
-class Handle:
-    ino: int
-    node: File
-    writable: bool
-    reader: FileReader | None = None
-    reader_content: object = None
+class TrioRunner:
+    """The session's blocking work in trio's worker threads, its turns taken with a trio lock."""
+
+    async def in_thread(self, call: Callable[..., R], *args: Any) -> R:
+        return await trio.to_thread.run_sync(call, *args)
+
+    def lock(self) -> TurnLock:
+        return trio.Lock()
 
 
 @dataclass
@@ -196,179 +198,26 @@ class DirListing:
     sized_until: int = 0  # entries before this index had their sizes looked for
 
 
-@dataclass(slots=True)
-class Rows:
-    """The inode numbers of a directory's packed rows (base + position), with the kernel's
-    references to each row that is still packed."""
-
-    base: int
-    table: EntryTable
-    directory: Directory
-    lookups: array[int]
-    scan: RowScan | None = None  # on a store that fetches: what a reader in order wants next
-
-
-class InodeTable:
-    """Inode numbers for tree nodes, with the kernel's lookup counts (both kept on the node:
-    ``node.ino``, ``node.lookups``; a listed directory hands the kernel millions), and for the
-    entries that are packed rows of a directory's table, a range of numbers per table. When a
-    node is made for a row, it takes the row's number and references (:meth:`_took`)."""
-
-    def __init__(self, tree: Tree) -> None:
-        self._tree = tree
-        self._nodes: dict[int, Node] = {pyfuse3.ROOT_INODE: tree.root}
-        tree.root.ino = pyfuse3.ROOT_INODE
-        self._next = pyfuse3.ROOT_INODE + 1
-        self._rows: list[Rows] = []  # by base, ascending
-        self._rows_of: dict[int, Rows] = {}  # by id() of the table (each kept alive here)
-        tree.took = self._took
-
-    def find(self, ino: int) -> Node | tuple[Rows, int]:
-        """The node of inode *ino*, or the packed row it still is (its table's rows and position)."""
-        node = self._nodes.get(ino)
-        if node is not None:
-            return node
-        index = bisect.bisect_right(self._rows, ino, key=lambda rows: rows.base) - 1
-        if index >= 0:
-            rows = self._rows[index]
-            position = ino - rows.base
-            if position < len(rows.table) and rows.table.is_live(position):
-                return rows, position
-        raise pyfuse3.FUSEError(errno.ESTALE)
-
-    def node(self, ino: int) -> Node:
-        """The node of inode *ino* (made now if it was a packed row)."""
-        found = self.find(ino)
-        if isinstance(found, Node):
-            return found
-        rows, position = found
-        node = self._tree.take(rows.directory, rows.table, position)
-        if node.ino is None:  # the kernel asks, so it holds a reference; keep its number anyway
-            node.ino = ino
-            self._nodes[ino] = node
-        return node
-
-    def ino(self, node: Node) -> int:
-        ino = node.ino
-        if ino is None:
-            ino = node.ino = self._next
-            self._next += 1
-            self._nodes[ino] = node
-        return ino
-
-    def remember(self, node: Node) -> int:
-        """The inode for *node*, counting one more kernel reference to it."""
-        ino = self.ino(node)
-        node.lookups += 1
-        return ino
-
-    def rows(self, directory: Directory, table: EntryTable) -> Rows:
-        """The inode numbers of *table*'s rows (reserved on first use)."""
-        rows = self._rows_of.get(id(table))
-        if rows is None:
-            rows = Rows(self._next, table, directory, array("I", bytes(4 * len(table))))
-            self._next += len(table)
-            self._rows.append(rows)  # bases only grow: the list stays sorted
-            self._rows_of[id(table)] = rows
-        return rows
-
-    def lookups(self, ino: int) -> int:
-        """The kernel's references to inode *ino*."""
-        try:
-            found = self.find(ino)
-        except pyfuse3.FUSEError:
-            return 0
-        if isinstance(found, Node):
-            return found.lookups
-        rows, position = found
-        return rows.lookups[position]
-
-    def forget(self, ino: int, count: int, in_use: bool) -> None:
-        node = self._nodes.get(ino)
-        if node is None:
-            with contextlib.suppress(pyfuse3.FUSEError):
-                found = self.find(ino)
-                assert not isinstance(found, Node)
-                rows, position = found
-                rows.lookups[position] = max(rows.lookups[position] - count, 0)
-            return
-        node.lookups = max(node.lookups - count, 0)
-        if node.lookups or ino == pyfuse3.ROOT_INODE or in_use:
-            return
-        del self._nodes[ino]
-        node.ino = None
-
-    def give_back(self, node: Node) -> bool:
-        """Return a node made from a packed row, used and left unchanged, to its row with its
-        inode number and the kernel's references: reading every chunk of a huge directory once
-        must not keep a node for each. Only a node the kernel knows by the row's number (or not
-        at all) can go."""
-        ino = node.ino
-        if ino is not None and not self._row_number(node, ino):
-            return False  # the kernel knows it by a number of its own
-        found = self._tree.give_back(node)
-        if found is None:
-            return False
-        table, position = found
-        if ino is not None:  # the row's own number: its references go back with it
-            self._nodes.pop(ino, None)
-            self._rows_of[id(table)].lookups[position] = node.lookups
-            node.ino, node.lookups = None, 0
-        return True
-
-    def _row_number(self, node: Node, ino: int) -> bool:
-        """Whether *ino* is the number of the row *node* was made from."""
-        link = node.first_link
-        table = link[0].table if link is not None else None
-        rows = self._rows_of.get(id(table)) if table is not None else None
-        if link is None or table is None or rows is None:
-            return False
-        return table.position(link[1]) == ino - rows.base
-
-    def _took(self, table: EntryTable, position: int, node: Node) -> None:
-        """A node was made for a row: if the kernel holds the row's number, it is the node's now."""
-        rows = self._rows_of.get(id(table))
-        if rows is None or not rows.lookups[position]:
-            return
-        ino = node.ino = rows.base + position
-        node.lookups, rows.lookups[position] = rows.lookups[position], 0
-        self._nodes[ino] = node
-
-
 class Operations(pyfuse3.Operations):
     """pyfuse3 handlers over a :class:`Session`."""
 
     def __init__(self, session: Session, control_socket: Path | None = None) -> None:
         super().__init__()
         self.session = session
+        session.run_with(TrioRunner())  # its blocking work in worker threads, its lock trio's
         self.tree = session.tree
-        self.read_only = session.read_only
         self.control_socket = control_socket
         self.inodes = InodeTable(self.tree)
-        self.open_files = session.open_files  # mount state: the session's, so a sync sees every open file
-        self.handles: dict[int, Handle] = {}
+        self.handles: dict[int, FileHandle] = {}  # the kernel's file handles: the session's handles
         self.listings: dict[int, DirListing] = {}
         self._next_fh = 1
-        self.lock = trio.Lock()  # tree changes and sync take turns
+        self.indexing = NameIndexing()
+
+    def close(self) -> None:
+        """The mount ended: the threads it started are joined."""
+        self.indexing.close()
 
     # --- attributes ------------------------------------------------------------
-
-    def meta(self, node: Node) -> Meta:
-        return self.session.attributes.get(node)
-
-    def _touch(self, *nodes: Node) -> None:
-        now = time.time_ns()
-        for node in nodes:
-            meta = self.session.attributes.editable(node)
-            meta.mtime_ns = meta.ctime_ns = now
-
-    def _size(self, ino: int, node: Node) -> int:
-        buffer = self.open_files.get(ino)
-        if buffer is not None:
-            return buffer.data.size
-        if isinstance(node, File):
-            return self.tree.size(node)
-        return 0
 
     def attributes(self, ino: int, node: Node, *, fetch: bool = True) -> pyfuse3.EntryAttributes:
         """What the kernel is told of *node*. Without *fetch*, a size that needs a block from the
@@ -376,7 +225,7 @@ class Operations(pyfuse3.Operations):
         size: int | None = 0
         if not isinstance(node, Broken):
             try:
-                size = self._size(ino, node)
+                size = self.session.size(node)
             except MustFetchError:
                 if fetch:
                     raise
@@ -384,7 +233,7 @@ class Operations(pyfuse3.Operations):
             except IpldmountError as exc:
                 log.error("size of %s is unknown: %s", self.tree.path_of(node), exc)
                 size = None
-        return _entry_attributes(ino, self.meta(node), self._link_count(ino, node), size)
+        return _entry_attributes(ino, self.session.meta(node), self._link_count(ino, node), size)
 
     def row_attributes(
         self, ino: int, rows: Rows, position: int, *, fetch: bool = True
@@ -416,7 +265,7 @@ class Operations(pyfuse3.Operations):
             rows.scan = RowScan(table)
         ahead = rows.scan.read(position, missed and not store.has(table.cid(position)))
         if rows.scan.should_index_names():
-            threading.Thread(target=rows.scan.index_names, name="ipldmount-name-order", daemon=True).start()
+            self.indexing.start(rows.scan)
         if ahead:
             store.prefetch([table.cid(row) for row in ahead], wait=False)
 
@@ -457,10 +306,6 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return node
 
-    def _writable(self) -> None:
-        if self.read_only:
-            raise ReadOnlyError("mounted read-only")
-
     # --- lookups and attributes ------------------------------------------------
 
     @replies
@@ -481,8 +326,7 @@ class Operations(pyfuse3.Operations):
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
-            in_use = ino in self.open_files or any(handle.ino == ino for handle in self.handles.values())
-            self.inodes.forget(ino, count, in_use)
+            self.inodes.forget(ino, count, self.session.open_files.in_use)
 
     @replies
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -501,42 +345,29 @@ class Operations(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         node = self.inodes.node(inode)
-        self._writable()
-        if fields.update_size:
-            if not isinstance(node, File):
-                raise pyfuse3.FUSEError(errno.EISDIR)
-            await self._truncate(inode, node, attr.st_size, fh)
-        meta = self.session.attributes.editable(node)
-        if fields.update_mode:
-            meta.mode = stat.S_IFMT(meta.mode) | stat.S_IMODE(attr.st_mode)
-        if fields.update_uid:
-            meta.uid = attr.st_uid
-        if fields.update_gid:
-            meta.gid = attr.st_gid
-        if fields.update_atime:
-            meta.atime_ns = attr.st_atime_ns
-        if fields.update_mtime:
-            meta.mtime_ns = attr.st_mtime_ns
-        meta.ctime_ns = attr.st_ctime_ns if fields.update_ctime else time.time_ns()
+        await self.session.set_attributes(
+            node,
+            size=attr.st_size if fields.update_size else None,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            ctime_ns=attr.st_ctime_ns if fields.update_ctime else None,
+        )
         return self.attributes(inode, node)
 
     @replies
     async def fallocate(self, inode: int, mode: int, offset: int, length: int) -> None:
-        """fallocate(2) (through libfuse_hooks): mode 0 extends the file with a hole, as
-        truncate does; FALLOC_FL_KEEP_SIZE reserves nothing (there is nothing to reserve:
-        blocks are written whole, when stored) and succeeds; other modes are not supported."""
+        """fallocate(2) (through libfuse_hooks): mode 0 or FALLOC_FL_KEEP_SIZE
+        (:meth:`Session.allocate`); other modes are not supported."""
         if mode & ~libfuse_hooks.FALLOC_FL_KEEP_SIZE:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         node = self.inodes.node(inode)
         if not isinstance(node, File):
             raise pyfuse3.FUSEError(errno.ENODEV)  # as for a directory on ext4
-        self._writable()
-        if offset < 0 or length <= 0:
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        end = offset + length
-        check_file_size(end, self.tree.chunk_size)
-        if not mode & libfuse_hooks.FALLOC_FL_KEEP_SIZE and end > self._size(inode, node):
-            await self._truncate(inode, node, end, None)
+        keep_size = bool(mode & libfuse_hooks.FALLOC_FL_KEEP_SIZE)
+        await self.session.allocate(node, offset, length, keep_size=keep_size)
 
     # --- directories -----------------------------------------------------------
 
@@ -544,25 +375,16 @@ class Operations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._writable()
         directory = self._directory(parent_inode)
-        async with self.lock:
-            child = self.session.mkdir(directory, decode_name(name))
-        self._new_meta(child, stat.S_IFDIR | (mode & 0o7777 & ~ctx.umask), ctx)
-        self._touch(directory)
+        child = await self.session.mkdir(
+            directory, decode_name(name), mode=mode & 0o7777 & ~ctx.umask, uid=ctx.uid, gid=ctx.gid
+        )
         return self._entry(child)
-
-    def _new_meta(self, node: Node, mode: int, ctx: pyfuse3.RequestContext) -> None:
-        now = time.time_ns()
-        self.session.attributes.set(node, Meta(mode, ctx.uid, ctx.gid, now, now, now))
 
     @replies
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._writable()
         directory = self._directory(parent_inode)
-        async with self.lock:
-            self.session.rmdir(directory, decode_name(name))
-        self._touch(directory)
+        await self.session.rmdir(directory, decode_name(name))
 
     @replies
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
@@ -678,17 +500,14 @@ class Operations(pyfuse3.Operations):
         self.listings.pop(fh, None)
 
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await trio.to_thread.run_sync(self.session.flush)
+        await self.session.fsync_all()
 
     # --- names -----------------------------------------------------------------
 
     @replies
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._writable()
         directory = self._directory(parent_inode)
-        async with self.lock:
-            node = self.session.unlink(directory, decode_name(name))
-        self._touch(directory, node)
+        await self.session.unlink(directory, decode_name(name))
 
     @replies
     async def rename(
@@ -700,38 +519,19 @@ class Operations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        self._writable()
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         source, target = self._directory(parent_inode_old), self._directory(parent_inode_new)
         old, new = decode_name(name_old), decode_name(name_new)
-        attributes = self.session.attributes
-        async with self.lock:
-            moving = self.tree.lookup(source, old)
-            attributes.get(moving)  # its own row is found under the old path only: read it now
-            old_path, new_path = self._path_in(source, old), self._path_in(target, new)
-            self.session.rename(source, old, target, new, replace=not flags & pyfuse3.RENAME_NOREPLACE)
-            if old_path is not None and new_path is not None and attributes.rows_follow(moving):
-                await trio.to_thread.run_sync(attributes.copy_rows, old_path, new_path)
-        self._touch(source, target)
-
-    def _path_in(self, directory: Directory, name: str) -> str | None:
-        """The path of entry *name* of *directory* (None once the directory is removed)."""
-        parent = self.tree.path_of(directory)
-        return None if parent is None else f"{parent}/{name}" if parent else name
+        await self.session.rename(source, old, target, new, replace=not flags & pyfuse3.RENAME_NOREPLACE)
 
     @replies
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._writable()
         node = self.inodes.node(inode)
         directory = self._directory(new_parent_inode)
-        name = decode_name(new_name)
-        await self._store_if_dirty(inode, node)  # the new name must see what was written
-        async with self.lock:
-            self.session.link(node, directory, name)
-        self._touch(directory, node)
+        await self.session.link(node, directory, decode_name(new_name))
         return self._entry(node)
 
     @replies
@@ -748,11 +548,10 @@ class Operations(pyfuse3.Operations):
         if not stat.S_ISREG(mode):
             log.info("mknod %r refused: the format stores only files and directories", name)
             raise pyfuse3.FUSEError(errno.EPERM)
-        self._writable()
         directory = self._directory(parent_inode)
-        async with self.lock:
-            file = self.session.create(directory, decode_name(name))
-        self._new_meta(file, stat.S_IFREG | (mode & 0o7777 & ~ctx.umask), ctx)
+        file = await self.session.create(
+            directory, decode_name(name), mode=mode & 0o7777 & ~ctx.umask, uid=ctx.uid, gid=ctx.gid
+        )
         return self._entry(file)
 
     # --- files -----------------------------------------------------------------
@@ -762,249 +561,54 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         return fh
 
-    def _open_handle(self, ino: int, node: File, flags: int) -> pyfuse3.FileInfo:
-        writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+    def _handle(self, handle: FileHandle) -> pyfuse3.FileInfo:
         fh = self._new_fh()
-        self.handles[fh] = Handle(ino, node, writable)
-        buffer = self.open_files.get(ino)
-        if buffer is not None:
-            buffer.handles += 1
+        self.handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     @replies
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self.inodes.node(inode)
-        if isinstance(node, Broken):
-            raise node.error
-        if isinstance(node, Directory):
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        assert isinstance(node, File)
         writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
-        if writable:
-            self._writable()
-        if inode not in self.open_files and not (writable and flags & os.O_TRUNC):
-            self.tree.size(node)  # unreadable content (a block is missing) is EIO here, not an empty file
-        info = self._open_handle(inode, node, flags)
-        if writable and flags & os.O_TRUNC:
-            await self._truncate(inode, node, 0, info.fh)
-        return info
+        node = self.inodes.node(inode)
+        return self._handle(
+            await self.session.open(node, writable=writable, truncate=bool(flags & os.O_TRUNC))
+        )
 
     @replies
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        self._writable()
         directory = self._directory(parent_inode)
-        async with self.lock:
-            file = self.session.create(directory, decode_name(name))
-        self._new_meta(file, stat.S_IFREG | (mode & 0o7777 & ~ctx.umask), ctx)
-        self._touch(directory)
+        file = await self.session.create(
+            directory, decode_name(name), mode=mode & 0o7777 & ~ctx.umask, uid=ctx.uid, gid=ctx.gid
+        )
         attrs = self._entry(file)
-        return self._open_handle(attrs.st_ino, file, flags), attrs
+        writable = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        return self._handle(await self.session.open(file, writable=writable)), attrs
 
     @replies
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self.handles[fh]
-        buffer = self.open_files.get(handle.ino)
-        if buffer is not None:
-            if buffer.data.read_is_cheap(off, off + size):
-                return buffer.data.read(off, size)
-            buffer.busy += 1
-            try:
-                return await trio.to_thread.run_sync(buffer.data.read, off, size)
-            finally:
-                buffer.busy -= 1
-        small = _small_raw(handle.node)  # one small block: cheaper read here than a thread hop
-        if handle.reader is None or handle.reader_content is not handle.node.content:
-            handle.reader_content = handle.node.content
-            if small:
-                handle.reader = self.tree.reader(handle.node)
-            else:
-                handle.reader = await trio.to_thread.run_sync(self.tree.reader, handle.node)
-        reader = handle.reader
-        data = reader.cached(off, size)
-        if data is None:
-            data = reader.read(off, size) if small else await trio.to_thread.run_sync(reader.read, off, size)
-        return data
+        return await self.session.read(self.handles[fh], off, size)
 
     @replies
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        handle = self.handles[fh]
-        if not handle.writable:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        buffer = await self._buffer(handle.ino, handle.node)
-        if buffer.data.write_is_cheap(off, off + len(buf)):  # a memory copy: no thread hop needed
-            written = buffer.data.write(off, buf)
-        else:
-            buffer.busy += 1
-            try:
-                written = await trio.to_thread.run_sync(buffer.data.write, off, buf)
-            finally:
-                buffer.busy -= 1
-        buffer.changed()
-        return written
+        return await self.session.write(self.handles[fh], off, buf)
 
     @replies
     async def flush(self, fh: int) -> None:
         """close(2): what was written reaches the blockstore and the journal before close returns."""
-        handle = self.handles[fh]
-        if handle.writable:
-            await self._store_if_dirty(handle.ino, handle.node)
+        await self.session.flush(self.handles[fh])
 
     @replies
     async def fsync(self, fh: int, datasync: bool) -> None:
-        handle = self.handles[fh]
-        await self._store_if_dirty(handle.ino, handle.node)
-        await trio.to_thread.run_sync(self.session.flush)
+        await self.session.fsync(self.handles[fh])
 
     @replies
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh)
-        buffer = self.open_files.get(handle.ino)
-        if buffer is None:
-            self._give_back(handle)
-            return
-        buffer.handles -= 1
-        await self._settle(handle.ino, handle.node, buffer)
-
-    def _give_back(self, handle: Handle) -> None:
-        """The last handle of an untouched chunk closed: its node goes back to being a packed row."""
-        node = handle.node
-        if handle.writable or any(other.node is node for other in self.handles.values()):
-            return
-        if self.lock.locked():
-            return  # a sync (or a change) is reading the tree in a worker thread: keep the node
-        if self.session.attributes.is_default(node):
-            self.inodes.give_back(node)
-
-    # --- write buffers ---------------------------------------------------------
-
-    async def _buffer(self, ino: int, node: File) -> OpenFile:
-        """The inode's write buffer, made on first write over the current content."""
-        buffer = self.open_files.get(ino)
-        if buffer is None:
-            if isinstance(node.content, StoredFile):  # reads its root node: a worker thread's job
-                data = await trio.to_thread.run_sync(self.open_files.new_buffer, node.content)
-            else:  # content in memory (a file just created, metadata): nothing to wait for
-                data = self.open_files.new_buffer(node.content)
-            buffer = self.open_files.get(ino)  # another request may have made one meanwhile
-            if buffer is None:
-                handles = sum(1 for h in self.handles.values() if h.ino == ino)
-                buffer = self.open_files.add(ino, OpenFile(data, handles=handles))
-            else:
-                data.close()
-        return buffer
-
-    async def _truncate(self, ino: int, node: File, size: int, fh: int | None) -> None:
-        buffer = await self._buffer(ino, node)
-        buffer.busy += 1
-        try:
-            await trio.to_thread.run_sync(buffer.data.truncate, size)
-        finally:
-            buffer.busy -= 1
-        buffer.changed()
-        await self._settle(ino, node, buffer)  # truncate(2) with no open file: store it now
-
-    async def _settle(self, ino: int, node: File, buffer: OpenFile) -> None:
-        """Once no handle is open and no request uses the buffer: store what is unsaved, then close it.
-
-        Re-checked after every wait, because requests for the same inode (an open and
-        write, another release) run while this one waits for its worker thread.
-        """
-        while buffer.handles <= 0 and buffer.busy <= 0 and self.open_files.get(ino) is buffer:
-            if not buffer.dirty:
-                self.open_files.close(ino)
-                return
-            try:
-                await self._store_if_dirty(ino, node)
-            except Exception as exc:
-                # The last close got the error (ENOSPC, say); a buffer kept for a retry
-                # nobody can make would only fail every later sync. The tree keeps the
-                # content of the file's last successful close; status and sync say so.
-                if buffer.handles <= 0 and self.open_files.get(ino) is buffer:
-                    self.session.close_failed(self.tree.path_of(node), exc)
-                    self.open_files.close(ino)
-                raise
-
-    async def _store_if_dirty(self, ino: int, node: Node) -> None:
-        buffer = self.open_files.get(ino)
-        if buffer is None or not buffer.dirty or not isinstance(node, File):
-            return
-        link = node.first_link
-        if link is None:  # unlinked while open: no name will ever show this content
-            buffer.dirty = False
-            return
-        generation = buffer.generation
-        name = link[1]
-        buffer.busy += 1
-        # Held until journaled: a sync meanwhile leaves what this stores leased (blocks/lease.py).
-        with self.session.store.holding():
-            try:
-                if buffer.data.size <= SMALL_STORE:  # hashing and writing it costs less than a thread hop
-                    content = self.session.content_of_buffer(buffer.data, name)
-                else:
-                    content = await trio.to_thread.run_sync(self.session.content_of_buffer, buffer.data, name)
-            finally:
-                buffer.busy -= 1
-            async with self.lock:
-                if generation <= buffer.applied:
-                    return  # a store that started later has already put newer content in the tree
-                self.session.set_content(node, content)
-                buffer.applied = generation
-        if buffer.generation == generation:
-            buffer.dirty = False
-        self._touch(node)
-
-    async def store_all(self) -> None:
-        """Store every file still open with unsaved writes (before a sync or exit)."""
-        for ino in self.open_files:
-            node = self.inodes.node(ino)
-            await self._store_if_dirty(ino, node)
-
-    # --- sync ------------------------------------------------------------------
-
-    async def status(self) -> dict[str, Any]:
-        """What ``ipldmount status`` shows: the session's state, the files still open with
-        unsaved writes, and whether a sync would change the root (computed, nothing stored)."""
-        status = self.session.status()
-        unsaved = self.open_files.unsaved()
-        status["open_unsaved_files"] = unsaved
-        warning = self.session.attributes.table.warning()
-        if warning is not None:  # the sync command prints it: modes, owners or times may be lost
-            status["attribute_warning"] = warning
-        if self.read_only:
-            status["sync_changes_root"] = False
-        elif unsaved:
-            status["sync_changes_root"] = True  # as good as certain, and knowing costs storing them
-        else:
-            async with self.lock:
-                status["sync_changes_root"] = await trio.to_thread.run_sync(self.session.sync_changes_root)
-        return status
-
-    async def sync(
-        self, car: Path | None = None, message: str | None = None, *, full_car: bool = False
-    ) -> SyncResult:
-        """Everything written so far, including files still open, committed and exported."""
-        self._writable()
-        started = time.time()
-        await self.store_all()
-        async with self.lock:
-            held = self._held_contents()
-            return await trio.to_thread.run_sync(
-                functools.partial(
-                    self.session.sync, car, message, full_car=full_car, started=started, held=held
-                )
-            )
-
-    def _held_contents(self) -> list[bytes]:
-        """The stored contents open files read: a file unlinked or renamed over while open reads its
-        old content until closed (POSIX), so garbage collection must keep it (published at sync)."""
-        held = {
-            handle.node.content.cid
-            for handle in self.handles.values()
-            if isinstance(handle.node.content, StoredFile)
-        }
-        return sorted(held)
+        if await self.session.release(handle):
+            # The last handle of an untouched chunk closed: its node goes back to being a packed row.
+            self.inodes.return_to_row(handle.node)
 
     # --- file system -----------------------------------------------------------
 
@@ -1033,13 +637,7 @@ class Operations(pyfuse3.Operations):
 
     def _attributes_of(self, ino: int) -> dict[bytes, bytes]:
         """The extended attributes of an inode: what it is made of, and for the root the socket."""
-        node = self.inodes.node(ino)
-        state = self.tree.describe(node)
-        buffer = self.open_files.get(ino)
-        if (buffer is not None and buffer.dirty) or (isinstance(node, File) and _changed_since_sync(node)):
-            state = NodeState(changed=True)  # its CID (if any) is not one the last sync stored there
-        if ino == pyfuse3.ROOT_INODE and not self.read_only and self.open_files.unsaved():
-            state = NodeState(changed=True)
+        state = self.session.describe(self.inodes.node(ino))
         found: dict[bytes, bytes] = {}
         if state.cid is not None:
             found[XATTR_CID] = cids.cid_to_str(state.cid).encode()
@@ -1073,16 +671,6 @@ SIZE_LOOKAHEAD = 512  # readdir finds the sizes of this many entries ahead at on
 SIZE_WORKERS = 16  # ...in this many worker threads (a cold stat waits on the disk: they overlap),
 SIZE_PROBE = 16  # unless this many of them, found first, took less than
 WARM_STAT = 20e-6  # seconds each: then their inodes are cached and threads would only cost
-SMALL_STORE = 64 << 10  # a file this small is stored (hashed, written) in the event loop on close
-SMALL_READ = 64 << 10  # a raw block this small is read in the event loop: a thread hop costs more
-
-
-def _changed_since_sync(file: File) -> bool:
-    """Whether a name of *file* was written, created, moved or linked since the last sync: then
-    what it holds is not what the last sync stored under that name (README, the xattr table)."""
-    return any(
-        parent.dirty and (parent.changed is None or name in parent.changed) for parent, name in file.links
-    )
 
 
 def _look_up_sizes(store: Blockstore, entries: list[StoredFile | tuple[EntryTable, int]]) -> None:
@@ -1131,14 +719,3 @@ def _size_unknown(node: Node | None) -> StoredFile | None:
     """*node*'s content if it is stored and nobody has looked up its size yet."""
     content = node.content if isinstance(node, File) else None
     return content if isinstance(content, StoredFile) and content.known_size is None else None
-
-
-def _small_raw(node: File) -> bool:
-    """Whether *node* is one raw block of at most SMALL_READ bytes, its size already known."""
-    content = node.content
-    return (
-        isinstance(content, StoredFile)
-        and cids.codec_of(content.cid) == cids.RAW
-        and content.known_size is not None
-        and content.known_size <= SMALL_READ
-    )

@@ -17,6 +17,7 @@ the chunks of a selection) starts no scan, and costs nothing more than before.
 
 from __future__ import annotations
 
+import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -128,3 +129,31 @@ class RowScan:
         self._recent.move_to_end(position)
         if len(self._recent) > RECENT:
             self._recent.popitem(last=False)
+
+
+class NameIndexing:
+    """The threads that index tables by name (:meth:`RowScan.index_names`: a sort of at most
+    NAME_ORDER_ROWS keys, under a second), owned by the mount: :meth:`close` joins them."""
+
+    def __init__(self) -> None:
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    def start(self, scan: RowScan) -> None:
+        """Index *scan*'s table in a thread of its own (nothing once closed)."""
+        if self._closed:
+            return
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        thread = threading.Thread(target=scan.index_names, name="ipldmount-name-order", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def running(self) -> int:
+        return sum(thread.is_alive() for thread in self._threads)
+
+    def close(self) -> None:
+        """No more threads; wait for those running."""
+        self._closed = True
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
