@@ -15,6 +15,7 @@ from ipldmount.blocks import DirectoryBlockstore, MemoryBlockstore
 from ipldmount.ipld.cid import parse_cid
 from ipldmount.repo.attributes import Attributes, AttributeTable, Meta
 from ipldmount.repo.home import StoreHome
+from ipldmount.repo.repository import Repository
 from ipldmount.session.runner import run_in_place
 from ipldmount.session.session import Session
 from ipldmount.tree.model import Tree
@@ -51,7 +52,7 @@ def test_attributes_come_back_for_the_same_path_and_bytes(tmp_path: Path) -> Non
 
 def test_a_renamed_file_keeps_its_attributes_under_its_new_path(tmp_path: Path) -> None:
     home = StoreHome(DirectoryBlockstore(tmp_path / "store"))
-    session = Session(home.blocks, home, tmp_path / "mnt", None)
+    session = Session(Repository(home.blocks, home=home), tmp_path / "mnt", None)
     file = run_in_place(session.create(session.tree.root, "tmp.name"))
     session.attributes.set(file, Meta(stat.S_IFREG | 0o640, 0, 0, 5, 5, 5))
     run_in_place(session.rename(session.tree.root, "tmp.name", session.tree.root, "final"))

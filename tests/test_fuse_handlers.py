@@ -21,7 +21,7 @@ from ipldmount.blocks import DirectoryBlockstore
 from ipldmount.format.files import MAX_FILE_SIZE, MAX_WHOLE_FILE_SIZE, StoredFile
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
-from ipldmount.repo.home import StoreHome
+from ipldmount.repo.repository import Repository
 from ipldmount.session.session import Session
 from ipldmount.tree.model import File, Tree
 
@@ -57,7 +57,7 @@ def size_attrs(size: int) -> pyfuse3.EntryAttributes:
 
 def _ops(tmp_path: Path, root: bytes | None = None, **options: Any) -> Operations:
     store = DirectoryBlockstore(tmp_path / "store", durable=False)
-    return Operations(Session(store, StoreHome(store), tmp_path / "mnt", root, **options))
+    return Operations(Session(Repository(store), tmp_path / "mnt", root, **options))
 
 
 @pytest.fixture
@@ -216,7 +216,7 @@ async def test_a_broken_directory_answers_eio(tmp_path: Path) -> None:
     store = DirectoryBlockstore(tmp_path / "store", durable=False)
     missing = cids.block_cid(cids.DAG_CBOR, codec.encode({"gone": {}}))
     root = store.put(codec.encode({"broken": codec.Link(missing)}), cids.DAG_CBOR)
-    ops = Operations(Session(store, StoreHome(store), tmp_path / "mnt", root))
+    ops = Operations(Session(Repository(store), tmp_path / "mnt", root))
     broken = (await ops.lookup(ROOT, b"broken", CTX)).st_ino
     assert await errno_of(ops.lookup, broken, b"x", CTX) == errno.EIO
     assert await errno_of(ops.opendir, broken, CTX) == errno.EIO
@@ -361,7 +361,7 @@ async def test_a_listing_finds_sizes_of_stored_blocks_in_batches(
     gone = Tree(store, root).resolve("arr/555")
     assert isinstance(gone, File) and isinstance(gone.content, StoredFile)
     store.block_path(gone.content.cid).unlink()
-    ops = Operations(Session(store, StoreHome(store), tmp_path / "mnt", root))
+    ops = Operations(Session(Repository(store), tmp_path / "mnt", root))
     listed: dict[bytes, pyfuse3.EntryAttributes] = {}
 
     def reply(token: object, name: bytes, attrs: pyfuse3.EntryAttributes, next_id: int) -> bool:
@@ -418,7 +418,7 @@ def _stored_array(tmp_path: Path, count: int) -> tuple[Operations, dict[bytes, b
     for name, data in files.items():
         tree.write_file(f"arr/{name.decode()}", data)
     root = tree.commit()
-    return Operations(Session(store, StoreHome(store), tmp_path / "mnt", root)), files
+    return Operations(Session(Repository(store), tmp_path / "mnt", root)), files
 
 
 class Replies:

@@ -27,11 +27,11 @@ from ipldmount.errors import (
 )
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore
-from ipldmount.repo.home import StoreHome
 from ipldmount.repo.journal import Journal
 from ipldmount.repo.registry import RootRecord
 from ipldmount.repo.repository import Repository
 from ipldmount.repo.retention import Retention
+from ipldmount.session.runner import run_in_place
 from ipldmount.session.session import Session
 from ipldmount.tree.model import Directory, Tree
 
@@ -247,9 +247,9 @@ def test_every_door_records_through_the_one_method(tmp_path: Path, monkeypatch: 
     store.set_sync("k", _buffer(b"v"))
     store.freeze()
     assert cli.main(["import", str(SEED_CAR), "--store", str(tmp_path / "store")]) == 0
-    session = Session(store.blockstore, StoreHome(store.blockstore), tmp_path / "mnt", None)
+    session = Session(Repository(store.blockstore), tmp_path / "mnt", None)
     session.tree.write_file("f", b"changed")
-    session.sync()
+    run_in_place(session.sync())
     session.close(clean=True)
     assert calls == ["api", "import", "mount"]
 

@@ -23,7 +23,7 @@ from ipldmount.errors import (
 )
 from ipldmount.format.files import BLOCK_LIMIT, PendingFile, StoredFile
 from ipldmount.ipld import cid as cids
-from ipldmount.repo.home import StoreHome
+from ipldmount.repo.repository import Repository
 from ipldmount.session.openfiles import FileHandle, OpenFile, OpenFiles
 from ipldmount.session.runner import run_in_place
 from ipldmount.session.session import PendingChangesError, Session
@@ -38,7 +38,7 @@ def run(request: Coroutine[Any, Any, T]) -> T:
 
 def new_session(tmp_path: Path, root: bytes | None = None, **options: Any) -> Session:
     store = DirectoryBlockstore(tmp_path / "store", durable=False)
-    return Session(store, StoreHome(store), tmp_path / "mnt", root, **options)
+    return Session(Repository(store), tmp_path / "mnt", root, **options)
 
 
 def crash(session: Session) -> None:

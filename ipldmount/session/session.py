@@ -21,13 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ipldmount.blocks import Blockstore
 from ipldmount.blocks.car import write_car_file
 from ipldmount.errors import CarWriteError, IpldmountError, IsDirectoryError, ReadOnlyError
 from ipldmount.format.files import FileContent, InlineFile, PendingFile, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
 from ipldmount.repo.attributes import Attributes, Meta
-from ipldmount.repo.home import StoreHome
 from ipldmount.repo.journal import Journal, Pending, decode_data, encode_data
 from ipldmount.repo.registry import RootRecord
 from ipldmount.repo.repository import Repository
@@ -65,12 +63,12 @@ class SyncResult:
 
 
 class Session:
-    """The tree served at *mountpoint*, from blocks in *store*; its journal and roots in *home*."""
+    """The tree served at *mountpoint* from *repository*: read through its blocks (a lazy mount's
+    fetch), its journal and roots kept in its home."""
 
     def __init__(
         self,
-        store: Blockstore,
-        home: StoreHome,
+        repository: Repository,
         mountpoint: Path,
         root: bytes | None,
         *,
@@ -78,8 +76,9 @@ class Session:
         whole_files: bool = False,
         car_dir: Path | None = None,
     ) -> None:
-        self.store = store
-        self.home = home
+        self.repository = repository
+        self.store = store = repository.blocks
+        self.home = home = repository.home
         self.mountpoint = mountpoint
         self.read_only = read_only
         self.car_dir = car_dir or home.cars_dir
@@ -590,7 +589,7 @@ class Session:
         elif self._moved(root):  # a mount of another root than the one last recorded here
             made = [self._made(root, self._recorded_root(), message, None)]
         # what was stored before the commit is in the root now (recorded here, or before)
-        Repository(self.store, home=self.home).record(made, settle_before=started)
+        self.repository.record(made, settle_before=started)
         if not (changed or full_car or car_path):
             log.info("synced %s: root %s, unchanged", self.mountpoint, cids.cid_to_str(root))
             return SyncResult(cids.cid_to_str(root), None, 0, changed, full_car)

@@ -124,8 +124,7 @@ def _run_daemon(
     from ipldmount.adapters.fuse import daemon  # pyfuse3 is needed only here
 
     config = daemon.MountConfig(
-        home=repository.home,
-        store=repository.blocks,
+        repository=repository,
         mountpoint=mountpoint,
         root=root,
         read_only=args.read_only,

@@ -27,11 +27,11 @@ import trio
 
 from ipldmount.adapters.fuse.control import MAX_MESSAGE, runtime_dir
 from ipldmount.adapters.fuse.ops import Operations, close, mount, serve, terminate
-from ipldmount.blocks import Blockstore
 from ipldmount.blocks.car import car_target
 from ipldmount.errors import CarWriteError, IncompleteDagError, IpldmountError
 from ipldmount.ipld import cid as cids
-from ipldmount.repo.home import StoreHome, mount_id
+from ipldmount.repo.home import mount_id
+from ipldmount.repo.repository import Repository
 from ipldmount.session.session import Session
 
 log = logging.getLogger(__name__)
@@ -41,22 +41,20 @@ READ_AHEAD_KB = 4096
 
 @dataclass(frozen=True)
 class MountConfig:
-    home: StoreHome
+    repository: Repository  # the store; its blocks may be a store that fetches into it (a lazy mount)
     mountpoint: Path
     root: bytes | None
     read_only: bool = False
     whole_files: bool = False
     car_dir: Path | None = None
     allow_other: bool = False
-    store: Blockstore | None = None  # None: home.blocks (a lazy mount passes a store that fetches into it)
 
 
 def run(config: MountConfig, ready: Callable[[], None]) -> None:
     """Mount, serve until unmounted, sync, and return. *ready* is called once the mount is live."""
     keep_freed_buffers()
     session = Session(
-        config.home.blocks if config.store is None else config.store,
-        config.home,
+        config.repository,
         config.mountpoint,
         config.root,
         read_only=config.read_only,
@@ -68,7 +66,7 @@ def run(config: MountConfig, ready: Callable[[], None]) -> None:
     mount(ops, config.mountpoint, read_only=config.read_only, allow_other=config.allow_other)
     clean = False
     try:
-        config.home.write_pid(session.files)
+        config.repository.home.write_pid(session.files)
         try:
             trio.run(_serve, session, control, ready)
         except BaseExceptionGroup as group:
@@ -80,7 +78,7 @@ def run(config: MountConfig, ready: Callable[[], None]) -> None:
         session.close(clean)
         if _bound_by_us(control):
             control.unlink()  # never another daemon's: one that failed to bind leaves it alone
-        config.home.forget_pid(session.files)
+        config.repository.home.forget_pid(session.files)
     log.info("unmounted %s; final root %s", config.mountpoint, session.root)
 
 
