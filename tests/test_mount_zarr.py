@@ -8,6 +8,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from conftest import required_module
 from fuse_helpers import (
     Mounts,
 )
@@ -15,9 +16,9 @@ from fuse_helpers import (
 pytest_plugins = ("fuse_helpers",)
 pytestmark = pytest.mark.fuse
 
-xr = pytest.importorskip("xarray")
-zarr = pytest.importorskip("zarr")
-numcodecs = pytest.importorskip("numcodecs")
+xr = required_module("xarray")  # skipped locally without the test extras, failed under CI=true
+zarr = required_module("zarr")
+numcodecs = required_module("numcodecs")
 
 
 def _dataset() -> object:
