@@ -431,3 +431,30 @@ def test_a_block_no_source_gave_fails_at_once_even_where_waiting_is_not_allowed(
         store.get(dag.small)
     with BlockFetcher.no_waiting(), pytest.raises(MustFetchError):
         store.get(dag.big[0])  # one not asked for yet is handed back, as before
+
+
+def test_the_deadline_watchdog_ends_when_nothing_is_watched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread that cuts late requests lives while requests are watched, then ends; the next
+    request starts it again, and a deadline past due is still cut."""
+    from ipldmount.remote import http
+
+    monkeypatch.setattr(http._Watchdog, "IDLE", 0.2)
+    watchdog = http._Watchdog()
+
+    def running() -> bool:
+        return any(
+            thread.name == "ipldmount-http-deadlines" and thread.is_alive()
+            for thread in threading.enumerate()
+        )
+
+    for _ in range(2):
+        deadline = http.Deadline(0.05)
+        watchdog.watch(deadline)
+        assert running()
+        waited = time.monotonic()
+        while not deadline.expired and time.monotonic() - waited < 10:
+            time.sleep(0.01)
+        assert deadline.expired, "a deadline past due is cut"
+        while running() and time.monotonic() - waited < 10:
+            time.sleep(0.05)
+        assert not running(), "with nothing watched, the thread ends"

@@ -121,7 +121,10 @@ class Deadline:
 
 class _Watchdog:
     """One thread that cuts every request whose deadline has passed (a timer thread per request
-    would cost a thread per block fetched)."""
+    would cost a thread per block fetched). It runs while requests are watched and ends when none
+    is (after a short idle wait, so a burst of requests does not start a thread each)."""
+
+    IDLE = 5.0  # seconds with nothing to watch before the thread ends
 
     def __init__(self) -> None:
         self.reset()
@@ -153,7 +156,11 @@ class _Watchdog:
                     self._watched.discard(deadline)
                     deadline.cut()
                 soonest = min((deadline.at for deadline in self._watched), default=None)
-                self._changed.wait(None if soonest is None else soonest - now)
+                if soonest is None and not self._changed.wait(self.IDLE) and not self._watched:
+                    self._pid = 0  # the next watch starts a thread again
+                    return
+                if soonest is not None:
+                    self._changed.wait(soonest - now)
 
 
 _WATCHDOG = _Watchdog()
