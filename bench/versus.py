@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -68,8 +69,13 @@ def ratio(before: float, after: float, unit: str) -> str:
     return f"{(after / before if unit in HIGHER_IS_BETTER else before / after):.2f}x"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a SIGTERM too removes the checkout of REV (the finally below)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     sides: dict[str, list[list[dict[str, object]]]] = {"before": [], "after": []}
     with tempfile.TemporaryDirectory(prefix="ipldmount-versus-") as scratch:
         old = Path(scratch) / "before"
