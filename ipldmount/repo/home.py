@@ -6,7 +6,8 @@
     STORE/roots.head              the size of roots.log after its last append, and that line's seal
     STORE/roots.log.damaged       lines `log --repair` set aside
     STORE/live/                   roots live in-process stores (IPLDStore) use, one locked file each
-    STORE/tags.json               names for roots
+    STORE/tags.json               names for roots (trees or commits)
+    STORE/branches.json           branch -> head commit, moved by compare-and-swap (branches.lock)
     STORE/pushes.log              roots pushed to IPFS nodes (`ipldmount push`): one JSON line each
     STORE/attributes.sqlite       mode, owner and mtime by path and content (outside the CIDs)
     STORE/cars/                   CARs written by sync (unless told otherwise)
@@ -14,6 +15,7 @@
     STORE/mounts/ID/daemon.pid    while its daemon runs;  daemon.log: what the daemon said
     STORE/mounts/ID/root          the root a running daemon serves, then the contents its open
                                   files read (kept by garbage collection)
+    STORE/mounts/ID/head          what the mountpoint shows as of its last sync: commit, tree, branch
     STORE/gc.lock, leases/        the block store's guards against collecting what writers use
 
 Everything is created with the store's modes (private by default, see
@@ -23,12 +25,15 @@ Everything is created with the store's modes (private by default, see
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipldmount.blocks import DirectoryBlockstore
+from ipldmount.blocks import DirectoryBlockstore, fsync_dir
+from ipldmount.errors import IpldmountError
 from ipldmount.repo.attributes import AttributeTable
+from ipldmount.repo.branches import Branches
 from ipldmount.repo.liveroots import LiveRoots, live_roots
 from ipldmount.repo.registry import PushLedger, Registry, Tags
 
@@ -59,6 +64,20 @@ class MountFiles:
     @property
     def root_file(self) -> Path:
         return self.folder / "root"
+
+    @property
+    def head_file(self) -> Path:
+        return self.folder / "head"
+
+
+@dataclass(frozen=True)
+class MountHead:
+    """What a mountpoint shows as of its last sync (or mount): its commit, tree and branch."""
+
+    tree: str | None  # None: the empty tree, never synced
+    commit: str | None = None  # None: not committed yet (a mount of a bare tree, or of empty)
+    branch: str | None = None  # the branch its syncs move (None: detached)
+    mountpoint: str = ""
 
 
 class StoreHome:
@@ -126,6 +145,10 @@ class StoreHome:
         return PushLedger(self.root / "pushes.log", self.open_private)
 
     @property
+    def branches(self) -> Branches:
+        return Branches(self.root / "branches.json", self.root / "branches.lock", self.tmp_dir, self.open_private)
+
+    @property
     def tags(self) -> Tags:
         return Tags(self.root / "tags.json", self.tmp_dir, self.open_private)
 
@@ -155,6 +178,29 @@ class StoreHome:
         with os.fdopen(fd, "w") as stream:
             stream.write("".join(f"{cid}\n" for cid in [root, *(held or [])]))
         os.replace(temp, files.root_file)
+
+    def write_head(self, files: MountFiles, head: MountHead) -> None:
+        """Say what the mountpoint shows now (after a sync, a reset or a discard), durably and
+        atomically: ``resume`` mounts it, a mountpoint given as a root means it, gc keeps it."""
+        temp = files.folder / f".head.{os.getpid()}"
+        fd = self.open_private(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        with os.fdopen(fd, "w") as stream:
+            json.dump(head.__dict__, stream)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp, files.head_file)
+        fsync_dir(files.folder)
+
+    def read_head(self, files: MountFiles) -> MountHead | None:
+        """The head a mountpoint's last session wrote (None: none yet); refuses one it cannot read."""
+        try:
+            value = json.loads(files.head_file.read_text())
+            return MountHead(**value)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise IpldmountError(f"{files.head_file} cannot be read ({exc}): nothing was changed") from None
 
     def served_root(self, files: MountFiles) -> str | None:
         """The root a live daemon serves at that mountpoint (None: no live daemon)."""

@@ -41,6 +41,8 @@ class Pending:
 
     root: bytes | None
     records: list[dict[str, Any]] = field(default_factory=list)
+    commit: bytes | None = None  # the commit *root* is the tree of (None: none yet)
+    branch: str | None = None  # the branch the next sync moves (None: detached)
 
 
 class Journal:
@@ -66,15 +68,21 @@ class Journal:
         if header.get("format") != FORMAT or header.get("version") != VERSION:
             raise JournalError(f"{self.path} is not an ipldmount journal (version {VERSION})")
         root = cids.parse_cid(header["root"]) if header.get("root") else None
+        commit = cids.parse_cid(header["commit"]) if header.get("commit") else None
+        branch = header.get("branch")
+        if branch is not None and not isinstance(branch, str):
+            raise JournalError(f"{self.path}: its header's branch is not a name")
         records = [_parse_line(line, self.path) for line in lines[1:] if line]
-        return Pending(root, records)
+        return Pending(root, records, commit, branch)
 
     # --- writing -------------------------------------------------------------
 
-    def start(self, root: bytes | None, keep: bool = False) -> None:
-        """Begin (or with *keep*, continue) the journal on base *root*."""
+    def start(
+        self, root: bytes | None, keep: bool = False, *, commit: bytes | None = None, branch: str | None = None
+    ) -> None:
+        """Begin (or with *keep*, continue) the journal on base *root* (the tree of *commit*)."""
         if not keep:
-            self.reset(root)
+            self.reset(root, commit=commit, branch=branch)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def append(self, op: str, **fields: Any) -> None:
@@ -89,9 +97,18 @@ class Journal:
         if self._fd is not None:
             os.fdatasync(self._fd)
 
-    def reset(self, root: bytes | None) -> None:
-        """Atomically replace the journal by an empty one based on *root*."""
-        header = {"format": FORMAT, "version": VERSION, "root": cids.cid_to_str(root) if root else None}
+    def reset(self, root: bytes | None, *, commit: bytes | None = None, branch: str | None = None) -> None:
+        """Atomically replace the journal by an empty one based on *root* (the tree of *commit*,
+        on *branch*: what a recovery goes on from)."""
+        header: dict[str, Any] = {
+            "format": FORMAT,
+            "version": VERSION,
+            "root": cids.cid_to_str(root) if root else None,
+        }
+        if commit is not None:
+            header["commit"] = cids.cid_to_str(commit)
+        if branch is not None:
+            header["branch"] = branch
         temporary = self.path.with_name(self.path.name + ".new")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "wb") as stream:  # names are private too: 0600 whatever the umask allows

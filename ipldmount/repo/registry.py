@@ -45,6 +45,9 @@ class RootRecord:
     parent: str | None = None  # the root it was made from (a mount's previous root), if any
     message: str | None = None  # `ipldmount sync -m`
     car: str | None = None  # the CAR a sync wrote
+    commit: str | None = None  # the commit of this version (None: a line from before commits)
+    branch: str | None = None  # the branch this line moved to *commit* (the reflog)
+    previous: str | None = None  # the branch's head before, if it had one
 
     @staticmethod
     def now() -> str:
@@ -59,6 +62,10 @@ class RootRecord:
         parent: bytes | None = None,
         message: str | None = None,
         car: Path | None = None,
+        *,
+        commit: bytes | None = None,
+        branch: str | None = None,
+        previous: bytes | None = None,
     ) -> RootRecord:
         """The record of *root*, made now."""
         return cls(
@@ -66,13 +73,20 @@ class RootRecord:
             cls.now(),
             source,
             where,
-            cids.cid_to_str(parent) if parent is not None else None,
+            _shown(parent),
             message,
             str(car) if car is not None else None,
+            _shown(commit),
+            branch,
+            _shown(previous),
         )
 
     def as_json(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value not in (None, "")}
+
+
+def _shown(cid: bytes | None) -> str | None:
+    return cids.cid_to_str(cid) if cid is not None else None
 
 
 class HistoryDamagedError(IpldmountError):

@@ -17,7 +17,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -25,21 +25,24 @@ from ipldmount.blocks import Blockstore, DirectoryBlockstore, car, dag
 from ipldmount.blocks.car import write_car_file
 from ipldmount.blocks.gc import collect_garbage, mark
 from ipldmount.errors import (
+    BlockNotFoundError,
     InvalidCIDError,
     IpldmountError,
     IsDirectoryError,
     NotDirectoryError,
     NotFoundError,
 )
+from ipldmount.format.commit import Commit, first_parents, read_commit, store_commit
 from ipldmount.format.diff import Change, diff_roots
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.fetching import FetchingBlockstore
+from ipldmount.repo.branches import DEFAULT_BRANCH, BranchMovedError
 from ipldmount.repo.home import StoreHome
 from ipldmount.repo.journal import Journal
 from ipldmount.repo.liveroots import LiveRoots
 from ipldmount.repo.registry import PushRecord, RootRecord, free_tag_name
 from ipldmount.repo.retention import GcReport, Retention, collect, unnamed_heads
-from ipldmount.tree.model import File, Node, Tree
+from ipldmount.tree.model import EMPTY_DIRECTORY, File, Node, Tree
 from ipldmount.tree.unixfs import open_tree
 
 if TYPE_CHECKING:  # transports: imported where they are used, so that opening a store loads no HTTP
@@ -48,6 +51,16 @@ if TYPE_CHECKING:  # transports: imported where they are used, so that opening a
 
 Counting = Callable[[int, int], None]  # (blocks, bytes) so far: a progress line
 SizedProgress = Callable[[int | None], AbstractContextManager[Counting]]  # given the size to read, if known
+
+
+@dataclass(frozen=True)
+class Version:
+    """What a root argument names: a tree, the commit it is the tree of (if any), and the
+    branch it was named by (if any: a mount of it moves the branch)."""
+
+    tree: bytes | None  # None: the empty tree
+    commit: bytes | None = None
+    branch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,37 +128,100 @@ class Repository:
         """The store's folder as the history names it (its real path); "" for a store in memory."""
         return str(self._home.root.resolve()) if self._home is not None else ""
 
-    # --- which root a text names --------------------------------------------------------
+    # --- which version a text names ----------------------------------------------------
+
+    def resolve(self, text: str) -> Version:
+        """The version *text* names: a mountpoint (what it shows now), ``NAME~N`` (N first
+        parents back), a CID (a commit, or a tree), a branch, or a tag (naming either)."""
+        if text.startswith("/ipns/"):
+            raise IpldmountError(f"{text}: an IPNS name resolves through an IPFS node (pass --ipfs URL)")
+        if "/" in text or text in (".", ".."):
+            if Path(text).is_dir():
+                return self._shown_at_named(text)
+        name, tilde, back = text.partition("~")
+        if tilde:
+            return self._back(name, back)
+        try:
+            return self.version_of(cids.parse_cid(text))
+        except InvalidCIDError:
+            pass
+        if Path(text).is_dir():
+            return self._shown_at_named(text)
+        head = self.home.branches.get(text)
+        if head is not None:
+            return replace(self.version_of(head), branch=text)
+        tagged = self.home.tags.get(text)
+        if tagged is None:
+            raise InvalidCIDError(
+                f"{text!r} is not a CID, a branch, a tag, BRANCH~N or a mountpoint of this store"
+            )
+        return self.version_of(tagged)
+
+    def _shown_at_named(self, text: str) -> Version:
+        version = self.shown_at(Path(text).resolve())
+        if version.tree is None and version.commit is None:
+            raise IpldmountError(f"nothing was mounted or synced at {text} yet")
+        return version
+
+    def _back(self, name: str, back: str) -> Version:
+        if not back.isdigit() or len(back) > 9:
+            raise IpldmountError(f"{name}~{back}: after ~ comes a number of commits to go back")
+        start = self.resolve(name)
+        if start.commit is None:
+            raise IpldmountError(f"{name} names a tree, not a commit: it has no parents to go back to")
+        for steps, (cid, commit) in enumerate(first_parents(self.blocks, start.commit)):
+            if steps == int(back):
+                return Version(commit.tree, cid)
+        raise IpldmountError(f"{name}~{back}: {name} has fewer than {int(back) + 1} commits in its line")
+
+    def version_of(self, cid: bytes) -> Version:
+        """*cid* as a version: a commit (its tree with it) or a tree (no commit)."""
+        try:
+            commit = read_commit(self.blocks, cid)
+        except BlockNotFoundError:
+            return Version(cid)  # said by whoever reads the tree: not in the store
+        return Version(cid) if commit is None else Version(commit.tree, cid)
+
+    def commit(self, cid: bytes) -> Commit:
+        """The commit at *cid* (IpldmountError if it is not one)."""
+        commit = read_commit(self.blocks, cid)
+        if commit is None:
+            raise IpldmountError(f"{cids.cid_to_str(cid)} is a tree, not a commit")
+        return commit
 
     def root_or_tag(self, text: str) -> bytes:
-        """A CID, or the root a tag names; the CID's InvalidCIDError when it is neither."""
-        try:
-            return cids.parse_cid(text)
-        except InvalidCIDError:
-            tagged = self.home.tags.get(text)
-            if tagged is None:
-                raise
-            return tagged
+        """The tree *text* names (:meth:`resolve`): a commit's tree, a branch's, a tag's, a CID's."""
+        tree = self.resolve(text).tree
+        if tree is None:
+            raise IpldmountError(f"{text} shows the empty tree, which was never stored")
+        return tree
 
     def split_target(self, target: str) -> tuple[bytes, str]:
-        """``ROOT[/PATH]`` -> (root, path); ROOT is a CID or a tag."""
+        """``ROOT[/PATH]`` -> (tree, path); ROOT is anything :meth:`resolve` reads but a mountpoint."""
         text, _, path = target.partition("/")
         return self.root_or_tag(text), path
 
     def find_root(self, text: str | None) -> bytes:
-        """A CID, a tag, or a mountpoint (the root it shows: :meth:`root_shown_at`); without
-        *text*, the newest root made in the store."""
-        if text is not None and Path(text).is_dir():
-            root = self.root_shown_at(Path(text).resolve())
-            if root is None:
-                raise IpldmountError(f"nothing was mounted or synced at {text} yet")
-            return root
+        """The tree *text* names (:meth:`resolve`); without *text*, the default branch's, else
+        the newest root made in the store."""
+        return self.find_version(text).tree or self._stored_empty()
+
+    def find_version(self, text: str | None) -> Version:
+        """The version *text* names; without it, the default branch's head, else the newest made."""
         if text is not None:
-            return self.root_or_tag(text)
+            return self.resolve(text)
+        head = self.home.branches.get(DEFAULT_BRANCH)
+        if head is not None:
+            return replace(self.version_of(head), branch=DEFAULT_BRANCH)
         newest = self.home.registry.history()
         if not newest:
             raise IpldmountError("no root was made in this store yet: name one (tag NAME ROOT)")
-        return cids.parse_cid(newest[0].root)
+        record = newest[0]
+        commit = cids.parse_cid(record.commit) if record.commit else None
+        return Version(cids.parse_cid(record.root), commit)
+
+    def _stored_empty(self) -> bytes:
+        return self.local.put(EMPTY_DIRECTORY, cids.DAG_CBOR)
 
     def stored_tree(self, root: bytes) -> Tree:
         """The tree at *root*, read-only: a directory node in the store (or fetched into it)."""
@@ -179,52 +255,81 @@ class Repository:
     def mount_root(
         self, text: str, mountpoint: Path, *, importing: SizedProgress | None = None
     ) -> bytes | None:
-        """ROOT of a mount as a root in the store: ``empty`` (None), ``resume`` (:meth:`last_root_at`),
-        a ``.car`` file (imported first: it must hold one tree), or a CID or a tag. A root that
-        is not a directory is refused here, not in the daemon."""
+        """The tree :meth:`mount_version` mounts (None: the empty tree)."""
+        return self.mount_version(text, mountpoint, importing=importing).tree
+
+    def mount_version(
+        self, text: str, mountpoint: Path, *, importing: SizedProgress | None = None
+    ) -> Version:
+        """ROOT of a mount as a version in the store: ``empty`` (the default branch, when the
+        store has none yet; else no commit), ``resume`` (:meth:`last_version_at`), a ``.car``
+        file (imported first: it must hold one tree or commit), a branch (its syncs move it),
+        or anything else :meth:`resolve` reads. A root that is not a directory is refused
+        here, not in the daemon."""
         if text == "empty":
-            return None
+            return Version(None, branch=None if self.home.branches.all() else DEFAULT_BRANCH)
         if text == "resume":
-            return self.last_root_at(mountpoint)
+            return self.last_version_at(mountpoint)
         if Path(text).exists() and not Path(text).is_dir():  # a .car file, or a pipe (/dev/stdin)
-            return self.import_car(text, single_root=True, progress=importing)[0]
-        root = self._mountable(text)
+            return self.version_of(self.import_car(text, single_root=True, progress=importing)[0])
+        version = self._mountable(text)
+        root = version.tree
+        if root is None:
+            return version
         if not self.blocks.has(root) and not self.blocks.fetches_missing:
             raise IpldmountError(
                 f"root {text} is not in the store {self.home.root} (import its CAR first, pass the .car, or "
                 "name an IPFS node or gateway that has it: --ipfs URL, --gateway URL)"
             )
         open_tree(self.blocks, root, read_only=True)  # fetched, if it must be
-        return root
+        return version
 
-    def _mountable(self, text: str) -> bytes:
-        """ROOT as typed: a CID or a tag, or else say what ROOT may be."""
+    def _mountable(self, text: str) -> Version:
+        """ROOT as typed, or else say what ROOT may be."""
         try:
-            return self.root_or_tag(text)
+            return self.resolve(text)
         except InvalidCIDError as exc:
             if Path(text).exists():
                 raise IpldmountError(f"{text} is not a CAR file") from None
             raise IpldmountError(
-                f"ROOT must be a CID, a tag, a .car file, 'empty' or 'resume'; {exc} "
-                "(and no tag has that name)"
+                f"ROOT must be a CID, a branch, a tag, BRANCH~N, a .car file, 'empty' or 'resume'; {exc}"
             ) from None
 
     def last_root_at(self, mountpoint: Path) -> bytes | None:
-        """The root *mountpoint* had last: its journal's base (changes pending on it come back),
-        else the last root synced there, else empty. What a service restarting after a crash wants."""
-        pending = Journal(self.home.mount_files(mountpoint).journal).read()
+        return self.last_version_at(mountpoint).tree
+
+    def last_version_at(self, mountpoint: Path) -> Version:
+        """What *mountpoint* had last: its journal's base (changes pending on it come back), else
+        what its last session synced (its head), else empty. What a service restarting after a
+        crash wants, and ``resume``."""
+        files = self.home.mount_files(mountpoint)
+        pending = Journal(files.journal).read()
         if pending is not None:
-            return pending.root
-        synced = self.home.registry.history(str(mountpoint))
-        return cids.parse_cid(synced[0].root) if synced else None
+            return Version(pending.root, pending.commit, pending.branch)
+        head = self.home.read_head(files)
+        if head is not None:
+            return Version(_cid_or_none(head.tree), _cid_or_none(head.commit), head.branch)
+        synced = self.home.registry.history(str(mountpoint))  # a store from before heads
+        return Version(cids.parse_cid(synced[0].root)) if synced else Version(None)
 
     def root_shown_at(self, mountpoint: Path) -> bytes | None:
-        """The root *mountpoint* shows now: its live daemon's (started from or last synced), else
-        the base of the journal a dead one left, else the last root synced there."""
-        served = self.home.served_root(self.home.mount_files(mountpoint))
-        if served is not None:
-            return cids.parse_cid(served)
-        return self.last_root_at(mountpoint)
+        return self.shown_at(mountpoint).tree
+
+    def shown_at(self, mountpoint: Path) -> Version:
+        """What *mountpoint* shows now: its live daemon's version (started from, last synced,
+        reset or discarded to), else the base of the journal a dead one left, else its head."""
+        files = self.home.mount_files(mountpoint)
+        served = self.home.served_root(files)
+        if served is None:
+            version = self.last_version_at(mountpoint)
+        else:
+            head = self.home.read_head(files)
+            if head is not None and head.tree == served:
+                commit = cids.parse_cid(head.commit) if head.commit else None
+                version = Version(cids.parse_cid(served), commit, head.branch)
+            else:
+                version = Version(cids.parse_cid(served))
+        return version
 
     def daemon_pid(self, mountpoint: Path) -> int | None:
         """The pid *mountpoint*'s daemon wrote (it may have died since)."""
@@ -274,6 +379,48 @@ class Repository:
         if self._live is not None:
             self._live.close()
             self._live = None
+
+    # --- commits and branches -----------------------------------------------------------
+
+    def make_commit(self, tree: bytes, parents: Sequence[bytes], message: str | None = None) -> bytes:
+        """Store a commit of *tree* on *parents*; its CID. Not durable until the store syncs."""
+        return store_commit(self.local, Commit.made(tree, tuple(parents), message))
+
+    def branches(self) -> dict[str, bytes]:
+        """Branch name -> head commit."""
+        return self.home.branches.all() if self._home is not None else {}
+
+    def move_branch(
+        self,
+        name: str,
+        expected: bytes | None,
+        new: bytes | None,
+        *,
+        why: str,
+        where: str = "",
+        message: str | None = None,
+    ) -> None:
+        """Move *name* from *expected* to *new* (compare-and-swap: BranchMovedError if it moved
+        meanwhile; None: create, or delete), and say so in the reflog."""
+        if new is not None and name in self.home.tags.all():
+            raise IpldmountError(f"{name!r} is a tag: a branch cannot have its name")
+        if new is not None:
+            self.commit(new)  # a branch names commits only
+        self.home.branches.move(name, expected, new)
+        target = new if new is not None else expected
+        tree = self.commit(target).tree if target is not None else None
+        if tree is not None:
+            self.home.registry.record(
+                RootRecord.made(tree, why, where, message=message, commit=new, branch=name, previous=expected)
+            )
+
+    def branch_line(self, name: str, limit: int | None = None) -> list[tuple[bytes, Commit]]:
+        """The commits of *name*'s first-parent line, newest first."""
+        head = self.home.branches.get(name)
+        if head is None:
+            raise IpldmountError(f"no branch named {name!r}")
+        line = first_parents(self.blocks, head)
+        return [step for _, step in zip(range(limit), line, strict=False)] if limit else list(line)
 
     # --- CARs ---------------------------------------------------------------------------
 
@@ -513,6 +660,10 @@ def _naming(target: str) -> Iterator[None]:
 def _regular_file_size(fd: int) -> int | None:
     info = os.fstat(fd)
     return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _cid_or_none(text: str | None) -> bytes | None:
+    return cids.parse_cid(text) if text else None
 
 
 def _count_of(count: int, noun: str) -> str:

@@ -11,12 +11,14 @@ worker thread, for a front door with an event loop; in place by default).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,12 @@ from ipldmount.blocks.car import write_car_file
 from ipldmount.errors import CarWriteError, IpldmountError, IsDirectoryError, ReadOnlyError
 from ipldmount.format.files import FileContent, InlineFile, PendingFile, StoredFile, check_file_size
 from ipldmount.ipld import cid as cids
+from ipldmount.format.merge import Take, merge_roots
 from ipldmount.repo.attributes import Attributes, Meta
+from ipldmount.repo.home import MountHead
 from ipldmount.repo.journal import Journal, Pending, decode_data, encode_data
-from ipldmount.repo.registry import RootRecord
 from ipldmount.repo.repository import Repository
+from ipldmount.session.advance import Advance, MergeConflictError, Place
 from ipldmount.session.openfiles import FileHandle, OpenFile, OpenFiles
 from ipldmount.session.runner import InPlace, Runner
 from ipldmount.session.writebuffer import WriteBuffer, buffer_content
@@ -43,23 +47,24 @@ SMALL_STORE = 64 << 10  # a file this small is stored (hashed, written) in place
 SMALL_READ = 64 << 10  # a raw block this small is read in place: a thread hop costs more
 
 
-class _Unread:
-    """Not read from the history yet."""
-
-
 class PendingChangesError(IpldmountError):
     """The mountpoint has unsynced changes on another root."""
 
 
 @dataclass(frozen=True)
 class SyncResult:
-    """A sync's outcome: the root, and the CAR written (None when nothing changed and none was asked for)."""
+    """A sync's outcome: the tree, the CAR written (None when nothing was committed and none
+    was asked for), and the commit the mount stands on now."""
 
     root: str
     car: Path | None
     car_bytes: int
-    changed: bool
+    changed: bool  # the tree is not the one the previous commit (or the mount) had
     full_car: bool
+    commit: str | None = None
+    branch: str | None = None
+    committed: bool = False  # a new commit was made
+    merged: bool = False  # another writer's changes to the branch were merged in
 
 
 class Session:
@@ -75,6 +80,8 @@ class Session:
         read_only: bool = False,
         whole_files: bool = False,
         car_dir: Path | None = None,
+        commit: bytes | None = None,
+        branch: str | None = None,
     ) -> None:
         self.repository = repository
         self.store = store = repository.blocks
@@ -94,10 +101,15 @@ class Session:
         self.recovered = 0
         self.failed_closes: list[str] = []  # paths whose last close could not store their writes
         self._failed_said = 0  # how many of them a sync has said
-        self._recorded: bytes | _Unread | None = _Unread()  # the root the history last has for here
+        # where it stands in history: the commit it started from (its tree: base_root, unless a
+        # journal of a reset or discard says otherwise) and the branch its syncs move
+        self.place = Place(commit, repository.commit(commit).tree if commit else None, branch)
+        self.advance = Advance(repository, "mount", str(mountpoint))
+        self.on_replaced: Callable[[list[str]], None] = lambda paths: None  # the kernel's caches
         if not read_only:
             self._recover_or_start(self.base_root)
         home.write_root(self.files, cids.cid_to_str(self.base_root))  # for garbage collection
+        self._write_head()
 
     def run_with(self, runner: Runner) -> None:
         """Have *runner* run the blocking parts of requests (a front door with an event loop: in
@@ -109,7 +121,7 @@ class Session:
     def _recover_or_start(self, root: bytes) -> None:
         pending = self.journal.read()
         if pending is None or not pending.records:
-            self.journal.start(root)
+            self.journal.start(root, commit=self.place.commit, branch=self.place.branch)
             return
         if (pending.root or EMPTY_ROOT) != root:  # a journal of an older version says None for empty
             raise PendingChangesError(
@@ -117,6 +129,8 @@ class Session:
                 f"on root {_show(pending.root) or 'empty'}; mount ROOT 'resume' (or that root) to recover "
                 f"them (they are in {self.journal.path}), or delete that file to discard them"
             )
+        if self.place.commit is None and pending.commit is not None:  # resumed: go on where it stood
+            self.place = Place(pending.commit, self.repository.commit(pending.commit).tree, pending.branch)
         self._replay(pending)
         self.journal.start(root, keep=True)
         self.journal.pending = len(pending.records)
@@ -525,19 +539,29 @@ class Session:
     @property
     def dirty(self) -> bool:
         """Whether there is anything a sync would commit (open files' unsaved writes included)."""
-        return self.journal.pending > 0 or self.tree.root.dirty or self.open_files.unsaved() > 0
+        return (
+            self.journal.pending > 0
+            or self.tree.root.dirty
+            or self.open_files.unsaved() > 0
+            or (self.place.tree is not None and self.place.tree != self.base_root)
+        )
 
     def sync_changes_root(self) -> bool:
         """Whether a sync now would give another root (computed without storing anything)."""
-        return self.tree.preview_root() != self.base_root
+        return self.tree.preview_root() != (self.place.tree or self.base_root)
 
     # --- sync ------------------------------------------------------------------
 
     async def sync(
-        self, car: Path | None = None, message: str | None = None, *, full_car: bool = False
+        self,
+        car: Path | None = None,
+        message: str | None = None,
+        *,
+        full_car: bool = False,
+        branch: str | None = None,
     ) -> SyncResult:
         """Everything written so far, including files still open, committed and exported
-        (:meth:`_commit`, in a worker thread while changes wait)."""
+        (:meth:`_commit`, in a worker thread while changes wait); *branch*: onto a new branch."""
         self._check_writable()
         started = time.time()
         await self.store_all()
@@ -546,7 +570,9 @@ class Session:
             # (POSIX), so garbage collection must keep it: published with the root.
             held = self.open_files.held_contents()
             return await self._runner.in_thread(
-                functools.partial(self._commit, car, message, full_car=full_car, started=started, held=held)
+                functools.partial(
+                    self._commit, car, message, full_car=full_car, started=started, held=held, branch=branch
+                )
             )
 
     def _commit(
@@ -557,78 +583,119 @@ class Session:
         full_car: bool = False,
         started: float | None = None,
         held: list[bytes] | None = None,
+        branch: str | None = None,
     ) -> SyncResult:
-        """Commit, start a fresh journal on the new root, then write the CAR.
+        """Commit the tree, move the branch (merging when it moved), start a fresh journal on
+        the result, then write the CAR.
 
-        Blocks first, then the journal: a crash at any point leaves either the old
-        root with its journal or the new root, never a mix. The CAR comes last and
-        is derived: by default it holds the blocks new since the previous synced
-        root (a CAR of the change, FORMAT.md §8), the whole DAG with *full_car*; a
-        sync that changed nothing writes none unless asked (*car_path*, *full_car*).
-        If blocks cannot be read, the root is committed all the same and
-        IncompleteDagError names them (a later full sync or export writes the CAR
-        once they are back); a CAR that cannot be written (a full disk) is CarWriteError,
-        the root committed too. *started* (``time.time()``) is when the caller began storing
-        what the commit takes in (open files): blocks stored or claimed since may belong to
-        later writes, and stay leased from garbage collection. *held*: the contents files
-        still open read (maybe unlinked or replaced since): published with the root, so
-        garbage collection keeps them while the daemon lives.
+        Blocks first, then the commit, the branch, the head and the journal: a crash at any
+        point leaves either the old base with its journal (the next sync commits again, and
+        finds its own commit on the branch: nothing to merge) or the new one, never a mix.
+        The CAR comes last and is derived: by default the blocks new since the previous
+        commit's tree (FORMAT.md §8), the whole DAG with *full_car*; none when nothing was
+        committed unless asked. If blocks cannot be read, the commit stands all the same and
+        IncompleteDagError names them; a CAR that cannot be written is CarWriteError, the commit
+        made too. *started* (``time.time()``): blocks stored or claimed since may belong to later
+        writes, and stay leased from garbage collection. *held*: contents files still open
+        read, published with the root so garbage collection keeps them while the daemon lives.
+        MergeConflictError when another writer changed the same paths: nothing is committed.
         """
-        parent, started = self.base_root, started or time.time()
+        started = started or time.time()
+        before = self.place.tree or self.base_root
         root = self.tree.commit()
         self.attributes.save()  # changed or not, the files' modes and times outlive the mount
         self.store.sync()  # also the blocks stored at close, which the daemon does not fsync one by one
-        changed = root != parent
-        if changed or self.journal.pending:
+        done = self.advance.commit(self.place, root, message, self._apply_theirs, onto=branch)
+        self.place, root = done.place, done.tree
+        if done.made or done.merged or self.journal.pending or root != self.base_root:
             self.base_root = root
-            self.journal.reset(root)
-        self.home.write_root(self.files, cids.cid_to_str(root), [cids.cid_to_str(cid) for cid in held or ()])
-        made: list[RootRecord] = []
-        if changed:  # after the journal: a crash in between loses this line only, never the root
-            made = [self._made(root, parent, message, car_path or self._default_car(root, full_car))]
-        elif self._moved(root):  # a mount of another root than the one last recorded here
-            made = [self._made(root, self._recorded_root(), message, None)]
+            self._write_head()
+            self.journal.reset(root, commit=self.place.commit, branch=self.place.branch)
+        held_text = [cids.cid_to_str(cid) for cid in held or ()]
+        self.home.write_root(self.files, cids.cid_to_str(root), held_text)
         # what was stored before the commit is in the root now (recorded here, or before)
-        self.repository.record(made, settle_before=started)
-        if not (changed or full_car or car_path):
-            log.info("synced %s: root %s, unchanged", self.mountpoint, cids.cid_to_str(root))
-            return SyncResult(cids.cid_to_str(root), None, 0, changed, full_car)
+        self.repository.record(done.records, settle_before=started)
+        result = SyncResult(
+            cids.cid_to_str(root), None, 0, root != before, full_car, _show(self.place.commit),
+            self.place.branch, done.made, done.merged,
+        )
+        if not (done.made or full_car or car_path):
+            log.info("synced %s: root %s, nothing to commit", self.mountpoint, result.root)
+            return result
+        return self._write_car(result, root, before, car_path, full_car)
+
+    def _write_car(
+        self, result: SyncResult, root: bytes, before: bytes, car_path: Path | None, full_car: bool
+    ) -> SyncResult:
         car_path = car_path or self._default_car(root, full_car)
         try:
-            car_bytes = write_car_file(self.store, root, car_path, since=None if full_car else parent)
+            car_bytes = write_car_file(self.store, root, car_path, since=None if full_car else before)
         except OSError as exc:
             raise CarWriteError(root, cids.cid_to_str(root), car_path, exc) from exc
         log.info(
-            "synced %s: root %s, %s CAR %s (%d bytes)",
+            "synced %s: commit %s, root %s, %s CAR %s (%d bytes)",
             self.mountpoint,
-            cids.cid_to_str(root),
+            result.commit,
+            result.root,
             "full" if full_car else "change",
             car_path,
             car_bytes,
         )
-        return SyncResult(cids.cid_to_str(root), car_path, car_bytes, changed, full_car)
+        return dataclasses.replace(result, car=car_path, car_bytes=car_bytes)
 
-    def _moved(self, root: bytes) -> bool:
-        """Whether *root* is not the root this mountpoint last recorded (a mount of an older root,
-        a rollback): then a sync records it, so the history, and gc, know what it shows now."""
-        return self._recorded_root() != root
+    async def discard(self) -> SyncResult:
+        """Drop every unsynced change (open files' unsaved writes too): the tree shows its
+        commit again (the root it was mounted from, when it has none)."""
+        return await self.reset(self.place, keep=False)
 
-    def _recorded_root(self) -> bytes | None:
-        """The root the history last has for this mountpoint (read once, then kept up to date)."""
-        if isinstance(self._recorded, _Unread):
-            synced = self.home.registry.history(str(self.mountpoint))
-            self._recorded = cids.parse_cid(synced[0].root) if synced else None
-        return self._recorded
+    async def reset(self, target: Place, *, keep: bool) -> SyncResult:
+        """Show *target* from now on, its branch moved there too (compare-and-swap from the
+        head this mount stands on). *keep*: the unsynced changes stay, merged onto *target*
+        (MergeConflictError if they touch paths that differ there); else they are dropped."""
+        self._check_writable()
+        await self.store_all()
+        async with self.lock:
+            return await self._runner.in_thread(self._reset, target, keep)
+
+    def _reset(self, target: Place, keep: bool) -> SyncResult:
+        current = self.tree.commit()
+        goal = target.tree or self.base_root
+        base = (self.place.tree or self.base_root) if keep else current
+        plan = merge_roots(self.store, base, current, goal)
+        if plan.conflicts:
+            raise MergeConflictError(target.branch or "the target", target.commit or goal, plan.conflicts, str(self.mountpoint))
+        branch = self.place.branch
+        head = self.repository.branches().get(branch) if branch is not None else None
+        if branch is not None and target.commit is not None and head != target.commit:
+            self.repository.move_branch(branch, head, target.commit, why="reset", where=str(self.mountpoint))
+        self.place = Place(target.commit, target.tree, branch)
+        self.tree.apply(plan.actions)
+        self.on_replaced([action.path for action in plan.actions])
+        self.base_root = self.tree.commit() if keep else goal
+        self.store.sync()
+        self._write_head()
+        # kept changes: the journal starts from the tree that holds them, on the target's commit
+        self.journal.reset(self.base_root, commit=target.commit, branch=branch)
+        self.home.write_root(self.files, cids.cid_to_str(self.base_root))
+        return SyncResult(self.root, None, 0, False, False, _show(self.place.commit), branch)
+
+    def _apply_theirs(self, actions: list[Take]) -> bytes:
+        """Apply another writer's changes (a merge plan) to the tree, tell the kernel, commit."""
+        self.tree.apply(actions)
+        self.on_replaced([action.path for action in actions])
+        root = self.tree.commit()
+        self.store.sync()
+        return root
+
+    def _write_head(self) -> None:
+        place = self.place
+        self.home.write_head(
+            self.files,
+            MountHead(cids.cid_to_str(self.base_root), _show(place.commit), place.branch, str(self.mountpoint)),
+        )
 
     def _default_car(self, root: bytes, full_car: bool) -> Path:
         return self.car_dir / f"{cids.cid_to_str(root)}{'.full' if full_car else ''}.car"
-
-    def _made(
-        self, root: bytes, parent: bytes | None, message: str | None, car_path: Path | None
-    ) -> RootRecord:
-        """The history's record of *root*, made at this mountpoint (now the root it last has)."""
-        self._recorded = root
-        return RootRecord.made(root, "mount", str(self.mountpoint), parent, message, car_path)
 
     def close_failed(self, path: str | None, reason: BaseException) -> None:
         """A file's last close could not store its writes (a full disk): it keeps the content of
@@ -679,6 +746,8 @@ class Session:
             "journal": str(self.journal.path),
             "pid": os.getpid(),
             "open_unsaved_files": unsaved,
+            "commit": _show(self.place.commit),
+            "branch": self.place.branch,
         }
         warning = self.attributes.table.warning()
         if warning is not None:  # the sync command prints it: modes, owners or times may be lost

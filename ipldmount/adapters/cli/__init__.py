@@ -19,13 +19,13 @@ import sys
 from collections.abc import Sequence
 
 from ipldmount._version import __version__
-from ipldmount.adapters.cli import gc, history, mounting, transfer
+from ipldmount.adapters.cli import gc, history, mounting, transfer, versions
 from ipldmount.adapters.cli.common import COMMAND_NAMES, Command, Interrupted, UsageError, common_options
 from ipldmount.errors import IpldmountError
 
 log = logging.getLogger("ipldmount")
 
-GROUPS = (mounting, history, transfer, gc)
+GROUPS = (mounting, history, versions, transfer, gc)
 COMMANDS: dict[str, tuple[Command, str]] = {
     name: next(group.COMMANDS[name] for group in GROUPS if name in group.COMMANDS) for name in COMMAND_NAMES
 }

@@ -23,6 +23,7 @@ Command = Callable[[argparse.Namespace], int]
 COMMAND_NAMES = (
     *("mount", "sync", "unmount", "status"),
     *("import", "export", "ls", "cat", "log", "tag", "tags", "diff", "gc", "push", "pull", "serve"),
+    *("branch", "branches", "reset", "discard", "reflog"),
 )
 
 

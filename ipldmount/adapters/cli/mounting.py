@@ -9,8 +9,9 @@ import subprocess
 import sys
 import time
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ipldmount.adapters.cli.common import (
     Command,
@@ -25,7 +26,7 @@ from ipldmount.adapters.fuse import control
 from ipldmount.errors import IpldmountError
 from ipldmount.ipld import cid as cids
 from ipldmount.repo.home import process_alive
-from ipldmount.repo.repository import Discarded, Repository
+from ipldmount.repo.repository import Discarded, Repository, Version
 from ipldmount.tree.unixfs import is_unixfs
 
 if TYPE_CHECKING:
@@ -50,11 +51,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
         _say_discarded(repository.discard_pending(mountpoint), mountpoint)
     remotes = remotes_of(args)
     with read_through(repository, remotes) as reading:
-        root = reading.mount_root(
+        version = reading.mount_version(
             args.root,
             mountpoint,
             importing=lambda size: progress_line(f"import {args.root}", total_bytes=size),
         )
+        version = _on_branch(reading, version, args.branch) if not args.read_only else replace(version, branch=None)
+        root = version.tree
         if root is not None and is_unixfs(root) and not args.read_only:
             print(f"{cids.cid_to_str(root)} is UnixFS: mounting it read-only", file=sys.stderr)
             args.read_only = True
@@ -62,8 +65,24 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if attributes:
             print(f"ipldmount: warning: {attributes}", file=sys.stderr)
         if args.foreground:
-            return _run_daemon(args, reading, mountpoint, root)
-        return _spawn_daemon(args, reading, mountpoint, root, remotes)
+            return _run_daemon(args, reading, mountpoint, version)
+        return _spawn_daemon(args, reading, mountpoint, version, remotes)
+
+
+def _on_branch(repository: Repository, version: Version, name: str | None) -> Version:
+    """`--branch NAME`: the mount's syncs move NAME, made now at ROOT's commit if it does not
+    exist (at the first sync, for a root with none); an existing NAME must name ROOT's commit."""
+    if name is None:
+        return version
+    head = repository.branches().get(name)
+    if head is None and version.commit is not None:
+        repository.move_branch(name, None, version.commit, why="branch", where=f"mount {version.branch or ''}".strip())
+    elif head is not None and head != version.commit:
+        raise IpldmountError(
+            f"branch {name} names {cids.cid_to_str(head)}, not the commit of ROOT: mount {name} itself, "
+            f"or choose a new branch name"
+        )
+    return replace(version, branch=name)
 
 
 def _check_mountpoint(mountpoint: Path, repository: Repository, nonempty: bool = False) -> None:
@@ -118,15 +137,15 @@ def _fusermount_unmount(mountpoint: Path) -> None:
         raise IpldmountError(f"fusermount3 -u {mountpoint} failed: {result.stderr.strip()}")
 
 
-def _run_daemon(
-    args: argparse.Namespace, repository: Repository, mountpoint: Path, root: bytes | None
-) -> int:
+def _run_daemon(args: argparse.Namespace, repository: Repository, mountpoint: Path, version: Version) -> int:
     from ipldmount.adapters.fuse import daemon  # pyfuse3 is needed only here
 
     config = daemon.MountConfig(
         repository=repository,
         mountpoint=mountpoint,
-        root=root,
+        root=version.tree,
+        commit=version.commit,
+        branch=version.branch,
         read_only=args.read_only,
         whole_files=args.whole_files,
         car_dir=Path(args.car_dir).resolve() if args.car_dir else None,
@@ -139,7 +158,7 @@ def _run_daemon(
             os.write(args.ready_fd, b"READY\n")
             os.close(args.ready_fd)
             args.ready_fd = None  # closed: a later failure must not write to whatever reuses the number
-        print(f"mounted {cids.cid_to_str(root) if root else 'empty'} at {mountpoint}", file=sys.stderr)
+        print(f"mounted {_shown_version(version)} at {mountpoint}", file=sys.stderr)
 
     try:
         daemon.run(config, ready)
@@ -159,7 +178,7 @@ def _report_failure(fd: int, exc: BaseException) -> None:
 
 
 def _spawn_daemon(
-    args: argparse.Namespace, repository: Repository, mountpoint: Path, root: bytes | None, remotes: Remotes
+    args: argparse.Namespace, repository: Repository, mountpoint: Path, version: Version, remotes: Remotes
 ) -> int:
     """Start the daemon in the background and return once the mount is live (or failed)."""
     home = repository.home
@@ -170,9 +189,10 @@ def _spawn_daemon(
         "-m",
         "ipldmount",
         "mount",
-        cids.cid_to_str(root) if root else "empty",
+        _root_argument(version),
         str(mountpoint),
     ]
+    command += ["--branch", version.branch] if version.branch else []
     command += ["--foreground", "--store", str(home.root), "--ready-fd", str(write_end)]
     command += ["--read-only"] * args.read_only + ["--whole-files"] * args.whole_files
     command += ["--allow-other"] * args.allow_other + ["-v"] * args.verbose
@@ -199,12 +219,26 @@ def _spawn_daemon(
             process.wait(30)
         raise
     if message.startswith("READY"):
-        shown = cids.cid_to_str(root) if root else "an empty tree"
-        print(f"mounted {shown} at {mountpoint} (daemon pid {process.pid}, log {log_path})")
+        print(f"mounted {_shown_version(version)} at {mountpoint} (daemon pid {process.pid}, log {log_path})")
         return 0
     process.wait()
     reason = message.removeprefix("ERROR ").strip() or f"the daemon exited with status {process.returncode}"
     raise IpldmountError(f"mounting {mountpoint} failed: {reason} (see {log_path})")
+
+
+def _root_argument(version: Version) -> str:
+    """ROOT for the daemon: the commit (its tree with it), else the tree, else ``empty``."""
+    named = version.commit or version.tree
+    return cids.cid_to_str(named) if named is not None else "empty"
+
+
+def _shown_version(version: Version) -> str:
+    """``main (commit C, tree T)``, ``commit C (tree T)``, ``T``, ``an empty tree``."""
+    tree = cids.cid_to_str(version.tree) if version.tree else "an empty tree"
+    if version.commit is None:
+        return f"{tree} (branch {version.branch}, made at the first sync)" if version.branch else tree
+    commit = f"commit {cids.cid_to_str(version.commit)}, tree {tree}"
+    return f"branch {version.branch} ({commit})" if version.branch else f"{commit} (detached: on no branch)"
 
 
 def remote_arguments(remotes: Remotes) -> list[str]:
@@ -219,27 +253,43 @@ def cmd_sync(args: argparse.Namespace) -> int:
     car_path = str(Path(args.car).resolve()) if args.car else None
     try:
         answer = control.request(
-            Path(args.mountpoint), "sync", car=car_path, message=args.message, full_car=args.full_car
+            Path(args.mountpoint),
+            "sync",
+            car=car_path,
+            message=args.message,
+            full_car=args.full_car,
+            branch=args.branch,
         )
     except control.ControlError as exc:
         if exc.answer.get("root"):  # committed: only the CAR failed
             print(exc.answer["root"])
             raise IpldmountError(f"synced: {exc}") from None
         raise
-    _print_synced(answer)
+    _print_synced(answer, args.json)
     return 0
 
 
-def _print_synced(answer: dict[str, object]) -> None:
+def _print_synced(answer: dict[str, Any], as_json: bool = False) -> None:
     warnings = answer.get("warnings")
     for warning in warnings if isinstance(warnings, list) else ():  # what may have been lost
         print(f"ipldmount: warning: {warning}", file=sys.stderr)
+    if as_json:
+        shown = {key: answer.get(key) for key in SYNC_JSON}
+        print(json.dumps(shown | {"tree": answer.get("root")}, indent=2))
+        return
     if answer.get("car"):
-        what = "the whole DAG" if answer.get("full_car") else "the blocks new since the last sync"
+        what = "the whole DAG" if answer.get("full_car") else "the blocks new since the last commit"
         print(f"wrote CAR {answer['car']} ({answer['car_bytes']} bytes: {what})")
-    elif "changed" in answer:  # a read-only mount answers with its root only
-        print("nothing changed since the last sync: no CAR written (--full-car writes one)")
+    elif "changed" in answer and not answer.get("committed"):  # a read-only mount answers with its root only
+        print("nothing to commit since the last sync: no CAR written (--full-car writes one)")
+    if answer.get("commit"):
+        made = ("merged into" if answer.get("merged") else "committed on") if answer.get("committed") else "at"
+        where = f"branch {answer['branch']}" if answer.get("branch") else "no branch (detached)"
+        print(f"{made} {where}: commit {answer['commit']}")
     print(answer["root"])
+
+
+SYNC_JSON = ("commit", "branch", "committed", "merged", "changed", "car", "car_bytes", "full_car")
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:
@@ -265,7 +315,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
             f"with `ipldmount resume {mountpoint}`"
         ) from None
     _wait_unmounted(mountpoint, args.timeout)
-    _print_synced(answer)
+    _print_synced(answer, args.json)
     return 0
 
 
@@ -282,6 +332,8 @@ def _wait_unmounted(mountpoint: Path, timeout: float) -> None:
 STATUS_LINES = {
     "mountpoint": "mountpoint",
     "root": "root (started from, or last synced)",
+    "commit": "commit",
+    "branch": "branch",
     "unsynced_changes": "unsynced changes",
     "open_unsaved_files": "files open with unsaved writes",
     "failed_closes": "files whose last close failed (they keep their earlier content)",
@@ -312,7 +364,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
         "commit a mount's changes; prints the new root CID and writes the CAR of the change",
     ),
     "unmount": (cmd_unmount, "sync, then unmount and stop the daemon"),
-    "status": (cmd_status, "show a mount's root, unsynced changes and store"),
+    "status": (cmd_status, "show a mount's root, commit, branch, unsynced changes and store"),
 }
 
 
@@ -336,6 +388,13 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
         "--timeout", type=float, default=60.0, help="seconds to wait for the unmount"
     )
     parsers["sync"].add_argument("-m", "--message", help="say what changed (shown by `ipldmount log`)")
+    parsers["sync"].add_argument(
+        "--branch",
+        metavar="NAME",
+        help="commit onto a new branch NAME (made here), which the mount's syncs move from now on",
+    )
+    for name in ("sync", "unmount"):
+        parsers[name].add_argument("--json", action="store_true", help="print the commit, tree and CAR as JSON")
     parsers["status"].add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -343,8 +402,15 @@ def _mount_arguments(mount: argparse.ArgumentParser) -> None:
     mount.add_argument(
         "root",
         metavar="ROOT",
-        help="a root CID in the store (a UnixFS one, dag-pb, mounts read-only), a tag, a .car file to "
-        "import, 'empty', or 'resume' (the root this mountpoint had last, with its unsynced changes)",
+        help="a branch (each sync commits onto it), a commit or tree CID (a UnixFS one, dag-pb, mounts "
+        "read-only), a tag, BRANCH~N, a .car file to import, 'empty' (the branch main in a store with no "
+        "branch yet), or 'resume' (what this mountpoint had last, with its unsynced changes)",
+    )
+    mount.add_argument(
+        "--branch",
+        metavar="NAME",
+        help="syncs move the branch NAME (made at ROOT's commit if it does not exist; if it does, it "
+        "must name ROOT's commit)",
     )
     mount.add_argument(
         "mountpoint", metavar="MOUNTPOINT", help="an existing empty directory (see --nonempty)"

@@ -32,6 +32,7 @@ from ipldmount.errors import CarWriteError, IncompleteDagError, IpldmountError
 from ipldmount.ipld import cid as cids
 from ipldmount.repo.home import mount_id
 from ipldmount.repo.repository import Repository
+from ipldmount.session.advance import Place
 from ipldmount.session.session import Session
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class MountConfig:
     whole_files: bool = False
     car_dir: Path | None = None
     allow_other: bool = False
+    commit: bytes | None = None  # the commit *root* is the tree of (None: none yet)
+    branch: str | None = None  # the branch its syncs move (None: detached)
 
 
 def run(config: MountConfig, ready: Callable[[], None]) -> None:
@@ -60,6 +63,8 @@ def run(config: MountConfig, ready: Callable[[], None]) -> None:
         read_only=config.read_only,
         whole_files=config.whole_files,
         car_dir=config.car_dir,
+        commit=config.commit,
+        branch=config.branch,
     )
     control = runtime_dir() / f"{mount_id(config.mountpoint)}.sock"
     ops = Operations(session, control)
@@ -196,7 +201,7 @@ def _parse(data: bytes) -> tuple[str, dict[str, Any]] | None:
         return None
     if not isinstance(request, dict) or not isinstance(request.get("command"), str):
         return None
-    for key in ("car", "message"):
+    for key in ("car", "message", "branch", "commit", "tree"):
         if request.get(key) is not None and not isinstance(request[key], str):
             return None
     if not isinstance(request.get("full_car", False), bool):
@@ -211,6 +216,8 @@ async def _dispatch(session: Session, data: bytes) -> dict[str, Any]:
     command, request = parsed
     if command == "status":
         return {"ok": True, **(await session.status())}
+    if command in ("discard", "reset"):
+        return await _move(session, command, request)
     if command not in ("sync", "unmount"):
         return {"ok": False, "error": f"unknown command {command!r}"}
     answer: dict[str, Any] = {"ok": True, "unmounting": command == "unmount"}
@@ -221,8 +228,12 @@ async def _dispatch(session: Session, data: bytes) -> dict[str, Any]:
             car = Path(request["car"]) if request.get("car") else None
             if car is not None:
                 car_target(car)  # a directory or socket is refused before the sync commits anything
-            result = await session.sync(car, request.get("message"), full_car=request.get("full_car", False))
+            result = await session.sync(
+                car, request.get("message"), full_car=request.get("full_car", False), branch=request.get("branch")
+            )
             answer.update(root=result.root, changed=result.changed, car_bytes=result.car_bytes)
+            answer.update(commit=result.commit, branch=result.branch, committed=result.committed)
+            answer.update(merged=result.merged)
             answer.update(car=str(result.car) if result.car else None, full_car=result.full_car)
         answer.update(warnings=session.warnings())
     except (IncompleteDagError, CarWriteError) as exc:  # the root is committed; only its CAR is missing
@@ -235,6 +246,34 @@ async def _dispatch(session: Session, data: bytes) -> dict[str, Any]:
         log.exception("%s of %s failed unexpectedly", command, session.mountpoint)
         answer.update(ok=False, error=f"{command} failed unexpectedly (see the daemon log)")
     return answer
+
+
+_UNSYNCED = (
+    "{0} has unsynced changes: say what becomes of them (--keep: on top of REV; --discard: dropped), "
+    "or sync them first"
+)
+
+
+async def _move(session: Session, command: str, request: dict[str, Any]) -> dict[str, Any]:
+    """discard (drop the unsynced changes) or reset (show another commit, the branch moved too)."""
+    try:
+        if command == "discard":
+            result = await session.discard()
+        else:
+            commit = cids.parse_cid(request["commit"]) if request.get("commit") else None
+            tree = cids.parse_cid(request["tree"]) if request.get("tree") else None
+            target = Place(commit, tree, session.place.branch)
+            changes = request.get("changes", "refuse")
+            if changes == "refuse" and session.dirty:
+                return {"ok": False, "error": _UNSYNCED.format(session.mountpoint)}
+            result = await session.reset(target, keep=changes == "keep")
+    except (IpldmountError, OSError) as exc:
+        log.error("%s of %s failed: %s", command, session.mountpoint, exc)
+        return {"ok": False, "error": f"{command} failed: {exc}"}
+    except Exception:
+        log.exception("%s of %s failed unexpectedly", command, session.mountpoint)
+        return {"ok": False, "error": f"{command} failed unexpectedly (see the daemon log)"}
+    return {"ok": True, "root": result.root, "commit": result.commit, "branch": result.branch}
 
 
 async def _on_signals(session: Session) -> None:

@@ -125,6 +125,10 @@ class InodeTable:
 
     # --- numbering -------------------------------------------------------------------
 
+    def known(self, node: Node) -> int | None:
+        """*node*'s inode number, if it has one (the kernel may hold it)."""
+        return self._inos.get(node)
+
     def ino(self, node: Node) -> int:
         ino = self._inos.get(node)
         return ino if ino is not None else self._number(node)

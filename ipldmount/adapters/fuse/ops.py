@@ -212,6 +212,20 @@ class Operations(pyfuse3.Operations):
         self.listings: dict[int, DirListing] = {}
         self._next_fh = 1
         self.indexing = NameIndexing()
+        session.on_replaced = self.invalidate
+
+    def invalidate(self, paths: list[str]) -> None:
+        """A merge, reset or discard replaced *paths* under the kernel: drop its cached entries
+        (queued: called from a worker thread, maybe while a request waits on us)."""
+        for path in paths:
+            parent, _, name = path.rstrip("/").rpartition("/")
+            try:
+                directory = self.tree.resolve_dir(parent)
+            except IpldmountError:
+                continue  # its directory went too: the kernel drops what is under it with it
+            ino = pyfuse3.ROOT_INODE if directory is self.tree.root else self.inodes.known(directory)
+            if ino is not None:
+                pyfuse3.invalidate_entry_async(ino, os.fsencode(name), ignore_enoent=True)
 
     def close(self) -> None:
         """The mount ended: the threads it started are joined."""
