@@ -35,9 +35,10 @@ from ipldmount.remote.exchange import push
 from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore
 from ipldmount.remote.kubo import KuboNode
 from ipldmount.remote.remotes import Remotes
-from ipldmount.repo.registry import RootRecord
 from ipldmount.repo.repository import Repository
 from ipldmount.repo.retention import Retention
+from ipldmount.format.merge import Take
+from ipldmount.session.advance import Advance, Place
 from ipldmount.session.writebuffer import buffer_content, open_buffer
 from ipldmount.tree.model import Directory, File, check_name, split_path
 from ipldmount.tree.unixfs import open_tree
@@ -108,10 +109,14 @@ class IPLDStore(Store):
         *,
         read_only: bool = False,
         whole_files: bool = False,
+        branch: str | None = None,
     ) -> None:
         super().__init__(read_only=read_only)
         self.blockstore = blockstore if blockstore is not None else MemoryBlockstore()
-        self._root = cids.parse_cid(root) if isinstance(root, str) else root
+        # The store's history, live roots and gc (none in memory): this store's own.
+        self.repository = Repository(self.blockstore)
+        self.place = self._place(root, branch)
+        self._root = self.place.tree
         self._whole_files = whole_files
         self._lock = threading.RLock()  # guards the tree; held only for what touches it
         self._gate = _Gate()  # see _Gate: block work outside the lock vs garbage collection
@@ -119,10 +124,23 @@ class IPLDStore(Store):
         # Reads from memory cost a copy: a hop to a thread would cost more than it overlaps.
         self._reads_in_thread = not isinstance(self.blockstore, MemoryBlockstore)
         self.tree = open_tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
-        # The store's history, live roots and gc (none in memory): this store's own.
-        self.repository = Repository(self.blockstore)
+        self._advance = Advance(self.repository, "api", self.repository.where)
         if self._root is not None:
             self.repository.publish_in_use(self._root)  # its tree is read from here on: gc must keep it
+
+    def _place(self, root: str | bytes | None, branch: str | None) -> Place:
+        """Where the store stands: ROOT (a commit or a tree CID), or *branch*'s head (a branch
+        that does not exist yet is made at the first :meth:`freeze`)."""
+        if root is not None:
+            version = self.repository.version_of(cids.parse_cid(root) if isinstance(root, str) else root)
+            return Place(version.commit, version.tree, branch)
+        head = self.repository.branches().get(branch) if branch is not None else None
+        return Place(head, self.repository.commit(head).tree if head else None, branch)
+
+    @property
+    def commit(self) -> str | None:
+        """The commit as of the last :meth:`freeze` (or the one opened); None before any."""
+        return cids.cid_to_str(self.place.commit) if self.place.commit else None
 
     def close(self) -> None:
         """Close the store: its root is no longer published as in use (garbage collection keeps
@@ -153,7 +171,8 @@ class IPLDStore(Store):
                 self.freeze()
             return {
                 "blockstore": self.blockstore,
-                "root": self._root,
+                "root": self.place.commit or self._root,
+                "branch": self.place.branch,
                 "read_only": self.read_only,
                 "whole_files": self._whole_files,
                 "is_open": self._is_open,
@@ -161,7 +180,11 @@ class IPLDStore(Store):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(  # type: ignore[misc]
-            state["blockstore"], state["root"], read_only=state["read_only"], whole_files=state["whole_files"]
+            state["blockstore"],
+            state["root"],
+            read_only=state["read_only"],
+            whole_files=state["whole_files"],
+            branch=state.get("branch"),
         )
         self._is_open = state["is_open"]
 
@@ -170,7 +193,8 @@ class IPLDStore(Store):
         with self._lock:
             if not self.read_only:
                 self.freeze()
-            return type(self)(self.blockstore, self._root, read_only=read_only, whole_files=self._whole_files)
+            root = self.place.commit or self._root
+            return type(self)(self.blockstore, root, read_only=read_only, whole_files=self._whole_files)
 
     # --- content addressing --------------------------------------------------
 
@@ -179,28 +203,37 @@ class IPLDStore(Store):
         """The root CID as of the last :meth:`freeze` (or the one opened)."""
         return cids.cid_to_str(self._root) if self._root else None
 
-    def freeze(self) -> str:
+    def freeze(self, message: str | None = None) -> str:
         """Commit everything written so far and return the root CID (``bafy...``).
 
-        A new root of a store on disk is recorded in its history (``ipldmount log``) and
-        published as in use while this store lives (garbage collection keeps it, whatever
-        the history keeps), before the writer's lease over its blocks is settled; a value
-        another thread is storing meanwhile stays leased until it is linked in.
+        A store on disk makes a commit of a changed tree (:attr:`commit`), moves its branch if
+        it has one (merging what another writer committed there meanwhile, or refusing with
+        MergeConflictError, keeping every change), records it in its history (``ipldmount
+        log``) and publishes the root as in use while this store lives, before the writer's
+        lease over its blocks is settled; a value another thread is storing meanwhile stays
+        leased until it is linked in. A store in memory only computes the root.
         """
         with self._lock:  # every write links under it: all this store stored so far is in the root
             started = time.time()  # writes that stored blocks after this may not be in the root
             if self._unsynced:  # cleared first: blocks stored from now on are synced next time
                 self._unsynced = False
                 self.blockstore.sync()
-            parent, self._root = self._root, self.tree.commit()
-            made = (
-                [RootRecord.made(self._root, "api", self.repository.where, parent)]
-                if self._root != parent
-                else []
-            )
+            root = self.tree.commit()
+            records = []
+            if self.repository.on_disk and (root != self._root or self.place.commit is None):
+                done = self._advance.commit(self.place, root, message, self._apply_theirs)
+                self.place, root, records = done.place, done.tree, done.records
+            self._root = root
             # what it stored is in a recorded (and published) root now: the lease is settled
-            self.repository.record(made, settle_before=started, in_use=self._root)
+            self.repository.record(records, settle_before=started, in_use=self._root)
             return cids.cid_to_str(self._root)
+
+    def _apply_theirs(self, actions: list[Take]) -> bytes:
+        """Another writer's changes to the branch, merged into this store's tree."""
+        self.tree.apply(actions)
+        root = self.tree.commit()
+        self.blockstore.sync()
+        return root
 
     def collect_garbage(
         self, keep: Iterable[str] = (), *, grace: float = 0.0, dry_run: bool = False
@@ -575,11 +608,11 @@ class IPFSStore(IPLDStore):
                 whole_files=self._whole_files,
             )
 
-    def freeze(self) -> str:
+    def freeze(self, message: str | None = None) -> str:
         """Commit, send the node what the new root adds (pinning it, unless ``pin=False``), and
         return the root CID. A root the node already has costs one question to the node."""
         with self._lock:
-            root = super().freeze()
+            root = super().freeze(message)
             if self.remotes.ipfs is not None and not self.read_only and self._root != self._pushed:
                 node = KuboNode(self.remotes.ipfs)
                 bases = [self._pushed] if self._pushed is not None else []

@@ -126,9 +126,16 @@ class Marked:
 
 
 def mark(
-    store: Blockstore, roots: Iterable[bytes], progress: Progress | None = None, *, check_leaves: bool = False
+    store: Blockstore,
+    roots: Iterable[bytes],
+    progress: Progress | None = None,
+    *,
+    check_leaves: bool = False,
+    shallow: frozenset[bytes] = frozenset(),
 ) -> Marked:
     """Every CID the *roots* reach (stored or not), and those of them that are missing or corrupt.
+    A block in *shallow* is kept without what it links to (a commit whose tree has expired: its
+    chain is kept by listing each commit of it).
 
     Raw blocks (most of a tree: its chunks) are looked up only if *check_leaves*; otherwise they
     are counted, and :func:`collect_garbage` learns from its sweep whether all of them are stored.
@@ -144,10 +151,11 @@ def mark(
                 marked.leaves += 1
             return []
         try:
-            return block_links(cid, store.get(cid))
+            links = block_links(cid, store.get(cid))
         except (BlockNotFoundError, CorruptBlockError):
             marked.lack(cid)
             return []
+        return [] if cid in shallow else links
 
     for root in roots:
         for _ in depth_first(root, links_of, marked.cids):
@@ -211,8 +219,10 @@ def collect_garbage(
     dry_run: bool = False,
     marking: Progress | None = None,
     sweeping: Progress | None = None,
+    shallow: frozenset[bytes] = frozenset(),
 ) -> Collection:
     """Keep what *roots* reach and what writers may rely on (see the module); remove the rest.
+    *shallow*: roots kept without what they link to (:func:`mark`).
 
     *older_than*: :func:`protection_time`, taken before the caller read *roots*; without it,
     it is taken now, which is safe only for roots that no other writer can be publishing.
@@ -220,10 +230,10 @@ def collect_garbage(
     if older_than is None:
         older_than = protection_time(store, grace)
     roots = list(roots)
-    marked = mark(store, roots, marking)
+    marked = mark(store, roots, marking, shallow=shallow)
     result = sweep(store, marked.cids, older_than, dry_run=dry_run, progress=sweeping)
     if result.stored_leaves < marked.leaves:  # some raw blocks the roots reach are not stored
-        named = mark(store, roots, check_leaves=True)  # a second walk, to name them
+        named = mark(store, roots, check_leaves=True, shallow=shallow)  # a second walk, to name them
         marked.missing, marked.missing_count = named.missing, named.missing_count
     result.kept_blocks = len(marked.cids) - marked.missing_count
     result.missing, result.missing_blocks = marked.missing, marked.missing_count

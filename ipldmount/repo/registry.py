@@ -204,6 +204,23 @@ class Registry:
             self._replace(b"".join(good))
         return len(bad), made
 
+    def fill(self, change: Callable[[RootRecord], RootRecord]) -> int:
+        """Rewrite the history whole with *change* applied to each root record (an upgrade), under
+        the lock, atomically; ``dropped`` lines stay as they are. How many records changed."""
+        changed = 0
+        with _locked_folder(self.path.parent):
+            lines: list[bytes] = []
+            for line in self._read_bytes().split(b"\n"):
+                if not line.strip():
+                    continue
+                record, _ = _line_damage(line)
+                if isinstance(record, RootRecord) and (new := change(record)) != record:
+                    line, changed = _sealed(new.as_json()).rstrip(b"\n"), changed + 1
+                lines.append(line + b"\n")
+            if changed:
+                self._replace(b"".join(lines))
+        return changed
+
     def _read_bytes(self) -> bytes:
         try:
             return self.path.read_bytes()

@@ -32,7 +32,7 @@ from ipldmount.errors import (
     NotDirectoryError,
     NotFoundError,
 )
-from ipldmount.format.commit import Commit, first_parents, read_commit, store_commit
+from ipldmount.format.commit import Commit, ancestry, first_parents, read_commit, store_commit
 from ipldmount.format.diff import Change, diff_roots
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.fetching import FetchingBlockstore
@@ -61,6 +61,23 @@ class Version:
     tree: bytes | None  # None: the empty tree
     commit: bytes | None = None
     branch: str | None = None
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One commit as ``ipldmount log`` shows it."""
+
+    commit: str
+    tree: str
+    parents: list[str]
+    time: str
+    message: str | None
+    changed: int | None  # paths changed from the first parent's tree (None: no parent, or a tree not here)
+    names: list[str]  # branches, tags and mountpoints that name it
+    tree_stored: bool  # False: gc expired its tree (the commit stays readable)
+
+    def as_json(self) -> dict[str, object]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -382,6 +399,12 @@ class Repository:
 
     # --- commits and branches -----------------------------------------------------------
 
+    def upgrade_history(self) -> int:
+        """A store from before commits: its history lines become commits (:mod:`.upgrade`)."""
+        from ipldmount.repo.upgrade import upgrade_history
+
+        return upgrade_history(self._home) if self._home is not None else 0
+
     def make_commit(self, tree: bytes, parents: Sequence[bytes], message: str | None = None) -> bytes:
         """Store a commit of *tree* on *parents*; its CID. Not durable until the store syncs."""
         return store_commit(self.local, Commit.made(tree, tuple(parents), message))
@@ -532,6 +555,70 @@ class Repository:
         """The roots made here, newest first; only those synced at *mountpoint* if given."""
         return self.home.registry.history(None if mountpoint is None else str(mountpoint))
 
+    def log(self, revs: list[str] | None = None, *, limit: int | None = None) -> list[LogEntry]:
+        """The commits *revs* descend from (default: every branch, tag, mountpoint's head and
+        version recorded), newest first, named by branches, tags and mountpoints."""
+        heads = [self._commit_named(text) for text in revs] if revs else self._all_heads()
+        names = self._names_of_commits()
+        entries = []
+        for cid, commit in ancestry(self.blocks, list(dict.fromkeys(heads)), limit):
+            entries.append(self._entry(cid, commit, names.get(cid, [])))
+        return entries
+
+    def _commit_named(self, text: str) -> bytes:
+        version = self.resolve(text)
+        if version.commit is None:
+            raise IpldmountError(f"{text} names a tree with no commit: it has no history (see `ipldmount log`)")
+        return version.commit
+
+    def _all_heads(self) -> list[bytes]:
+        heads = list(self.branches().values())
+        heads += [cid for cid in map(cids.parse_cid, self.tags().values()) if self._is_commit(cid)]
+        for files in self.home.all_mount_files():
+            head = self.home.read_head(files)
+            if head is not None and head.commit:
+                heads.append(cids.parse_cid(head.commit))
+        heads += [cids.parse_cid(record.commit) for record in self.history() if record.commit]
+        return heads
+
+    def _is_commit(self, cid: bytes) -> bool:
+        try:
+            return read_commit(self.blocks, cid) is not None
+        except IpldmountError:
+            return False
+
+    def _names_of_commits(self) -> dict[bytes, list[str]]:
+        names: dict[bytes, list[str]] = {}
+        for name, head in sorted(self.branches().items()):
+            names.setdefault(head, []).append(name)
+        for name, text in sorted(self.tags().items()):
+            names.setdefault(cids.parse_cid(text), []).append(f"tag: {name}")
+        for files in self.home.all_mount_files():
+            shown = self.home.read_head(files)
+            if shown is not None and shown.commit:
+                names.setdefault(cids.parse_cid(shown.commit), []).append(f"mount: {shown.mountpoint}")
+        return names
+
+    def _entry(self, cid: bytes, commit: Commit, names: list[str]) -> LogEntry:
+        stored = self.local.has(commit.tree)
+        changed = None
+        if stored and commit.parents:
+            try:
+                parent = self.commit(commit.parents[0])
+                changed = sum(1 for _ in diff_roots(self.blocks, parent.tree, commit.tree))
+            except IpldmountError:
+                changed = None
+        return LogEntry(
+            cids.cid_to_str(cid),
+            cids.cid_to_str(commit.tree),
+            [cids.cid_to_str(parent) for parent in commit.parents],
+            commit.time,
+            commit.message,
+            changed,
+            names,
+            stored,
+        )
+
     def changed_paths(self, record: RootRecord) -> int | None:
         """How many paths differ from the record's parent: a diff, so it costs the change; None
         where there is no parent, or a block of either tree is not in the store."""
@@ -576,12 +663,17 @@ class Repository:
         return names
 
     def tag(self, name: str, text: str | None) -> bytes:
-        """Name the root *text* names (:meth:`find_root`): only a stored tree, and only a whole one."""
-        root = self.find_root(text)
+        """Name the version *text* names (:meth:`find_version`): its commit if it has one, else
+        its tree; only a stored tree, and only a whole one."""
+        if name in self.branches():
+            raise IpldmountError(f"{name!r} is a branch: a tag cannot have its name")
+        version = self.find_version(text)
+        root = version.tree or self._stored_empty()
         self.stored_tree(root)
         self._check_whole_if_dropped(root)
-        self.home.tags.set(name, root)
-        return root
+        named = version.commit or root
+        self.home.tags.set(name, named)
+        return named
 
     def untag(self, name: str) -> None:
         self.home.tags.delete(name)

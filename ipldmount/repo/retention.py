@@ -27,10 +27,11 @@ from pathlib import Path
 
 from ipldmount.blocks.dag import block_links
 from ipldmount.blocks.gc import Collection, Progress, collect_garbage, mark, protection_time
-from ipldmount.errors import BlockNotFoundError, CorruptBlockError, InvalidCIDError, IpldmountError
+from ipldmount.errors import BlockNotFoundError, CorruptBlockError, FormatError, InvalidCIDError, IpldmountError
+from ipldmount.format.commit import ancestry, read_commit
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld.cid import may_link
-from ipldmount.repo.home import StoreHome
+from ipldmount.repo.home import MountFiles, StoreHome
 from ipldmount.repo.journal import Journal, JournalError
 from ipldmount.repo.registry import History
 
@@ -53,6 +54,7 @@ class GcReport:
     cars_removed: list[Path] = field(default_factory=list)
     left_to_node: list[str] = field(default_factory=list)  # kept roots whose blocks the node holds
     attribute_rows_removed: int = 0  # modes and times of file contents no longer kept
+    commits: int = 0  # commit blocks kept (their trees kept or expired)
 
 
 def kept_roots(home: StoreHome, retention: Retention, now: float | None = None) -> dict[str, list[str]]:
@@ -60,20 +62,25 @@ def kept_roots(home: StoreHome, retention: Retention, now: float | None = None) 
     Refuses (HistoryDamagedError) when the history cannot be read whole."""
     history = home.registry.read_whole()
     history.check(home.registry.path)
-    return _merged(*_kept_parts(home, retention, history, now))
+    by_history, by_mounts, _ = _kept_parts(home, retention, history, now)
+    return _merged(by_history, by_mounts)
 
 
 def _kept_parts(
     home: StoreHome, retention: Retention, history: History, now: float | None
-) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """What tags and history keep, and what mounts and live stores need."""
+) -> tuple[dict[str, list[str]], dict[str, list[str]], set[bytes]]:
+    """What tags, branches and history keep, what mounts and live stores need, and the commits
+    whose blocks are kept (every commit of every kept line, its tree kept or expired)."""
     by_mounts: dict[str, list[str]] = defaultdict(list)
-    _keep_mounts(home, by_mounts)
+    starts: list[bytes] = []
+    _keep_mounts(home, by_mounts, starts)
     for root in home.roots_in_use():
         by_mounts[_checked(root, "a live in-process store's published root")].append(
             "in use by a live in-process store"
         )
-    return _kept_by_history(home, retention, history, now), by_mounts
+    by_history = _kept_by_history(home, retention, history, now)
+    chain = _keep_commits(home, retention, history, now or time.time(), by_history, starts)
+    return by_history, by_mounts, chain
 
 
 def _merged(*parts: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -101,7 +108,11 @@ def _keep_history(
     seen: dict[tuple[str, str], int] = defaultdict(int)
     for record in history.live:  # newest first, without the roots a collection let go
         origin = (record.source, record.where)
-        recent = retention.keep_within is not None and now - _timestamp(record.time) <= retention.keep_within
+        age = now - _timestamp(record.time)
+        if age <= retention.grace:  # a reflog entry within the grace period: whatever else holds
+            kept[record.root].append(f"made within the grace period ({retention.grace:g} s)")
+            continue
+        recent = retention.keep_within is not None and age <= retention.keep_within
         if seen[origin] >= retention.keep_last and not recent:
             continue  # kept by nothing whether it is stored or not: no need to look
         if not _stored(home, record.root):
@@ -136,8 +147,85 @@ def _timestamp(text: str) -> float:
         return 0.0
 
 
-def _keep_mounts(home: StoreHome, kept: dict[str, list[str]]) -> None:
+def _keep_commits(
+    home: StoreHome,
+    retention: Retention,
+    history: History,
+    now: float,
+    kept: dict[str, list[str]],
+    starts: list[bytes],
+) -> set[bytes]:
+    """Keep the trees of each branch's last ``keep_last`` commits, of every commit younger than
+    ``keep_within``, of tagged commits; and the blocks of every commit on any kept line (the
+    chain stays readable when its older trees expire). *starts*: commits mounts stand on."""
+    chain: set[bytes] = set()
+    for name, head in home.branches.all().items():
+        _walk_line(home, head, f"branch {name}", retention, now, kept, chain)
+    for name, text in home.tags.all().items():
+        commit = _commit_named(home, text)
+        if commit is not None:
+            _walk_line(home, commit, f"tag {name}", Retention(1, None, 0), now, kept, chain)
+    for record in history.live:
+        if record.commit and record.root in kept:  # a history line kept: its commit's line too
+            _add_line(home, cids.parse_cid(_checked(record.commit, "a history line's commit")), chain)
+    for commit in starts:
+        _add_line(home, commit, chain)
+    return chain
+
+
+def _commit_named(home: StoreHome, text: str) -> bytes | None:
+    cid = cids.parse_cid(text)
+    try:
+        return cid if read_commit(home.blocks, cid) is not None else None
+    except (BlockNotFoundError, FormatError):
+        return None
+
+
+def _walk_line(
+    home: StoreHome,
+    head: bytes,
+    what: str,
+    retention: Retention,
+    now: float,
+    kept: dict[str, list[str]],
+    chain: set[bytes],
+) -> None:
+    """Every commit *head* descends from goes into *chain*; the trees of the newest
+    ``keep_last`` (and of those younger than ``keep_within``) are kept, said as *what*. The
+    judged commits come newest first, so the walk stops at the first too old to keep."""
+    for index, (_, commit) in enumerate(ancestry(home.blocks, [head])):
+        young = retention.keep_within is not None and now - _timestamp(commit.time) <= retention.keep_within
+        if index >= retention.keep_last and not young:
+            break
+        tree = cids.cid_to_str(commit.tree)
+        if index < retention.keep_last:
+            kept[tree].append(f"{what}: {'its head' if index == 0 else f'commit {index} back'}")
+        else:
+            kept[tree].append(f"{what}: committed within the last {retention.keep_within:g} s")
+    _add_line(home, head, chain)
+
+
+def _add_line(home: StoreHome, head: bytes, chain: set[bytes]) -> None:
+    """*head* and every commit it descends from that the store holds, into *chain*; a commit
+    already there was walked from before, with all it descends from: the walk stops there."""
+    stack = [head]
+    while stack:
+        cid = stack.pop()
+        if cid in chain:
+            continue
+        try:
+            commit = read_commit(home.blocks, cid)
+        except (BlockNotFoundError, CorruptBlockError, FormatError):
+            continue  # a line whose older part is not here (pulled later, or never)
+        if commit is None:
+            continue
+        chain.add(cid)
+        stack.extend(commit.parents)
+
+
+def _keep_mounts(home: StoreHome, kept: dict[str, list[str]], starts: list[bytes]) -> None:
     for files in home.all_mount_files():
+        _keep_head(home, files, kept, starts)
         try:
             pending = Journal(files.journal).read()
         except (JournalError, OSError, ValueError, KeyError, InvalidCIDError) as exc:
@@ -147,6 +235,8 @@ def _keep_mounts(home: StoreHome, kept: dict[str, list[str]]) -> None:
             ) from None
         if pending is not None:
             where = f"journal {files.journal}"
+            if pending.commit is not None:
+                starts.append(pending.commit)
             if pending.root is not None:
                 kept[cids.cid_to_str(pending.root)].append(f"base of {where}")
             for record in pending.records:
@@ -158,6 +248,20 @@ def _keep_mounts(home: StoreHome, kept: dict[str, list[str]]) -> None:
             kept[_checked(served[0], what)].append(f"served by the daemon of {files.folder}")
         for held in served[1:]:
             kept[_checked(held, what)].append(f"read by a file open in the daemon of {files.folder}")
+
+
+def _keep_head(home: StoreHome, files: MountFiles, kept: dict[str, list[str]], starts: list[bytes]) -> None:
+    """What a mountpoint showed last (its head): kept whole, whether or not it is mounted now."""
+    try:
+        head = home.read_head(files)
+    except IpldmountError as exc:
+        raise IpldmountError(f"{exc}; nothing was collected") from None
+    if head is None:
+        return
+    if head.tree is not None:
+        kept[_checked(head.tree, str(files.head_file))].append(f"shown by the mountpoint {head.mountpoint}")
+    if head.commit is not None:
+        starts.append(cids.parse_cid(_checked(head.commit, str(files.head_file))))
 
 
 def collect(
@@ -182,7 +286,7 @@ def collect(
     older_than = protection_time(home.blocks, retention.grace)
     history = home.registry.read_whole()
     history.check(home.registry.path)
-    by_history, by_mounts = _kept_parts(home, retention, history, None)
+    by_history, by_mounts, chain = _kept_parts(home, retention, history, None)
     kept = _merged(by_history, by_mounts, also or {})
     left: list[str] = []
     if pinned_remotely is not None:  # a root a mount needs stays whole here, pinned or not
@@ -193,7 +297,7 @@ def collect(
         ]
     if not dry_run:
         _say_dropped(home, history, kept, left)
-    roots = [cids.parse_cid(text) for text in kept if text not in left]
+    roots = [cids.parse_cid(text) for text in kept if text not in left] + sorted(chain)
     # What the roots left to the node reach, marked while it is here: their files keep their
     # modes and times (the attribute table's rows), though their blocks go.
     on_node = mark(home.blocks, [cids.parse_cid(text) for text in left]).cids
@@ -204,8 +308,9 @@ def collect(
         dry_run=dry_run,
         marking=marking,
         sweeping=sweeping,
+        shallow=frozenset(chain),
     )
-    report = GcReport(kept, collection, left_to_node=left)
+    report = GcReport(kept, collection, left_to_node=left, commits=len(chain))
     report.attribute_rows_removed = home.attribute_table.prune(
         lambda cid: cid in on_node or collection.keeps(home.blocks, cid), dry_run=dry_run
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,7 +47,15 @@ def _store_path(args: argparse.Namespace) -> Path:
 
 def open_store(args: argparse.Namespace, durable: bool = True) -> Repository:
     """The store of ``--store``, made if there is none (a command that writes into it)."""
-    return Repository.at(_store_path(args), durable=durable)
+    return _upgraded(Repository.at(_store_path(args), durable=durable))
+
+
+def _upgraded(repository: Repository) -> Repository:
+    """A store from before commits gets them on first use (said once, on stderr)."""
+    upgraded = repository.upgrade_history()
+    if upgraded:
+        print(f"ipldmount: gave {upgraded} history lines of {repository.where} their commits", file=sys.stderr)
+    return repository
 
 
 def open_existing_store(args: argparse.Namespace) -> Repository:
@@ -57,7 +66,7 @@ def open_existing_store(args: argparse.Namespace) -> Repository:
         return Repository.at(path)
     if not path.is_dir():
         raise IpldmountError(f"no blockstore at {path} (import a CAR into it first, or pass --store DIR)")
-    return Repository.at(path)
+    return _upgraded(Repository.at(path))
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The roots of a store and what they hold: log, tag, tags, diff, ls, cat."""
+"""The versions of a store and what they hold: log, tag, tags, diff, ls, cat."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ipldmount.adapters.cli.graph import continuation, graph_rows
 from ipldmount.adapters.cli.common import (
     COMMAND_NAMES,
     Command,
@@ -18,7 +19,7 @@ from ipldmount.adapters.cli.common import (
 )
 from ipldmount.errors import IpldmountError
 from ipldmount.ipld import cid as cids
-from ipldmount.repo.repository import HistoryRepair
+from ipldmount.repo.repository import HistoryRepair, LogEntry
 from ipldmount.tree.model import Directory, File, Node, Tree
 
 
@@ -27,23 +28,33 @@ def cmd_log(args: argparse.Namespace) -> int:
     if args.repair:
         _print_repair(repository.repair_history())
         return 0
-    records = repository.history(None if args.mountpoint is None else Path(args.mountpoint).resolve())
-    changed = [repository.changed_paths(record) for record in records]
+    entries = repository.log([args.rev] if args.rev else None, limit=args.max_count)
     if args.json:
-        entries = [
-            record.as_json() | {"changed": count} for record, count in zip(records, changed, strict=True)
-        ]
-        print(json.dumps(entries, indent=2))
+        print(json.dumps([entry.as_json() for entry in entries], indent=2))
         return 0
-    names = repository.tags_by_root()
-    for record, count in zip(records, changed, strict=True):
-        line = f"{record.time}  {record.root}  {record.source} {record.where}".rstrip()
-        if count is not None:
-            line += f"  ({count} changed)"
-        if record.root in names:
-            line += f"  (tag: {', '.join(names[record.root])})"
-        print(line + (f"\n    {record.message}" if record.message else ""))
+    rows = graph_rows([(entry.commit, entry.parents) for entry in entries])
+    for entry, (prefix, connectors) in zip(entries, rows, strict=True):
+        _print_entry(entry, prefix)
+        for line in connectors:
+            print(line)
     return 0
+
+
+def _print_entry(entry: LogEntry, prefix: str) -> None:
+    """One commit: its CID and names, then tree, parents, time, changes and message."""
+    more = continuation(prefix)
+    names = f" ({', '.join(entry.names)})" if entry.names else ""
+    print(f"{prefix}commit {entry.commit}{names}")
+    if len(entry.parents) > 1:
+        print(f"{more}merge   {' '.join(entry.parents)}")
+    elif entry.parents:
+        print(f"{more}parent  {entry.parents[0]}")
+    print(f"{more}tree    {entry.tree}" + ("" if entry.tree_stored else "  (expired: not in the store)"))
+    changed = "" if entry.changed is None else f"  ({count_of(entry.changed, 'path')} changed)"
+    print(f"{more}time    {entry.time}{changed}")
+    for line in (entry.message or "").splitlines():
+        print(f"{more}    {line}")
+    print(more.rstrip())
 
 
 def _print_repair(repair: HistoryRepair) -> None:
@@ -150,10 +161,15 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 
 def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
     log_parser = parsers["log"]
-    which = log_parser.add_mutually_exclusive_group()
-    which.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="only the roots synced there")
-    which.add_argument("--all", action="store_true", help="every root of the store (the default)")
-    log_parser.add_argument("--json", action="store_true", help="print JSON: a list of records, newest first")
+    log_parser.add_argument(
+        "rev",
+        metavar="REV",
+        nargs="?",
+        help="the history of REV (a branch, commit, tag, BRANCH~N or mountpoint); default: every branch, "
+        "tag, mountpoint and version made in the store",
+    )
+    log_parser.add_argument("-n", "--max-count", type=int, metavar="N", help="show at most N commits")
+    log_parser.add_argument("--json", action="store_true", help="print JSON: a list of commits, newest first")
     log_parser.add_argument(
         "--repair",
         action="store_true",
@@ -162,13 +178,19 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
     )
     parsers["tag"].add_argument("name", metavar="NAME")
     parsers["tag"].add_argument(
-        "root", metavar="ROOT", nargs="?", help="a CID, a tag or a mountpoint (default: the newest root)"
+        "root",
+        metavar="REV",
+        nargs="?",
+        help="a commit or tree CID, a branch, a tag, BRANCH~N or a mountpoint (default: the branch main); "
+        "the tag names the commit when REV names one, else the tree",
     )
     parsers["tag"].add_argument("-d", "--delete", action="store_true", help="delete the tag NAME")
     parsers["tags"].add_argument("--json", action="store_true", help="print JSON: name -> CID")
     for side in ("a", "b"):
         parsers["diff"].add_argument(
-            side, metavar=side.upper(), help="a CID, a tag or a mountpoint (the root last synced there)"
+            side,
+            metavar=side.upper(),
+            help="a commit or tree CID, a branch, a tag, BRANCH~N or a mountpoint (what it shows now)",
         )
     parsers["diff"].add_argument(
         "--json", action="store_true", help='print JSON: [{"change": "added|removed|modified", "path": ...}]'

@@ -278,10 +278,10 @@ def _print_synced(answer: dict[str, Any], as_json: bool = False) -> None:
         print(json.dumps(shown | {"tree": answer.get("root")}, indent=2))
         return
     if answer.get("car"):
-        what = "the whole DAG" if answer.get("full_car") else "the blocks new since the last commit"
+        what = "the whole DAG" if answer.get("full_car") else "the blocks new since the last sync"
         print(f"wrote CAR {answer['car']} ({answer['car_bytes']} bytes: {what})")
     elif "changed" in answer and not answer.get("committed"):  # a read-only mount answers with its root only
-        print("nothing to commit since the last sync: no CAR written (--full-car writes one)")
+        print("nothing changed since the last sync: no CAR written (--full-car writes one)")
     if answer.get("commit"):
         made = ("merged into" if answer.get("merged") else "committed on") if answer.get("committed") else "at"
         where = f"branch {answer['branch']}" if answer.get("branch") else "no branch (detached)"
