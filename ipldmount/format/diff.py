@@ -36,11 +36,7 @@ def diff_roots(store: Blockstore, a: bytes, b: bytes) -> Iterator[Change]:
     depth (a chain of thousands), and the walk must not hit Python's recursion limit.
     """
     for root in (a, b):
-        if cids.codec_of(root) == cids.DAG_PB:
-            raise FormatError(
-                f"{cids.cid_to_str(root)} is UnixFS: diff compares ipldmount trees (mount both and"
-                " compare their files, or copy it into a mount first)"
-            )
+        check_root(root, "diff compares")
     if a == b:
         return
     stack = [_directory_steps(store, codec.Link(a), codec.Link(b), "")]
@@ -52,6 +48,15 @@ def diff_roots(store: Blockstore, a: bytes, b: bytes) -> Iterator[Change]:
             yield step
         else:
             stack.append(_directory_steps(store, *step))
+
+
+def check_root(root: bytes, what: str) -> None:
+    """Refuse a UnixFS root: only trees of this format are compared node by node."""
+    if cids.codec_of(root) == cids.DAG_PB:
+        raise FormatError(
+            f"{cids.cid_to_str(root)} is UnixFS: {what} ipldmount trees (mount both and"
+            " compare their files, or copy it into a mount first)"
+        )
 
 
 _Descend = tuple[Any, Any, str]  # two directory values (links or inline maps) and their path + "/"
@@ -74,8 +79,19 @@ def _differing_entries(
     old, new = dirnode.plain_entries(store, a), dirnode.plain_entries(store, b)
     for name in sorted(old.keys() | new.keys()):
         before, after = old.get(name, MISSING), new.get(name, MISSING)
-        if before != after:
+        if not same_value(before, after):
             yield name, before, after
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Whether two entry values (or MISSING) are the same. Python's ``==`` alone takes ``1``,
+    ``1.0`` and ``true`` for one another, three different JSON values of inline metadata (and
+    so three different files); their DAG-CBOR encodings never do."""
+    if a is b:
+        return True
+    if a != b:
+        return False
+    return isinstance(a, codec.Link) or codec.encode(a) == codec.encode(b)
 
 
 def _entry_steps(

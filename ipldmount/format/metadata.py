@@ -78,6 +78,18 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def parse(data: bytes) -> Any:
+    """The JSON value of *data*, read strictly: ASCII, no duplicate keys, no NaN, no infinities
+    (what DAG-CBOR and the render functions can hold). Raises ValueError or UnicodeError, and
+    RecursionError for JSON nested deeper than the interpreter's stack."""
+    return json.loads(
+        data.decode("ascii"),
+        object_pairs_hook=_no_duplicates,
+        parse_constant=_reject_constant,
+        parse_float=_finite_float,
+    )
+
+
 def try_inline(name: str, data: bytes) -> tuple[Any, bytes] | None:
     """The value to inline for a file *name* holding *data*, with its DAG-CBOR encoding.
 
@@ -88,12 +100,7 @@ def try_inline(name: str, data: bytes) -> tuple[Any, bytes] | None:
     if rule is None or len(data) > MAX_INLINE_SOURCE:
         return None
     try:
-        value = json.loads(
-            data.decode("ascii"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
+        value = parse(data)
         if codec.depth(value) > MAX_INLINE_DEPTH or rule(value).encode("ascii") != data:
             return None
         return value, codec.encode(value)

@@ -47,6 +47,7 @@ from ipldmount.format.files import (
     decode_fbl,
     store_bytes,
 )
+from ipldmount.format.merge import MISSING, Take
 from ipldmount.format.unixfs import UnixfsFile
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld import codec
@@ -680,9 +681,15 @@ class Tree:
             raise FormatError(f"sharded directory {where!r} cannot be changed: {exc}") from None
 
     def _insert(self, directory: Directory, name: str, node: Node) -> None:
-        self.get_entry(directory, name)  # what it replaces, if anything, is read first
+        """Put *node* under *name*, in place of what is there (if anything): a replacement changes
+        one name, it removes none, so a sharded directory is checked along that name's path only."""
+        existing = self.get_entry(directory, name)  # what it replaces, if anything, is read first
         self._check_changeable(directory, name)
         assert directory._entries is not None
+        if existing is not None:
+            existing.remove_link(directory, name)
+            if isinstance(existing, Directory) and directory.subdirs is not None:
+                directory.subdirs -= 1
         directory._entries[name] = node
         node.add_link(directory, name)
         if isinstance(node, Directory) and directory.subdirs is not None:
@@ -1060,6 +1067,41 @@ class Tree:
             self.rmdir(directory, name)
         else:
             self.unlink(directory, name)
+
+    def apply(self, actions: Iterable[Take]) -> None:
+        """Apply a merge plan's actions (:func:`~ipldmount.format.merge.merge_roots`), in order:
+        each sets or removes one entry, so the tree becomes the merge of its sides."""
+        for action in actions:
+            if action.value is MISSING:
+                self.remove_entry(action.path)
+            else:
+                self.put_entry(action.path, action.value)
+
+    def put_entry(self, path: str, value: Any) -> Node:
+        """Set the entry at *path* to *value*, replacing whatever is there, file or directory, and
+        creating missing parents: an entry value as a directory node holds it (a link, or an inline
+        value: another tree's entry, taken as it is, not copied file by file), or bytes (a file's
+        new content). The node is made as reading that value would make it, so a commit gives the
+        CID a tree written from scratch with the same names and bytes gives (FORMAT.md 7)."""
+        self._writable()
+        *parents, name = split_path(path) or [""]
+        check_name(name)
+        directory = self.makedirs("/".join(parents))
+        if isinstance(value, bytes):
+            node: Node = File(self.content_for(name, value))
+        else:
+            _check_entry(name, value)  # checked as a block's entries are when it is read
+            node = self._node_for(name, value)
+        self._insert(directory, name, node)
+        return node
+
+    def remove_entry(self, path: str) -> Node:
+        """Remove the file or the whole directory at *path*, whatever it holds (rmdir wants it
+        empty; a merge drops a directory the other side removed with everything in it)."""
+        self._writable()
+        directory, name = self.locate(path)
+        self.lookup(directory, name)
+        return self._detach(directory, name)
 
     def listdir(self, path: str = "") -> list[str]:
         return self.names(self.resolve_dir(path))
