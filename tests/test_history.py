@@ -119,33 +119,37 @@ def test_import_is_recorded_and_log_shows_it(capsys: pytest.CaptureFixture[str],
     assert run(capsys, "import", SEED_CAR, "--store", store)[0] == 0
     code, out, _ = run(capsys, "log", "--json", "--store", store)
     (record,) = json.loads(out)
-    assert code == 0 and record["root"] == SEED_ROOT and record["source"] == "import"
+    assert code == 0 and record["tree"] == SEED_ROOT and record["parents"] == []
     assert record["changed"] is None  # an import has no parent to compare with
-    assert record["where"] == str(SEED_CAR.resolve())
+    assert record["message"] == f"import {SEED_CAR.resolve()}"  # a tree imported gets a commit of its own
     code, out, _ = run(capsys, "log", "--store", store)
     assert code == 0 and SEED_ROOT in out and "import" in out
+    (line,) = [json.loads(text) for text in (store / "roots.log").read_text().splitlines()]
+    assert line["source"] == "import" and line["commit"] == record["commit"]
 
 
 def test_tags_work_wherever_a_root_does(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     store = tmp_path / "store"
     run(capsys, "import", SEED_CAR, "--store", store)
     assert run(capsys, "tag", "seed", SEED_ROOT, "--store", store)[1] == f"seed {SEED_ROOT}\n"
-    assert run(capsys, "tag", "newest", "--store", store)[1] == f"newest {SEED_ROOT}\n"
-    assert run(capsys, "tags", "--store", store)[1] == f"newest {SEED_ROOT}\nseed {SEED_ROOT}\n"
+    newest = run(capsys, "tag", "newest", "--store", store)[1].split()[1]  # the import's commit
+    assert newest != SEED_ROOT
+    assert run(capsys, "tags", "--store", store)[1] == f"newest {newest}\nseed {SEED_ROOT}\n"
     assert json.loads(run(capsys, "tags", "--json", "--store", store)[1]) == {
-        "newest": SEED_ROOT,
+        "newest": newest,
         "seed": SEED_ROOT,
     }
+    assert run(capsys, "ls", "newest/a", "--store", store)[1] == ".zarray\n.zattrs\n0\n"
     assert run(capsys, "ls", "seed/a", "--store", store)[1] == ".zarray\n.zattrs\n0\n"
     assert (
         run(capsys, "cat", "seed/.zattrs", "--store", store)[1] == (SEED_DIR / "tree" / ".zattrs").read_text()
     )
     code, _, _ = run(capsys, "export", "seed", "-o", tmp_path / "seed.car", "--store", store)
     assert code == 0 and (tmp_path / "seed.car").read_bytes() == SEED_CAR.read_bytes()
-    assert "(tag: newest, seed)" in run(capsys, "log", "--store", store)[1]
+    assert "(tag: newest, tag: seed)" in run(capsys, "log", "--store", store)[1]
     assert run(capsys, "tag", "-d", "seed", "--store", store)[0] == 0
     code, _, err = run(capsys, "ls", "seed", "--store", store)
-    assert code == 1 and "not a valid CID" in err
+    assert code == 1 and "is not a CID, a branch, a tag" in err
 
 
 @pytest.mark.parametrize("name", ["log", "empty", SEED_ROOT])

@@ -150,7 +150,7 @@ def test_the_roots_a_mount_accepts(seeded: Repository, tmp_path: Path) -> None:
     assert seeded.mount_root(SEED_ROOT, mountpoint) == cids.parse_cid(SEED_ROOT)
     synced_at(seeded, mountpoint, cids.parse_cid(SEED_ROOT))
     assert seeded.mount_root("resume", mountpoint) == cids.parse_cid(SEED_ROOT)
-    with pytest.raises(IpldmountError, match="ROOT must be a CID, a tag, a \\.car file, 'empty' or 'resume'"):
+    with pytest.raises(IpldmountError, match="ROOT must be a CID, a branch, a tag, BRANCH~N, a \\.car file, 'empty' or 'resume'"):
         seeded.mount_root("no-such-tag", mountpoint)
     with pytest.raises(IpldmountError, match="is not a CAR file"):
         seeded.mount_root(str(tmp_path), mountpoint)  # a directory

@@ -153,24 +153,24 @@ class Repository:
         if text.startswith("/ipns/"):
             raise IpldmountError(f"{text}: an IPNS name resolves through an IPFS node (pass --ipfs URL)")
         if "/" in text or text in (".", ".."):
-            if Path(text).is_dir():
+            if text and Path(text).is_dir():
                 return self._shown_at_named(text)
         name, tilde, back = text.partition("~")
         if tilde:
             return self._back(name, back)
         try:
             return self.version_of(cids.parse_cid(text))
-        except InvalidCIDError:
-            pass
-        if Path(text).is_dir():
+        except InvalidCIDError as exc:
+            not_a_cid = exc
+        if text and Path(text).is_dir():
             return self._shown_at_named(text)
-        head = self.home.branches.get(text)
+        head = self.home.branches.get(text) if text else None
         if head is not None:
             return replace(self.version_of(head), branch=text)
-        tagged = self.home.tags.get(text)
+        tagged = self.home.tags.get(text) if text else None
         if tagged is None:
             raise InvalidCIDError(
-                f"{text!r} is not a CID, a branch, a tag, BRANCH~N or a mountpoint of this store"
+                f"{str(not_a_cid).rstrip('.')}; nor is it a branch, a tag, BRANCH~N or a mountpoint of this store"
             )
         return self.version_of(tagged)
 
@@ -311,6 +311,10 @@ class Repository:
             raise IpldmountError(
                 f"ROOT must be a CID, a branch, a tag, BRANCH~N, a .car file, 'empty' or 'resume'; {exc}"
             ) from None
+        except IpldmountError:
+            if Path(text).is_dir():  # a directory nothing was mounted at
+                raise IpldmountError(f"{text} is not a CAR file, nor a mountpoint of this store") from None
+            raise
 
     def last_root_at(self, mountpoint: Path) -> bytes | None:
         return self.last_version_at(mountpoint).tree
@@ -430,12 +434,13 @@ class Repository:
         if new is not None:
             self.commit(new)  # a branch names commits only
         self.home.branches.move(name, expected, new)
-        target = new if new is not None else expected
-        tree = self.commit(target).tree if target is not None else None
+        before = self.commit(expected).tree if expected is not None else None
+        tree = self.commit(new).tree if new is not None else before
         if tree is not None:
-            self.home.registry.record(
-                RootRecord.made(tree, why, where, message=message, commit=new, branch=name, previous=expected)
+            record = RootRecord.made(
+                tree, why, where, before, message, commit=new, branch=name, previous=expected
             )
+            self.home.registry.record(record)
 
     def branch_line(self, name: str, limit: int | None = None) -> list[tuple[bytes, Commit]]:
         """The commits of *name*'s first-parent line, newest first."""
@@ -463,12 +468,24 @@ class Repository:
                         roots = car.import_car(self.local, stream, counting, check)
             where = str(Path(path).resolve()) if Path(path).is_file() else path
             # in the history, the roots are kept by garbage collection: the lease may end
-            self.record([RootRecord.made(root, "import", where) for root in roots], settle_before=started)
+            records = [self._made_version(root, "import", where) for root in roots]
+            self.record(records, settle_before=started)
             return roots
         except FileNotFoundError:
             raise IpldmountError(f"no such file: {path}") from None
         except IsADirectoryError:
             raise IpldmountError(f"{path} is a directory, not a CAR file") from None
+
+    def _made_version(self, root: bytes, source: str, where: str) -> RootRecord:
+        """The history line of *root* brought in from *where*: a commit is recorded as it is; a
+        bare tree gets a commit of its own (no parents), so every version recorded is a commit."""
+        version = self.version_of(root)
+        commit = version.commit
+        if commit is None:
+            commit = self.make_commit(root, [], f"{source} {where}")
+            self.local.sync()
+        tree = version.tree if version.tree is not None else root
+        return RootRecord.made(tree, source, where, commit=commit)
 
     def _check_roots(self, path: str, single_root: bool) -> Callable[[list[bytes]], None]:
         """Refuse, before anything is committed, a CAR whose roots are not what is needed."""
@@ -546,7 +563,7 @@ class Repository:
 
         started = time.time()
         fetched = pull(self.local, root, sources, progress=progress)
-        self.record([RootRecord.made(root, "pull", where)], settle_before=started)
+        self.record([self._made_version(root, "pull", where)], settle_before=started)
         return fetched
 
     # --- history and tags ---------------------------------------------------------------
@@ -562,7 +579,7 @@ class Repository:
         names = self._names_of_commits()
         entries = []
         for cid, commit in ancestry(self.blocks, list(dict.fromkeys(heads)), limit):
-            entries.append(self._entry(cid, commit, names.get(cid, [])))
+            entries.append(self._entry(cid, commit, names.get(cid, []) + names.get(commit.tree, [])))
         return entries
 
     def _commit_named(self, text: str) -> bytes:

@@ -85,7 +85,7 @@ class Advance:
             self.repository.local.sync()
         if branch is None:
             assert commit is not None
-            records = [self._record(root, commit, message)] if made else []
+            records = [self._record(root, commit, message, place.tree)] if made else []
             return Advanced(Place(commit, root, None), root, made, records=records)
         return self._onto_branch(branch, expected, Place(commit, root, branch), made, message, apply)
 
@@ -136,8 +136,8 @@ class Advance:
             raise MergeConflictError(branch, head, plan.conflicts, self.where)
         return plan
 
-    def _record(self, root: bytes, commit: bytes, message: str | None) -> RootRecord:
-        return RootRecord.made(root, self.source, self.where, message=message, commit=commit)
+    def _record(self, root: bytes, commit: bytes, message: str | None, parent: bytes | None) -> RootRecord:
+        return RootRecord.made(root, self.source, self.where, parent, message, commit=commit)
 
 
 def _tree(place: Place) -> bytes:

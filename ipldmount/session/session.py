@@ -103,7 +103,7 @@ class Session:
         self._failed_said = 0  # how many of them a sync has said
         # where it stands in history: the commit it started from (its tree: base_root, unless a
         # journal of a reset or discard says otherwise) and the branch its syncs move
-        self.place = Place(commit, repository.commit(commit).tree if commit else None, branch)
+        self.place = Place(commit, repository.commit(commit).tree if commit else self.base_root, branch)
         self.advance = Advance(repository, "mount", str(mountpoint))
         self.on_replaced: Callable[[list[str]], None] = lambda paths: None  # the kernel's caches
         if not read_only:

@@ -33,16 +33,15 @@ def cmd_log(args: argparse.Namespace) -> int:
         print(json.dumps([entry.as_json() for entry in entries], indent=2))
         return 0
     rows = graph_rows([(entry.commit, entry.parents) for entry in entries])
-    for entry, (prefix, connectors) in zip(entries, rows, strict=True):
-        _print_entry(entry, prefix)
-        for line in connectors:
+    for entry, row in zip(entries, rows, strict=True):
+        _print_entry(entry, row.prefix, continuation(row.prefix, row.has_parent))
+        for line in row.connectors:
             print(line)
     return 0
 
 
-def _print_entry(entry: LogEntry, prefix: str) -> None:
+def _print_entry(entry: LogEntry, prefix: str, more: str) -> None:
     """One commit: its CID and names, then tree, parents, time, changes and message."""
-    more = continuation(prefix)
     names = f" ({', '.join(entry.names)})" if entry.names else ""
     print(f"{prefix}commit {entry.commit}{names}")
     if len(entry.parents) > 1:
