@@ -126,7 +126,8 @@ class IPLDStore(Store):
         self.tree = open_tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
         self._advance = Advance(self.repository, "api", self.repository.where)
         if self._root is not None:
-            self.repository.publish_in_use(self._root)  # its tree is read from here on: gc must keep it
+            # its tree is read from here on, its commit named: gc must keep them
+            self.repository.publish_in_use(self._root, self.place.commit)
 
     def _place(self, root: str | bytes | None, branch: str | None) -> Place:
         """Where the store stands: ROOT (a commit or a tree CID), or *branch*'s head (a branch
@@ -225,7 +226,9 @@ class IPLDStore(Store):
                 self.place, root, records = done.place, done.tree, done.records
             self._root = root
             # what it stored is in a recorded (and published) root now: the lease is settled
-            self.repository.record(records, settle_before=started, in_use=self._root)
+            self.repository.record(
+                records, settle_before=started, in_use=self._root, in_use_commit=self.place.commit
+            )
             return cids.cid_to_str(self._root)
 
     def _apply_theirs(self, actions: list[Take]) -> bytes:

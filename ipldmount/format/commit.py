@@ -126,7 +126,9 @@ def first_parents(store: Blockstore, head: bytes) -> Iterator[tuple[bytes, Commi
         cid = commit.parents[0] if commit.parents else None
 
 
-def ancestry(store: Blockstore, heads: list[bytes], limit: int | None = None) -> Iterator[tuple[bytes, Commit]]:
+def ancestry(
+    store: Blockstore, heads: list[bytes], limit: int | None = None
+) -> Iterator[tuple[bytes, Commit]]:
     """Every commit reachable from *heads* once, newest first by time (then CID), as far as
     the store holds them: a missing parent ends that line (a pull may bring it later)."""
     queue: list[tuple[str, bytes, Commit]] = []

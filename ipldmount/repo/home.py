@@ -146,7 +146,9 @@ class StoreHome:
 
     @property
     def branches(self) -> Branches:
-        return Branches(self.root / "branches.json", self.root / "branches.lock", self.tmp_dir, self.open_private)
+        return Branches(
+            self.root / "branches.json", self.root / "branches.lock", self.tmp_dir, self.open_private
+        )
 
     @property
     def tags(self) -> Tags:

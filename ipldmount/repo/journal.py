@@ -78,7 +78,12 @@ class Journal:
     # --- writing -------------------------------------------------------------
 
     def start(
-        self, root: bytes | None, keep: bool = False, *, commit: bytes | None = None, branch: str | None = None
+        self,
+        root: bytes | None,
+        keep: bool = False,
+        *,
+        commit: bytes | None = None,
+        branch: str | None = None,
     ) -> None:
         """Begin (or with *keep*, continue) the journal on base *root* (the tree of *commit*)."""
         if not keep:

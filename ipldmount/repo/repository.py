@@ -373,7 +373,12 @@ class Repository:
     # --- recording roots ----------------------------------------------------------------
 
     def record(
-        self, records: Sequence[RootRecord], *, settle_before: float, in_use: bytes | None = None
+        self,
+        records: Sequence[RootRecord],
+        *,
+        settle_before: float,
+        in_use: bytes | None = None,
+        in_use_commit: bytes | None = None,
     ) -> None:
         """Commit roots this process made: *records* go into the history, *in_use* is published
         as the root an in-process store uses (:meth:`publish_in_use`), and only then is this
@@ -383,17 +388,18 @@ class Repository:
             for record in records:
                 self._home.registry.record(record)
             if in_use is not None:
-                self.publish_in_use(in_use)
+                self.publish_in_use(in_use, in_use_commit)
         self.local.settle(settle_before)
 
-    def publish_in_use(self, root: bytes) -> None:
-        """Tell garbage collection, in any process, that this process uses *root* until
-        :meth:`close` or its exit (liveroots); nothing to tell for a store in memory."""
+    def publish_in_use(self, root: bytes, commit: bytes | None = None) -> None:
+        """Tell garbage collection, in any process, that this process uses *root* (the tree of
+        *commit*, if it has one) until :meth:`close` or its exit (liveroots); nothing to tell
+        for a store in memory."""
         if self._home is None:
             return
         if self._live is None:
             self._live = self._home.live_roots()
-        self._live.publish([cids.cid_to_str(root)])
+        self._live.publish([cids.cid_to_str(cid) for cid in (root, commit) if cid is not None])
 
     def close(self) -> None:
         """Stop publishing the root in use (garbage collection keeps it only if the history or a tag does)."""
@@ -480,12 +486,23 @@ class Repository:
         """The history line of *root* brought in from *where*: a commit is recorded as it is; a
         bare tree gets a commit of its own (no parents), so every version recorded is a commit."""
         version = self.version_of(root)
-        commit = version.commit
+        commit = version.commit or self._commit_recorded_for(root)
         if commit is None:
             commit = self.make_commit(root, [], f"{source} {where}")
             self.local.sync()
         tree = version.tree if version.tree is not None else root
         return RootRecord.made(tree, source, where, commit=commit)
+
+    def _commit_recorded_for(self, tree: bytes) -> bytes | None:
+        """The commit the newest history line of *tree* names (the same tree brought in again
+        keeps its version), if it is still stored."""
+        if self._home is None:
+            return None
+        text = cids.cid_to_str(tree)
+        for record in self.history():
+            if record.root == text and record.commit and self.local.has(cids.parse_cid(record.commit)):
+                return cids.parse_cid(record.commit)
+        return None
 
     def _check_roots(self, path: str, single_root: bool) -> Callable[[list[bytes]], None]:
         """Refuse, before anything is committed, a CAR whose roots are not what is needed."""
@@ -585,7 +602,9 @@ class Repository:
     def _commit_named(self, text: str) -> bytes:
         version = self.resolve(text)
         if version.commit is None:
-            raise IpldmountError(f"{text} names a tree with no commit: it has no history (see `ipldmount log`)")
+            raise IpldmountError(
+                f"{text} names a tree with no commit: it has no history (see `ipldmount log`)"
+            )
         return version.commit
 
     def _all_heads(self) -> list[bytes]:
@@ -706,6 +725,18 @@ class Repository:
                 f"import or pull it again before naming it"
             )
 
+    def _whole_version(self, text: str) -> bool:
+        """Whether the tree *text* names (a commit's, or itself) is here whole: only such a
+        root is worth a name (a partial one is what an earlier gc left)."""
+        cid = cids.parse_cid(text)
+        if not self.local.has(cid):
+            return False
+        try:
+            tree = self.version_of(cid).tree
+        except IpldmountError:
+            return False
+        return tree is not None and not mark(self.local, [tree], check_leaves=True).missing_count
+
     def repair_history(self) -> HistoryRepair:
         """Set the history's lines gc refuses on aside, tagging every stored root they name; then
         (a line lost whole, or too damaged to name its root) tag every whole stored root nothing
@@ -713,7 +744,7 @@ class Repository:
         home = self.home
         registry = home.registry
         before = registry.read_whole()
-        set_aside, made = registry.repair(home.tags, lambda text: self.local.has(cids.parse_cid(text)))
+        set_aside, made = registry.repair(home.tags, self._whole_version)
         if not before.damaged and not set_aside:
             return HistoryRepair(registry.path, registry.set_aside, [], 0, [], [])
         names = home.tags.all()

@@ -27,7 +27,13 @@ from pathlib import Path
 
 from ipldmount.blocks.dag import block_links
 from ipldmount.blocks.gc import Collection, Progress, collect_garbage, mark, protection_time
-from ipldmount.errors import BlockNotFoundError, CorruptBlockError, FormatError, InvalidCIDError, IpldmountError
+from ipldmount.errors import (
+    BlockNotFoundError,
+    CorruptBlockError,
+    FormatError,
+    InvalidCIDError,
+    IpldmountError,
+)
 from ipldmount.format.commit import ancestry, read_commit
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld.cid import may_link
@@ -75,9 +81,12 @@ def _kept_parts(
     starts: list[bytes] = []
     _keep_mounts(home, by_mounts, starts)
     for root in home.roots_in_use():
-        by_mounts[_checked(root, "a live in-process store's published root")].append(
-            "in use by a live in-process store"
-        )
+        text = _checked(root, "a live in-process store's published root")
+        commit = _commit_named(home, text)
+        if commit is not None:  # its commit: kept with its line (the tree is published beside it)
+            starts.append(commit)
+        else:
+            by_mounts[text].append("in use by a live in-process store")
     by_history = _kept_by_history(home, retention, history, now)
     chain = _keep_commits(home, retention, history, now or time.time(), by_history, starts)
     return by_history, by_mounts, chain
@@ -109,8 +118,9 @@ def _keep_history(
     for record in history.live:  # newest first, without the roots a collection let go
         origin = (record.source, record.where)
         age = now - _timestamp(record.time)
-        if age <= retention.grace:  # a reflog entry within the grace period: whatever else holds
-            kept[record.root].append(f"made within the grace period ({retention.grace:g} s)")
+        if record.branch and record.commit and age <= retention.grace:
+            # a branch's move within the grace period (the reflog): what it named stays whole
+            kept[record.root].append(f"branch {record.branch} named it within the grace period")
             continue
         recent = retention.keep_within is not None and age <= retention.keep_within
         if seen[origin] >= retention.keep_last and not recent:

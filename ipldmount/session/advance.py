@@ -46,7 +46,9 @@ class Advanced:
     tree: bytes
     made: bool  # a new commit was made (False: nothing to commit, or the branch head taken as it is)
     merged: bool = False  # the branch had moved: its changes were merged into the writer's tree
-    records: list[RootRecord] = field(default_factory=list)  # detached commits (branch moves record themselves)
+    records: list[RootRecord] = field(
+        default_factory=list
+    )  # detached commits (branch moves record themselves)
 
 
 class MergeConflictError(IpldmountError):
@@ -54,7 +56,9 @@ class MergeConflictError(IpldmountError):
 
     def __init__(self, branch: str, head: bytes, paths: list[str], where: str) -> None:
         self.branch, self.head, self.paths = branch, head, paths
-        shown = ", ".join(paths[:MAX_LISTED]) + (f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else "")
+        shown = ", ".join(paths[:MAX_LISTED]) + (
+            f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else ""
+        )
         super().__init__(
             f"branch {branch} moved to {cids.cid_to_str(head)} with changes to the same paths: {shown}. "
             f"Nothing was committed and every unsynced change is kept: sync onto a new branch "
@@ -118,11 +122,17 @@ class Advance:
         """Bring *head*'s changes into our tree: (our place now, whether we made a commit)."""
         theirs = self.repository.commit(head)
         if not made or theirs.tree == ours.tree:  # nothing of ours to keep apart: take theirs as it is
-            plan = self._plan(expected, _tree(ours), theirs.tree, branch, head) if theirs.tree != ours.tree else None
+            plan = (
+                self._plan(expected, _tree(ours), theirs.tree, branch, head)
+                if theirs.tree != ours.tree
+                else None
+            )
             root = apply(plan.actions) if plan is not None else _tree(ours)
             return Place(head, root, branch), False
         assert ours.commit is not None
-        plan = self._plan(merge_base(self.repository.blocks, ours.commit, head), _tree(ours), theirs.tree, branch, head)
+        plan = self._plan(
+            merge_base(self.repository.blocks, ours.commit, head), _tree(ours), theirs.tree, branch, head
+        )
         root = apply(plan.actions)
         merge = self.repository.make_commit(root, [ours.commit, head], f"merge {branch} into {self.where}")
         self.repository.local.sync()
@@ -143,4 +153,3 @@ class Advance:
 def _tree(place: Place) -> bytes:
     assert place.tree is not None
     return place.tree
-

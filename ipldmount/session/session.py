@@ -616,8 +616,15 @@ class Session:
         # what was stored before the commit is in the root now (recorded here, or before)
         self.repository.record(done.records, settle_before=started)
         result = SyncResult(
-            cids.cid_to_str(root), None, 0, root != before, full_car, _show(self.place.commit),
-            self.place.branch, done.made, done.merged,
+            cids.cid_to_str(root),
+            None,
+            0,
+            root != before,
+            full_car,
+            _show(self.place.commit),
+            self.place.branch,
+            done.made,
+            done.merged,
         )
         if not (done.made or full_car or car_path):
             log.info("synced %s: root %s, nothing to commit", self.mountpoint, result.root)
@@ -663,7 +670,9 @@ class Session:
         base = (self.place.tree or self.base_root) if keep else current
         plan = merge_roots(self.store, base, current, goal)
         if plan.conflicts:
-            raise MergeConflictError(target.branch or "the target", target.commit or goal, plan.conflicts, str(self.mountpoint))
+            raise MergeConflictError(
+                target.branch or "the target", target.commit or goal, plan.conflicts, str(self.mountpoint)
+            )
         branch = self.place.branch
         head = self.repository.branches().get(branch) if branch is not None else None
         if branch is not None and target.commit is not None and head != target.commit:
@@ -691,7 +700,9 @@ class Session:
         place = self.place
         self.home.write_head(
             self.files,
-            MountHead(cids.cid_to_str(self.base_root), _show(place.commit), place.branch, str(self.mountpoint)),
+            MountHead(
+                cids.cid_to_str(self.base_root), _show(place.commit), place.branch, str(self.mountpoint)
+            ),
         )
 
     def _default_car(self, root: bytes, full_car: bool) -> Path:

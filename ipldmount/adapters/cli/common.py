@@ -54,7 +54,9 @@ def _upgraded(repository: Repository) -> Repository:
     """A store from before commits gets them on first use (said once, on stderr)."""
     upgraded = repository.upgrade_history()
     if upgraded:
-        print(f"ipldmount: gave {upgraded} history lines of {repository.where} their commits", file=sys.stderr)
+        print(
+            f"ipldmount: gave {upgraded} history lines of {repository.where} their commits", file=sys.stderr
+        )
     return repository
 
 

@@ -56,7 +56,11 @@ def cmd_mount(args: argparse.Namespace) -> int:
             mountpoint,
             importing=lambda size: progress_line(f"import {args.root}", total_bytes=size),
         )
-        version = _on_branch(reading, version, args.branch) if not args.read_only else replace(version, branch=None)
+        if args.on_branch:  # the daemon a mount started: the branch as the mount resolved it
+            version = replace(version, branch=args.on_branch)
+        version = (
+            _on_branch(reading, version, args.branch) if not args.read_only else replace(version, branch=None)
+        )
         root = version.tree
         if root is not None and is_unixfs(root) and not args.read_only:
             print(f"{cids.cid_to_str(root)} is UnixFS: mounting it read-only", file=sys.stderr)
@@ -76,7 +80,9 @@ def _on_branch(repository: Repository, version: Version, name: str | None) -> Ve
         return version
     head = repository.branches().get(name)
     if head is None and version.commit is not None:
-        repository.move_branch(name, None, version.commit, why="branch", where=f"mount {version.branch or ''}".strip())
+        repository.move_branch(
+            name, None, version.commit, why="branch", where=f"mount {version.branch or ''}".strip()
+        )
     elif head is not None and head != version.commit:
         raise IpldmountError(
             f"branch {name} names {cids.cid_to_str(head)}, not the commit of ROOT: mount {name} itself, "
@@ -192,7 +198,7 @@ def _spawn_daemon(
         _root_argument(version),
         str(mountpoint),
     ]
-    command += ["--branch", version.branch] if version.branch else []
+    command += ["--on-branch", version.branch] if version.branch else []
     command += ["--foreground", "--store", str(home.root), "--ready-fd", str(write_end)]
     command += ["--read-only"] * args.read_only + ["--whole-files"] * args.whole_files
     command += ["--allow-other"] * args.allow_other + ["-v"] * args.verbose
@@ -283,7 +289,9 @@ def _print_synced(answer: dict[str, Any], as_json: bool = False) -> None:
     elif "changed" in answer and not answer.get("committed"):  # a read-only mount answers with its root only
         print("nothing changed since the last sync: no CAR written (--full-car writes one)")
     if answer.get("commit"):
-        made = ("merged into" if answer.get("merged") else "committed on") if answer.get("committed") else "at"
+        made = (
+            ("merged into" if answer.get("merged") else "committed on") if answer.get("committed") else "at"
+        )
         where = f"branch {answer['branch']}" if answer.get("branch") else "no branch (detached)"
         print(f"{made} {where}: commit {answer['commit']}")
     print(answer["root"])
@@ -394,7 +402,9 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
         help="commit onto a new branch NAME (made here), which the mount's syncs move from now on",
     )
     for name in ("sync", "unmount"):
-        parsers[name].add_argument("--json", action="store_true", help="print the commit, tree and CAR as JSON")
+        parsers[name].add_argument(
+            "--json", action="store_true", help="print the commit, tree and CAR as JSON"
+        )
     parsers["status"].add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -442,6 +452,7 @@ def _mount_arguments(mount: argparse.ArgumentParser) -> None:
     )
     fetch_arguments(mount)
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    mount.add_argument("--on-branch", help=argparse.SUPPRESS)
 
 
 # mount(8) options that mean nothing to a FUSE daemon (the kernel or mount itself applies them).

@@ -81,16 +81,22 @@ def cmd_reset(args: argparse.Namespace) -> int:
     if args.target not in repository.branches() and target.is_dir():
         commit = _as_commit(repository, version, f"reset {args.target}")
         answer = _reset_mount(target.resolve(), Version(version.tree, commit), args.changes)
-        print(f"{args.target} shows commit {answer.get('commit') or '(none)'} (branch {answer.get('branch') or 'none'})")
+        print(
+            f"{args.target} shows commit {answer.get('commit') or '(none)'} (branch {answer.get('branch') or 'none'})"
+        )
         print(answer["root"])
         return 0
     head = repository.branches().get(args.target)
     if head is None:
         raise IpldmountError(f"{args.target} is neither a branch nor a live mount of this store")
     commit = _as_commit(repository, version, f"reset {args.target}")
-    if commit != head:
+    following = _live_mounts_on(repository, args.target)
+    if args.changes == "refuse":  # every mount is asked before anything moves
+        for mountpoint in following:
+            _check_no_unsynced(mountpoint)
+    if commit != head and not following:
         repository.move_branch(args.target, head, commit, why="reset")
-    for mountpoint in _live_mounts_on(repository, args.target):
+    for mountpoint in following:  # the first moves the branch, from where it is now; the rest follow
         _reset_mount(mountpoint, Version(version.tree, commit), args.changes)
         print(f"{mountpoint} follows", file=sys.stderr)
     print(f"{args.target} {cids.cid_to_str(commit)} (was {cids.cid_to_str(head)})")
@@ -107,6 +113,15 @@ def _reset_mount(mountpoint: Path, version: Version, changes: str) -> dict[str, 
         tree=cids.cid_to_str(version.tree),
         changes=changes,
     )
+
+
+def _check_no_unsynced(mountpoint: Path) -> None:
+    status = control.request(mountpoint, "status")
+    if status.get("unsynced_changes") or status.get("open_unsaved_files") or status.get("sync_changes_root"):
+        raise IpldmountError(
+            f"{mountpoint} follows this branch and has unsynced changes: say what becomes of them "
+            f"(--keep: on top of REV; --discard: dropped), or sync them first; nothing was moved"
+        )
 
 
 def _live_mounts_on(repository: Repository, branch: str) -> list[Path]:
@@ -132,14 +147,19 @@ def cmd_discard(args: argparse.Namespace) -> int:
         return 0
     answer = control.request(mountpoint, "discard")
     commit = answer.get("commit")
-    print(f"discarded the unsynced changes at {mountpoint}: it shows " + (f"commit {commit}" if commit else "its root"))
+    print(
+        f"discarded the unsynced changes at {mountpoint}: it shows "
+        + (f"commit {commit}" if commit else "its root")
+    )
     print(answer["root"])
     return 0
 
 
 def cmd_reflog(args: argparse.Namespace) -> int:
     repository = open_existing_store(args)
-    moves = [record for record in repository.history() if record.branch and (args.branch in (None, record.branch))]
+    moves = [
+        record for record in repository.history() if record.branch and (args.branch in (None, record.branch))
+    ]
     if args.json:
         print(json.dumps([record.as_json() for record in moves], indent=2))
         return 0
@@ -163,8 +183,12 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
     branch = parsers["branch"]
     branch.add_argument("name", metavar="NAME")
-    branch.add_argument("rev", metavar="REV", nargs="?", help="a commit, tree, tag, branch, BRANCH~N or mountpoint")
-    branch.add_argument("-d", "--delete", action="store_true", help="delete the branch (its commits stay while kept)")
+    branch.add_argument(
+        "rev", metavar="REV", nargs="?", help="a commit, tree, tag, branch, BRANCH~N or mountpoint"
+    )
+    branch.add_argument(
+        "-d", "--delete", action="store_true", help="delete the branch (its commits stay while kept)"
+    )
     parsers["branches"].add_argument("--json", action="store_true", help="print JSON")
     reset = parsers["reset"]
     reset.add_argument("target", metavar="BRANCH|MOUNTPOINT")
@@ -178,7 +202,11 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
         help="keep a mount's unsynced changes, on top of REV (refused if they touch paths REV changes)",
     )
     changes.add_argument(
-        "--discard", dest="changes", action="store_const", const="discard", help="drop a mount's unsynced changes"
+        "--discard",
+        dest="changes",
+        action="store_const",
+        const="discard",
+        help="drop a mount's unsynced changes",
     )
     reset.set_defaults(changes="refuse")
     parsers["discard"].add_argument("mountpoint", metavar="MOUNTPOINT")

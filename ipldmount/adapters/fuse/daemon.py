@@ -229,7 +229,10 @@ async def _dispatch(session: Session, data: bytes) -> dict[str, Any]:
             if car is not None:
                 car_target(car)  # a directory or socket is refused before the sync commits anything
             result = await session.sync(
-                car, request.get("message"), full_car=request.get("full_car", False), branch=request.get("branch")
+                car,
+                request.get("message"),
+                full_car=request.get("full_car", False),
+                branch=request.get("branch"),
             )
             answer.update(root=result.root, changed=result.changed, car_bytes=result.car_bytes)
             answer.update(commit=result.commit, branch=result.branch, committed=result.committed)
