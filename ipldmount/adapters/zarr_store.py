@@ -30,6 +30,7 @@ from ipldmount.blocks import Blockstore, Chunk, MemoryBlockstore, car
 from ipldmount.blocks.gc import Collection
 from ipldmount.errors import IpldmountError, NotDirectoryError, NotFoundError
 from ipldmount.format.files import FileContent, StoredFile
+from ipldmount.format.merge import Take
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.exchange import push
 from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore
@@ -37,7 +38,6 @@ from ipldmount.remote.kubo import KuboNode
 from ipldmount.remote.remotes import Remotes
 from ipldmount.repo.repository import Repository
 from ipldmount.repo.retention import Retention
-from ipldmount.format.merge import Take
 from ipldmount.session.advance import Advance, Place
 from ipldmount.session.writebuffer import buffer_content, open_buffer
 from ipldmount.tree.model import Directory, File, check_name, split_path

@@ -36,7 +36,7 @@ from ipldmount.format.commit import Commit, ancestry, first_parents, read_commit
 from ipldmount.format.diff import Change, diff_roots
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.fetching import FetchingBlockstore
-from ipldmount.repo.branches import DEFAULT_BRANCH, BranchMovedError
+from ipldmount.repo.branches import DEFAULT_BRANCH
 from ipldmount.repo.home import StoreHome
 from ipldmount.repo.journal import Journal
 from ipldmount.repo.liveroots import LiveRoots
@@ -152,9 +152,8 @@ class Repository:
         parents back), a CID (a commit, or a tree), a branch, or a tag (naming either)."""
         if text.startswith("/ipns/"):
             raise IpldmountError(f"{text}: an IPNS name resolves through an IPFS node (pass --ipfs URL)")
-        if "/" in text or text in (".", ".."):
-            if text and Path(text).is_dir():
-                return self._shown_at_named(text)
+        if ("/" in text or text in (".", "..")) and Path(text).is_dir():
+            return self._shown_at_named(text)
         name, tilde, back = text.partition("~")
         if tilde:
             return self._back(name, back)
@@ -170,7 +169,8 @@ class Repository:
         tagged = self.home.tags.get(text) if text else None
         if tagged is None:
             raise InvalidCIDError(
-                f"{str(not_a_cid).rstrip('.')}; nor is it a branch, a tag, BRANCH~N or a mountpoint of this store"
+                f"{str(not_a_cid).rstrip('.')}; nor is it a branch, a tag, BRANCH~N or a mountpoint "
+                f"of this store"
             )
         return self.version_of(tagged)
 

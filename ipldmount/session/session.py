@@ -26,8 +26,8 @@ from typing import Any
 from ipldmount.blocks.car import write_car_file
 from ipldmount.errors import CarWriteError, IpldmountError, IsDirectoryError, ReadOnlyError
 from ipldmount.format.files import FileContent, InlineFile, PendingFile, StoredFile, check_file_size
-from ipldmount.ipld import cid as cids
 from ipldmount.format.merge import Take, merge_roots
+from ipldmount.ipld import cid as cids
 from ipldmount.repo.attributes import Attributes, Meta
 from ipldmount.repo.home import MountHead
 from ipldmount.repo.journal import Journal, Pending, decode_data, encode_data

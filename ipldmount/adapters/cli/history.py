@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-from ipldmount.adapters.cli.graph import continuation, graph_rows
 from ipldmount.adapters.cli.common import (
     COMMAND_NAMES,
     Command,
@@ -17,6 +15,7 @@ from ipldmount.adapters.cli.common import (
     open_existing_store,
     open_reading_store,
 )
+from ipldmount.adapters.cli.graph import continuation, graph_rows
 from ipldmount.errors import IpldmountError
 from ipldmount.ipld import cid as cids
 from ipldmount.repo.repository import HistoryRepair, LogEntry

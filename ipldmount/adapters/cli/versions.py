@@ -82,7 +82,8 @@ def cmd_reset(args: argparse.Namespace) -> int:
         commit = _as_commit(repository, version, f"reset {args.target}")
         answer = _reset_mount(target.resolve(), Version(version.tree, commit), args.changes)
         print(
-            f"{args.target} shows commit {answer.get('commit') or '(none)'} (branch {answer.get('branch') or 'none'})"
+            f"{args.target} shows commit {answer.get('commit') or '(none)'} "
+            f"(branch {answer.get('branch') or 'none'})"
         )
         print(answer["root"])
         return 0
