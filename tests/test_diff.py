@@ -3,6 +3,7 @@ cost of the change (blocks read counted, never timed)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -176,8 +177,9 @@ def test_log_and_diff_of_a_deep_tree_print_one_line_each(tmp_path: Path) -> None
     store = DirectoryBlockstore(tmp_path / "store")
     before = build(store, {f"{DEEP}/f": b"1"})
     after = build(store, {f"{DEEP}/f": b"2"})
-    record = RootRecord(cid_to_str(after), RootRecord.now(), "mount", "/mnt/x", cid_to_str(before))
-    StoreHome(store).registry.record(record)
+    registry = StoreHome(store).registry  # two lines from before commits: upgraded to a line of two
+    registry.record(RootRecord(cid_to_str(before), RootRecord.now(), "mount", "/mnt/x"))
+    registry.record(RootRecord(cid_to_str(after), RootRecord.now(), "mount", "/mnt/x", cid_to_str(before)))
 
     def run(*args: str) -> list[str]:
         command = [sys.executable, "-m", "ipldmount", *args, "--store", str(store.root)]
@@ -185,6 +187,7 @@ def test_log_and_diff_of_a_deep_tree_print_one_line_each(tmp_path: Path) -> None
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
         return result.stdout.splitlines()
 
-    (line,) = run("log")
-    assert cid_to_str(after) in line and "(1 changed)" in line
+    newest, oldest = json.loads("\n".join(run("log", "--json")))
+    assert newest["tree"] == cid_to_str(after) and newest["changed"] == 1 and oldest["changed"] is None
+    assert "(1 path changed)" in "\n".join(run("log"))
     assert run("diff", cid_to_str(before), cid_to_str(after)) == [f"M {DEEP}/f"]

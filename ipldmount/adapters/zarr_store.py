@@ -221,7 +221,11 @@ class IPLDStore(Store):
                 self.blockstore.sync()
             root = self.tree.commit()
             records = []
-            if self.repository.on_disk and (root != self._root or self.place.commit is None):
+            if (
+                self.repository.on_disk
+                and not self.read_only
+                and (root != self._root or self.place.commit is None)
+            ):
                 done = self._advance.commit(self.place, root, message, self._apply_theirs)
                 self.place, root, records = done.place, done.tree, done.records
             self._root = root

@@ -129,9 +129,51 @@ def first_parents(store: Blockstore, head: bytes) -> Iterator[tuple[bytes, Commi
 def ancestry(
     store: Blockstore, heads: list[bytes], limit: int | None = None
 ) -> Iterator[tuple[bytes, Commit]]:
-    """Every commit reachable from *heads* once, newest first by time (then CID), as far as
-    the store holds them: a missing parent ends that line (a pull may bring it later)."""
-    queue: list[tuple[str, bytes, Commit]] = []
+    """Every commit reachable from *heads* once, as far as the store holds them (a missing
+    parent ends that line: a pull may bring it later), newest first by time but never a commit
+    before one of its children (``git log --date-order``). The whole reachable history is read
+    first (one small block per commit), since a head may be an ancestor of another."""
+    found = _reachable(store, heads)
+    waiting = {cid: 0 for cid in found}  # children not yet shown, per commit
+    for commit in found.values():
+        for parent in set(commit.parents):
+            if parent in waiting:
+                waiting[parent] += 1
+    ready = [(_reverse(commit.time), cid) for cid, commit in found.items() if not waiting[cid]]
+    heapq.heapify(ready)
+    shown = 0
+    while ready and (limit is None or shown < limit):
+        _, cid = heapq.heappop(ready)
+        commit = found[cid]
+        shown += 1
+        yield cid, commit
+        for parent in set(commit.parents):
+            if parent in waiting:
+                waiting[parent] -= 1
+                if not waiting[parent]:
+                    heapq.heappush(ready, (_reverse(found[parent].time), parent))
+
+
+def _reachable(store: Blockstore, heads: list[bytes]) -> dict[bytes, Commit]:
+    found: dict[bytes, Commit] = {}
+    stack = list(heads)
+    while stack:
+        cid = stack.pop()
+        if cid in found:
+            continue
+        try:
+            commit = read_commit(store, cid)
+        except BlockNotFoundError:
+            continue
+        if commit is not None:
+            found[cid] = commit
+            stack.extend(commit.parents)
+    return found
+
+
+def _newest_first(store: Blockstore, head: bytes) -> Iterator[bytes]:
+    """*head*'s ancestry by time, read lazily (order only roughly matters: merge bases)."""
+    queue: list[tuple[str, bytes]] = []
     seen: set[bytes] = set()
 
     def push(cid: bytes) -> None:
@@ -143,16 +185,15 @@ def ancestry(
         except BlockNotFoundError:
             return
         if commit is not None:
-            heapq.heappush(queue, (_reverse(commit.time), cid, commit))
+            heapq.heappush(queue, (_reverse(commit.time), cid))
+            pending[cid] = commit
 
-    for head in heads:
-        push(head)
-    count = 0
-    while queue and (limit is None or count < limit):
-        _, cid, commit = heapq.heappop(queue)
-        count += 1
-        yield cid, commit
-        for parent in commit.parents:
+    pending: dict[bytes, Commit] = {}
+    push(head)
+    while queue:
+        _, cid = heapq.heappop(queue)
+        yield cid
+        for parent in pending.pop(cid).parents:
             push(parent)
 
 
@@ -165,7 +206,7 @@ def merge_base(store: Blockstore, a: bytes, b: bytes) -> bytes | None:
     """A newest commit both *a* and *b* descend from (None: unrelated histories). The two
     ancestries are walked side by side, newest first, so the cost is the commits since the
     two lines parted, not the whole history."""
-    walks = (ancestry(store, [a]), ancestry(store, [b]))
+    walks = (_newest_first(store, a), _newest_first(store, b))
     seen: tuple[set[bytes], set[bytes]] = (set(), set())
     running = [True, True]
     while any(running):
@@ -176,7 +217,7 @@ def merge_base(store: Blockstore, a: bytes, b: bytes) -> bytes | None:
             if step is None:
                 running[side] = False
                 continue
-            seen[side].add(step[0])
-            if step[0] in seen[1 - side]:
-                return step[0]
+            seen[side].add(step)
+            if step in seen[1 - side]:
+                return step
     return None

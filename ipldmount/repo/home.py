@@ -5,6 +5,7 @@
                                   gc let go: one sealed JSON line each (see registry)
     STORE/roots.head              the size of roots.log after its last append, and that line's seal
     STORE/roots.log.damaged       lines `log --repair` set aside
+    STORE/history.commits         there: every history line has its commit (an old store was upgraded)
     STORE/live/                   roots live in-process stores (IPLDStore) use, one locked file each
     STORE/tags.json               names for roots (trees or commits)
     STORE/branches.json           branch -> head commit, moved by compare-and-swap (branches.lock)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
 from ipldmount.format.commit import Commit, store_commit
@@ -22,20 +23,34 @@ from ipldmount.repo.registry import RootRecord
 
 log = logging.getLogger(__name__)
 
+MARKER = "history.commits"  # STORE/history.commits: this store's history lines all have commits
+
 
 def upgrade_history(home: StoreHome) -> int:
     """Give every line from before commits its commit; how many lines were upgraded (0: none
     needed). Refuses (HistoryDamagedError) a history it cannot read whole: nothing is guessed."""
+    marker = home.root / MARKER
+    if marker.exists():
+        return 0  # upgraded, or made with commits: no need to read the whole history again
     history = home.registry.read_whole()
     if not any(_legacy(record) for record in history.records):
+        _mark_upgraded(home)
         return 0
     history.check(home.registry.path)
     commits = _commits_of(home, history.records)
     home.blocks.sync()
     _give_heads(home, history.records, commits)
     upgraded = home.registry.fill(lambda record: _filled(record, commits))
+    _mark_upgraded(home)
     log.info("upgraded %d history lines of %s to commits", upgraded, home.root)
     return upgraded
+
+
+def _mark_upgraded(home: StoreHome) -> None:
+    """Say that every line has its commit (after the history says so), so that later commands
+    need not read the whole history to know."""
+    fd = home.open_private(home.root / MARKER, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.close(fd)
 
 
 def _legacy(record: RootRecord) -> bool:

@@ -685,7 +685,8 @@ class Session:
         self._write_head()
         # kept changes: the journal starts from the tree that holds them, on the target's commit
         self.journal.reset(self.base_root, commit=target.commit, branch=branch)
-        self.home.write_root(self.files, cids.cid_to_str(self.base_root))
+        held = [cids.cid_to_str(cid) for cid in self.open_files.held_contents()]  # what open files still read
+        self.home.write_root(self.files, cids.cid_to_str(self.base_root), held)
         return SyncResult(self.root, None, 0, False, False, _show(self.place.commit), branch)
 
     def _apply_theirs(self, actions: list[Take]) -> bytes:

@@ -42,9 +42,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     pid = repository.daemon_pid(mountpoint)
     if args.discard and pid is not None and process_alive(pid):
         raise IpldmountError(
-            f"{mountpoint} is mounted: the unsynced changes of a live mount cannot be dropped yet (unmount "
-            f"would sync them); to drop them, stop its daemon without a sync (kill -9 {pid}), then "
-            f"mount again with --discard"
+            f"{mountpoint} is mounted: `ipldmount discard {mountpoint}` drops its unsynced changes while it "
+            f"stays mounted"
         )
     _check_mountpoint(mountpoint, repository, args.nonempty)
     if args.discard:
