@@ -69,10 +69,9 @@ def test_a_sync_with_nothing_changed_writes_nothing(mounts: Mounts, tmp_path: Pa
     root = mnt.sync()
     before = cars(mnt.store)
     result = check(mnt.cli("sync", mnt.path))
-    assert result.stdout.splitlines() == [
-        "nothing changed since the last sync: no CAR written (--full-car writes one)",
-        root,
-    ]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "nothing changed since the last sync: no CAR written (--full-car writes one)"
+    assert lines[1].startswith("at branch main: commit ") and lines[2:] == [root]
     assert cars(mnt.store) == before
     # --full-car: the whole DAG, beside the CARs of the change; --car: wherever asked
     assert mnt.sync(None, "--full-car") == root
@@ -94,8 +93,8 @@ def test_unmount_writes_the_change_of_its_final_sync(mounts: Mounts) -> None:
     assert set(blocks) == set(closure(mnt.store, second)) - set(closure(mnt.store, first))
     records = mnt.roots_log()
     assert [record["root"] for record in records] == [first, second]
-    assert records[-1]["parent"] == first
-    assert records[-1]["car"] == str(mnt.store / "cars" / f"{second}.car")
+    assert records[-1]["parent"] == first and records[-1]["branch"] == "main"
+    assert records[-1]["previous"] == records[0]["commit"]  # the branch moved from the first commit
 
 
 # --- attributes outside the CID --------------------------------------------------------

@@ -373,3 +373,16 @@ def test_a_writer_killed_while_committing_never_leaves_a_branch_on_a_partial_tre
     assert any(len(commit.parents) == 2 for _, commit in history)  # the two writers did merge
     report = Repository.at(path).collect(Retention(grace=0))
     assert report.collection.missing_blocks == 0
+
+
+def test_a_writer_with_nothing_new_follows_the_branch(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    first = IPLDStore(DirectoryBlockstore(path), branch="main")
+    first.set_sync("a", buffer(b"1"))
+    first.freeze()
+    idle = IPLDStore(DirectoryBlockstore(path), branch="main")
+    first.set_sync("b", buffer(b"2"))
+    first.freeze()
+    assert idle.get_sync("b") is None
+    assert idle.freeze() == first.root and idle.commit == first.commit  # no commit of its own
+    assert bytes(idle.get_sync("b").to_bytes()) == b"2"  # type: ignore[union-attr]

@@ -121,6 +121,7 @@ class IPLDStore(Store):
         self._lock = threading.RLock()  # guards the tree; held only for what touches it
         self._gate = _Gate()  # see _Gate: block work outside the lock vs garbage collection
         self._unsynced = False  # blocks were stored without an fsync since the last freeze
+        self._had_unsynced = False  # so were some, when the freeze running now began
         # Reads from memory cost a copy: a hop to a thread would cost more than it overlaps.
         self._reads_in_thread = not isinstance(self.blockstore, MemoryBlockstore)
         self.tree = open_tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
@@ -216,24 +217,32 @@ class IPLDStore(Store):
         """
         with self._lock:  # every write links under it: all this store stored so far is in the root
             started = time.time()  # writes that stored blocks after this may not be in the root
-            if self._unsynced:  # cleared first: blocks stored from now on are synced next time
-                self._unsynced = False
-                self.blockstore.sync()
+            unsynced, self._unsynced = self._unsynced, False  # blocks stored from now on: next time
+            self._had_unsynced = unsynced
             root = self.tree.commit()
             records = []
-            if (
-                self.repository.on_disk
-                and not self.read_only
-                and (root != self._root or self.place.commit is None)
-            ):
-                done = self._advance.commit(self.place, root, message, self._apply_theirs)
-                self.place, root, records = done.place, done.tree, done.records
+            made = False
+            # a branch is looked at even with nothing new: another writer may have moved it
+            moved = root != self._root or self.place.commit is None or self.place.branch is not None
+            if self.repository.on_disk and not self.read_only and moved:
+                done = self._advance.commit(
+                    self.place, root, message, self._apply_theirs, make_durable=self._sync
+                )
+                self.place, root, records, made = done.place, done.tree, done.records, done.made
+            if unsynced and not made:  # a commit synced them with itself
+                self.blockstore.sync()
             self._root = root
             # what it stored is in a recorded (and published) root now: the lease is settled
             self.repository.record(
                 records, settle_before=started, in_use=self._root, in_use_commit=self.place.commit
             )
             return cids.cid_to_str(self._root)
+
+    def _sync(self) -> None:
+        """Make what this store stored durable: one sync of the filesystem, skipped when every
+        block was fsynced as it was written (a durable store) and none was written unsynced."""
+        if not getattr(self.blockstore, "durable", True) or self._had_unsynced:
+            self.blockstore.sync()
 
     def _apply_theirs(self, actions: list[Take]) -> bytes:
         """Another writer's changes to the branch, merged into this store's tree."""

@@ -75,9 +75,11 @@ class LogEntry:
     changed: int | None  # paths changed from the first parent's tree (None: no parent, or a tree not here)
     names: list[str]  # branches, tags and mountpoints that name it
     tree_stored: bool  # False: gc expired its tree (the commit stays readable)
+    source: str | None = None  # how this store got it (mount, import, pull, api), if its history says
+    where: str | None = None  # the mountpoint, CAR, node or folder it came from
 
     def as_json(self) -> dict[str, object]:
-        return dict(self.__dict__)
+        return dict(self.__dict__) | {"root": self.tree}  # "root": the tree, as before commits
 
 
 @dataclass(frozen=True)
@@ -594,9 +596,14 @@ class Repository:
         version recorded), newest first, named by branches, tags and mountpoints."""
         heads = [self._commit_named(text) for text in revs] if revs else self._all_heads()
         names = self._names_of_commits()
+        made = {
+            record.commit: record for record in reversed(self.history()) if record.commit
+        }  # the first line
         entries = []
         for cid, commit in ancestry(self.blocks, list(dict.fromkeys(heads)), limit):
-            entries.append(self._entry(cid, commit, names.get(cid, []) + names.get(commit.tree, [])))
+            entry = self._entry(cid, commit, names.get(cid, []) + names.get(commit.tree, []))
+            record = made.get(entry.commit)
+            entries.append(replace(entry, source=record.source, where=record.where) if record else entry)
         return entries
 
     def _commit_named(self, text: str) -> bytes:

@@ -75,18 +75,30 @@ class Advance:
     def __init__(self, repository: Repository, source: str, where: str) -> None:
         self.repository = repository
         self.source, self.where = source, where
+        self._durable: Callable[[], None] = repository.local.sync
 
     def commit(
-        self, place: Place, root: bytes, message: str | None, apply: Apply, *, onto: str | None = None
+        self,
+        place: Place,
+        root: bytes,
+        message: str | None,
+        apply: Apply,
+        *,
+        onto: str | None = None,
+        make_durable: Callable[[], None] | None = None,
     ) -> Advanced:
         """Commit *root* on *place* (a commit even of an unchanged tree when *place* has none), then
-        move its branch, or *onto* (a new branch, made here). Merges when the branch moved."""
+        move its branch, or *onto* (a new branch, made here). Merges when the branch moved.
+        *make_durable* (default: sync the store) runs once a commit is stored, before any name
+        points at it: the tree's blocks and the commit's at once. Without a commit it does not
+        run: the caller makes its own blocks durable."""
+        self._durable = make_durable or self.repository.local.sync
         branch, expected = (onto, None) if onto is not None else (place.branch, place.commit)
         commit, made = place.commit, False
         if commit is None or root != place.tree or onto is not None:
             parents = [] if place.commit is None else [place.commit]
             commit, made = self.repository.make_commit(root, parents, message), True
-            self.repository.local.sync()
+            self._durable()
         if branch is None:
             assert commit is not None
             records = [self._record(root, commit, message, place.tree)] if made else []
@@ -98,8 +110,13 @@ class Advance:
     ) -> Advanced:
         merged = False
         for _ in range(MAX_RACES):
-            if ours.commit == expected:
-                return Advanced(ours, _tree(ours), made, merged)
+            if ours.commit == expected:  # nothing of ours to move on: follow the branch if it moved
+                head = self.repository.branches().get(branch)
+                if head is None or head == expected:
+                    return Advanced(ours, _tree(ours), made, merged)
+                ours, made = self._merge(branch, expected, ours, made, head, apply)
+                expected, merged = head, True
+                continue
             try:
                 assert ours.commit is not None
                 self.repository.move_branch(
@@ -135,7 +152,7 @@ class Advance:
         )
         root = apply(plan.actions)
         merge = self.repository.make_commit(root, [ours.commit, head], f"merge {branch} into {self.where}")
-        self.repository.local.sync()
+        self._durable()
         log.info("merged %s (%s) into %s", branch, cids.cid_to_str(head), self.where)
         return Place(merge, root, branch), True
 

@@ -604,8 +604,11 @@ class Session:
         before = self.place.tree or self.base_root
         root = self.tree.commit()
         self.attributes.save()  # changed or not, the files' modes and times outlive the mount
-        self.store.sync()  # also the blocks stored at close, which the daemon does not fsync one by one
+        # One sync makes the tree's blocks (those stored at close too, which the daemon does not
+        # fsync one by one) and the commit durable together, before the branch names it.
         done = self.advance.commit(self.place, root, message, self._apply_theirs, onto=branch)
+        if not done.made:
+            self.store.sync()
         self.place, root = done.place, done.tree
         if done.made or done.merged or self.journal.pending or root != self.base_root:
             self.base_root = root
