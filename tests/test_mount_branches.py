@@ -198,3 +198,25 @@ def test_gc_keeps_what_branches_tags_mounts_and_the_reflog_name(mounts: Mounts) 
     assert len(log) == 4  # the chain stays readable
     expired = [entry for entry in log if not entry["tree_stored"]]
     assert [entry["tree"] for entry in expired] == [trees[2], trees[1]]
+
+
+def test_an_unmount_whose_merge_conflicts_keeps_the_changes_for_resume(mounts: Mounts) -> None:
+    a = mounts("a").mount("empty")
+    write_file(a / "f", b"base")
+    a.sync()
+    b = mounts("b").mount("main")
+    write_file(a / "f", b"from a")
+    a.unmount()
+    write_file(b / "f", b"from b")
+    result = b.cli("unmount", b.path)
+    assert result.returncode == 1 and "f" in result.stderr and "Traceback" not in result.stderr
+    wait_for(lambda: not b.daemon_pid() or not pid_alive(b.daemon_pid() or 0), 30, "the daemon's exit")
+    b.mount("resume")
+    assert read_file(b / "f") == b"from b"  # nothing lost
+    refused = b.cli("sync", b.path, "--branch", "main")
+    assert refused.returncode == 1 and "exists" in refused.stderr
+    answer = json.loads(check(b.cli("sync", b.path, "--branch", "mine", "--json")).stdout)
+    assert answer["branch"] == "mine"
+    b.unmount()
+    assert check(b.cli("cat", "main/f")).stdout == "from a"
+    assert check(b.cli("cat", "mine/f")).stdout == "from b"

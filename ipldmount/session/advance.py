@@ -93,6 +93,8 @@ class Advance:
         points at it: the tree's blocks and the commit's at once. Without a commit it does not
         run: the caller makes its own blocks durable."""
         self._durable = make_durable or self.repository.local.sync
+        if onto is not None and onto in self.repository.branches():
+            raise IpldmountError(f"branch {onto} exists: sync onto a new branch name (nothing was committed)")
         branch, expected = (onto, None) if onto is not None else (place.branch, place.commit)
         commit, made = place.commit, False
         if commit is None or root != place.tree or onto is not None:
@@ -103,10 +105,19 @@ class Advance:
             assert commit is not None
             records = [self._record(root, commit, message, place.tree)] if made else []
             return Advanced(Place(commit, root, None), root, made, records=records)
-        return self._onto_branch(branch, expected, Place(commit, root, branch), made, message, apply)
+        ours = Place(commit, root, branch)
+        return self._onto_branch(branch, expected, ours, made, message, apply, creating=onto is not None)
 
     def _onto_branch(
-        self, branch: str, expected: bytes | None, ours: Place, made: bool, message: str | None, apply: Apply
+        self,
+        branch: str,
+        expected: bytes | None,
+        ours: Place,
+        made: bool,
+        message: str | None,
+        apply: Apply,
+        *,
+        creating: bool,
     ) -> Advanced:
         merged = False
         for _ in range(MAX_RACES):
@@ -124,6 +135,11 @@ class Advance:
                 )
                 return Advanced(ours, _tree(ours), made, merged)
             except BranchMovedError as moved:
+                if creating and moved.head is not None:  # made meanwhile by another writer
+                    raise IpldmountError(
+                        f"branch {branch} was made meanwhile by another writer: nothing was committed; "
+                        f"sync onto another name, or mount {branch}"
+                    ) from None
                 if moved.head is None:
                     raise IpldmountError(
                         f"branch {branch} was deleted meanwhile: nothing was committed; sync onto a "
