@@ -12,15 +12,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ipldmount.blocks import fsync_dir
 from ipldmount.errors import IpldmountError
 from ipldmount.ipld import cid as cids
-from ipldmount.repo.registry import OpenPrivate, check_tag_name
+from ipldmount.repo.registry import OpenPrivate, check_tag_name, replace_json
 
 DEFAULT_BRANCH = "main"
 
@@ -86,20 +84,8 @@ class Branches:
             os.close(fd)  # and the lock with it
 
     def _replace(self, heads: dict[str, bytes]) -> None:
-        temporary = self._tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.branches"
-        fd = self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            with os.fdopen(fd, "w") as stream:
-                shown = {name: cids.cid_to_str(head) for name, head in sorted(heads.items())}
-                json.dump(shown, stream, indent=1)
-                stream.write("\n")
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path.parent)
+        shown = {name: cids.cid_to_str(head) for name, head in heads.items()}
+        replace_json(self.path, self._tmp_dir, self._open, shown)
 
 
 def check_branch_name(name: str) -> None:

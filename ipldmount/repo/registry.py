@@ -508,19 +508,25 @@ class Tags:
             os.close(folder)  # and the lock with it
 
     def _replace(self, tags: dict[str, str]) -> None:
-        temporary = self._tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
-        fd = self._open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            with os.fdopen(fd, "w") as stream:
-                json.dump(tags, stream, indent=1, sort_keys=True)
-                stream.write("\n")
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path.parent)
+        replace_json(self.path, self._tmp_dir, self._open, tags)
+
+
+def replace_json(path: Path, tmp_dir: Path, open_private: OpenPrivate, value: dict[str, str]) -> None:
+    """Replace *path* by *value* as JSON whole: a temporary file in *tmp_dir*, fsynced, renamed
+    over it, the folder fsynced. A reader sees the old file or the new one, never a mix."""
+    temporary = tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
+    fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        with os.fdopen(fd, "w") as stream:
+            json.dump(value, stream, indent=1, sort_keys=True)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def check_tag_name(name: str) -> None:
