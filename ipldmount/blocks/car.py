@@ -8,6 +8,7 @@ a blockstore batch, so a CAR that turns out to be bad imports nothing.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 """Called as ``progress(blocks, nbytes)``: blocks done, CAR bytes written or read so far."""
+LinksOfBlock = Callable[[bytes, bytes], Iterable[bytes]]  # (CID, block) -> the CIDs it links to
 
 MAX_VARINT_BYTES = MULTIFORMATS_MAX_BYTES  # multiformats unsigned varints carry at most 63 bits
 MAX_HEADER_SIZE = 1 << 20
@@ -109,6 +111,8 @@ def export_car(
     progress: Progress | None = None,
     missing: list[bytes] | None = None,
     since: bytes | None = None,
+    lead: Iterable[tuple[bytes, bytes]] = (),
+    dag: bytes | None = None,
 ) -> int:
     """Write the DAG under *root* as a CARv1; return the bytes written.
 
@@ -116,13 +120,16 @@ def export_car(
     (:func:`~ipldmount.blocks.dag.iter_new_blocks`): a CAR of the change, which
     rebuilds *root* in a store that holds *since*. With a *missing* list, blocks
     that cannot be read are noted there and left out (the archive is then
-    incomplete: the caller must not present it as the DAG).
+    incomplete: the caller must not present it as the DAG). *lead*: blocks written
+    first, as given, and then the DAG under *dag* instead of *root*'s (a commit's
+    CAR: its chain of commits, then its tree, not every older tree its chain links).
     """
+    under = root if dag is None else dag
     if since is None:
-        blocks = iter_closure(store, root, missing)
+        blocks = iter_closure(store, under, missing)
     else:
-        blocks = iter_new_blocks(store, root, since, missing)
-    return write_car(out, [root], blocks, progress=progress)
+        blocks = iter_new_blocks(store, under, since, missing)
+    return write_car(out, [root], itertools.chain(lead, blocks), progress=progress)
 
 
 def incomplete_dag(
@@ -176,8 +183,11 @@ def write_car_file(
     path: Path,
     progress: Progress | None = None,
     since: bytes | None = None,
+    lead: Iterable[tuple[bytes, bytes]] = (),
+    dag: bytes | None = None,
 ) -> int:
-    """Write a root's CAR (of the change since *since*, if given) to *path*; return its size.
+    """Write a root's CAR (of the change since *since*, if given; *lead* and *dag* as in
+    :func:`export_car`) to *path*; return its size.
 
     A regular file (or a new one) is written atomically and durably, never half-written;
     a device or pipe is streamed into (:func:`car_target`). Raises IncompleteDagError,
@@ -185,19 +195,21 @@ def write_car_file(
     into the device or pipe is incomplete.
     """
     target = car_target(path)
+    export = functools.partial(export_car, store, root, progress=progress, since=since, lead=lead, dag=dag)
     if target.streamed:
-        return _stream_car_file(store, root, target.path, progress, since)
-    return _replace_car_file(store, root, target.path, progress, since)
+        return _stream_car_file(export, root, target.path)
+    return _replace_car_file(export, root, target.path)
 
 
-def _stream_car_file(
-    store: Blockstore, root: bytes, path: Path, progress: Progress | None, since: bytes | None
-) -> int:
+Export = Callable[..., int]  # export_car with all but the stream and the missing list given
+
+
+def _stream_car_file(export: Export, root: bytes, path: Path) -> int:
     """Write into a device or pipe as it is: no O_CREAT (a node that vanished is not made a
     file), no temporary. Opening a FIFO waits for its reader, as any writer does."""
     missing: list[bytes] = []
     with open(os.open(path, os.O_WRONLY | os.O_CLOEXEC), "wb") as stream:
-        size = export_car(store, root, stream, progress=progress, missing=missing, since=since)
+        size = export(stream, missing=missing)
         stream.flush()
         if stat.S_ISBLK(os.fstat(stream.fileno()).st_mode):
             os.fsync(stream.fileno())  # a disk keeps it; a pipe or character device cannot be synced
@@ -206,16 +218,14 @@ def _stream_car_file(
     return size
 
 
-def _replace_car_file(
-    store: Blockstore, root: bytes, path: Path, progress: Progress | None, since: bytes | None
-) -> int:
+def _replace_car_file(export: Export, root: bytes, path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent)
     handle, temporary = _open_temporary(path)
     missing: list[bytes] = []
     try:
         with os.fdopen(handle, "wb") as stream:
-            size = export_car(store, root, stream, progress=progress, missing=missing, since=since)
+            size = export(stream, missing=missing)
             if missing:
                 raise incomplete_dag(root, missing)
             stream.flush()
@@ -440,11 +450,14 @@ def import_car(
     stream: BinaryIO,
     progress: Progress | None = None,
     check_roots: Callable[[list[bytes]], None] | None = None,
+    required_links: LinksOfBlock = block_links,
 ) -> list[bytes]:
     """Import a CARv1 into *store* in one batch and return its roots.
 
     Every block is verified, every root must end up in the store, and every link
-    of an imported block must point into the CAR or the store. On any problem
+    of an imported block that *required_links* names (default: all) must point into
+    the CAR or the store (a commit's parents and older trees need not: its CAR
+    carries the chain the exporting store had, and the head's tree alone). On any problem
     this raises CarError and imports nothing (StoreFullError and I/O errors of
     the stream pass through as they are, also importing nothing). *check_roots*
     may refuse the roots once every block is in (it sees them, not yet committed);
@@ -455,7 +468,7 @@ def import_car(
         with store.batch():
             reader = _Reader(stream)
             roots = _read_header(reader)
-            _import_sections(store, reader, roots, progress)
+            _import_sections(store, reader, roots, progress, required_links)
             if check_roots is not None:
                 check_roots(roots)
     except (BlockNotFoundError, CorruptBlockError, InvalidCIDError) as exc:
@@ -464,7 +477,11 @@ def import_car(
 
 
 def _import_sections(
-    store: Blockstore, reader: _Reader, roots: list[bytes], progress: Progress | None
+    store: Blockstore,
+    reader: _Reader,
+    roots: list[bytes],
+    progress: Progress | None,
+    required_links: LinksOfBlock,
 ) -> None:
     present: set[bytes] = set()
     dangling: set[bytes] = set()  # linked to, not seen yet
@@ -472,7 +489,7 @@ def _import_sections(
         store.put_block(cid, data)
         present.add(cid)
         dangling.discard(cid)
-        dangling.update(link for link in block_links(cid, data) if link not in present)
+        dangling.update(link for link in required_links(cid, data) if link not in present)
         if progress is not None:
             progress(count, reader.offset)
     _check_complete(store, roots, present, dangling)

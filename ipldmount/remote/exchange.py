@@ -17,7 +17,7 @@ import io
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
@@ -63,18 +63,23 @@ def push(
     bases: Sequence[bytes] = (),
     pin: bool = False,
     progress: Progress | None = None,
+    present: Collection[bytes] = (),
 ) -> Transfer:
     """Send the DAG under *root* to *node*: only what the node lacks (see the module docstring).
 
-    *bases* are earlier roots the node may have pinned, best first. Raises
+    *bases* are earlier roots the node may have pinned, best first; those also in *present*
+    are taken as whole on the node without asking (sent whole moments ago, pinned or not: the
+    trees of a history, each sent as the difference from the one before). Raises
     IncompleteDagError (naming the blocks) when the local store lacks part of the DAG,
     RemoteError when the node refuses or fails.
     """
     transfer = Transfer(root)
-    if node.is_pinned(root):
+    if root in present or node.is_pinned(root):
         transfer.already = True
         return transfer
-    transfer.base = next((base for base in bases if base != root and node.is_pinned(base)), None)
+    transfer.base = next(
+        (base for base in bases if base != root and (base in present or node.is_pinned(base))), None
+    )
     missing: list[bytes] = []
     if transfer.base is None:
         blocks = iter_closure(store, root, missing)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ipldmount.errors import InvalidCIDError, RemoteError, RemoteTimeoutError
@@ -29,6 +29,9 @@ JSON_LIMIT = 1 << 20  # bytes of a JSON answer (ours are one object of a few fie
 LINE_LIMIT = 64 << 10  # bytes of one line of a streamed answer (dag/import's roots and stats)
 SHORT = 10.0  # seconds for a question the node answers from what it holds (at most the total timeout)
 IMPORT_TIMEOUT = 3600.0  # seconds a node is told it may take to store an imported CAR
+PIN_BATCH = 64  # blocks pinned by one pin/add request (each its own arg)
+RESOLVE_TIMEOUT = 30.0  # seconds an IPNS name may take to resolve (at most the total timeout)
+PUBLISH_TIMEOUT = 120.0  # seconds a node may take to sign and announce an IPNS record
 CODEC_NAMES = {cids.RAW: "raw", cids.DAG_CBOR: "dag-cbor", cids.DAG_PB: "dag-pb"}
 
 
@@ -221,6 +224,14 @@ class KuboNode:
         name = cids.cid_to_str(root)
         self._json("pin/add", [("arg", name), ("recursive", "true"), ("cid-base", "base32")], seconds=seconds)
 
+    def pin_blocks(self, blocks: Sequence[bytes], *, seconds: float = 60.0) -> None:
+        """Pin each of *blocks* alone (``recursive=false``), PIN_BATCH to a request: a commit is
+        kept so, since a recursive pin of it would make the node fetch every older tree."""
+        for start in range(0, len(blocks), PIN_BATCH):
+            params = [("arg", cids.cid_to_str(cid)) for cid in blocks[start : start + PIN_BATCH]]
+            params += [("recursive", "false"), ("cid-base", "base32")]
+            self._json("pin/add", params, seconds=seconds)
+
     def is_pinned(self, root: bytes) -> bool:
         """True if *root* is pinned recursively (so its whole DAG is on the node)."""
         name = cids.cid_to_str(root)
@@ -239,6 +250,44 @@ class KuboNode:
         keys = self._field(answer, "Keys", dict, "pin/ls")  # {CID: {"Type": ...}}
         return any(_same_cid(key, root) for key in keys)
 
+    # --- IPNS ----------------------------------------------------------------------
+
+    def name_publish(
+        self, cid: bytes, *, key: str = "self", lifetime: float = 86400.0, seconds: float = PUBLISH_TIMEOUT
+    ) -> str:
+        """Point the IPNS name of *key* at ``/ipfs/CID`` (signed by the node, kept for *lifetime*
+        seconds); the name. ``allow-offline``: a node with no peers keeps the record itself
+        rather than refuse (Kubo); one online also announces it, within *seconds*."""
+        target = f"/ipfs/{cids.cid_to_str(cid)}"
+        params = [("arg", target), ("key", key), ("allow-offline", "true"), ("lifetime", f"{lifetime:g}s")]
+        answer = self._json("name/publish", params, seconds=seconds)
+        name = self._field(answer, "Name", str, "name/publish")
+        value = self._field(answer, "Value", str, "name/publish")
+        if not _names_cid(value, cid):
+            raise RemoteError(f"IPFS node {self.url}: name/publish published {_brief(value)}, not {target}")
+        return name.removeprefix("/ipns/")
+
+    def key_names(self) -> set[str]:
+        """The names of the node's keys (``self`` and those ``key/gen`` made)."""
+        answer = self._json("key/list", [], seconds=self._short())
+        keys = self._field(answer, "Keys", list, "key/list")
+        return {self._field(key, "Name", str, "key/list") for key in keys}
+
+    def name_resolve(self, name: str, *, seconds: float = RESOLVE_TIMEOUT) -> bytes:
+        """The CID ``/ipns/NAME`` points at (through any chain of names), asked of the node
+        within *seconds*: a name is looked up on the network, which may never answer."""
+        shown = name if name.startswith("/ipns/") else f"/ipns/{name}"
+        seconds = min(seconds, self.endpoint.timeouts.total)
+        answer = self._json("name/resolve", [("arg", shown), ("recursive", "true")], seconds=seconds)
+        path = self._field(answer, "Path", str, "name/resolve")
+        cid_text = path.removeprefix("/ipfs/")
+        if cid_text == path or "/" in cid_text:
+            raise RemoteError(f"{shown} points at {_brief(path)}, not at a root (/ipfs/CID)")
+        try:
+            return cids.parse_cid(cid_text)
+        except InvalidCIDError as exc:
+            raise RemoteError(f"{shown} points at {_brief(path)}: {exc}") from None
+
 
 T = TypeVar("T")
 
@@ -247,6 +296,11 @@ def _asked(command: str, params: list[tuple[str, str]]) -> str:
     """A request in messages: the command and its argument (``block/get bafy...``)."""
     arg = next((value for key, value in params if key == "arg"), "")
     return f"{command} {arg}".strip()
+
+
+def _names_cid(path: str, cid: bytes) -> bool:
+    """``/ipfs/CID`` naming *cid* in any base (js-ipfs answers base58btc)."""
+    return path.startswith("/ipfs/") and _same_cid(path.removeprefix("/ipfs/"), cid)
 
 
 def _same_cid(text: object, cid: bytes) -> bool:

@@ -56,6 +56,19 @@ class Remotes:
         node: list[BlockSource] = [KuboNode(self.ipfs, block_timeout=block_timeout)] if self.ipfs else []
         return node + [Gateway(url) for url in self.gateways]
 
+    def resolve_name(self, name: str) -> bytes:
+        """The CID ``/ipns/NAME`` points at now, asked of the IPFS node (gateways are not asked:
+        a trustless gateway's IPNS record would have to be verified here, signature and all)."""
+        if self.ipfs is None:
+            raise IpldmountError(f"{name}: an IPNS name resolves through an IPFS node: pass --ipfs URL")
+        from ipldmount.remote.kubo import KuboNode  # the HTTP client, loaded for the first name
+
+        node = KuboNode(self.ipfs)
+        try:
+            return node.name_resolve(name)
+        finally:
+            node.close()
+
     def fetcher(self, block_timeout: float | None = None) -> BlockFetcher | None:
         """A fetcher over :meth:`sources`, or None when nothing is configured."""
         return BlockFetcher(self.sources(block_timeout)) if self else None

@@ -433,6 +433,7 @@ class PushRecord:
     pinned: bool  # pinned there after sending
     time: str
     blocks: int = 0  # blocks sent
+    commit: str | None = None  # the commit pushed with its history, *root* its tree (None: a tree alone)
 
 
 class PushLedger:
@@ -443,20 +444,34 @@ class PushLedger:
         self._open = open_private
 
     def record(self, record: PushRecord) -> None:
-        _append_line(self.path, self._open, asdict(record))
+        """Append *record* (without the fields it leaves empty: a tree's line reads as before)."""
+        _append_line(
+            self.path, self._open, {key: value for key, value in asdict(record).items() if value is not None}
+        )
 
     def roots_on(self, node: str, limit: int = 8) -> list[bytes]:
         """The newest *limit* distinct roots pushed to *node*, newest first."""
+        return self._newest(node, limit, lambda record: record.root)
+
+    def commits_on(self, node: str, limit: int = 8, *, pinned: bool = False) -> list[bytes]:
+        """The newest *limit* distinct commits pushed to *node* with their history (only those
+        pinned there, if *pinned*), newest first."""
+        return self._newest(
+            node, limit, lambda record: record.commit if record.pinned or not pinned else None
+        )
+
+    def _newest(self, node: str, limit: int, field: Callable[[PushRecord], str | None]) -> list[bytes]:
         found: list[bytes] = []
         for number, value in reversed(list(_read_lines(self.path))):
             try:
                 record = PushRecord(**value)
-                root = cids.parse_cid(record.root)
+                text = field(record)
+                cid = cids.parse_cid(text) if text is not None else None
             except (TypeError, InvalidCIDError):
                 log.warning("%s: line %d is not a push record; skipped", self.path, number)
                 continue
-            if record.node == node and root not in found:
-                found.append(root)
+            if record.node == node and cid is not None and cid not in found:
+                found.append(cid)
             if len(found) == limit:
                 break
         return found

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +42,17 @@ from ipldmount.repo.journal import Journal
 from ipldmount.repo.liveroots import LiveRoots
 from ipldmount.repo.registry import PushRecord, RootRecord, free_tag_name
 from ipldmount.repo.retention import GcReport, Retention, collect, unnamed_heads
+from ipldmount.repo.sharing import (
+    MAX_PULLED_COMMITS,
+    HistoryPull,
+    HistoryPush,
+    PushPlan,
+    commit_of_block,
+    fetch_chain,
+    local_chain,
+    push_history,
+    root_block,
+)
 from ipldmount.tree.model import EMPTY_DIRECTORY, File, Node, Tree
 from ipldmount.tree.unixfs import open_tree
 
@@ -50,6 +61,8 @@ if TYPE_CHECKING:  # transports: imported where they are used, so that opening a
     from ipldmount.remote.kubo import KuboNode
 
 Counting = Callable[[int, int], None]  # (blocks, bytes) so far: a progress line
+IPNS = "/ipns/"  # a root argument naming an IPNS name
+NameResolver = Callable[[str], bytes]  # ``/ipns/NAME`` -> the CID it points at now
 SizedProgress = Callable[[int | None], AbstractContextManager[Counting]]  # given the size to read, if known
 
 
@@ -114,8 +127,12 @@ class Repository:
     :class:`~ipldmount.remote.fetching.FetchingBlockstore` fetches what the store lacks), and on
     disk the store's folder (*home*, found from *blocks* when not given)."""
 
-    def __init__(self, blocks: Blockstore, *, home: StoreHome | None = None) -> None:
+    def __init__(
+        self, blocks: Blockstore, *, home: StoreHome | None = None, names: NameResolver | None = None
+    ) -> None:
         self.blocks = blocks
+        # what ``/ipns/NAME`` points at: an IPFS node is asked (the command line's --ipfs), if any
+        self.names = names
         # the store that holds the blocks: imports go there, and only what is there counts as stored
         self.local = blocks.local if isinstance(blocks, FetchingBlockstore) else blocks
         if home is None and isinstance(self.local, DirectoryBlockstore):
@@ -151,9 +168,10 @@ class Repository:
 
     def resolve(self, text: str) -> Version:
         """The version *text* names: a mountpoint (what it shows now), ``NAME~N`` (N first
-        parents back), a CID (a commit, or a tree), a branch, or a tag (naming either)."""
-        if text.startswith("/ipns/"):
-            raise IpldmountError(f"{text}: an IPNS name resolves through an IPFS node (pass --ipfs URL)")
+        parents back), a CID (a commit, or a tree), a branch, a tag (naming either), or
+        ``/ipns/NAME`` (what the name points at now, asked of :attr:`names`)."""
+        if text.startswith(IPNS):
+            return self._named_by_ipns(text)
         if ("/" in text or text in (".", "..")) and Path(text).is_dir():
             return self._shown_at_named(text)
         name, tilde, back = text.partition("~")
@@ -175,6 +193,22 @@ class Repository:
                 f"of this store"
             )
         return self.version_of(tagged)
+
+    def _named_by_ipns(self, text: str) -> Version:
+        """``/ipns/NAME`` or ``/ipns/NAME~N``: the name resolved (never a path: a node's FUSE
+        mount at /ipns is not looked into), then read as its CID is."""
+        name, tilde, back = text.partition("~")
+        if tilde:
+            return self._back(name, back)
+        if self.names is None:
+            raise IpldmountError(f"{text}: an IPNS name resolves through an IPFS node (pass --ipfs URL)")
+        named = self.names(name)
+        if not self.blocks.fetches_missing and not self.blocks.has(named):
+            raise IpldmountError(
+                f"{name} points at {cids.cid_to_str(named)}, which is not in the store: pull it first "
+                f"(ipldmount pull {name} --ipfs URL)"
+            )
+        return self.version_of(named)
 
     def _shown_at_named(self, text: str) -> Version:
         version = self.shown_at(Path(text).resolve())
@@ -216,8 +250,9 @@ class Repository:
         return tree
 
     def split_target(self, target: str) -> tuple[bytes, str]:
-        """``ROOT[/PATH]`` -> (tree, path); ROOT is anything :meth:`resolve` reads but a mountpoint."""
-        text, _, path = target.partition("/")
+        """``ROOT[/PATH]`` -> (tree, path); ROOT is anything :meth:`resolve` reads but a mountpoint
+        (``/ipns/NAME`` included)."""
+        text, path = _root_and_path(target)
         return self.root_or_tag(text), path
 
     def find_root(self, text: str | None) -> bytes:
@@ -289,7 +324,7 @@ class Repository:
             return Version(None, branch=None if self.home.branches.all() else DEFAULT_BRANCH)
         if text == "resume":
             return self.last_version_at(mountpoint)
-        if Path(text).exists() and not Path(text).is_dir():  # a .car file, or a pipe (/dev/stdin)
+        if not text.startswith(IPNS) and Path(text).exists() and not Path(text).is_dir():  # a .car, a pipe
             return self.version_of(self.import_car(text, single_root=True, progress=importing)[0])
         version = self._mountable(text)
         root = version.tree
@@ -463,17 +498,20 @@ class Repository:
     def import_car(
         self, path: str, *, single_root: bool = False, progress: SizedProgress | None = None
     ) -> list[bytes]:
-        """Import a CAR file whose roots are all directory trees (one, if *single_root*), all or
-        nothing, and record its roots (source ``import``, where: the file's real path)."""
+        """Import a CAR file whose roots are all directory trees or commits of one (one root, if
+        *single_root*), all or nothing, and record its roots (source ``import``, where: the
+        file's real path; a commit's line names its tree and the commit)."""
         started = time.time()
         try:
             with open(path, "rb") as stream:
                 check = self._check_roots(path, single_root)
                 if progress is None:
-                    roots = car.import_car(self.local, stream, None, check)
+                    roots = car.import_car(self.local, stream, None, check, required_links=_required_links)
                 else:
                     with progress(_regular_file_size(stream.fileno())) as counting:
-                        roots = car.import_car(self.local, stream, counting, check)
+                        roots = car.import_car(
+                            self.local, stream, counting, check, required_links=_required_links
+                        )
             where = str(Path(path).resolve()) if Path(path).is_file() else path
             # in the history, the roots are kept by garbage collection: the lease may end
             records = [self._made_version(root, "import", where) for root in roots]
@@ -517,40 +555,61 @@ class Repository:
                     f"imported (`ipldmount import {path}` keeps them all; then mount one by its CID)"
                 )
             for root in roots:
+                commit = read_commit(self.local, root)
+                tree = root if commit is None else commit.tree
                 try:
-                    open_tree(self.local, root, read_only=True)
+                    open_tree(self.local, tree, read_only=True)
                 except IpldmountError as exc:
+                    what = "" if commit is None else f" is a commit whose tree {cids.cid_to_str(tree)}"
+                    where = "" if commit is None else " in the CAR or the store"
                     raise IpldmountError(
-                        f"{path}: root {cids.cid_to_str(root)} is not a directory tree ({exc}); "
+                        f"{path}: root {cids.cid_to_str(root)}{what} is not a directory tree{where} ({exc}); "
                         f"nothing was imported"
                     ) from None
 
         return check
 
     def export_root(self, text: str) -> bytes:
-        """The root to export: a CID or a tag (not a path), a directory tree in the store,
-        refused before anything is written."""
-        root, path = self.split_target(text)
+        """The root to export: what a CID, tag, branch, ``NAME~N`` or ``/ipns/NAME`` names (not
+        a path), a commit (its CAR carries its chain and its tree) or a directory tree, its tree
+        in the store: refused before anything is written."""
+        name, path = _root_and_path(text)
         if path.strip("/"):
             raise IpldmountError("export takes a root CID, not a path (export the CID `ls -l` shows for it)")
-        self.stored_tree(root)
-        return root
+        version = self.resolve(name)
+        if version.tree is None:
+            raise IpldmountError(f"{text} shows the empty tree, which was never stored")
+        self.stored_tree(version.tree)
+        return version.commit or version.tree
 
     def block_count(self, root: bytes) -> int:
-        """How many blocks *root* reaches (a walk of them all)."""
-        return dag.closure_size(self.blocks, root)
+        """How many blocks the CAR of *root* holds (a walk of them all)."""
+        lead, under = self._car_parts(root)
+        return len(lead) + dag.closure_size(self.blocks, under)
+
+    def _car_parts(self, root: bytes) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """A root's CAR as (blocks first, the DAG after them): for a commit, the chain of
+        commits this store holds (head first) and its tree, never the older trees it links to."""
+        commit = read_commit(self.blocks, root)
+        if commit is None:
+            return [], root
+        chain = local_chain(self.local, root)
+        return [(cid, data) for cid, data, _ in reversed(chain)], commit.tree
 
     def export_car(
         self, root: bytes, out: Path | BinaryIO, *, progress: Counting | None = None, shown_as: str = ""
     ) -> int:
-        """Write the CARv1 of *root*; the bytes written. To a path, a file is replaced whole (a
-        device or pipe is streamed into); into a stream, as it goes. Blocks that cannot be read
-        are named (IncompleteDagError): then no file was written, or what went into a stream
-        (*shown_as*, for the message) is incomplete."""
+        """Write the CARv1 of *root* (of a commit: FORMAT.md §8); the bytes written. To a path, a
+        file is replaced whole (a device or pipe is streamed into); into a stream, as it goes.
+        Blocks that cannot be read are named (IncompleteDagError): then no file was written, or
+        what went into a stream (*shown_as*, for the message) is incomplete."""
+        lead, under = self._car_parts(root)
         if isinstance(out, Path):
-            return write_car_file(self.blocks, root, out, progress=progress)
+            return write_car_file(self.blocks, root, out, progress=progress, lead=lead, dag=under)
         missing: list[bytes] = []
-        size = car.export_car(self.blocks, root, out, progress=progress, missing=missing)
+        size = car.export_car(
+            self.blocks, root, out, progress=progress, missing=missing, lead=lead, dag=under
+        )
         out.flush()
         if missing:
             raise car.incomplete_dag(
@@ -572,6 +631,53 @@ class Repository:
         if not sent.already:
             pushes.record(PushRecord(node.url, cids.cid_to_str(root), pin, RootRecord.now(), sent.blocks))
         return sent
+
+    def push_history(
+        self, head: bytes, node: KuboNode, *, pin: bool, progress: Counting | None = None
+    ) -> HistoryPush:
+        """Send *node* the commit *head* with the commits before it and the trees of theirs that
+        are whole here, only what it lacks (:func:`~ipldmount.repo.sharing.push_history`); kept in
+        the push ledger, so that the next push starts where this one ended."""
+        pushes = self.home.pushes
+        plan = PushPlan(
+            node,
+            pushes.roots_on(node.url),
+            pushes.commits_on(node.url, pinned=pin),  # a push to pin goes on past one that did not
+            self.home.registry.read_whole().dropped,
+            pin,
+        )
+        sent = push_history(self.local, head, plan, progress)
+        if not sent.already:
+            tree, commit = cids.cid_to_str(sent.tree), cids.cid_to_str(head)
+            pushes.record(PushRecord(node.url, tree, pin, RootRecord.now(), sent.blocks, commit=commit))
+        return sent
+
+    def pull_version(
+        self,
+        root: bytes,
+        sources: Sequence[CarSource],
+        where: str,
+        *,
+        progress: Counting | None = None,
+        limit: int = MAX_PULLED_COMMITS,
+    ) -> HistoryPull:
+        """Fetch *root*: a tree whole (:meth:`pull`), or a commit with the commits before it (one
+        small block each, at most *limit* fetched) and its tree whole; the trees of older commits
+        come when something reads them. Recorded as :meth:`pull` does, with the commit."""
+        from ipldmount.remote.exchange import pull
+
+        started = time.time()
+        had = self.local.has(root)
+        data = root_block(self.local, root, sources)
+        commit = commit_of_block(root, data) if data is not None else None
+        if data is None or commit is None:
+            return HistoryPull(root, root, transfer=self.pull(root, sources, where, progress=progress))
+        self.local.put_block(root, data)
+        pulled = HistoryPull(root, commit.tree, root, commits=0 if had else 1)
+        fetch_chain(self.local, root, sources, pulled, limit)
+        pulled.transfer = pull(self.local, commit.tree, sources, progress=progress)
+        self.record([self._made_version(root, "pull", where)], settle_before=started)
+        return pulled
 
     def pull(
         self, root: bytes, sources: Sequence[CarSource], where: str, *, progress: Counting | None = None
@@ -802,6 +908,21 @@ def _naming(target: str) -> Iterator[None]:
         yield
     except (NotFoundError, NotDirectoryError, IsDirectoryError) as exc:
         raise type(exc)(target.rstrip("/")) from None
+
+
+def _root_and_path(target: str) -> tuple[str, str]:
+    """``ROOT[/PATH]`` -> (ROOT, PATH) as typed; ROOT may be ``/ipns/NAME``."""
+    if target.startswith(IPNS):
+        name, _, path = target.removeprefix(IPNS).partition("/")
+        return IPNS + name, path
+    root, _, path = target.partition("/")
+    return root, path
+
+
+def _required_links(cid: bytes, data: bytes) -> Iterable[bytes]:
+    """The links of an imported block that must be in the CAR or the store: all of a tree's;
+    none of a commit's (its parents and older trees travel apart; its own tree is checked)."""
+    return () if commit_of_block(cid, data) is not None else dag.block_links(cid, data)
 
 
 def _regular_file_size(fd: int) -> int | None:

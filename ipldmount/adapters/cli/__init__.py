@@ -7,7 +7,7 @@ dir). Errors of ours print one line and exit 1; bad usage exits 2.
 Each command is a thin shell over the store's :class:`~ipldmount.repo.repository.Repository`:
 it parses, asks the repository, prints. The commands come in groups: :mod:`.mounting` (mount,
 sync, unmount, status), :mod:`.history` (log, tag, tags, diff, ls, cat), :mod:`.transfer`
-(import, export, push, pull, serve) and :mod:`.gc`; :mod:`.common` has what they share.
+(import, export, push, pull, publish, serve) and :mod:`.gc`; :mod:`.common` has what they share.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ INTERRUPTED = {
     "import": "nothing was imported",
     "pull": "the blocks fetched so far are kept: pull again to fetch the rest",
     "push": "the node keeps what it was sent; nothing was pinned",
+    "publish": "the node keeps what it was sent; no name was published",
     "serve": "the gateway stopped",
     "export": "no CAR was written",
     "mount": "nothing was mounted (a CAR being imported was not kept)",

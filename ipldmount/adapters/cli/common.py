@@ -23,7 +23,8 @@ Command = Callable[[argparse.Namespace], int]
 # Every command, in the order `ipldmount --help` lists them (each group module has the handlers).
 COMMAND_NAMES = (
     *("mount", "sync", "unmount", "status"),
-    *("import", "export", "ls", "cat", "log", "tag", "tags", "diff", "gc", "push", "pull", "serve"),
+    *("import", "export", "ls", "cat", "log", "tag", "tags", "diff", "gc"),
+    *("push", "pull", "publish", "serve"),
     *("branch", "branches", "reset", "discard", "reflog"),
 )
 
@@ -82,9 +83,10 @@ def open_reading_store(args: argparse.Namespace) -> Iterator[Repository]:
 @contextmanager
 def read_through(repository: Repository, remotes: Remotes) -> Iterator[Repository]:
     """The one place the command line lets a store fetch the blocks it lacks from *remotes*: the
-    repository as readers see it, fetching ahead stopped at the end."""
+    repository as readers see it (``/ipns/NAME`` resolved through the node), fetching ahead
+    stopped at the end."""
     with remotes.fetching_into(repository.local) as store:
-        yield Repository(store, home=repository.home)
+        yield Repository(store, home=repository.home, names=remotes.resolve_name)
 
 
 def remotes_of(args: argparse.Namespace) -> Remotes:

@@ -14,6 +14,7 @@ from ipldmount.adapters.cli.common import (
     fetch_arguments,
     open_existing_store,
     open_reading_store,
+    resolve_remotes,
 )
 from ipldmount.adapters.cli.graph import continuation, graph_rows
 from ipldmount.errors import IpldmountError
@@ -27,6 +28,8 @@ def cmd_log(args: argparse.Namespace) -> int:
     if args.repair:
         _print_repair(repository.repair_history())
         return 0
+    # /ipns/NAME through the node (the config file read only then); blocks come from the store only
+    repository.names = lambda name: resolve_remotes(args.ipfs).resolve_name(name)
     entries = repository.log([args.rev] if args.rev else None, limit=args.max_count)
     if args.json:
         print(json.dumps([entry.as_json() for entry in entries], indent=2))
@@ -163,8 +166,14 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
         "rev",
         metavar="REV",
         nargs="?",
-        help="the history of REV (a branch, commit, tag, BRANCH~N or mountpoint); default: every branch, "
-        "tag, mountpoint and version made in the store",
+        help="the history of REV (a branch, commit, tag, BRANCH~N, /ipns/NAME or mountpoint); default: "
+        "every branch, tag, mountpoint and version made in the store",
+    )
+    log_parser.add_argument(
+        "--ipfs",
+        metavar="URL",
+        help="an IPFS node's RPC API that resolves /ipns/NAME (its history is read from the store: pull it "
+        "first); default: $IPLDMOUNT_IPFS, config file",
     )
     log_parser.add_argument("-n", "--max-count", type=int, metavar="N", help="show at most N commits")
     log_parser.add_argument("--json", action="store_true", help="print JSON: a list of commits, newest first")

@@ -1,4 +1,5 @@
-"""Moving trees in and out of the store: import, export (CARs), push, pull (IPFS), serve (a gateway)."""
+"""Moving trees and their history in and out of the store: import, export (CARs), push, pull,
+publish (IPFS), serve (a gateway)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from ipldmount.repo.repository import Repository
 
 if TYPE_CHECKING:
     from ipldmount.remote.exchange import CarSource, Transfer
+    from ipldmount.remote.kubo import KuboNode
+    from ipldmount.repo.sharing import HistoryPull, HistoryPush
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -76,20 +79,55 @@ def _export(args: argparse.Namespace, repository: Repository) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from ipldmount.remote.kubo import KuboNode
-
-    remotes = remotes_of(args)
-    if remotes.ipfs is None:
-        raise IpldmountError("push needs an IPFS node: --ipfs URL (or IPLDMOUNT_IPFS, or the config file)")
-    repository = open_existing_store(args)
+    node, repository = _node_and_store(args, "push")
+    version = repository.find_version(args.root)
+    if version.commit is not None:
+        history = _push_history(repository, node, version.commit, args.pin)
+        print(cids.cid_to_str(history.commit))
+        print(cids.cid_to_str(history.tree))  # last, as for a tree
+        return 0
     root = repository.stored_root(repository.find_root(args.root))
-    node = KuboNode(remotes.ipfs)
-    node.version()  # a node that is not there fails here, before any walk
     with progress_line(f"push to {node.url}") as progress:
         sent = repository.push(root, node, pin=args.pin, progress=progress)
     print(_pushed(sent, node.url, args.pin), file=sys.stderr)
     print(cids.cid_to_str(root))
     return 0
+
+
+def _node_and_store(args: argparse.Namespace, command: str) -> tuple[KuboNode, Repository]:
+    """The node of --ipfs, checked to be there before any walk, and the store (``/ipns/NAME``
+    resolved through that node)."""
+    from ipldmount.remote.kubo import KuboNode
+
+    remotes = remotes_of(args)
+    if remotes.ipfs is None:
+        raise IpldmountError(
+            f"{command} needs an IPFS node: --ipfs URL (or IPLDMOUNT_IPFS, or the config file)"
+        )
+    repository = open_existing_store(args)
+    repository.names = remotes.resolve_name
+    node = KuboNode(remotes.ipfs)
+    node.version()  # a node that is not there fails here
+    return node, repository
+
+
+def _push_history(repository: Repository, node: KuboNode, head: bytes, pin: bool) -> HistoryPush:
+    """Push a commit with its history, saying what was sent (on stderr)."""
+    repository.stored_root(head)
+    with progress_line(f"push to {node.url}") as progress:
+        sent = repository.push_history(head, node, pin=pin, progress=progress)
+    print(_pushed_history(sent, node.url, pin), file=sys.stderr)
+    return sent
+
+
+def _pushed_history(sent: HistoryPush, url: str, pinned: bool) -> str:
+    if sent.already:
+        return f"{url} has commit {cids.cid_to_str(sent.commit)} and its history already: nothing sent"
+    what = f"{count_of(sent.commits, 'commit')}, {count_of(sent.trees, 'tree')}"
+    line = f"sent {count_of(sent.blocks, 'block')}, {megabytes(sent.nbytes)} ({what}) to {url}"
+    if sent.partial:
+        line += f"; {count_of(len(sent.partial), 'older tree')} not whole here: not sent"
+    return line + ("; pinned (trees whole, commits each alone)" if pinned else "")
 
 
 def _pushed(sent: Transfer, url: str, pinned: bool) -> str:
@@ -108,21 +146,56 @@ def cmd_pull(args: argparse.Namespace) -> int:
     remotes = remotes_of(args)
     if not remotes:
         raise IpldmountError("pull needs a source: --ipfs URL or --gateway URL (or IPLDMOUNT_IPFS, ...)")
-    root = cids.parse_cid(args.root)
+    root = remotes.resolve_name(args.root) if args.root.startswith("/ipns/") else cids.parse_cid(args.root)
     repository = open_store(args)
     sources: list[CarSource] = [KuboNode(remotes.ipfs)] if remotes.ipfs else []
     sources += [Gateway(url) for url in remotes.gateways]
     where = remotes_named(remotes)
     with progress_line(f"pull {args.root}") as progress:
-        fetched = repository.pull(root, sources, where, progress=progress)
+        pulled = repository.pull_version(root, sources, where, progress=progress)
+    for line in _pulled(pulled, args.root, where):
+        print(line, file=sys.stderr)
+    if pulled.commit is not None:
+        print(cids.cid_to_str(pulled.commit))
+    print(cids.cid_to_str(pulled.tree))
+    return 0
+
+
+def _pulled(pulled: HistoryPull, asked: str, where: str) -> list[str]:
+    """What a pull says: what it fetched, and for a commit, how much history came with it."""
+    fetched = pulled.transfer
+    assert fetched is not None
+    tree = "its tree" if pulled.commit is not None else asked
     if fetched.already:
-        print(f"the store has all of {args.root} already: nothing fetched", file=sys.stderr)
+        lines = [f"the store has all of {tree} already: no tree block fetched"]
     else:
-        print(
-            f"fetched {count_of(fetched.blocks, 'block')}, {megabytes(fetched.nbytes)} from {where}",
-            file=sys.stderr,
+        lines = [
+            f"fetched {count_of(fetched.blocks, 'block')}, {megabytes(fetched.nbytes)} of {tree} from {where}"
+        ]
+    if pulled.commit is not None:
+        lines.append(
+            f"history: {count_of(pulled.commits, 'commit')} fetched; the trees of older commits are fetched "
+            f"when something reads them (--ipfs URL, --gateway URL)"
         )
-    print(cids.cid_to_str(root))
+    if pulled.ends:
+        lines.append(
+            f"history: {count_of(len(pulled.ends), 'parent commit')} no source had: the history ends there"
+        )
+    return lines
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    node, repository = _node_and_store(args, "publish")
+    head = repository.branches().get(args.branch)
+    if head is None:
+        raise IpldmountError(f"no branch named {args.branch!r}: publish takes a branch of this store")
+    if args.key not in node.key_names():  # before anything is sent
+        raise IpldmountError(f"IPFS node {node.url} has no key named {args.key!r} (ipfs key gen {args.key})")
+    _push_history(repository, node, head, pin=True)
+    name = node.name_publish(head, key=args.key, lifetime=args.lifetime)
+    print(f"published /ipns/{name} -> commit {cids.cid_to_str(head)} (branch {args.branch})", file=sys.stderr)
+    print(f"/ipns/{name}")
+    print(cids.cid_to_str(head))
     return 0
 
 
@@ -155,8 +228,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Command, str]] = {
     "import": (cmd_import, "import a CARv1 file into the store; prints its root CID"),
     "export": (cmd_export, "write the CARv1 of a root CID"),
-    "push": (cmd_push, "send a root's blocks that an IPFS node lacks, and optionally pin it there"),
-    "pull": (cmd_pull, "fetch what the store lacks of a root from an IPFS node or gateways"),
+    "push": (
+        cmd_push,
+        "send what an IPFS node lacks of a root (a commit: with its history), and optionally pin it",
+    ),
+    "pull": (
+        cmd_pull,
+        "fetch what the store lacks of a root (a commit: with its history) from an IPFS node or gateways",
+    ),
+    "publish": (
+        cmd_publish,
+        "push a branch's head with its history to an IPFS node and point an IPNS name at it",
+    ),
     "serve": (cmd_serve, "serve the store read-only as a trustless HTTP gateway (raw blocks and CARs)"),
 }
 
@@ -164,11 +247,29 @@ COMMANDS: dict[str, tuple[Command, str]] = {
 def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
     push_parser, pull_parser = parsers["push"], parsers["pull"]
     push_parser.add_argument(
-        "root", metavar="ROOT", help="a CID, a tag or a mountpoint (the root last synced there)"
+        "root",
+        metavar="REV",
+        help="a commit, tree, branch, tag, BRANCH~N, /ipns/NAME or mountpoint (a commit: with its history)",
     )
-    push_parser.add_argument("--pin", action="store_true", help="pin the root on the node once it is sent")
-    pull_parser.add_argument("root", metavar="CID", help="the root to fetch")
-    for parser in (push_parser, pull_parser):
+    push_parser.add_argument(
+        "--pin", action="store_true", help="pin it on the node once sent (trees whole, commits each alone)"
+    )
+    pull_parser.add_argument(
+        "root", metavar="CID", help="the commit (with its history) or tree to fetch, or /ipns/NAME"
+    )
+    publish = parsers["publish"]
+    publish.add_argument("branch", metavar="BRANCH", help="the branch whose head (and history) to publish")
+    publish.add_argument(
+        "--key", default="self", metavar="NAME", help="the node's key to publish with (default: self)"
+    )
+    publish.add_argument(
+        "--lifetime",
+        type=parse_duration,
+        default=86400.0,
+        metavar="DURATION",
+        help="how long the record is valid (default 24h; 90, 45s, 10m, 12h, 30d)",
+    )
+    for parser in (push_parser, pull_parser, publish):
         parser.add_argument(
             "--ipfs",
             metavar="URL",
@@ -181,6 +282,7 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
         help="a trustless gateway to fetch from (repeatable, tried in order; default: $IPLDMOUNT_GATEWAYS)",
     )
     push_parser.set_defaults(gateway=None)
+    publish.set_defaults(gateway=None)
     fetch_arguments(parsers["export"])
     serve = parsers["serve"]
     serve.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
@@ -191,7 +293,11 @@ def add_arguments(parsers: dict[str, argparse.ArgumentParser]) -> None:
         metavar = "N" if kind is count else "DURATION"
         serve.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=metavar, help=what)
     parsers["import"].add_argument("car", metavar="FILE.car", help="the CARv1 archive to import")
-    parsers["export"].add_argument("cid", metavar="CID", help="root CID (or tag) to export")
+    parsers["export"].add_argument(
+        "cid",
+        metavar="REV",
+        help="a tree or a commit (with the history the store has) to export: a CID, tag, branch, /ipns/NAME",
+    )
     parsers["export"].add_argument(
         "-o",
         "--output",
