@@ -191,8 +191,13 @@ def pull(
         gaps = missing_subtrees(store, root)
         if not gaps:
             return transfer
+    raise unfetched(root, gaps, errors)
+
+
+def unfetched(root: bytes, gaps: list[bytes], errors: list[str]) -> IncompleteDagError:
+    """The error of a pull that could not fetch *gaps* under *root*, saying the last *errors*."""
     shown = "; ".join(errors[-3:]) or "no source sent them"
-    raise IncompleteDagError(
+    return IncompleteDagError(
         f"{len(gaps)} subtree(s) under {cid_to_str(root)} could not be fetched ({shown}); what arrived "
         "is kept: pull again to fetch the rest",
         root,

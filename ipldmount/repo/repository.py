@@ -31,6 +31,7 @@ from ipldmount.errors import (
     IsDirectoryError,
     NotDirectoryError,
     NotFoundError,
+    RemoteError,
 )
 from ipldmount.format.commit import Commit, ancestry, first_parents, read_commit, store_commit
 from ipldmount.format.diff import Change, diff_roots
@@ -664,11 +665,14 @@ class Repository:
         """Fetch *root*: a tree whole (:meth:`pull`), or a commit with the commits before it (one
         small block each, at most *limit* fetched) and its tree whole; the trees of older commits
         come when something reads them. Recorded as :meth:`pull` does, with the commit."""
-        from ipldmount.remote.exchange import pull
+        from ipldmount.remote.exchange import pull, unfetched
 
         started = time.time()
         had = self.local.has(root)
-        data = root_block(self.local, root, sources)
+        try:
+            data = root_block(self.local, root, sources)
+        except RemoteError as exc:  # said as a pull of the root says it
+            raise unfetched(root, [root], [str(exc)]) from None
         commit = commit_of_block(root, data) if data is not None else None
         if data is None or commit is None:
             return HistoryPull(root, root, transfer=self.pull(root, sources, where, progress=progress))
