@@ -167,7 +167,7 @@ def _pulled(pulled: HistoryPull, asked: str, where: str) -> list[str]:
     assert fetched is not None
     tree = "its tree" if pulled.commit is not None else asked
     if fetched.already:
-        lines = [f"the store has all of {tree} already: no tree block fetched"]
+        lines = [f"the store has all of {tree} already: nothing fetched"]
     else:
         lines = [
             f"fetched {count_of(fetched.blocks, 'block')}, {megabytes(fetched.nbytes)} of {tree} from {where}"
