@@ -13,6 +13,7 @@ import hashlib
 import re
 
 from multiformats import CID as _MultiformatsCID
+from multiformats import multibase as _multibase
 
 from ipldmount.errors import InvalidCIDError
 from ipldmount.ipld.varint import decode_varint
@@ -134,3 +135,18 @@ def parse_cid(text: str | bytes) -> bytes:
     if parsed.hashfun.name != "sha2-256":
         raise InvalidCIDError(f"unsupported hash {parsed.hashfun.name} in CID {parsed} (only sha2-256)")
     return digest_cid(parsed.codec.code, bytes(parsed.raw_digest))
+
+
+def _register_bases() -> None:
+    """multiformats registers a multibase encoding the first time it decodes with it, and keeps
+    the errors its checks raised on the way, with every frame then on the stack and what those
+    frames hold (a store, a whole tree), until Python's cycle collector runs. Register them all
+    now, at import, when nothing of ours is on the stack."""
+    for encoding in _multibase.table():
+        try:
+            encoding.raw_decoder  # noqa: B018 - the property registers it
+        except Exception:  # an encoding this build cannot use is never used
+            continue
+
+
+_register_bases()

@@ -93,6 +93,14 @@ class Advance:
         points at it: the tree's blocks and the commit's at once. Without a commit it does not
         run: the caller makes its own blocks durable."""
         self._durable = make_durable or self.repository.local.sync
+        try:
+            return self._commit(place, root, message, apply, onto)
+        finally:  # held no longer: a writer's bound method kept here would keep the writer alive
+            self._durable = self.repository.local.sync
+
+    def _commit(
+        self, place: Place, root: bytes, message: str | None, apply: Apply, onto: str | None
+    ) -> Advanced:
         if onto is not None and onto in self.repository.branches():
             raise IpldmountError(f"branch {onto} exists: sync onto a new branch name (nothing was committed)")
         branch, expected = (onto, None) if onto is not None else (place.branch, place.commit)
