@@ -33,11 +33,12 @@ from ipldmount.errors import (
     NotFoundError,
     RemoteError,
 )
-from ipldmount.format.commit import Commit, ancestry, first_parents, read_commit, store_commit
+from ipldmount.format.commit import Commit, first_parents, read_commit, store_commit
 from ipldmount.format.diff import Change, diff_roots
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.fetching import FetchingBlockstore
 from ipldmount.repo.branches import DEFAULT_BRANCH
+from ipldmount.repo.commitlog import LogEntry, commit_log
 from ipldmount.repo.home import StoreHome
 from ipldmount.repo.journal import Journal
 from ipldmount.repo.liveroots import LiveRoots
@@ -75,25 +76,6 @@ class Version:
     tree: bytes | None  # None: the empty tree
     commit: bytes | None = None
     branch: str | None = None
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    """One commit as ``ipldmount log`` shows it."""
-
-    commit: str
-    tree: str
-    parents: list[str]
-    time: str
-    message: str | None
-    changed: int | None  # paths changed from the first parent's tree (None: no parent, or a tree not here)
-    names: list[str]  # branches, tags and mountpoints that name it
-    tree_stored: bool  # False: gc expired its tree (the commit stays readable)
-    source: str | None = None  # how this store got it (mount, import, pull, api), if its history says
-    where: str | None = None  # the mountpoint, CAR, node or folder it came from
-
-    def as_json(self) -> dict[str, object]:
-        return dict(self.__dict__) | {"root": self.tree}  # "root": the tree, as before commits
 
 
 @dataclass(frozen=True)
@@ -703,18 +685,9 @@ class Repository:
 
     def log(self, revs: list[str] | None = None, *, limit: int | None = None) -> list[LogEntry]:
         """The commits *revs* descend from (default: every branch, tag, mountpoint's head and
-        version recorded), newest first, named by branches, tags and mountpoints."""
-        heads = [self._commit_named(text) for text in revs] if revs else self._all_heads()
-        names = self._names_of_commits()
-        made = {
-            record.commit: record for record in reversed(self.history()) if record.commit
-        }  # the first line
-        entries = []
-        for cid, commit in ancestry(self.blocks, list(dict.fromkeys(heads)), limit):
-            entry = self._entry(cid, commit, names.get(cid, []) + names.get(commit.tree, []))
-            record = made.get(entry.commit)
-            entries.append(replace(entry, source=record.source, where=record.where) if record else entry)
-        return entries
+        version recorded), newest first (:mod:`.commitlog`)."""
+        heads = [self._commit_named(text) for text in revs] if revs else None
+        return commit_log(self.home, self.blocks, heads, limit)
 
     def _commit_named(self, text: str) -> bytes:
         version = self.resolve(text)
@@ -723,54 +696,6 @@ class Repository:
                 f"{text} names a tree with no commit: it has no history (see `ipldmount log`)"
             )
         return version.commit
-
-    def _all_heads(self) -> list[bytes]:
-        heads = list(self.branches().values())
-        heads += [cid for cid in map(cids.parse_cid, self.tags().values()) if self._is_commit(cid)]
-        for files in self.home.all_mount_files():
-            head = self.home.read_head(files)
-            if head is not None and head.commit:
-                heads.append(cids.parse_cid(head.commit))
-        heads += [cids.parse_cid(record.commit) for record in self.history() if record.commit]
-        return heads
-
-    def _is_commit(self, cid: bytes) -> bool:
-        try:
-            return read_commit(self.blocks, cid) is not None
-        except IpldmountError:
-            return False
-
-    def _names_of_commits(self) -> dict[bytes, list[str]]:
-        names: dict[bytes, list[str]] = {}
-        for name, head in sorted(self.branches().items()):
-            names.setdefault(head, []).append(name)
-        for name, text in sorted(self.tags().items()):
-            names.setdefault(cids.parse_cid(text), []).append(f"tag: {name}")
-        for files in self.home.all_mount_files():
-            shown = self.home.read_head(files)
-            if shown is not None and shown.commit:
-                names.setdefault(cids.parse_cid(shown.commit), []).append(f"mount: {shown.mountpoint}")
-        return names
-
-    def _entry(self, cid: bytes, commit: Commit, names: list[str]) -> LogEntry:
-        stored = self.local.has(commit.tree)
-        changed = None
-        if stored and commit.parents:
-            try:
-                parent = self.commit(commit.parents[0])
-                changed = sum(1 for _ in diff_roots(self.blocks, parent.tree, commit.tree))
-            except IpldmountError:
-                changed = None
-        return LogEntry(
-            cids.cid_to_str(cid),
-            cids.cid_to_str(commit.tree),
-            [cids.cid_to_str(parent) for parent in commit.parents],
-            commit.time,
-            commit.message,
-            changed,
-            names,
-            stored,
-        )
 
     def changed_paths(self, record: RootRecord) -> int | None:
         """How many paths differ from the record's parent: a diff, so it costs the change; None

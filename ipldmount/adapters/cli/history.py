@@ -19,7 +19,8 @@ from ipldmount.adapters.cli.common import (
 from ipldmount.adapters.cli.graph import continuation, graph_rows
 from ipldmount.errors import IpldmountError
 from ipldmount.ipld import cid as cids
-from ipldmount.repo.repository import HistoryRepair, LogEntry
+from ipldmount.repo.commitlog import LogEntry
+from ipldmount.repo.repository import HistoryRepair
 from ipldmount.tree.model import Directory, File, Node, Tree
 
 
