@@ -154,9 +154,9 @@ def cmd_cat(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, tuple[Command, str]] = {
     "ls": (cmd_ls, "list a directory of a stored tree"),
     "cat": (cmd_cat, "write a stored file to stdout"),
-    "log": (cmd_log, "the roots made in the store (syncs, imports, freezes), newest first"),
-    "tag": (cmd_tag, "name a root (tag NAME [ROOT]), or delete a name (tag -d NAME)"),
-    "tags": (cmd_tags, "list the names of roots"),
+    "log": (cmd_log, "the commits of the store (or of REV) as a graph, newest first"),
+    "tag": (cmd_tag, "name a version (tag NAME [REV]), or delete a name (tag -d NAME)"),
+    "tags": (cmd_tags, "list the names of versions"),
     "diff": (cmd_diff, "the paths added (A), removed (D) and modified (M) from one root to another"),
 }
 
