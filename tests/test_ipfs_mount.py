@@ -3,6 +3,7 @@ one chunk, cached in the local store; xarray reads a dataset through such a moun
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuse_helpers import Mounts, check, cli, wait_for
+from fuse_helpers import Mounts, check, cli, read_file, wait_for, write_file
 from ipfs_node import IpfsNode
 
 from ipldmount.blocks import DirectoryBlockstore
@@ -193,3 +194,30 @@ def test_files_read_one_after_another_have_the_next_ones_fetched_ahead(
     ahead = [cids.block_cid(cids.RAW, _chunk(name)) for name in names[12:20]]
     wait_for(lambda: all(local.has(cid) for cid in ahead), 30, "the next files to be fetched ahead")
     assert all((mnt / "arr" / name).read_bytes() == _chunk(name) for name in names[12:40])
+
+
+def test_a_collaborator_mounts_a_published_branch_by_name(
+    mounts: Mounts, node: IpfsNode, tmp_path: Path
+) -> None:
+    """Versions travel: a branch synced in one store, published through the node, mounted by its
+    IPNS name from a store that has nothing, reads the head; a sync there commits on top of it."""
+    origin = mounts("origin", store=tmp_path / "origin-store").mount("empty")
+    write_file(origin / "notes.txt", b"first")
+    origin.sync()
+    write_file(origin / "notes.txt", b"second")
+    head_tree = origin.sync()
+    key = "collaborator"
+    node.rpc("key/gen", arg=key, type="ed25519")
+    published = check(origin.cli("publish", "main", "--ipfs", node.url, "--key", key))
+    name, commit = published.stdout.split()[:2]
+    assert name.startswith("/ipns/")
+    reader = mounts("reader", store=tmp_path / "third-store").mount(name, "--ipfs", node.url)
+    assert read_file(reader / "notes.txt") == b"second"
+    assert reader.status()["commit"] == commit  # detached on the published commit
+    write_file(reader / "mine.txt", b"added by the collaborator")
+    synced = json.loads(check(reader.cli("sync", reader.path, "--json")).stdout)
+    assert synced["committed"] is True and synced["tree"] != head_tree
+    logged = json.loads(check(reader.cli("log", reader.path, "--json")).stdout)
+    assert logged[0]["parents"] == [commit] and logged[1]["commit"] == commit
+    reader.unmount()
+    origin.unmount()
