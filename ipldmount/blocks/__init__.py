@@ -4,7 +4,13 @@ Imports point down only: to :mod:`ipldmount.ipld` and :mod:`ipldmount.errors`.
 """
 
 from ipldmount.blocks.base import BlockSink, Blockstore, Chunk, CidOnly, Staging
-from ipldmount.blocks.directory import DirectoryBlockstore, NotAStoreError, default_store_path, fsync_dir
+from ipldmount.blocks.directory import (
+    DirectoryBlockstore,
+    NotAStoreError,
+    default_store_path,
+    fsync_dir,
+    replacing,
+)
 from ipldmount.blocks.memory import MemoryBlockstore
 
 __all__ = [
@@ -18,4 +24,5 @@ __all__ = [
     "Staging",
     "default_store_path",
     "fsync_dir",
+    "replacing",
 ]

@@ -21,9 +21,9 @@ from typing import BinaryIO, NamedTuple, Protocol
 
 from multiformats import multicodec
 
-from ipldmount.blocks import Blockstore, fsync_dir
+from ipldmount.blocks import Blockstore
 from ipldmount.blocks.dag import block_links, iter_closure, iter_new_blocks
-from ipldmount.blocks.directory import process_exists
+from ipldmount.blocks.directory import process_exists, replacing
 from ipldmount.errors import (
     BlockNotFoundError,
     CarError,
@@ -223,18 +223,10 @@ def _replace_car_file(export: Export, root: bytes, path: Path) -> int:
     remove_stale_temporaries(path.parent)
     handle, temporary = _open_temporary(path)
     missing: list[bytes] = []
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            size = export(stream, missing=missing)
-            if missing:
-                raise incomplete_dag(root, missing)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with replacing(handle, temporary, path) as stream:
+        size = export(stream, missing=missing)
+        if missing:
+            raise incomplete_dag(root, missing)
     return size
 
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ipldmount.blocks.base import Blockstore, Chunk, Staging
 from ipldmount.blocks.lease import SweepLock, WriterLease, live_horizons
@@ -98,6 +98,23 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextmanager
+def replacing(handle: int, temporary: Path, path: Path) -> Iterator[BinaryIO]:
+    """Write *path* anew through *temporary* (opened as *handle*): what the block writes is
+    fsynced and renamed over *path*, then the folder is fsynced; if the block fails, the
+    temporary goes and *path* is as it was. A reader sees the old file or the new one whole."""
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            yield stream
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def _write_all(fd: int, chunk: Chunk) -> None:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ipldmount.blocks import fsync_dir
+from ipldmount.blocks import fsync_dir, replacing
 from ipldmount.errors import InvalidCIDError, IpldmountError
 from ipldmount.ipld import cid as cids
 
@@ -531,17 +531,8 @@ def replace_json(path: Path, tmp_dir: Path, open_private: OpenPrivate, value: di
     over it, the folder fsynced. A reader sees the old file or the new one, never a mix."""
     temporary = tmp_dir / f"{os.getpid()}-{secrets.token_hex(8)}.tmp"
     fd = open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(value, stream, indent=1, sort_keys=True)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with replacing(fd, temporary, path) as stream:
+        stream.write(json.dumps(value, indent=1, sort_keys=True).encode() + b"\n")
 
 
 def check_tag_name(name: str) -> None:
