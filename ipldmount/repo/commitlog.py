@@ -14,6 +14,7 @@ from ipldmount.format.commit import Commit, ancestry, read_commit
 from ipldmount.format.diff import diff_roots
 from ipldmount.ipld import cid as cids
 from ipldmount.repo.home import StoreHome
+from ipldmount.repo.registry import RootRecord
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,12 @@ def commit_log(
     """The commits *heads* descend from (None: every branch, tag, mountpoint's head and version
     recorded), newest first (children before parents), named by branches, tags and mountpoints."""
     names = _names_of_commits(home)
+    history = home.registry.history()  # read once: for the heads and for where each commit came from
     # the first line that names each commit: how the store got it (later ones: branch moves to it)
-    made = {record.commit: record for record in home.registry.history() if record.commit}
+    made = {record.commit: record for record in history if record.commit}
     entries = []
     for cid, commit in ancestry(
-        blocks, list(dict.fromkeys(_all_heads(home, blocks) if heads is None else heads)), limit
+        blocks, list(dict.fromkeys(_all_heads(home, blocks, history) if heads is None else heads)), limit
     ):
         entry = _entry(home, blocks, cid, commit, names.get(cid, []) + names.get(commit.tree, []))
         record = made.get(entry.commit)
@@ -53,14 +55,14 @@ def commit_log(
     return entries
 
 
-def _all_heads(home: StoreHome, blocks: Blockstore) -> list[bytes]:
+def _all_heads(home: StoreHome, blocks: Blockstore, history: list[RootRecord]) -> list[bytes]:
     heads = list(home.branches.all().values())
     heads += [cid for cid in map(cids.parse_cid, home.tags.all().values()) if _is_commit(blocks, cid)]
     for files in home.all_mount_files():
         head = home.read_head(files)
         if head is not None and head.commit:
             heads.append(cids.parse_cid(head.commit))
-    heads += [cids.parse_cid(record.commit) for record in home.registry.history() if record.commit]
+    heads += [cids.parse_cid(record.commit) for record in history if record.commit]
     return heads
 
 
