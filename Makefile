@@ -2,7 +2,9 @@
 #
 #   make test     install system packages (if missing) + .venv + the IPFS node, then run pytest
 #                 in a private network namespace (tests/in-netns: the node reaches only loopback)
-#   make ipfs-node   the real IPFS node the tests start (js-ipfs, npm ci into tests/ipfs-node)
+#   make kubo     the real IPFS node the tests start: Kubo, built from its pinned Go module into
+#                 .tools/ (scripts/build-kubo.sh; reused while the version is unchanged)
+#   make ipfs-node   the JavaScript tools the tests check interop with (npm ci into tests/ipfs-node)
 #   make lint     ruff check, ruff format --check, mypy --strict on ipldmount/
 #   make test-zarr-min   the zarr Store tests again, in .venv-zarr-min with the lowest zarr we support
 #   make demo     scripts/demo.sh, in .venv with the runtime and demo dependencies only
@@ -39,7 +41,7 @@ IPFS_STAMP  := $(IPFS_NODE)/node_modules/.installed
 ZARR_MIN    := 3.0.8
 MIN_VENV    := .venv-zarr-min
 
-.PHONY: all sysdeps venv ipfs-node test test-zarr-min lint demo bench clean distclean
+.PHONY: all sysdeps venv ipfs-node kubo test test-zarr-min lint demo bench clean distclean
 
 all: test
 
@@ -105,7 +107,12 @@ $(IPFS_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json | sysdep
 
 ipfs-node: $(IPFS_STAMP)
 
-test: sysdeps venv ipfs-node
+# Needs a Go toolchain (go 1.26 or newer) and the Go module proxy; the script itself decides
+# whether the binary in .tools/ is already the pinned version.
+kubo:
+	scripts/build-kubo.sh >/dev/null
+
+test: sysdeps venv ipfs-node kubo
 	@echo "test: tests/in-netns $(VPY) -m pytest -q $(PYTEST_ARGS)"
 	tests/in-netns $(VPY) -m pytest -q $(PYTEST_ARGS)
 
@@ -141,7 +148,7 @@ $(DEMO_STAMP): pyproject.toml | sysdeps
 demo: sysdeps $(DEMO_STAMP)
 	bash scripts/demo.sh
 
-bench: venv ipfs-node
+bench: venv ipfs-node kubo
 	tests/in-netns $(VPY) bench/run.py
 
 clean:
@@ -150,4 +157,4 @@ clean:
 
 # Also removes the virtualenv (NOT part of clean: others may share it).
 distclean: clean
-	rm -rf $(VENV) $(MIN_VENV) $(IPFS_NODE)/node_modules
+	rm -rf $(VENV) $(MIN_VENV) $(IPFS_NODE)/node_modules .tools

@@ -254,28 +254,3 @@ def test_cli_serve_then_pull_through_it(tmp_path: Path) -> None:
         busy = cli("serve", "--port", str(taken.getsockname()[1]), "--store", a)
     assert busy.returncode == 1 and "cannot listen" in busy.stderr
     assert len(busy.stderr.strip().splitlines()) == 1
-
-
-def test_the_nodes_own_gateway_is_not_trustless_and_is_refused(tmp_path: Path) -> None:
-    """js-ipfs's gateway predates the trustless spec: it answers a block with the file's bytes
-    (application/octet-stream) and a directory's CAR with a redirect to an HTML listing. The client
-    takes neither,
-    and says why, so nothing unverified (or not a block at all) reaches a store."""
-    from ipfs_node import start_node
-
-    node = start_node(gateway=True)
-    try:
-        added = node.add({"d/a.bin": b"x" * 300_000}, cid_version="1", raw_leaves="false")
-        file_cid, directory = cids.parse_cid(added["d/a.bin"]), cids.parse_cid(added["d"])
-        gateway = Gateway(node.gateway_url)
-        with pytest.raises(RemoteError, match="not a trustless gateway"):
-            gateway.get_block(file_cid)
-        refused = "not a trustless gateway|HTTP 301"  # a directory: redirected to its HTML listing
-        with pytest.raises(RemoteError, match=refused):
-            list(gateway.export_car(directory))
-        store = DirectoryBlockstore(tmp_path / "store", durable=False)
-        with pytest.raises(IncompleteDagError, match=refused):
-            pull(store, directory, [gateway])
-        assert list(store) == []
-    finally:
-        node.stop()
