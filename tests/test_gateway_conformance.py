@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from unixfs_blocks import put_directory, put_file, put_raw, put_shard
+from unixfs_blocks import SYMLINK, put, put_directory, put_file, put_raw, put_shard, unixfs
 
 from ipldmount.adapters.serve import GatewayServer
 from ipldmount.blocks import DirectoryBlockstore, car
@@ -420,7 +420,8 @@ def test_a_file_whose_bytes_are_not_here_is_a_404_not_a_500(tmp_path: Path) -> N
     store = DirectoryBlockstore(tmp_path / "store", durable=False)
     leaves = [put_raw(store, bytes([i]) * 100) for i in range(3)]
     file = put_file(store, [(cid, 100) for cid in leaves])
-    root = put_directory(store, [("f", file)])
+    symlink = put(store, [], unixfs(SYMLINK, b"f"))
+    root = put_directory(store, [("f", file), ("l", symlink)])
     store.block_path(leaves[2]).unlink()
     server = GatewayServer(store, ("127.0.0.1", 0))
     server.start_in_thread()
@@ -430,6 +431,8 @@ def test_a_file_whose_bytes_are_not_here_is_a_404_not_a_500(tmp_path: Path) -> N
         assert _get(url, Cache_Control="only-if-cached")[0] == 412
         status, _, body = _get(url, Range="bytes=0-99")  # the part that is here
         assert (status, body) == (206, bytes([0]) * 100)
+        assert _get(f"{server.url}/ipfs/{s(root)}/l")[0] == 501  # neither file nor directory
+        assert _get(f"{server.url}/ipfs/{s(root)}/l?format=raw")[2] == store.get(symlink)
         status, _, body = _get(f"{url}?format=car&entity-bytes=0:150")  # as the suite asks
         assert status == 200 and [cid for cid, _ in car.read_car(io.BytesIO(body))[1]] == [
             root,
