@@ -119,10 +119,9 @@ def test_probe_missing_path_and_refusals(served: Served) -> None:
     assert _get(f"{server.url}/ipfs/{missing}?format=raw")[0] == 404
     assert _get(f"{server.url}/ipfs/{missing}?format=car")[0] == 404
     assert _get(f"{server.url}/ipfs/{missing}?format=raw", method="HEAD")[0] == 404
-    assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}/arr?format=car")[0] == 400
     assert _get(f"{server.url}/ipfs/not-a-cid?format=raw")[0] == 400
-    assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}")[0] == 400  # no Accept: not trustless
-    assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}", "text/html")[0] == 406
+    assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}", "application/x-tar")[0] == 406
+    assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}?format=tar")[0] == 400
     assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}?format=car&car-version=2")[0] == 400
     status, headers, body = _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}?format=raw", method="HEAD")
     assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0

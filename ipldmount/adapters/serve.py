@@ -1,14 +1,27 @@
-"""``ipldmount serve``: a trustless HTTP gateway over a local blockstore (read-only).
+"""``ipldmount serve``: an IPFS HTTP gateway over a local blockstore (read-only).
 
-What the trustless gateway specification asks of a server that holds blocks and does no
-UnixFS deserialization: ``GET``/``HEAD /ipfs/{cid}`` answered with the raw block
-(``application/vnd.ipld.raw``) or a CARv1 stream of the DAG under it
-(``application/vnd.ipld.car; version=1; order=dfs; dups=n``, with ``dag-scope`` block, entity
-or all), chosen by the ``format`` query parameter or else the ``Accept`` header; 404 when
-the block is not here; the ``bafkqaaa`` probe. Any IPFS client that speaks trustless
-gateways (another ipldmount, Helia, Kubo's HTTP retrieval) can read a store through it,
-checking every block it gets. Paths below a CID are refused (400): the blocks here are
-DAG-CBOR, whose pathing this gateway does not implement; ask for a file's own CID.
+What it implements, of https://specs.ipfs.tech/http-gateways/:
+
+- the **trustless gateway**: ``GET``/``HEAD /ipfs/{cid}[/{path}]`` as the raw block
+  (``application/vnd.ipld.raw``, a single ``Range`` served) or a CARv1 stream
+  (``application/vnd.ipld.car; version=1; order=dfs; dups=n`` or ``dups=y``, as asked): the blocks
+  that prove the path, then the entity's as ``dag-scope`` says (``block``; ``entity``: a file's
+  every block, a directory's own block and HAMT nodes; ``all``), or as ``entity-bytes=from:to``
+  narrows a file. The form is chosen by ``format`` (then ``car-version``, ``car-order``,
+  ``car-dups``) or else ``Accept``, and then said in ``Content-Location``; ``Etag`` (a CAR's
+  digests its path, scope, range and dups), ``If-None-Match`` (304), ``Cache-Control:
+  only-if-cached`` (412 for what is not here), 404 for a block not here, the ``bafkqaaa`` probe
+  (any identity CID: never sent as a block);
+- **paths below a CID** for UnixFS (plain and HAMT-sharded dag-pb directories) and ipldmount's
+  own trees (FORMAT.md 3.2: plain and sharded directories, inline directories and metadata);
+- **deserialized responses** when neither raw nor a CAR is asked for (no ``Accept``, ``*/*``,
+  a browser's): a file's bytes (zarr metadata as JSON, rendered; one ``Range``, 206 or 416), a
+  directory as a short JSON listing ``{"cid", "entries": [{"name", "cid" or null}]}``.
+
+Not implemented: ``/ipns/`` and IPNS records, TAR, DAG-JSON/DAG-CBOR/JSON conversion (406 or
+400), HTML directory listings (and their trailing-slash redirects), multi-range answers (the first
+range is sent), subdomain and DNSLink gateways. A path's segments are percent-decoded, empty
+ones skipped, ``.`` and ``..`` refused (400); a name not there is a 404.
 
 A stored block whose bytes do not hash to its CID is never sent: asked for alone, or found
 within the first MiB of a CAR, it is answered 500 (a plain-text line naming it corrupt); found
@@ -33,10 +46,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import itertools
+import json
 import logging
 import queue
+import re
 import resource
 import selectors
 import socket
@@ -47,23 +63,34 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, quote, unquote, urlencode, urlsplit
 
 from ipldmount.blocks import Blockstore
 from ipldmount.blocks.car import car_header, section_head
 from ipldmount.blocks.dag import iter_closure
-from ipldmount.errors import BlockNotFoundError, CorruptBlockError, InvalidCIDError
+from ipldmount.errors import (
+    BlockNotFoundError,
+    CorruptBlockError,
+    FormatError,
+    InvalidCIDError,
+    IpldmountError,
+    NotDirectoryError,
+    NotFoundError,
+)
+from ipldmount.format import metadata, paths
+from ipldmount.format.files import BytesReader, FileReader
+from ipldmount.format.paths import Kind
 from ipldmount.ipld import cid as cids
 
 log = logging.getLogger(__name__)
 
 RAW_TYPE = "application/vnd.ipld.raw"
 CAR_TYPE = "application/vnd.ipld.car"
-CAR_RESPONSE_TYPE = f"{CAR_TYPE}; version=1; order=dfs; dups=n"
-PROBE = "bafkqaaa"  # the empty identity CID: "are you a trustless gateway?"
-PROBE_CID = bytes([0x01, 0x55, 0x00, 0x00])  # CIDv1, raw, identity multihash of zero bytes
 IMMUTABLE = "public, max-age=29030400, immutable"
 SCOPES = ("all", "entity", "block")
+ENTITY_BYTES = re.compile(r"(-?[0-9]+):(\*|-?[0-9]+)")
+BYTE_RANGE = re.compile(r"([0-9]*)-([0-9]*)")
+FILE_CHUNK = 1 << 20  # bytes of a file read (and sent) at a time
 
 MAX_CONNECTIONS = 512  # open connections, idle ones included (each costs a descriptor, no thread)
 WORKERS = 16  # threads answering requests whose head has arrived (disk reads, sends that do not wait)
@@ -434,6 +461,8 @@ class GatewayServer:
             return
         except ConnectionError as exc:
             why = f"{_why(exc)} during the answer"
+        except _CutShort:
+            why = ""  # said where it happened
         except Exception:
             log.exception("%s: answering failed", response.conn.peer)
             why = ""
@@ -465,9 +494,29 @@ class GatewayServer:
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: HTTPStatus, message: str) -> None:
+    def __init__(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
+
+
+class _CutShort(Exception):
+    """An answer whose status is sent cannot be finished (a block unreadable midway): its
+    connection is closed, which the client sees as a short body. Logged where it is raised."""
+
+
+@dataclass
+class _Ask:
+    """One request, parsed: what it names, and in which form it wants it."""
+
+    root: bytes
+    names: list[str]  # the path below the root, percent-decoded
+    kind: str  # "raw", "car", or "content" (a file's bytes, a directory's listing)
+    negotiated: bool  # raw or car chosen by Accept, not by ?format=
+    query: dict[str, str]
+    scope: str = "all"
+    entity_bytes: tuple[int, int | None] | None = None  # from, to (None: "*"), as asked
+    dups: bool = False
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -479,6 +528,7 @@ class _Handler(BaseHTTPRequestHandler):
         status and headers into *written*, its body into *body*. No socket I/O here (the
         base class's ``__init__`` would read and write the socket, for as long as it takes)."""
         self.gateway = gateway
+        self.store = gateway.store
         self.client_address = conn.address
         self.rfile = io.BytesIO(head)
         self.written = io.BytesIO()
@@ -499,87 +549,243 @@ class _Handler(BaseHTTPRequestHandler):
         if _declares_body(self.headers):
             self.close_connection = True  # its unread body would be taken for the next request
         try:
-            cid, kind, scope = self._parse()
-            if kind == "raw":
-                self._send_raw(cid, body)
+            ask = self._parse()
+            resolved = self._resolve(ask)
+            if ask.kind == "raw":
+                self._send_raw(ask, resolved, body)
+            elif ask.kind == "car":
+                self._send_car(ask, resolved, body)
+            elif resolved.entity.kind is Kind.DIRECTORY:
+                self._send_listing(ask, resolved, body)
             else:
-                self._send_car(cid, scope, body)
+                self._send_file(ask, resolved, body)
         except _BadRequest as refusal:
-            self._send_error(refusal.status, str(refusal))
+            self._send_error(refusal.status, str(refusal), refusal.headers)
 
     # --- the request -----------------------------------------------------------------
 
-    def _parse(self) -> tuple[bytes, str, str]:
-        """(CID, "raw" or "car", dag-scope) of the request, or _BadRequest."""
+    def _parse(self) -> _Ask:
+        """What the request asks for, or _BadRequest. Empty path segments (``//``, a trailing
+        ``/``) are skipped; the others are percent-decoded, and ``.`` and ``..`` refused."""
         parts = urlsplit(self.path)
         segments = [segment for segment in parts.path.split("/") if segment]
         if len(segments) < 2 or segments[0] != "ipfs":
-            raise _BadRequest(HTTPStatus.NOT_FOUND, "only /ipfs/{cid} is served here")
-        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-        kind = self._response_kind(query.get("format"), self.headers.get("Accept", ""))
-        if len(segments) > 2:
-            raise _BadRequest(
-                HTTPStatus.BAD_REQUEST, "paths below a CID are not served (DAG-CBOR pathing): ask for its CID"
-            )
-        scope = query.get("dag-scope", "all")
-        if scope not in SCOPES:
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"dag-scope must be one of {', '.join(SCOPES)}")
-        if query.get("car-version", "1") != "1":
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, "only car-version=1 is served")
-        if segments[1] == PROBE:
-            return PROBE_CID, kind, scope
+            raise _BadRequest(HTTPStatus.NOT_FOUND, "only /ipfs/{cid}[/{path}] is served here")
+        query = {key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
+        accept = self.headers.get("Accept", "")
+        kind, negotiated, params = _response_kind(query.get("format"), accept)
         try:
-            return cids.parse_cid(segments[1]), kind, scope
+            root = cids.parse_cid(segments[1])
         except InvalidCIDError as exc:
             raise _BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        ask = _Ask(root, [_name(segment) for segment in segments[2:]], kind, negotiated, query)
+        if kind == "car":
+            _car_options(ask, params)
+        return ask
 
-    @staticmethod
-    def _response_kind(format_: str | None, accept: str) -> str:
-        """ "raw" or "car": the format parameter first, then the first acceptable type in Accept."""
-        if format_ is not None:
-            if format_ in ("raw", "car"):
-                return format_
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"format={format_} is not served (raw or car)")
-        for item in accept.split(","):
-            media, *params = (part.strip() for part in item.split(";"))
-            if media == RAW_TYPE:
-                return "raw"
-            if media == CAR_TYPE and _acceptable_car(params):
-                return "car"
-        raise _BadRequest(
-            HTTPStatus.BAD_REQUEST if not accept else HTTPStatus.NOT_ACCEPTABLE,
-            f"a trustless gateway: ask for {RAW_TYPE} or {CAR_TYPE} (Accept or ?format=)",
-        )
+    def _resolve(self, ask: _Ask) -> paths.Resolved:
+        with self._reading(cids.cid_to_str(ask.root)):
+            try:
+                return paths.resolve(self.store, ask.root, ask.names)
+            except (NotFoundError, NotDirectoryError) as exc:
+                message = f"no such path below {cids.cid_to_str(ask.root)}: {exc}"
+                raise _BadRequest(HTTPStatus.NOT_FOUND, message) from None
+
+    @contextlib.contextmanager
+    def _reading(self, what: str) -> Iterator[None]:
+        """Store and format failures while working out an answer, as the answer: a block not here
+        is 404 (412 under only-if-cached), a malformed node 404 (the path gateway's "invalid DAG
+        node"), a corrupt or unreadable block 500, each said in one line."""
+        try:
+            yield
+        except BlockNotFoundError as exc:
+            raise self._unavailable(str(exc)) from None
+        except FormatError as exc:
+            log.info("serving %s: %s", what, exc)
+            raise _BadRequest(HTTPStatus.NOT_FOUND, f"{what} cannot be read: {exc}") from None
+        except CorruptBlockError as exc:
+            log.error("serving %s: %s", what, exc)
+            raise _BadRequest(HTTPStatus.INTERNAL_SERVER_ERROR, f"a stored block is corrupt: {exc}") from None
+        except OSError as exc:  # unreadable (permissions, I/O error): the server's fault, said so
+            log.error("serving %s: the store could not be read: %s", what, exc)
+            raise _BadRequest(HTTPStatus.INTERNAL_SERVER_ERROR, "the store could not be read") from None
+
+    def _unavailable(self, message: str) -> _BadRequest:
+        """Data not held here: 404, or 412 when the client asked for nothing but what is cached."""
+        directives = {part.strip().lower() for part in self.headers.get("Cache-Control", "").split(",")}
+        if "only-if-cached" in directives:
+            return _BadRequest(HTTPStatus.PRECONDITION_FAILED, "")
+        return _BadRequest(HTTPStatus.NOT_FOUND, message)
 
     # --- the answers -----------------------------------------------------------------
 
-    def _send_raw(self, cid: bytes, body: bool) -> None:
-        data = b"" if cid == PROBE_CID else self._block(cid)
-        name = PROBE if cid == PROBE_CID else cids.cid_to_str(cid)
-        self.send_response(HTTPStatus.OK)
-        self._common_headers(RAW_TYPE, f"{name}.bin", f'"{name}.raw"')
-        self.send_header("Content-Length", str(len(data)))
+    def _send_raw(self, ask: _Ask, resolved: paths.Resolved, body: bool) -> None:
+        """The block the path ends at (for an inline entry, the block it sits in)."""
+        cid = resolved.entity.block
+        data = self._block(cid)
+        name = cids.cid_to_str(cid)
+        etag = f'"{name}.raw"'
+        if self._not_modified(etag):
+            return
+        disposition = _disposition("attachment", ask.query.get("filename", f"{name}.bin"))
+        self._send_span(ask, resolved, BytesReader(data), RAW_TYPE, etag, disposition, body)
+
+    def _send_file(self, ask: _Ask, resolved: paths.Resolved, body: bool) -> None:
+        """A file's bytes, whole or one range of them."""
+        entity = resolved.entity
+        if entity.kind is not Kind.FILE:
+            message = "neither a file nor a directory: ask for ?format=raw or ?format=car"
+            raise _BadRequest(HTTPStatus.NOT_IMPLEMENTED, message)
+        with self._reading(resolved.key):
+            reader = entity.content(self.store).reader(self.store)
+        etag = f'"{resolved.key}"'
+        if self._not_modified(etag):
+            return
+        filename = ask.query.get("filename")
+        kind = "attachment" if ask.query.get("download") == "true" else "inline"
+        disposition = _disposition(kind, filename) if filename or kind == "attachment" else None
+        content_type = _content_type(filename or entity.name)
+        self._send_span(ask, resolved, reader, content_type, etag, disposition, body)
+
+    def _send_span(
+        self,
+        ask: _Ask,
+        resolved: paths.Resolved,
+        reader: FileReader,
+        content_type: str,
+        etag: str,
+        disposition: str | None,
+        body: bool,
+    ) -> None:
+        """Bytes with a known length: all of them, or the one range asked for (206; 416 when it
+        lies past the end). Every block of the span is checked present, and the first piece read,
+        before the status goes out: what is not here is a 404, not a short answer."""
+        size = reader.size
+        span = self._requested_range(size, etag)
+        start, end = span or (0, size)
+        if ask.kind == "content":
+            self._check_held(resolved.entity, start, end)
+        first = b""
+        if body and end > start:
+            with self._reading(resolved.key):
+                first = reader.read(start, min(FILE_CHUNK, end - start))
+        self.send_response(HTTPStatus.PARTIAL_CONTENT if span else HTTPStatus.OK)
+        self._headers(ask, resolved, content_type, etag, disposition)
+        self.send_header("Accept-Ranges", "bytes")
+        if span:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        self.send_header("Content-Length", str(end - start))
         self.end_headers()
         if body:
-            self.body = (data,)
+            self.body = self._span_bytes(reader, first, start + len(first), end, resolved.key)
 
-    def _send_car(self, root: bytes, scope: str, body: bool) -> None:
-        name = PROBE if root == PROBE_CID else cids.cid_to_str(root)
-        first = None if root == PROBE_CID else self._block(root)  # 404 before any byte is sent
+    def _requested_range(self, size: int, etag: str) -> tuple[int, int] | None:
+        """The one range of a Range header (the first of several), or None for the whole."""
+        header = self.headers.get("Range")
+        if_range = self.headers.get("If-Range")
+        if header is None or (if_range is not None and if_range.strip() != etag):
+            return None
+        span = _byte_range(header, size)
+        if span is not None and span[0] >= size:
+            headers = {"Content-Range": f"bytes */{size}"}
+            raise _BadRequest(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE, "range past the end", headers)
+        return span
+
+    def _check_held(self, entity: paths.Entity, start: int, end: int) -> None:
+        with self._reading(entity.name or cids.cid_to_str(entity.block)):
+            for cid in set(paths.range_blocks(self.store, entity, start, end)):
+                if not self.store.has(cid):
+                    raise self._unavailable(f"{cids.cid_to_str(cid)}, of the file, is not in this store")
+
+    def _span_bytes(
+        self, reader: FileReader, first: bytes, offset: int, end: int, what: str
+    ) -> Iterator[bytes]:
+        yield first
+        while offset < end:
+            try:
+                chunk = reader.read(offset, min(FILE_CHUNK, end - offset))
+            except (IpldmountError, OSError) as exc:
+                log.error("%s cut short at byte %d: %s", what, offset, exc)
+                raise _CutShort from None
+            if not chunk:
+                log.error("%s cut short at byte %d: its blocks hold less than it says", what, offset)
+                raise _CutShort
+            offset += len(chunk)
+            yield chunk
+
+    def _send_listing(self, ask: _Ask, resolved: paths.Resolved, body: bool) -> None:
+        """A directory as JSON: ``{"cid": ..., "entries": [{"name": ..., "cid": ... or null}]}``,
+        in stored order (null: an entry inline in the directory's block), streamed."""
+        etag = f'"DirIndex-json_CID-{resolved.key}"'
+        if self._not_modified(etag):
+            return
+        listing = paths.entries(self.store, resolved.entity)
+        with self._reading(resolved.key):
+            first = next(listing, None)  # a directory unreadable from the start is a 404
+        self.send_response(HTTPStatus.OK)
+        self._headers(ask, resolved, "application/json", etag, None)
+        self.send_header("Connection", "close")  # streamed: its end is the end of the connection
+        self.end_headers()
+        self.close_connection = True
+        if body:
+            self.body = self._listing_bytes(resolved.key, first, listing)
+
+    def _listing_bytes(
+        self, key: str, first: tuple[str, bytes | None] | None, rest: Iterator[tuple[str, bytes | None]]
+    ) -> Iterator[bytes]:
+        yield f'{{"cid": {json.dumps(key)}, "entries": ['.encode()
+        entry, separator = first, ""
+        while entry is not None:
+            name, cid = entry
+            shown = None if cid is None else cids.cid_to_str(cid)
+            yield f"{separator}\n{json.dumps({'name': name, 'cid': shown})}".encode()
+            separator = ","
+            try:
+                entry = next(rest, None)
+            except (IpldmountError, OSError) as exc:
+                log.error("listing of %s cut short: %s", key, exc)
+                raise _CutShort from None
+        yield b"\n]}\n"
+
+    def _send_car(self, ask: _Ask, resolved: paths.Resolved, body: bool) -> None:
+        entity = resolved.entity
+        name = cids.cid_to_str(ask.root)
+        self._block(entity.block)  # 404 before any byte is sent
+        etag = _car_etag(ask)
+        if self._not_modified(etag):
+            return
+        span = self._entity_span(ask, resolved) if ask.entity_bytes is not None else None
         missing: list[bytes] = []
-        blocks = self._car_blocks(root, first, scope, missing) if body and first is not None else iter(())
+        blocks = self._car_blocks(ask, resolved, span, missing) if body else iter(())
         ahead = _read_ahead(blocks, CAR_READ_AHEAD)
         if missing and self._stored(missing[0]):  # corrupt, and found before the status is sent
             shown = cids.cid_to_str(missing[0])
             log.error("CAR of %s: stored block %s is corrupt: answered 500", name, shown)
             raise _BadRequest(HTTPStatus.INTERNAL_SERVER_ERROR, _corrupt(missing[0]))
         self.send_response(HTTPStatus.OK)
-        self._common_headers(CAR_RESPONSE_TYPE, f"{name}.car", f'"{name}.car.{scope}"')
+        content_type = f"{CAR_TYPE}; version=1; order=dfs; dups={'y' if ask.dups else 'n'}"
+        disposition = _disposition("attachment", ask.query.get("filename", f"{name}.car"))
+        self._headers(ask, resolved, content_type, etag, disposition)
+        self.send_header("Accept-Ranges", "none")
         self.send_header("Connection", "close")  # the end of the stream is the end of the CAR
         self.end_headers()
         self.close_connection = True
-        if body:  # the probe's CAR is its header alone: identity blocks are never sent
-            self.body = self._car_bytes(root, name, itertools.chain(ahead, blocks), missing)
+        if body:  # an identity CID's CAR is its header alone: identity blocks are never sent
+            self.body = self._car_bytes(ask.root, name, itertools.chain(ahead, blocks), missing)
+
+    def _entity_span(self, ask: _Ask, resolved: paths.Resolved) -> tuple[int, int] | None:
+        """The bytes ``entity-bytes`` asks for, as ``[start, end)`` of the file (None: not a file,
+        whose entity is then sent whole); 400 for a range wholly past its end."""
+        entity = resolved.entity
+        if entity.kind is not Kind.FILE or ask.entity_bytes is None:
+            return None
+        with self._reading(resolved.key):
+            size = entity.content(self.store).size_in(self.store)
+        start, end = _entity_range(ask.entity_bytes, size)
+        if start >= size > 0 or (size == 0 and start > 0):
+            message = f"entity-bytes starts past the end of the file ({size} bytes)"
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, message)
+        return start, end
 
     def _car_bytes(
         self, root: bytes, name: str, blocks: Iterator[tuple[bytes, bytes]], missing: list[bytes]
@@ -593,23 +799,60 @@ class _Handler(BaseHTTPRequestHandler):
             self._log_cut_short(name, missing[0])
 
     def _car_blocks(
-        self, root: bytes, first: bytes, scope: str, missing: list[bytes]
+        self, ask: _Ask, resolved: paths.Resolved, span: tuple[int, int] | None, missing: list[bytes]
     ) -> Iterator[tuple[bytes, bytes]]:
-        """The blocks of the CAR, depth first; one missing or corrupt (noted in *missing*) ends
-        the stream there (the CAR is then incomplete, which the client detects, as the
-        specification says)."""
-        if scope != "all":  # entity = block for data that is not UnixFS
-            yield root, first
+        """The blocks of the CAR, depth first: those of the path, then the entity's as the scope
+        (or the byte range) says. One missing or corrupt (noted in *missing*) ends the stream
+        there (the CAR is then incomplete, which the client detects, as the specification says)."""
+        for cid in resolved.path:
+            data = self._walk_get(cid, missing)
+            if data is None:
+                return
+            yield cid, data
+        entity = resolved.entity
+        if cids.inline_data(entity.block) is not None:
             return
-        for cid, data in iter_closure(self.gateway.store, root, missing):
+        if span is not None:
+            yield from self._span_blocks(entity, span, ask.dups, missing)
+            return
+        follow = paths.follow(entity, ask.scope)
+        for cid, data in iter_closure(self.store, entity.block, missing, follow=follow, dups=ask.dups):
             if missing:
                 return
             yield cid, data
 
+    def _span_blocks(
+        self, entity: paths.Entity, span: tuple[int, int], dups: bool, missing: list[bytes]
+    ) -> Iterator[tuple[bytes, bytes]]:
+        seen: set[bytes] = set()
+        found = paths.range_blocks(self.store, entity, *span)
+        while True:
+            try:
+                cid = next(found, None)
+            except IpldmountError as exc:  # a node below malformed: what came so far is the answer
+                log.warning("CAR of %s cut short: %s", cids.cid_to_str(entity.block), exc)
+                return
+            if cid is None:
+                return
+            if not dups and cid in seen:
+                continue
+            seen.add(cid)
+            data = self._walk_get(cid, missing)
+            if data is None:
+                return
+            yield cid, data
+
+    def _walk_get(self, cid: bytes, missing: list[bytes]) -> bytes | None:
+        try:
+            return self.store.get(cid)
+        except (BlockNotFoundError, CorruptBlockError):
+            missing.append(cid)
+            return None
+
     def _stored(self, cid: bytes) -> bool:
         """Whether a block the walk could not read is here all the same: then it is corrupt."""
         try:
-            return self.gateway.store.has(cid)
+            return self.store.has(cid)
         except OSError:
             return False
 
@@ -622,9 +865,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _block(self, cid: bytes) -> bytes:
         try:
-            return self.gateway.store.get(cid)
+            return self.store.get(cid)
         except BlockNotFoundError:
-            raise _BadRequest(HTTPStatus.NOT_FOUND, f"{cids.cid_to_str(cid)} is not in this store") from None
+            raise self._unavailable(f"{cids.cid_to_str(cid)} is not in this store") from None
         except CorruptBlockError as exc:
             log.error("serving %s: %s", cids.cid_to_str(cid), exc)
             raise _BadRequest(HTTPStatus.INTERNAL_SERVER_ERROR, _corrupt(cid)) from None
@@ -634,28 +877,220 @@ class _Handler(BaseHTTPRequestHandler):
                 HTTPStatus.INTERNAL_SERVER_ERROR, "the stored block could not be read"
             ) from None
 
-    def _common_headers(self, content_type: str, filename: str, etag: str) -> None:
+    def _not_modified(self, etag: str) -> bool:
+        """Answer 304 when If-None-Match names *etag* (weakly compared, as RFC 9110 says)."""
+        wanted = self.headers.get("If-None-Match")
+        if wanted is None:
+            return False
+        tags = {tag.strip().removeprefix("W/") for tag in wanted.split(",")}
+        if "*" not in tags and etag.removeprefix("W/") not in tags:
+            return False
+        self.send_response(HTTPStatus.NOT_MODIFIED)
+        self.send_header("Etag", etag)
+        self.send_header("Cache-Control", IMMUTABLE)
+        self.send_header("Vary", "Accept")
+        self.end_headers()
+        return True
+
+    def _headers(
+        self, ask: _Ask, resolved: paths.Resolved, content_type: str, etag: str, disposition: str | None
+    ) -> None:
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Disposition", f'attachment; filename="{filename}"')
+        if disposition is not None:
+            self.send_header("Content-Disposition", disposition)
         self.send_header("Etag", etag)
         self.send_header("Cache-Control", IMMUTABLE)
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Ipfs-Path", urlsplit(self.path).path)
+        self.send_header("X-Ipfs-Roots", ",".join(cids.cid_to_str(cid) for cid in resolved.roots))
         self.send_header("Vary", "Accept")
+        if ask.negotiated:  # the same answer under a URL of its own, for caches (path gateway spec)
+            self.send_header("Content-Location", _location(urlsplit(self.path), ask))
 
-    def _send_error(self, status: HTTPStatus, message: str) -> None:
-        data = (message + "\n").encode()
+    def _send_error(self, status: HTTPStatus, message: str, headers: dict[str, str]) -> None:
+        data = (message + "\n").encode() if message else b""
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        if data:
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+        for key, value in headers.items():
+            self.send_header(key, value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
 
 
-def _acceptable_car(params: list[str]) -> bool:
-    """Whether CAR parameters in Accept can be met: version 1, order dfs (or unk), any dups."""
-    values = dict(param.partition("=")[::2] for param in params)
-    return values.get("version", "1") == "1" and values.get("order", "dfs") in ("dfs", "unk")
+# --- what a request asks for -----------------------------------------------------------------
+
+
+NOT_SERVED = {  # IPLD and archive types the path gateway defines and this one does not make
+    "application/vnd.ipld.dag-json",
+    "application/vnd.ipld.dag-cbor",
+    "application/json",
+    "application/cbor",
+    "application/x-tar",
+    "application/vnd.ipfs.ipns-record",
+}
+
+
+def _response_kind(format_: str | None, accept: str) -> tuple[str, bool, dict[str, str]]:
+    """("raw", "car" or "content", whether Accept chose it, the CAR parameters Accept gave): the
+    format parameter first (the Accept header's CAR parameters still count), then Accept."""
+    offered = _accepted(accept)
+    cars = (params for media, params in offered if media == CAR_TYPE and _acceptable_car(params))
+    car_params = next(cars, {})
+    if format_ is not None:
+        if format_ not in ("raw", "car"):
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"format={format_} is not served (raw or car)")
+        return format_, False, car_params
+    if not offered:
+        return "content", False, {}
+    for media, params in offered:
+        if media == RAW_TYPE:
+            return "raw", True, {}
+        if media == CAR_TYPE and _acceptable_car(params):
+            return "car", True, params
+        if media not in NOT_SERVED and media != CAR_TYPE:
+            return "content", False, {}
+    raise _BadRequest(
+        HTTPStatus.NOT_ACCEPTABLE,
+        f"none of the types asked for is served: {RAW_TYPE}, {CAR_TYPE} (version 1, order dfs,"
+        " dups y or n) or a file's own bytes",
+    )
+
+
+def _accepted(accept: str) -> list[tuple[str, dict[str, str]]]:
+    """The media types of an Accept header with their parameters, most wanted first (by q, then
+    order); those with q=0 are left out."""
+    ranked = []
+    for index, item in enumerate(accept.split(",")):
+        media, *rest = (part.strip() for part in item.split(";"))
+        if not media:
+            continue
+        pairs = (part.partition("=") for part in rest)
+        params = {key.strip().lower(): value.strip() for key, _, value in pairs}
+        try:
+            weight = float(params.pop("q", "1"))
+        except ValueError:
+            weight = 1.0
+        if weight > 0:
+            ranked.append((-weight, index, media.lower(), params))
+    return [(media, params) for _, _, media, params in sorted(ranked, key=lambda item: item[:2])]
+
+
+def _acceptable_car(params: dict[str, str]) -> bool:
+    """Whether CAR parameters can be met: version 1, order dfs (or unk), dups y or n."""
+    return (
+        params.get("version", "1") == "1"
+        and params.get("order", "dfs") in ("dfs", "unk")
+        and params.get("dups", "n") in ("y", "n")
+    )
+
+
+def _car_options(ask: _Ask, params: dict[str, str]) -> None:
+    """dag-scope, entity-bytes and the CAR's version, order and dups (query parameters first, then
+    the Accept header's) into *ask*, or _BadRequest."""
+    query = ask.query
+    ask.scope = query.get("dag-scope", "all")
+    if ask.scope not in SCOPES:
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, f"dag-scope must be one of {', '.join(SCOPES)}")
+    if query.get("car-version", params.get("version", "1")) != "1":
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, "only car-version=1 is served")
+    if query.get("car-order", params.get("order", "dfs")) not in ("dfs", "unk"):
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, "only car-order=dfs is served")
+    dups = query.get("car-dups", params.get("dups", "n"))
+    if dups not in ("y", "n"):
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, "car-dups must be y or n")
+    ask.dups = dups == "y"
+    text = query.get("entity-bytes")
+    if text is not None:
+        found = ENTITY_BYTES.fullmatch(text)
+        if found is None:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, "entity-bytes must be from:to (integers, or * for to)")
+        first, last = int(found[1]), None if found[2] == "*" else int(found[2])
+        if first >= 0 and last is not None and 0 <= last < first:
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, "entity-bytes ends before it starts")
+        if "dag-scope" in query and ask.scope != "entity":
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, "entity-bytes goes with dag-scope=entity")
+        ask.scope, ask.entity_bytes = "entity", (first, last)
+
+
+def _entity_range(asked: tuple[int, int | None], size: int) -> tuple[int, int]:
+    """``entity-bytes`` from:to (inclusive; negative counts from the end, None is the end) as
+    ``[start, end)`` within *size*: clipped to the file, empty when nothing of it is left."""
+    first, last = asked
+    start = max(0, size + first) if first < 0 else first
+    stop = size if last is None else (size + last + 1 if last < 0 else min(last + 1, size))
+    return start, max(start, stop)
+
+
+def _byte_range(header: str, size: int) -> tuple[int, int] | None:
+    """The first range of a ``Range: bytes=...`` header as ``[start, end)`` (*start* at or past
+    *size* when it cannot be met); None when the header is not one: the whole is then sent
+    (RFC 9110 14.2)."""
+    unit, _, ranges = header.partition("=")
+    found = BYTE_RANGE.fullmatch(ranges.split(",")[0].strip())
+    if unit.strip().lower() != "bytes" or found is None or found[1] == found[2] == "":
+        return None
+    if found[1] == "":  # the last N bytes
+        suffix = int(found[2])
+        return (max(0, size - suffix), size) if suffix else (size, size)
+    start = int(found[1])
+    if found[2] != "" and int(found[2]) < start:
+        return None
+    return start, size if found[2] == "" else min(size, int(found[2]) + 1)
+
+
+def _name(segment: str) -> str:
+    """A path segment, percent-decoded; 400 for what can name no entry."""
+    try:
+        name = unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, "a path segment is not UTF-8") from None
+    if name in (".", "..") or "/" in name or "\0" in name:
+        raise _BadRequest(HTTPStatus.BAD_REQUEST, f"{segment!r} names no entry (no ., .., / or NUL)")
+    return name
+
+
+def _car_etag(ask: _Ask) -> str:
+    """A CAR's Etag: the root's CID and a digest of all that shapes the CAR (path, scope, byte
+    range, dups; the order is always dfs), so two different CARs never share one."""
+    asked = ask.entity_bytes
+    shape = "\0".join(
+        ("/".join(ask.names), ask.scope, "" if asked is None else f"{asked[0]}:{asked[1]}", str(ask.dups))
+    )
+    digest = hashlib.sha256(shape.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f'"{cids.cid_to_str(ask.root)}.car.{digest}"'
+
+
+def _location(parts: SplitResult, ask: _Ask) -> str:
+    """The URL of this answer with the format Accept chose spelled out in the query."""
+    extra = {"format": ask.kind}
+    if ask.kind == "car" and ask.dups and "car-dups" not in ask.query:
+        extra["car-dups"] = "y"
+    query = "&".join(part for part in (parts.query, urlencode(extra)) if part)
+    return f"{parts.path}?{query}"
+
+
+def _disposition(kind: str, filename: str | None) -> str:
+    """A Content-Disposition: ASCII in ``filename`` (others as ``_``), the exact name in
+    ``filename*`` when they differ (RFC 8187)."""
+    if filename is None:
+        return kind
+    ascii_name = "".join(char if " " <= char < "\x7f" and char not in '"\\' else "_" for char in filename)
+    value = f'{kind}; filename="{ascii_name}"'
+    if ascii_name != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value
+
+
+def _content_type(name: str) -> str:
+    """A file's type by its name: zarr metadata and JSON as JSON, text as text, else bytes."""
+    if metadata.is_metadata_name(name) or name.endswith(".json"):
+        return "application/json"
+    if name.endswith((".txt", ".md")):
+        return "text/plain; charset=utf-8"
+    return "application/octet-stream"
 
 
 def _corrupt(cid: bytes) -> str:

@@ -346,6 +346,15 @@ def _walk_entries(store: Blockstore, node: Any, depth: int) -> Iterator[tuple[st
             yield from _bucket_entries(element)  # checks it is a bucket
 
 
+def child_links(node: Any) -> list[bytes]:
+    """The CIDs of a node's child nodes, in slot order (a HAMT root's own map: of its top node):
+    the blocks the directory is made of below its root, none of its entries'."""
+    if is_root(node):
+        node = node["hamt"]
+    _, data = _check_node(node)
+    return [element.cid for element in data if isinstance(element, codec.Link)]
+
+
 def _node_data(store: Blockstore, node: Any) -> list[Any]:
     """A node's elements, checked; its children asked for side by side (a remote store)."""
     _, data = _check_node(node)
