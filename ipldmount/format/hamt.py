@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from ipldmount.blocks import BlockSink, Blockstore
 from ipldmount.errors import FormatError
@@ -193,19 +193,35 @@ NodeCache = MutableMapping[bytes, Any]
 def find(store: Blockstore, root: dict[str, Any], name: str, cache: NodeCache | None = None) -> Any:
     """The entry under *name*, or :data:`MISSING`: only the nodes on its digest's path are read."""
     _check_root(root)
-    key = name.encode("utf-8")
-    digest = hashlib.sha256(key).digest()
     node = root["hamt"]
     for depth in range(MAX_DEPTH):
-        bitmap, data = _check_node(node)
-        number, slot = int.from_bytes(bitmap, "big"), digest[depth]
-        if not number >> slot & 1:
-            return MISSING
-        element = data[(number & ((1 << slot) - 1)).bit_count()]
-        if not isinstance(element, codec.Link):
-            return next((value for found, value in _bucket_items(element) if found == key), MISSING)
-        node = _child(store, element.cid, cache)
+        found = step(node, name, depth)
+        if not isinstance(found, Next):
+            return found
+        node = _child(store, found.cid, cache)
     raise too_deep()
+
+
+class Next(NamedTuple):
+    """What :func:`step` answers when the name's slot holds a child node: its CID."""
+
+    cid: bytes
+
+
+def step(node: Any, name: str, depth: int) -> Any:
+    """One level of a lookup of *name* in *node* (at *depth*): the entry, :data:`MISSING`, or
+    :class:`Next` (the child node to read next): so a caller can read many lookups' next nodes
+    side by side."""
+    key = name.encode("utf-8")
+    slot = hashlib.sha256(key).digest()[depth]
+    bitmap, data = _check_node(node)
+    number = int.from_bytes(bitmap, "big")
+    if not number >> slot & 1:
+        return MISSING
+    element = data[(number & ((1 << slot) - 1)).bit_count()]
+    if isinstance(element, codec.Link):
+        return Next(element.cid)
+    return next((value for found, value in _bucket_items(element) if found == key), MISSING)
 
 
 def check_path(
