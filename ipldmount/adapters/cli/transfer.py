@@ -199,7 +199,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-SERVE_LIMITS = {  # serve's bounds on hostile clients (ipldmount/adapters/serve.py says why)
+SERVE_LIMITS = {  # serve's bounds on hostile clients (ipldmount/adapters/serve/server.py says why)
     "max_connections": (count, "connections open at once, idle ones included (default 512)"),
     "idle_timeout": (parse_duration, "a connection may wait this long to start a request (default 60s)"),
     "request_timeout": (parse_duration, "from a request's first byte to its last header (default 10s)"),
