@@ -94,6 +94,17 @@ def test_a_pinned_push_of_a_large_dag_is_pinned_whole(node: IpfsNode, tmp_path: 
     assert len(refs.split()) + 1 == len(list(store))  # every block of the DAG, and the root
 
 
+def test_pin_add_of_a_large_dag_already_on_the_node(node: IpfsNode, tmp_path: Path) -> None:
+    """pin/add (recursive) of 20,000 blocks imported unpinned: Kubo walks them all, in time."""
+    files = {f"arr/{i}": (i + 1_000_000).to_bytes(4, "little") for i in range(20_000)}
+    store, root = _origin(tmp_path, files)
+    client = KuboNode(node.url)
+    push(store, root, client, pin=False)
+    assert not client.is_pinned(root)
+    client.pin(root)
+    assert client.is_pinned(root)
+
+
 def test_kubos_dag_export_is_our_car_block_for_block(node: IpfsNode, tmp_path: Path) -> None:
     """What Kubo exports of our tree is the DAG we made: same root, same blocks, each verified."""
     store, root = _origin(tmp_path)
