@@ -271,12 +271,10 @@ def _in_old_order(store: Blockstore, bitmap: bytes, data: list[Any], depth: int)
         return False
     spec, old = slots_of(bitmap, SPEC_ORDER), slots_of(bitmap, OLD_ORDER)
     fits_spec = fits_old = True
-    sha256 = hashlib.sha256
     for index, element in enumerate(data):
         if isinstance(element, codec.Link):
             continue
-        for key, _ in _bucket_items(element):
-            slot = sha256(key).digest()[depth]
+        for slot in _key_slots(element, depth):
             fits_spec &= slot == spec[index]
             fits_old &= slot == old[index]
     if fits_spec != fits_old:
@@ -287,6 +285,16 @@ def _in_old_order(store: Blockstore, bitmap: bytes, data: list[Any], depth: int)
         if slot in (spec[index], old[index]):
             return slot == old[index]
     raise FormatError("malformed HAMT: a node's entries are not in the slots its bitmap gives them")
+
+
+def _key_slots(bucket: Any, depth: int) -> list[int]:
+    """The slot at *depth* of each key of a bucket (checked as far as hashing needs: a listing or
+    a lookup checks the rest of it where it reads it)."""
+    try:
+        return [hashlib.sha256(entry[0]).digest()[depth] for entry in bucket]
+    except (TypeError, IndexError, KeyError):
+        _bucket_items(bucket)  # says what is wrong
+        raise FormatError("malformed HAMT bucket") from None
 
 
 def _first_key(store: Blockstore, element: Any, depth: int) -> bytes:
