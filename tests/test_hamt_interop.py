@@ -114,11 +114,11 @@ def their_car(tool: Tool, tmp_path: Path, links: dict[str, codec.Link]) -> tuple
 MSB_FIRST = "msb-first"  # go-ipld-adl-hamt's order: slot i is bit 7 - i % 8 of byte i // 8
 
 
-def finds(blocks: dict[bytes, bytes], root: bytes, key: bytes, order: str = hamt.SPEC_ORDER) -> Any:
+def finds(blocks: dict[bytes, Any], root: bytes, key: bytes, order: str = hamt.SPEC_ORDER) -> Any:
     """The value a lookup of *key* finds in the HashMap at *root* with its bitmaps read in *order*
     (a :data:`hamt.Order`, or :data:`MSB_FIRST`), or None: any bit width (from the bitmap's
     length), each level's index the next bits of the digest, as the spec says."""
-    node = codec.decode(blocks[root])["hamt"]
+    node = _decoded(blocks, root)["hamt"]
     width = (len(node[0]) * 8).bit_length() - 1
     number = int.from_bytes(hashlib.sha256(key).digest())
     for depth in range(256 // width):
@@ -133,11 +133,18 @@ def finds(blocks: dict[bytes, bytes], root: bytes, key: bytes, order: str = hamt
         element = data[slots.index(index)]
         if not isinstance(element, codec.Link):
             return next((value for found, value in element if found == key), None)
-        node = codec.decode(blocks[element.cid])
+        node = _decoded(blocks, element.cid)
     return None
 
 
-def car_blocks(car: Path) -> tuple[bytes, dict[bytes, bytes]]:
+def _decoded(blocks: dict[bytes, Any], cid: bytes) -> Any:
+    """*cid*'s block decoded, kept in *blocks* in place of its bytes."""
+    if type(blocks[cid]) is bytes:
+        blocks[cid] = codec.decode(blocks[cid])
+    return blocks[cid]
+
+
+def car_blocks(car: Path) -> tuple[bytes, dict[bytes, Any]]:
     with car.open("rb") as stream:
         roots, blocks = read_car(stream)
         return roots[0], dict(blocks)
@@ -164,7 +171,7 @@ def test_iamap_misses_keys_of_an_old_order_directory(tmp_path: Path) -> None:
     assert sum(found.values()) < len(links) // 10
 
 
-@pytest.mark.parametrize("count", [5000, 50_000])
+@pytest.mark.parametrize("count", [5000])  # its lookups read the path's blocks anew: 50,000 take a minute
 def test_go_ipld_adl_hamt_lists_our_keys_but_finds_them_msb_first(tmp_path: Path, count: int) -> None:
     """go-ipld-adl-hamt reads each bitmap byte from its high bit: it lists every key, and finds
     exactly those an MSB-first lookup finds, far from all (FORMAT.md 6.4)."""
