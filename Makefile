@@ -2,7 +2,9 @@
 #
 #   make test     install system packages (if missing) + .venv + the IPFS node, then run pytest
 #                 in a private network namespace (tests/in-netns: the node reaches only loopback)
-#   make ipfs-node   the real IPFS node the tests start (js-ipfs, npm ci into tests/ipfs-node)
+#   make kubo     the real IPFS node the tests start: Kubo, built from its pinned Go module into
+#                 .tools/ (scripts/build-kubo.sh; reused while the version is unchanged)
+#   make ipfs-node   the JavaScript tools the tests check interop with (npm ci into tests/ipfs-node)
 #   make interop-tools   the IPLD HashMap implementations the tests compare with: iamap (in
 #                 tests/ipfs-node) and go-ipld-adl-hamt (built into .tools/bin/hamt-go)
 #   make lint     ruff check, ruff format --check, mypy --strict on ipldmount/
@@ -45,7 +47,7 @@ HAMT_GO     := $(TOOLS)/hamt-go
 ZARR_MIN    := 3.0.8
 MIN_VENV    := .venv-zarr-min
 
-.PHONY: all sysdeps venv ipfs-node interop-tools test test-zarr-min lint demo bench clean distclean
+.PHONY: all sysdeps venv ipfs-node kubo interop-tools test test-zarr-min lint demo bench clean distclean
 
 all: test
 
@@ -111,6 +113,11 @@ $(IPFS_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json | sysdep
 
 ipfs-node: $(IPFS_STAMP)
 
+# Needs a Go toolchain (go 1.26 or newer) and the Go module proxy; the script itself decides
+# whether the binary in .tools/ is already the pinned version.
+kubo:
+	scripts/build-kubo.sh >/dev/null
+
 # go-ipld-adl-hamt, the IPLD HashMap's Go ADL, at the versions go.sum pins (modules from the Go
 # module proxy): rebuilt only when the program or its pins change. Without go, nothing is built
 # and tests/test_hamt_interop.py skips its Go tests (and fails them under CI=true).
@@ -122,7 +129,7 @@ $(HAMT_GO): $(HAMT_GO_SRC)/go.mod $(HAMT_GO_SRC)/go.sum $(HAMT_GO_SRC)/main.go
 
 interop-tools: ipfs-node $(HAMT_GO)
 
-test: sysdeps venv ipfs-node interop-tools
+test: sysdeps venv ipfs-node kubo interop-tools
 	@echo "test: tests/in-netns $(VPY) -m pytest -q $(PYTEST_ARGS)"
 	tests/in-netns $(VPY) -m pytest -q $(PYTEST_ARGS)
 
@@ -158,7 +165,7 @@ $(DEMO_STAMP): pyproject.toml | sysdeps
 demo: sysdeps $(DEMO_STAMP)
 	bash scripts/demo.sh
 
-bench: venv ipfs-node
+bench: venv ipfs-node kubo
 	tests/in-netns $(VPY) bench/run.py
 
 clean:

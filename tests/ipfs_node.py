@@ -1,16 +1,21 @@
-"""A real IPFS node for the tests: js-ipfs, installed in tests/ipfs-node (``make ipfs-node``).
+"""A real IPFS node for the tests: Kubo, the node users run, built from its pinned Go module
+(``make kubo``: scripts/build-kubo.sh into .tools/).
 
-It serves the Kubo-compatible RPC API on loopback, started offline: no bootstrap peers, no
-swarm addresses, no preload, and only inside a private network namespace (``make test``
-runs the suite under ``unshare -n``), so it can reach nothing but this machine's loopback.
+It runs with nobody to talk to: no bootstrap peers, no swarm addresses,
+no AutoConf, API and gateway on loopback, and only inside a private network namespace (``make
+test`` runs the suite under ``unshare -n``), so it can reach nothing but this machine's loopback.
+It is not started ``--offline``: like a user's node, it looks for a block it lacks until the
+request's timeout, which the tests of our timeouts need.
 Without the node or the namespace, its tests are skipped locally and fail under CI=true.
+The JavaScript tools beside it (tests/ipfs-node: ipfs-car, the trustless client) are a second,
+independent implementation of the formats, not a node.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
+import re
 import shutil
 import signal
 import socket
@@ -25,53 +30,72 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = Path(__file__).resolve().parent / "ipfs-node"
-JSIPFS = NODE_DIR / "node_modules" / ".bin" / "jsipfs"
 TRUSTLESS_CLIENT = NODE_DIR / "trustless-client.mjs"  # an independent client, in JavaScript
 IPFS_CAR = NODE_DIR / "node_modules" / ".bin" / "ipfs-car"  # web3.storage's UnixFS packer
-START_TIMEOUT = 90.0  # seconds for the daemon to answer `version` (about 3 s on an idle machine)
+START_TIMEOUT = 90.0  # seconds for the daemon to answer `version` (about 1 s on an idle machine)
+
+
+def kubo_version() -> str:
+    """The pinned Kubo version: scripts/build-kubo.sh's default, the one place it is written."""
+    script = (ROOT / "scripts" / "build-kubo.sh").read_text()
+    found = re.search(r"KUBO_VERSION=\$\{KUBO_VERSION:-(v[0-9.]+)\}", script)
+    assert found, "scripts/build-kubo.sh names no KUBO_VERSION"
+    return found.group(1)
+
+
+def kubo_binary() -> Path:
+    """The built Kubo: $IPLDMOUNT_KUBO, else .tools/kubo-VERSION/ipfs."""
+    override = os.environ.get("IPLDMOUNT_KUBO")
+    return Path(override) if override else ROOT / ".tools" / f"kubo-{kubo_version()}" / "ipfs"
 
 
 def node_missing() -> str | None:
     """Why the node cannot run here, or None."""
-    if not JSIPFS.exists():
-        return f"no IPFS node installed ({JSIPFS} is missing: run `make ipfs-node`)"
-    if not (Path("/usr/bin/node").exists() or _which("node")):
-        return "node.js is not installed"
+    if not kubo_binary().exists():
+        return f"no IPFS node built ({kubo_binary()} is missing: run `make kubo`)"
     interfaces = sorted(name for _, name in socket.if_nameindex())  # of this network namespace
     if interfaces != ["lo"]:
         return f"not in a private network namespace (interfaces {interfaces}): run the tests with `make test`"
     return None
 
 
-def _which(program: str) -> str | None:
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        if (Path(directory) / program).exists():
-            return str(Path(directory) / program)
+def tools_missing() -> str | None:
+    """Why the JavaScript tools cannot run here, or None."""
+    if shutil.which("node") is None:
+        return "node.js is not installed"
+    if not IPFS_CAR.exists():
+        return f"the JavaScript test tools are not installed ({IPFS_CAR} is missing: run `make ipfs-node`)"
     return None
 
 
-def require_node(network: bool = True) -> None:
-    """Skip (locally) or fail (CI=true) when the node cannot run (without *network*: when its
-    JavaScript packages cannot, whatever the network namespace)."""
-    reason = node_missing()
-    if reason is None or (not network and "namespace" in reason):
-        return
+def _refuse(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason} -- CI must run the IPFS tests", pytrace=False)
     pytest.skip(reason)
+
+
+def require_node(network: bool = True) -> None:
+    """Skip (locally) or fail (CI=true) when the node cannot run (without *network*: when the
+    JavaScript tools cannot, whatever the node and the network namespace)."""
+    reason = node_missing() if network else tools_missing()
+    if reason is not None:
+        _refuse(reason)
+
+
+def require_tools() -> None:
+    """Skip (locally) or fail (CI=true) without the JavaScript tools."""
+    reason = tools_missing()
+    if reason is not None:
+        _refuse(reason)
 
 
 def ipfs_car_pack(directory: Path, car: Path) -> str:
     """``ipfs-car pack --hidden DIRECTORY``: the directory (dot files too: zarr metadata) as a UnixFS
     CAR, made by an importer that is not
     the node's (no network needed). Returns the root CID it prints."""
-    require_node(network=False)
-    if not IPFS_CAR.exists():
-        message = f"{IPFS_CAR} is missing: run `make ipfs-node`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+    require_tools()
     result = subprocess.run(
         [str(IPFS_CAR), "pack", str(directory), "--hidden", "--output", str(car)],
         capture_output=True,
@@ -88,19 +112,8 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _raise_open_files() -> None:
-    """js-ipfs opens a file per block it pins or imports, all at once: as many as allowed (the hard
-    limit, or up to the kernel's nr_open where the process may raise it)."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
-        most = int(Path("/proc/sys/fs/nr_open").read_text())
-        resource.setrlimit(resource.RLIMIT_NOFILE, (most, most))
-    except (OSError, ValueError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 class IpfsNode:
-    """One js-ipfs daemon with a repo of its own under *home*; :meth:`stop` always stops it."""
+    """One Kubo daemon with a repo of its own under *home*; :meth:`stop` always stops it."""
 
     def __init__(self, home: Path, gateway: bool = False, owns_home: bool = False) -> None:
         self.home = home
@@ -121,34 +134,48 @@ class IpfsNode:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     def _env(self) -> dict[str, str]:
-        return {**os.environ, "IPFS_PATH": str(self.repo), "NO_UPDATE_NOTIFIER": "1", "DEBUG": ""}
+        # No telemetry, no update checks: the node reaches nothing, and says nothing about it.
+        return {
+            **os.environ,
+            "IPFS_PATH": str(self.repo),
+            "IPFS_TELEMETRY": "off",
+            "GOLOG_LOG_LEVEL": "error",
+        }
+
+    def ipfs(self, *args: str, timeout: float = 120.0) -> str:
+        """Run the ``ipfs`` command line against this repo (the daemon's API when it runs)."""
+        result = subprocess.run(
+            [str(kubo_binary()), *args], env=self._env(), capture_output=True, text=True, timeout=timeout
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"ipfs {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
+        return result.stdout
+
+    def ipfs_to_file(self, path: Path, *args: str, timeout: float = 300.0) -> None:
+        """Run ``ipfs ARGS`` with its output written to *path* (a CAR, say: bytes, not text)."""
+        with path.open("wb") as out:
+            subprocess.run(
+                [str(kubo_binary()), *args], env=self._env(), stdout=out, check=True, timeout=timeout
+            )
 
     def init(self) -> None:
-        subprocess.run(
-            [str(JSIPFS), "init", "--profile", "test", "--empty-repo", "--algorithm", "ed25519"],
-            env=self._env(),
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
+        self.ipfs("init", "--profile", "test", "--empty-repo")
         config_path = self.repo / "config"
         config = json.loads(config_path.read_text())
-        config["Addresses"] = {
-            "Swarm": [],
-            "Announce": [],
-            "NoAnnounce": [],
-            "Delegates": [],
-            "API": f"/ip4/127.0.0.1/tcp/{self.api_port}",
-            "Gateway": f"/ip4/127.0.0.1/tcp/{self.gateway_port}" if self.gateway_port else "",
-        }
-        config.pop("RPC", None)  # would start a gRPC server
+        config["Addresses"].update(
+            Swarm=[],
+            Announce=[],
+            NoAnnounce=[],
+            API=f"/ip4/127.0.0.1/tcp/{self.api_port}",
+            Gateway=f"/ip4/127.0.0.1/tcp/{self.gateway_port}" if self.gateway_port else [],
+        )
         config["Bootstrap"] = []
-        config.setdefault("Discovery", {})
-        config["Discovery"]["MDNS"] = {"Enabled": False}
-        config["Discovery"]["webRTCStar"] = {"Enabled": False}
+        # The DHT, with no peer to reach (no bootstrap, no swarm address, a private namespace): with
+        # "none", Kubo keeps no IPNS record it publishes, so it cannot resolve even its own name.
+        config["Routing"] = {"Type": "dht"}
+        config["AutoConf"] = {"Enabled": False}  # would fetch network defaults at start
+        config.setdefault("Discovery", {})["MDNS"] = {"Enabled": False}
         config.setdefault("Swarm", {})["DisableNatPortMap"] = True
-        config["Routing"] = {"Type": "none"}
-        config["Pubsub"] = {"Enabled": False}
         config_path.write_text(json.dumps(config, indent=2))
 
     def start(self) -> IpfsNode:
@@ -156,11 +183,10 @@ class IpfsNode:
             self.init()
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(JSIPFS), "daemon", "--enable-preload=false"],
+            [str(kubo_binary()), "daemon"],
             env=self._env(),
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_raise_open_files,
             start_new_session=True,
         )
         log.close()

@@ -119,10 +119,9 @@ def test_probe_missing_path_and_refusals(served: Served) -> None:
     assert _get(f"{server.url}/ipfs/{missing}?format=raw")[0] == 404
     assert _get(f"{server.url}/ipfs/{missing}?format=car")[0] == 404
     assert _get(f"{server.url}/ipfs/{missing}?format=raw", method="HEAD")[0] == 404
-    assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}/arr?format=car")[0] == 400
     assert _get(f"{server.url}/ipfs/not-a-cid?format=raw")[0] == 400
-    assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}")[0] == 400  # no Accept: not trustless
-    assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}", "text/html")[0] == 406
+    assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}", "application/x-tar")[0] == 406
+    assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}?format=tar")[0] == 400
     assert _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}?format=car&car-version=2")[0] == 400
     status, headers, body = _get(f"{server.url}/ipfs/{cids.cid_to_str(root)}?format=raw", method="HEAD")
     assert status == 200 and body == b"" and int(headers["Content-Length"]) > 0
@@ -254,28 +253,3 @@ def test_cli_serve_then_pull_through_it(tmp_path: Path) -> None:
         busy = cli("serve", "--port", str(taken.getsockname()[1]), "--store", a)
     assert busy.returncode == 1 and "cannot listen" in busy.stderr
     assert len(busy.stderr.strip().splitlines()) == 1
-
-
-def test_the_nodes_own_gateway_is_not_trustless_and_is_refused(tmp_path: Path) -> None:
-    """js-ipfs's gateway predates the trustless spec: it answers a block with the file's bytes
-    (application/octet-stream) and a directory's CAR with a redirect to an HTML listing. The client
-    takes neither,
-    and says why, so nothing unverified (or not a block at all) reaches a store."""
-    from ipfs_node import start_node
-
-    node = start_node(gateway=True)
-    try:
-        added = node.add({"d/a.bin": b"x" * 300_000}, cid_version="1", raw_leaves="false")
-        file_cid, directory = cids.parse_cid(added["d/a.bin"]), cids.parse_cid(added["d"])
-        gateway = Gateway(node.gateway_url)
-        with pytest.raises(RemoteError, match="not a trustless gateway"):
-            gateway.get_block(file_cid)
-        refused = "not a trustless gateway|HTTP 301"  # a directory: redirected to its HTML listing
-        with pytest.raises(RemoteError, match=refused):
-            list(gateway.export_car(directory))
-        store = DirectoryBlockstore(tmp_path / "store", durable=False)
-        with pytest.raises(IncompleteDagError, match=refused):
-            pull(store, directory, [gateway])
-        assert list(store) == []
-    finally:
-        node.stop()

@@ -44,9 +44,7 @@ def big_array(node: IpfsNode, tmp_path_factory: pytest.TempPathFactory) -> str:
             for j in range(SIDE):
                 tree.write_file(f"arr/{i}.{j}", (i * SIDE + j).to_bytes(8, "little"))
         root = tree.commit()
-    # Not pinned: js-ipfs pins by opening every block file of the DAG at once, and past about
-    # 20,000 blocks that hits the open-file limit (EMFILE). Unpinned blocks stay (no GC runs here).
-    push(store, root, KuboNode(node.url), pin=False)
+    push(store, root, KuboNode(node.url), pin=True)
     return cids.cid_to_str(root)
 
 

@@ -125,6 +125,9 @@ def test_imports_point_down(module: str) -> None:
         ("ipldmount.format.files", "from ipldmount.remote import exchange"),  # same rank
         ("ipldmount.adapters.zarr_store", "from ipldmount.adapters.fuse import ops"),  # door to door
         ("ipldmount.adapters.serve", "import ipldmount.adapters.cli"),
+        ("ipldmount.adapters.serve.negotiation", "from ipldmount.adapters.cli import main"),
+        ("ipldmount.adapters.serve.handler", "from ipldmount.adapters.zarr_store import IPLDStore"),
+        ("ipldmount.adapters.serve.server", "import pyfuse3"),  # confined to the mount
         ("ipldmount.session.session", "import trio"),  # confined
         ("ipldmount.repo.registry", "import numpy as np"),
         ("ipldmount.blocks.directory", "import urllib3"),
@@ -135,6 +138,54 @@ def test_a_planted_bad_import_is_caught(module: str, planted: str) -> None:
     source = MODULES[module].read_text()
     assert _violations(module, source) == []
     assert _violations(module, f"{planted}\n{source}") != []
+
+
+# Inside the gateway's package, imports point one way too: a module imports only those before it.
+SERVE_ORDER = ("negotiation", "handler", "server", "package")
+
+
+def _serve_name(module: str) -> str:
+    """``ipldmount.adapters.serve.handler`` -> ``handler``; the package itself -> ``package``."""
+    return module.removeprefix("ipldmount.adapters.serve").removeprefix(".") or "package"
+
+
+def _serve_violations(module: str, source: str) -> list[str]:
+    """What *module* of the gateway's package, were its text *source*, would break of SERVE_ORDER."""
+    place, found = SERVE_ORDER.index(_serve_name(module)), []
+    for imported in sorted(_ours(_imports(source, module))):
+        name = _serve_name(imported)
+        if _wing(imported) == "adapters.serve" and name not in SERVE_ORDER[:place]:
+            allowed = ", ".join(SERVE_ORDER[:place]) or "none of them"
+            found.append(f"{module} imports {imported}: of the gateway's modules it may import {allowed}")
+    return found
+
+
+SERVE_MODULES = sorted(name for name in MODULES if _wing(name) == "adapters.serve")
+
+
+def test_the_gateway_package_is_what_serve_order_names() -> None:
+    assert sorted(_serve_name(name) for name in SERVE_MODULES) == sorted(SERVE_ORDER)
+
+
+@pytest.mark.parametrize("module", SERVE_MODULES)
+def test_the_gateway_modules_import_one_way(module: str) -> None:
+    assert _serve_violations(module, MODULES[module].read_text()) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "planted"),
+    [
+        ("ipldmount.adapters.serve.negotiation", "from ipldmount.adapters.serve.handler import Handler"),
+        ("ipldmount.adapters.serve.negotiation", "import ipldmount.adapters.serve.server"),
+        ("ipldmount.adapters.serve.handler", "from ipldmount.adapters.serve.server import GatewayServer"),
+        ("ipldmount.adapters.serve.handler", "from ipldmount.adapters.serve import server"),
+        ("ipldmount.adapters.serve.server", "from ipldmount.adapters.serve import GatewayServer"),
+    ],
+)
+def test_a_planted_gateway_import_is_caught(module: str, planted: str) -> None:
+    source = MODULES[module].read_text()
+    assert _serve_violations(module, source) == []
+    assert _serve_violations(module, f"{planted}\n{source}") != []
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str]:

@@ -10,6 +10,7 @@ Everything runs on 127.0.0.1; every wait is bounded in count and time.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import io
 import logging
 import os
@@ -458,6 +459,32 @@ def test_a_corrupt_block_deep_in_a_car_ends_it_and_is_logged_as_corrupt(
     assert all(cids.verify(cid, data) for cid, data in sections)
     cut = _lines(caplog, f"stored block {cids.cid_to_str(bad)} is corrupt")
     assert len(cut) == 1 and cut[0].levelno == logging.ERROR
+
+
+def test_a_file_cut_short_by_a_corrupt_leaf_closes_its_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file's bytes by path: its status is sent once its first MiB is read, so a corrupt leaf
+    further on ends the answer there, closes the connection (the client sees a short body, never
+    the bad bytes, never a hang) and is one log line, not a traceback."""
+    data = os.urandom(3 << 20)
+    store, root = _store(tmp_path / "chunked", {"f": data})
+    *_, last = [cid for cid, _ in car.iter_closure(store, root)]
+    evil = _corrupt(store, last)
+    with _serving(store) as server:
+        host, port = server.server_address[:2]
+        connection = http.client.HTTPConnection(host, port, timeout=ANSWER_BOUND)
+        connection.request("GET", f"/ipfs/{cids.cid_to_str(root)}/f")
+        response = connection.getresponse()
+        assert response.status == 200 and response.headers["Content-Length"] == str(len(data))
+        with pytest.raises(http.client.IncompleteRead) as short:
+            response.read()
+        assert short.value.partial == data[: 2 << 20] and evil not in short.value.partial
+        connection.close()
+        assert _get(_raw_url(server, root))[0] == 200  # the server goes on
+    cut = _lines(caplog, "cut short")
+    assert len(cut) == 1 and cut[0].levelno == logging.ERROR and cids.cid_to_str(last) in cut[0].getMessage()
+    assert not any(record.exc_info for record in caplog.records)
 
 
 def test_the_cli_passes_its_limits_to_the_server(small: tuple[DirectoryBlockstore, bytes]) -> None:

@@ -3,6 +3,8 @@ links, odd layouts) and the hostile ones. A tiny DAG-PB encoder: tests only, nev
 
 from __future__ import annotations
 
+import mmh3
+
 from ipldmount.blocks import Blockstore
 from ipldmount.ipld import cid as cids
 from ipldmount.ipld.varint import encode_varint
@@ -89,3 +91,23 @@ def put_file(store: Blockstore, parts: list[tuple[bytes, int]], data: bytes | No
 
 def put_directory(store: Blockstore, entries: list[tuple[str, bytes]]) -> bytes:
     return put(store, [(cid, name, 0) for name, cid in entries], unixfs(DIRECTORY))
+
+
+def put_shard(store: Blockstore, entries: dict[str, bytes], fanout: int = 4, depth: int = 0) -> bytes:
+    """A UnixFS HAMT shard of *entries* (name -> CID), placed by murmur3 as go-unixfs places them:
+    a slot of one entry links it (named bucket + name), a slot of more a sub-shard (named bucket)."""
+    width, pad = fanout.bit_length() - 1, len(f"{fanout - 1:X}")
+    slots: dict[int, dict[str, bytes]] = {}
+    for name, cid in entries.items():
+        digest, _ = mmh3.hash64(name.encode(), 0, signed=False)
+        slots.setdefault(digest >> (64 - width * (depth + 1)) & (fanout - 1), {})[name] = cid
+    links: list[tuple[bytes, str | None, int | None]] = []
+    for index in sorted(slots):
+        group = slots[index]
+        if len(group) == 1:
+            [(name, cid)] = group.items()
+            links.append((cid, f"{index:0{pad}X}{name}", 1))
+        else:
+            links.append((put_shard(store, group, fanout, depth + 1), f"{index:0{pad}X}", 1))
+    bitmap = sum(1 << index for index in slots).to_bytes(max(1, fanout // 8), "big")
+    return put(store, links, unixfs(SHARD, bitmap, hash_type=0x22, fanout=fanout))

@@ -39,6 +39,7 @@ from ipldmount.remote.remotes import Remotes
 from ipldmount.repo.repository import Repository
 from ipldmount.repo.retention import Retention
 from ipldmount.session.advance import Advance, Place
+from ipldmount.session.ahead import MetadataAhead
 from ipldmount.session.writebuffer import buffer_content, open_buffer
 from ipldmount.tree.model import Directory, File, check_name, split_path
 from ipldmount.tree.unixfs import open_tree
@@ -125,6 +126,7 @@ class IPLDStore(Store):
         # Reads from memory cost a copy: a hop to a thread would cost more than it overlaps.
         self._reads_in_thread = not isinstance(self.blockstore, MemoryBlockstore)
         self.tree = open_tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
+        self._ahead = MetadataAhead.start(self.blockstore, self._root)  # a remote root: its metadata
         self._advance = Advance(self.repository, "api", self.repository.where)
         if self._root is not None:
             # its tree is read from here on, its commit named: gc must keep them
@@ -147,6 +149,8 @@ class IPLDStore(Store):
     def close(self) -> None:
         """Close the store: its root is no longer published as in use (garbage collection keeps
         it only if the history or a tag does). Freeze first to keep what was written."""
+        if self._ahead is not None:
+            self._ahead.stop()
         super().close()
         self.repository.close()
 

@@ -36,6 +36,16 @@ def _positioned_links(cid: bytes, data: bytes) -> list[tuple[_Position, bytes]]:
         value = codec.decode(data)
     except CorruptBlockError as exc:
         raise CorruptBlockError(f"block {cid_to_str(cid)}: {exc}") from None
+    return _value_links(value)
+
+
+def value_links(value: Any) -> list[bytes]:
+    """The CIDs a decoded DAG-CBOR value links to, in encoding order (a value inline in a block:
+    what of the block's links it holds)."""
+    return [link for _, link in _value_links(value)]
+
+
+def _value_links(value: Any) -> list[tuple[_Position, bytes]]:
     found: list[tuple[_Position, bytes]] = []
     stack: list[tuple[_Position, Any]] = [((), value)]
     while stack:  # explicit stack: nesting depth must not hit the recursion limit
@@ -53,6 +63,10 @@ def _positioned_links(cid: bytes, data: bytes) -> list[tuple[_Position, bytes]]:
 LinksOf = Callable[[bytes], list[bytes] | None]
 """A block's links, or None to leave the block out with everything below it."""
 
+Follow = Callable[[bytes, bytes], list[bytes]]
+"""Which links of a block (its CID and bytes) a walk goes on to: all of them (:func:`block_links`),
+or those of one part of the DAG (a file's, a directory's own nodes)."""
+
 
 class Seen(Protocol):
     """What a walk has visited: a set of CIDs, or anything that answers like one."""
@@ -60,6 +74,16 @@ class Seen(Protocol):
     def __contains__(self, cid: object, /) -> bool: ...
 
     def add(self, cid: bytes, /) -> None: ...
+
+
+class _Forgetful:
+    """A :class:`Seen` that remembers nothing: a walk meets a block as often as links lead to it."""
+
+    def __contains__(self, cid: object, /) -> bool:
+        return False
+
+    def add(self, cid: bytes, /) -> None:
+        pass
 
 
 def depth_first(root: bytes, links_of: LinksOf, seen: Seen | None = None) -> Iterator[bytes]:
@@ -83,15 +107,22 @@ def depth_first(root: bytes, links_of: LinksOf, seen: Seen | None = None) -> Ite
 
 
 def iter_closure(
-    store: Blockstore, root: bytes, missing: list[bytes] | None = None
+    store: Blockstore,
+    root: bytes,
+    missing: list[bytes] | None = None,
+    *,
+    follow: Follow = block_links,
+    dups: bool = False,
 ) -> Iterator[tuple[bytes, bytes]]:
     """Every block reachable from *root*, once each: depth first, parents before children.
 
     Raises BlockNotFoundError for a missing block, CorruptBlockError for a bad one;
     or, given a *missing* list, notes each such block there and goes on without it.
+    *follow* picks the links walked on from each block (all by default); with *dups* a block is
+    yielded every time the walk meets it (a CAR with ``dups=y``), not once.
     """
-    reader = _Reader(store, missing)
-    for cid in depth_first(root, reader.links_of):
+    reader = _Reader(store, missing, follow)
+    for cid in depth_first(root, reader.links_of, _Forgetful() if dups else None):
         yield cid, reader.take(cid)
 
 
@@ -111,15 +142,16 @@ class _Reader:
     noted there and left out with everything below it.
     """
 
-    def __init__(self, store: Blockstore, missing: list[bytes] | None) -> None:
+    def __init__(self, store: Blockstore, missing: list[bytes] | None, follow: Follow = block_links) -> None:
         self.store = store
         self.missing = missing
+        self.follow = follow
         self.read: dict[bytes, bytes] = {}
 
     def links_of(self, cid: bytes) -> list[bytes] | None:
         try:
             data = self.store.get(cid)
-            links = block_links(cid, data)
+            links = self.follow(cid, data)
         except (BlockNotFoundError, CorruptBlockError):
             if self.missing is None:
                 raise

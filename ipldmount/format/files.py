@@ -694,6 +694,26 @@ class FblReader:
             cid = children[index]
         return cid, max(left, 1)
 
+    def blocks_for(self, start: int, end: int) -> Iterator[bytes]:
+        """The CIDs of the nodes and leaves holding bytes ``[start, end)``, depth first, each node
+        before its parts: what proves that range (a verifiable range request). Only the nodes on
+        the way are read; a part held in an identity CID is no block, so not given."""
+        stack = [(self.root, 0)]
+        while stack:
+            cid, offset = stack.pop()
+            if cids.inline_data(cid) is None:
+                yield cid
+            if not self._is_node(cid):
+                continue
+            ends, children = self._node(cid)
+            starts = [offset, *(offset + stop for stop in ends[:-1])]
+            below = [
+                (child, first)
+                for child, first, stop in zip(children, starts, ends, strict=True)
+                if first < end and offset + stop > start and offset + stop > first
+            ]
+            stack.extend(reversed(below))
+
     # --- reuse by a writer ----------------------------------------------------------
 
     def _part_at(self, offset: int, length: int) -> bytes | None:

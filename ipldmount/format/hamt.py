@@ -327,13 +327,34 @@ def find(
     digest = hashlib.sha256(key).digest()
     read = _read(store, root["hamt"], 0, notice)
     for depth in range(MAX_DEPTH):
-        element = read.element(digest[depth])
-        if element is None:
-            return MISSING
-        if not isinstance(element, codec.Link):
-            return next((value for found, value in _bucket_items(element) if found == key), MISSING)
-        read = _read_child(store, element.cid, depth + 1, cache, notice)
+        found = _step(read, key, digest[depth])
+        if not isinstance(found, Next):
+            return found
+        read = _read_child(store, found.cid, depth + 1, cache, notice)
     raise too_deep()
+
+
+class Next(NamedTuple):
+    """What :func:`step` answers when the name's slot holds a child node: its CID."""
+
+    cid: bytes
+
+
+def step(store: Blockstore, node: Any, name: str, depth: int) -> Any:
+    """One level of a lookup of *name* in *node* (at *depth*): the entry, :data:`MISSING`, or
+    :class:`Next` (the child node to read next): so a caller can read many lookups' next nodes
+    side by side. The node's bitmap order is found as :func:`find` finds it (FORMAT.md 6.4)."""
+    key = name.encode("utf-8")
+    return _step(_read(store, node, depth), key, hashlib.sha256(key).digest()[depth])
+
+
+def _step(read: _Read, key: bytes, slot: int) -> Any:
+    element = read.element(slot)
+    if element is None:
+        return MISSING
+    if isinstance(element, codec.Link):
+        return Next(element.cid)
+    return next((value for found, value in _bucket_items(element) if found == key), MISSING)
 
 
 def check_path(
@@ -465,6 +486,15 @@ def _walk_entries(
             stack.append((iter(_node_data(store, child, level + 1, notice)), level + 1))
         else:
             yield from _bucket_entries(element)  # checks it is a bucket
+
+
+def child_links(node: Any) -> list[bytes]:
+    """The CIDs of a node's child nodes, in slot order (a HAMT root's own map: of its top node):
+    the blocks the directory is made of below its root, none of its entries'."""
+    if is_root(node):
+        node = node["hamt"]
+    _, data = _check_node(node)
+    return [element.cid for element in data if isinstance(element, codec.Link)]
 
 
 def _node_data(store: Blockstore, node: Any, depth: int, notice: Notice) -> list[Any]:

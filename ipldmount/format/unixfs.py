@@ -218,8 +218,11 @@ def iter_entries(store: Blockstore, node: UnixfsNode) -> Iterator[tuple[str, byt
         stack.extend(reversed(below))
 
 
-def find_entry(store: Blockstore, node: UnixfsNode, name: str) -> bytes | None:
-    """The CID named *name* in a directory; in a shard only the nodes on its hash's path are read."""
+def find_entry(
+    store: Blockstore, node: UnixfsNode, name: str, visited: list[bytes] | None = None
+) -> bytes | None:
+    """The CID named *name* in a directory; in a shard only the nodes on its hash's path are read
+    (their CIDs appended to *visited*, in order: the blocks that prove the lookup)."""
     if node.kind == UnixFSType.DIRECTORY:
         return next((cid for entry, cid in iter_entries(store, node) if entry == name), None)
     bits = _HashBits(name)
@@ -238,8 +241,19 @@ def find_entry(store: Blockstore, node: UnixfsNode, name: str) -> bytes | None:
         if len(link.name) == pad:
             depth += 1
             shard = _sub_shard(store, shard, link.cid, depth)
+            if visited is not None:
+                visited.append(shard.cid)
             continue
         return link.cid if link.name[pad:] == name else None
+
+
+def sub_shards(shard: UnixfsNode) -> list[bytes]:
+    """The CIDs of a shard's own sub-shards, in link order: the blocks a sharded directory is made
+    of below its top node, none of its entries'."""
+    if shard.kind != UnixFSType.HAMT_SHARD:
+        return []
+    pad = _bucket_digits(shard)
+    return [link.cid for link in shard.links if len(_bucket_name(shard, link, pad)) == pad]
 
 
 def _fanout(shard: UnixfsNode) -> int:

@@ -1,4 +1,4 @@
-"""An IPFS node's RPC API (``/api/v0``), as Kubo serves it and js-ipfs copies it.
+"""An IPFS node's RPC API (``/api/v0``), as Kubo serves it (tested against Kubo 0.43).
 
 Every block that comes back is hashed against the CID it was asked for before anyone
 sees it; every CID the node reports is compared with ours; every request carries a
@@ -6,8 +6,8 @@ timeout, for the node (``timeout=``) and a deadline of our own (:mod:`.http`), b
 node asked for a block it lacks may look for it forever, and one that trickles is never
 silent. Every answer is bounded (a block by MAX_BLOCK, JSON by JSON_LIMIT, a line of a
 streamed answer by LINE_LIMIT) and checked for the shape it must have: whatever else a node
-sends is a one-line RemoteError. Where a node answers differently from Kubo (js-ipfs), the
-difference is detected and logged, never silently papered over.
+sends is a one-line RemoteError. Where a node answers differently from Kubo, the difference
+is detected and refused or logged, never silently papered over.
 """
 
 from __future__ import annotations
@@ -171,8 +171,8 @@ class KuboNode:
         codec = cids.codec_of(cid)
         check_block_size(cid, len(data))
         content_type, body = multipart_file("block", [data])
-        params = [("format", CODEC_NAMES[codec]), ("cid-codec", CODEC_NAMES[codec])]
-        params += [("mhtype", "sha2-256"), ("cid-version", "1"), ("cid-base", "base32")]
+        # Kubo refuses the deprecated ``format`` beside ``cid-codec``; ``cid-codec`` implies CIDv1.
+        params = [("cid-codec", CODEC_NAMES[codec]), ("mhtype", "sha2-256"), ("cid-base", "base32")]
         answer = self._json("block/put", params, body=body, content_type=content_type, seconds=60.0)
         self._check_key(answer, cid, "block/put")
 

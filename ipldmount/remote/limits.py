@@ -9,7 +9,7 @@ from __future__ import annotations
 from ipldmount.errors import RemoteError
 from ipldmount.ipld import cid as cids
 
-BLOCK_LIMIT = 1 << 20  # the largest block a node accepts from block/put and dag/import (Kubo's default)
+BLOCK_LIMIT = 2 << 20  # the largest block Kubo (0.40 and later) accepts from block/put and dag/import
 MAX_BLOCK = 2 << 20  # the largest block taken from a node or gateway: the most IPFS implementations exchange
 
 

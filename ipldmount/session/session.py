@@ -33,6 +33,7 @@ from ipldmount.repo.home import MountHead
 from ipldmount.repo.journal import Journal, Pending, decode_data, encode_data
 from ipldmount.repo.repository import Repository
 from ipldmount.session.advance import Advance, MergeConflictError, Place
+from ipldmount.session.ahead import MetadataAhead
 from ipldmount.session.openfiles import FileHandle, OpenFile, OpenFiles
 from ipldmount.session.runner import InPlace, Runner
 from ipldmount.session.writebuffer import WriteBuffer, buffer_content
@@ -94,6 +95,7 @@ class Session:
         # An empty mount starts from the empty tree's root, stored, so every root shown is fetchable.
         self.base_root = root if root is not None else store.put(EMPTY_DIRECTORY, cids.DAG_CBOR)
         self.tree = open_tree(store, self.base_root, whole_files=whole_files, read_only=read_only)
+        self.ahead = MetadataAhead.start(store, self.base_root)  # a remote root: zarr's metadata
         self.open_files = OpenFiles(store, self.tree.chunk_size, home.tmp_dir)
         self._runner: Runner = InPlace()
         self.lock = self._runner.lock()  # tree changes and sync take turns
@@ -779,6 +781,8 @@ class Session:
     def close(self, clean: bool) -> None:
         """Let go of the open files (what they hold unstored, the threads that stage their
         leaves) and close the journal; a clean exit after a sync leaves none behind."""
+        if self.ahead is not None:
+            self.ahead.stop()
         self.open_files.shut_down()
         if clean and not self.dirty:
             self.journal.remove()

@@ -199,7 +199,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-SERVE_LIMITS = {  # serve's bounds on hostile clients (ipldmount/adapters/serve.py says why)
+SERVE_LIMITS = {  # serve's bounds on hostile clients (ipldmount/adapters/serve/server.py says why)
     "max_connections": (count, "connections open at once, idle ones included (default 512)"),
     "idle_timeout": (parse_duration, "a connection may wait this long to start a request (default 60s)"),
     "request_timeout": (parse_duration, "from a request's first byte to its last header (default 10s)"),
@@ -217,7 +217,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise IpldmountError(f"cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}") from None
     where = repository.home.root
-    print(f"serving {where} as a trustless gateway at {server.url}/ipfs/", file=sys.stderr, flush=True)
+    print(f"serving {where} as a gateway at {server.url}/ipfs/", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     finally:
@@ -240,7 +240,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
         cmd_publish,
         "push a branch's head with its history to an IPFS node and point an IPNS name at it",
     ),
-    "serve": (cmd_serve, "serve the store read-only as a trustless HTTP gateway (raw blocks and CARs)"),
+    "serve": (cmd_serve, "serve the store read-only as an HTTP gateway (blocks, CARs, files by path)"),
 }
 
 

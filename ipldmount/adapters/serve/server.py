@@ -1,31 +1,17 @@
-"""``ipldmount serve``: a trustless HTTP gateway over a local blockstore (read-only).
+"""The gateway's server: one event loop for the connections, a fixed pool of threads to answer.
 
-What the trustless gateway specification asks of a server that holds blocks and does no
-UnixFS deserialization: ``GET``/``HEAD /ipfs/{cid}`` answered with the raw block
-(``application/vnd.ipld.raw``) or a CARv1 stream of the DAG under it
-(``application/vnd.ipld.car; version=1; order=dfs; dups=n``, with ``dag-scope`` block, entity
-or all), chosen by the ``format`` query parameter or else the ``Accept`` header; 404 when
-the block is not here; the ``bafkqaaa`` probe. Any IPFS client that speaks trustless
-gateways (another ipldmount, Helia, Kubo's HTTP retrieval) can read a store through it,
-checking every block it gets. Paths below a CID are refused (400): the blocks here are
-DAG-CBOR, whose pathing this gateway does not implement; ask for a file's own CID.
-
-A stored block whose bytes do not hash to its CID is never sent: asked for alone, or found
-within the first MiB of a CAR, it is answered 500 (a plain-text line naming it corrupt); found
-later in a CAR, whose 200 is already sent, it ends the CAR there (the client finds it
-incomplete). Either way one line naming the CID is logged.
-
-Hostile or broken clients cannot starve it. One thread (:meth:`GatewayServer.serve_forever`)
-accepts connections and reads each request's head without blocking; only a complete head is
-handed to one of a fixed pool of worker threads, so idle and half-sent connections hold no
-thread. A worker sends an answer as far as the client takes it, then leaves the rest to the
-loop until the socket is writable again, so a client that reads slowly, or not at all, holds
-no thread either. A connection must start a request within *idle_timeout*, and send the
-whole head within *request_timeout* of its first byte (a slowloris sender is cut off then);
-a client that takes no byte of its answer for *send_timeout* is cut off. At most
-*max_connections* are open (fewer when the file descriptor limit is lower): a new one past
-the cap closes the connection that has waited longest for a request (else the answer stalled
-longest), or, when every open one is being worked on, gets a fast 503. Each failure
+Apart from the handler so that what bounds a client (below) is read in one place, with no HTTP
+semantics in the way. Hostile or broken clients cannot starve it. One thread
+(:meth:`GatewayServer.serve_forever`) accepts connections and reads each request's head without
+blocking; only a complete head is handed to one of a fixed pool of worker threads, so idle and
+half-sent connections hold no thread. A worker sends an answer as far as the client takes it,
+then leaves the rest to the loop until the socket is writable again, so a client that reads
+slowly, or not at all, holds no thread either. A connection must start a request within
+*idle_timeout*, and send the whole head within *request_timeout* of its first byte (a slowloris
+sender is cut off then); a client that takes no byte of its answer for *send_timeout* is cut
+off. At most *max_connections* are open (fewer when the file descriptor limit is lower): a new
+one past the cap closes the connection that has waited longest for a request (else the answer
+stalled longest), or, when every open one is being worked on, gets a fast 503. Each failure
 (timeout, abort, reset, refusal) is one logged line, never a traceback.
 """
 
@@ -33,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import itertools
 import logging
 import queue
@@ -42,28 +27,16 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+from ipldmount.adapters.serve.handler import CutShort, Handler
+from ipldmount.adapters.serve.negotiation import coalesce
 from ipldmount.blocks import Blockstore
-from ipldmount.blocks.car import car_header, section_head
-from ipldmount.blocks.dag import iter_closure
-from ipldmount.errors import BlockNotFoundError, CorruptBlockError, InvalidCIDError
-from ipldmount.ipld import cid as cids
 
-log = logging.getLogger(__name__)
-
-RAW_TYPE = "application/vnd.ipld.raw"
-CAR_TYPE = "application/vnd.ipld.car"
-CAR_RESPONSE_TYPE = f"{CAR_TYPE}; version=1; order=dfs; dups=n"
-PROBE = "bafkqaaa"  # the empty identity CID: "are you a trustless gateway?"
-PROBE_CID = bytes([0x01, 0x55, 0x00, 0x00])  # CIDv1, raw, identity multihash of zero bytes
-IMMUTABLE = "public, max-age=29030400, immutable"
-SCOPES = ("all", "entity", "block")
+log = logging.getLogger(__package__)  # the gateway's one logger, named for the package
 
 MAX_CONNECTIONS = 512  # open connections, idle ones included (each costs a descriptor, no thread)
 WORKERS = 16  # threads answering requests whose head has arrived (disk reads, sends that do not wait)
@@ -71,9 +44,7 @@ IDLE_TIMEOUT = 60.0  # seconds a connection may stay open without starting a req
 REQUEST_TIMEOUT = 10.0  # seconds from a request's first byte to the end of its head
 SEND_TIMEOUT = 30.0  # seconds a client may go without taking any byte of its answer
 MAX_HEAD = 64 * 1024  # bytes of request line and headers; more is answered 431
-CAR_READ_AHEAD = 1 << 20  # bytes of a CAR read (and verified) before its 200 is sent
 FD_RESERVE = 64  # descriptors kept free of connections: block files, logs, the server's own
-SEND_CHUNK = 64 * 1024  # smaller writes are gathered into one send
 SWEEP_INTERVAL = 0.1  # seconds between looks for connections past their deadline
 ACCEPT_BATCH = 64  # connections accepted per wakeup, so reads are not starved by a flood
 PAUSE_ON_EMFILE = 0.1  # seconds without accepting when no descriptor can be freed
@@ -406,12 +377,12 @@ class GatewayServer:
     def _respond(self, conn: _Connection, head: bytes) -> _Response | None:
         """The answer to one request (worked out here; sent by :meth:`_pump`)."""
         try:
-            handler = _Handler(self, conn, head)
+            handler = Handler(self.store, conn.address, head)
         except Exception:
             log.exception("%s: answering %r failed", conn.peer, head.split(b"\r\n", 1)[0][:200])
             self._release(conn)
             return None
-        chunks = _coalesce(itertools.chain((handler.written.getvalue(),), handler.body))
+        chunks = coalesce(itertools.chain((handler.written.getvalue(),), handler.body))
         deadline = time.monotonic() + self.send_timeout
         return _Response(conn, chunks, not handler.close_connection, deadline)
 
@@ -434,6 +405,8 @@ class GatewayServer:
             return
         except ConnectionError as exc:
             why = f"{_why(exc)} during the answer"
+        except CutShort:
+            why = ""  # said where it happened
         except Exception:
             log.exception("%s: answering failed", response.conn.peer)
             why = ""
@@ -462,241 +435,6 @@ class GatewayServer:
             self._wake()
         else:
             self._release(item.conn if isinstance(item, _Response) else item)
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "ipldmount-gateway"
-
-    def __init__(self, gateway: GatewayServer, conn: _Connection, head: bytes) -> None:
-        """Work out the answer to the one request whose *head* the event loop has read: its
-        status and headers into *written*, its body into *body*. No socket I/O here (the
-        base class's ``__init__`` would read and write the socket, for as long as it takes)."""
-        self.gateway = gateway
-        self.client_address = conn.address
-        self.rfile = io.BytesIO(head)
-        self.written = io.BytesIO()
-        self.wfile = self.written
-        self.body: Iterable[bytes] = ()
-        self.handle_one_request()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-    def do_GET(self) -> None:
-        self._answer(body=True)
-
-    def do_HEAD(self) -> None:
-        self._answer(body=False)
-
-    def _answer(self, body: bool) -> None:
-        if _declares_body(self.headers):
-            self.close_connection = True  # its unread body would be taken for the next request
-        try:
-            cid, kind, scope = self._parse()
-            if kind == "raw":
-                self._send_raw(cid, body)
-            else:
-                self._send_car(cid, scope, body)
-        except _BadRequest as refusal:
-            self._send_error(refusal.status, str(refusal))
-
-    # --- the request -----------------------------------------------------------------
-
-    def _parse(self) -> tuple[bytes, str, str]:
-        """(CID, "raw" or "car", dag-scope) of the request, or _BadRequest."""
-        parts = urlsplit(self.path)
-        segments = [segment for segment in parts.path.split("/") if segment]
-        if len(segments) < 2 or segments[0] != "ipfs":
-            raise _BadRequest(HTTPStatus.NOT_FOUND, "only /ipfs/{cid} is served here")
-        query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-        kind = self._response_kind(query.get("format"), self.headers.get("Accept", ""))
-        if len(segments) > 2:
-            raise _BadRequest(
-                HTTPStatus.BAD_REQUEST, "paths below a CID are not served (DAG-CBOR pathing): ask for its CID"
-            )
-        scope = query.get("dag-scope", "all")
-        if scope not in SCOPES:
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"dag-scope must be one of {', '.join(SCOPES)}")
-        if query.get("car-version", "1") != "1":
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, "only car-version=1 is served")
-        if segments[1] == PROBE:
-            return PROBE_CID, kind, scope
-        try:
-            return cids.parse_cid(segments[1]), kind, scope
-        except InvalidCIDError as exc:
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
-
-    @staticmethod
-    def _response_kind(format_: str | None, accept: str) -> str:
-        """ "raw" or "car": the format parameter first, then the first acceptable type in Accept."""
-        if format_ is not None:
-            if format_ in ("raw", "car"):
-                return format_
-            raise _BadRequest(HTTPStatus.BAD_REQUEST, f"format={format_} is not served (raw or car)")
-        for item in accept.split(","):
-            media, *params = (part.strip() for part in item.split(";"))
-            if media == RAW_TYPE:
-                return "raw"
-            if media == CAR_TYPE and _acceptable_car(params):
-                return "car"
-        raise _BadRequest(
-            HTTPStatus.BAD_REQUEST if not accept else HTTPStatus.NOT_ACCEPTABLE,
-            f"a trustless gateway: ask for {RAW_TYPE} or {CAR_TYPE} (Accept or ?format=)",
-        )
-
-    # --- the answers -----------------------------------------------------------------
-
-    def _send_raw(self, cid: bytes, body: bool) -> None:
-        data = b"" if cid == PROBE_CID else self._block(cid)
-        name = PROBE if cid == PROBE_CID else cids.cid_to_str(cid)
-        self.send_response(HTTPStatus.OK)
-        self._common_headers(RAW_TYPE, f"{name}.bin", f'"{name}.raw"')
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if body:
-            self.body = (data,)
-
-    def _send_car(self, root: bytes, scope: str, body: bool) -> None:
-        name = PROBE if root == PROBE_CID else cids.cid_to_str(root)
-        first = None if root == PROBE_CID else self._block(root)  # 404 before any byte is sent
-        missing: list[bytes] = []
-        blocks = self._car_blocks(root, first, scope, missing) if body and first is not None else iter(())
-        ahead = _read_ahead(blocks, CAR_READ_AHEAD)
-        if missing and self._stored(missing[0]):  # corrupt, and found before the status is sent
-            shown = cids.cid_to_str(missing[0])
-            log.error("CAR of %s: stored block %s is corrupt: answered 500", name, shown)
-            raise _BadRequest(HTTPStatus.INTERNAL_SERVER_ERROR, _corrupt(missing[0]))
-        self.send_response(HTTPStatus.OK)
-        self._common_headers(CAR_RESPONSE_TYPE, f"{name}.car", f'"{name}.car.{scope}"')
-        self.send_header("Connection", "close")  # the end of the stream is the end of the CAR
-        self.end_headers()
-        self.close_connection = True
-        if body:  # the probe's CAR is its header alone: identity blocks are never sent
-            self.body = self._car_bytes(root, name, itertools.chain(ahead, blocks), missing)
-
-    def _car_bytes(
-        self, root: bytes, name: str, blocks: Iterator[tuple[bytes, bytes]], missing: list[bytes]
-    ) -> Iterator[bytes]:
-        """The CAR, framed as write_car frames it, a block at a time as the client reads."""
-        yield car_header([root])
-        for cid, data in blocks:
-            yield section_head(cid, len(data))
-            yield data
-        if missing:
-            self._log_cut_short(name, missing[0])
-
-    def _car_blocks(
-        self, root: bytes, first: bytes, scope: str, missing: list[bytes]
-    ) -> Iterator[tuple[bytes, bytes]]:
-        """The blocks of the CAR, depth first; one missing or corrupt (noted in *missing*) ends
-        the stream there (the CAR is then incomplete, which the client detects, as the
-        specification says)."""
-        if scope != "all":  # entity = block for data that is not UnixFS
-            yield root, first
-            return
-        for cid, data in iter_closure(self.gateway.store, root, missing):
-            if missing:
-                return
-            yield cid, data
-
-    def _stored(self, cid: bytes) -> bool:
-        """Whether a block the walk could not read is here all the same: then it is corrupt."""
-        try:
-            return self.gateway.store.has(cid)
-        except OSError:
-            return False
-
-    def _log_cut_short(self, name: str, cid: bytes) -> None:
-        shown = cids.cid_to_str(cid)
-        if self._stored(cid):
-            log.error("CAR of %s cut short: stored block %s is corrupt", name, shown)
-        else:
-            log.warning("CAR of %s cut short: block %s is missing", name, shown)
-
-    def _block(self, cid: bytes) -> bytes:
-        try:
-            return self.gateway.store.get(cid)
-        except BlockNotFoundError:
-            raise _BadRequest(HTTPStatus.NOT_FOUND, f"{cids.cid_to_str(cid)} is not in this store") from None
-        except CorruptBlockError as exc:
-            log.error("serving %s: %s", cids.cid_to_str(cid), exc)
-            raise _BadRequest(HTTPStatus.INTERNAL_SERVER_ERROR, _corrupt(cid)) from None
-        except OSError as exc:  # unreadable (permissions, I/O error): the server's fault, said so
-            log.error("serving %s: the store could not be read: %s", cids.cid_to_str(cid), exc)
-            raise _BadRequest(
-                HTTPStatus.INTERNAL_SERVER_ERROR, "the stored block could not be read"
-            ) from None
-
-    def _common_headers(self, content_type: str, filename: str, etag: str) -> None:
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Disposition", f'attachment; filename="{filename}"')
-        self.send_header("Etag", etag)
-        self.send_header("Cache-Control", IMMUTABLE)
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Vary", "Accept")
-
-    def _send_error(self, status: HTTPStatus, message: str) -> None:
-        data = (message + "\n").encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-
-def _acceptable_car(params: list[str]) -> bool:
-    """Whether CAR parameters in Accept can be met: version 1, order dfs (or unk), any dups."""
-    values = dict(param.partition("=")[::2] for param in params)
-    return values.get("version", "1") == "1" and values.get("order", "dfs") in ("dfs", "unk")
-
-
-def _corrupt(cid: bytes) -> str:
-    return f"the stored block {cids.cid_to_str(cid)} is corrupt (its bytes do not hash to its CID)"
-
-
-def _read_ahead(blocks: Iterator[tuple[bytes, bytes]], limit: int) -> list[tuple[bytes, bytes]]:
-    """The first blocks of *blocks*, up to *limit* bytes: read (and so verified) before the
-    answer's status goes out, so that a corrupt one among them can still be answered 500."""
-    ahead: list[tuple[bytes, bytes]] = []
-    size = 0
-    for cid, data in blocks:  # breaking out leaves the generator open: the rest follows later
-        ahead.append((cid, data))
-        size += len(data)
-        if size >= limit:
-            break
-    return ahead
-
-
-def _declares_body(headers: Any) -> bool:
-    length = headers.get("Content-Length", "0").strip()
-    return length not in ("", "0") or "Transfer-Encoding" in headers
-
-
-# --- the connection's bytes ----------------------------------------------------------------
-
-
-def _coalesce(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """*chunks*, small neighbours joined up to SEND_CHUNK: headers and a short body go out in
-    one send (two small sends in a row wait on the client's delayed ACK, 40 ms)."""
-    gathered = bytearray()
-    for chunk in chunks:
-        if gathered and len(gathered) + len(chunk) > SEND_CHUNK:
-            yield bytes(gathered)
-            gathered.clear()
-        if len(chunk) >= SEND_CHUNK:
-            yield chunk
-        else:
-            gathered += chunk
-    if gathered:
-        yield bytes(gathered)
 
 
 def _take_head(conn: _Connection) -> bytes | None:
