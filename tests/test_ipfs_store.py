@@ -85,3 +85,26 @@ def _buffer(data: bytes) -> object:
     from zarr.core.buffer import default_buffer_prototype
 
     return default_buffer_prototype().buffer.from_bytes(data)
+
+
+def test_opening_a_remote_dataset_fetches_its_metadata_ahead(node: IpfsNode) -> None:
+    """The metadata walk (format.skeleton) brings every key zarr opens: once it is done, the
+    dataset opens with the node frozen (nothing more to fetch), and no chunk came with it."""
+    arrays = {f"v{i:02d}": (("t", "x"), np.full((600, 4), i, dtype="f4")) for i in range(20)}
+    ds = xr.Dataset(arrays, attrs={"title": "twenty arrays"})
+    m = get_ipfs_mapper(node.url)
+    encoding = {name: {"chunks": (1, 4), "compressors": None} for name in arrays}
+    ds.to_zarr(m, encoding=encoding, consolidated=False, zarr_format=2)
+    root = m.freeze()
+    fresh = IPFSStore(node.url, root, read_only=True)
+    assert fresh._ahead is not None
+    assert fresh._ahead.wait(60.0)
+    cached = len(fresh.cache)
+    assert cached < 100  # directory and metadata blocks: not the 12,000 chunks
+    node.pause()
+    try:
+        opened = xr.open_zarr(fresh, consolidated=False)
+        assert sorted(opened.data_vars) == sorted(arrays) and opened.attrs["title"] == "twenty arrays"
+    finally:
+        node.resume()
+    xr.testing.assert_identical(opened.load(), ds)

@@ -43,6 +43,11 @@ class MetadataAhead:
         except Exception as exc:  # only ever ahead of a reader, which meets the same fault itself
             log.debug("fetching metadata ahead stopped: %s", exc)
 
+    def wait(self, seconds: float) -> bool:
+        """Wait up to *seconds* for the walk to end; whether it has."""
+        self._thread.join(seconds)
+        return not self._thread.is_alive()
+
     def stop(self, wait: float = 0.0) -> None:
         """End the walk after the level it is fetching (*wait*: seconds to wait for that)."""
         self._stopped.set()
