@@ -5,6 +5,8 @@
 #   make kubo     the real IPFS node the tests start: Kubo, built from its pinned Go module into
 #                 .tools/ (scripts/build-kubo.sh; reused while the version is unchanged)
 #   make ipfs-node   the JavaScript tools the tests check interop with (npm ci into tests/ipfs-node)
+#   make interop-tools   the IPLD HashMap implementations the tests compare with: iamap (in
+#                 tests/ipfs-node) and go-ipld-adl-hamt (built into .tools/bin/hamt-go)
 #   make lint     ruff check, ruff format --check, mypy --strict on ipldmount/
 #   make test-zarr-min   the zarr Store tests again, in .venv-zarr-min with the lowest zarr we support
 #   make demo     scripts/demo.sh, in .venv with the runtime and demo dependencies only
@@ -38,10 +40,14 @@ SYSDEPS_PKGS ?= fuse3 libfuse3-dev pkg-config attr gcc python3-dev systemd rsync
 IPFS_NODE   := tests/ipfs-node
 IPFS_STAMP  := $(IPFS_NODE)/node_modules/.installed
 
+TOOLS       := .tools/bin
+HAMT_GO_SRC := tests/interop/hamt-go
+HAMT_GO     := $(TOOLS)/hamt-go
+
 ZARR_MIN    := 3.0.8
 MIN_VENV    := .venv-zarr-min
 
-.PHONY: all sysdeps venv ipfs-node kubo test test-zarr-min lint demo bench clean distclean
+.PHONY: all sysdeps venv ipfs-node kubo interop-tools test test-zarr-min lint demo bench clean distclean
 
 all: test
 
@@ -112,7 +118,18 @@ ipfs-node: $(IPFS_STAMP)
 kubo:
 	scripts/build-kubo.sh >/dev/null
 
-test: sysdeps venv ipfs-node kubo
+# go-ipld-adl-hamt, the IPLD HashMap's Go ADL, at the versions go.sum pins (modules from the Go
+# module proxy): rebuilt only when the program or its pins change. Without go, nothing is built
+# and tests/test_hamt_interop.py skips its Go tests (and fails them under CI=true).
+$(HAMT_GO): $(HAMT_GO_SRC)/go.mod $(HAMT_GO_SRC)/go.sum $(HAMT_GO_SRC)/main.go
+	@if ! command -v go >/dev/null 2>&1; then echo "interop-tools: go not found, $(HAMT_GO) not built"; exit 0; fi
+	echo "interop-tools: go build $(HAMT_GO)"
+	mkdir -p $(TOOLS)
+	(cd $(HAMT_GO_SRC) && go build -buildvcs=false -o $(CURDIR)/$(HAMT_GO) .)
+
+interop-tools: ipfs-node $(HAMT_GO)
+
+test: sysdeps venv ipfs-node kubo interop-tools
 	@echo "test: tests/in-netns $(VPY) -m pytest -q $(PYTEST_ARGS)"
 	tests/in-netns $(VPY) -m pytest -q $(PYTEST_ARGS)
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ipldmount.blocks import Blockstore, MemoryBlockstore
 from ipldmount.errors import FormatError
+from ipldmount.format import hamt
 from ipldmount.format.entrytable import EntryTable
 from ipldmount.format.files import StoredFile
 from ipldmount.ipld import cid as cids
@@ -167,7 +168,7 @@ def test_entries_makes_every_row_a_node() -> None:
 def _sharded_with_a_row_and_a_directory_of_one_name(store: Blockstore) -> bytes:
     """A root whose directory "d" is a HAMT holding "a" twice: a raw block and a directory."""
     key = b"a"
-    bitmap = (1 << hashlib.sha256(key).digest()[0]).to_bytes(32, "big")
+    bitmap = hamt.bitmap_of([hashlib.sha256(key).digest()[0]])
     chunk = codec.Link(store.put(b"chunk", cids.RAW))
     directory = codec.Link(store.put(codec.encode({}), cids.DAG_CBOR))
     hamt_root = {

@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import pytest
+from hamt_helpers import old_order_copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,11 +37,11 @@ def lookup(store: Blockstore, root: dict[str, Any], name: str) -> Any:
     node = root["hamt"]
     for depth in range(32):
         bitmap, data = node
-        bits = int.from_bytes(bitmap, "big")
+        slots = hamt.slots_of(bitmap)  # the spec's order: slot i is bit 2**(i % 8) of byte i // 8
         slot = digest[depth]
-        if not bits >> slot & 1:
+        if slot not in slots:
             raise KeyError(name)
-        element = data[(bits & ((1 << slot) - 1)).bit_count()]
+        element = data[slots.index(slot)]
         if isinstance(element, codec.Link):
             node = codec.decode(store.get(element.cid))
             continue
@@ -54,8 +55,7 @@ def lookup(store: Blockstore, root: dict[str, Any], name: str) -> Any:
 def check_structure(store: Blockstore, node: list[Any], depth: int = 0, prefix: bytes = b"") -> int:
     """Check the placement invariants of a node and its children; return how many entries they hold."""
     bitmap, data = node
-    bits = int.from_bytes(bitmap, "big")
-    slots = [slot for slot in range(256) if bits >> slot & 1]
+    slots = hamt.slots_of(bitmap)
     assert len(slots) == len(data)
     count = 0
     for slot, element in zip(slots, data, strict=True):
@@ -195,7 +195,7 @@ def test_plain_directory_with_hamt_like_names_is_not_a_root(store: Blockstore) -
 
 NAME = b"a"
 SLOT = hashlib.sha256(NAME).digest()[0]
-BITMAP = (1 << SLOT).to_bytes(32, "big")
+BITMAP = hamt.bitmap_of([SLOT])
 GOOD_BUCKET = [[NAME, link_for("a")]]
 
 
@@ -340,7 +340,7 @@ def chain(store: Blockstore, levels: int, name: bytes = NAME, value: Any = None)
     digest = hashlib.sha256(name).digest()
 
     def slot(depth: int) -> bytes:
-        return (1 << (digest[depth] if depth < len(digest) else 0)).to_bytes(32, "big")
+        return hamt.bitmap_of([digest[depth] if depth < len(digest) else 0])
 
     node: list[Any] = [slot(levels - 1), [[[name, value or link_for(name.decode())]]]]
     for depth in reversed(range(levels - 1)):
@@ -371,4 +371,83 @@ def test_a_hamt_deeper_than_its_hash_allows_is_refused_in_one_line(levels: int) 
     ]
     for attempt in attempts:
         with pytest.raises(FormatError, match="deeper than 32 levels"):
+            attempt()
+
+
+# --- the old bitmap order (before the spec's): read node by node, rewritten on a change -------
+
+
+class Notices:
+    """A notice callback that counts the old-order nodes it is told of."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> None:
+        self.count += 1
+
+
+def test_an_old_order_hamt_is_read_and_one_change_makes_it_canonical() -> None:
+    store = MemoryBlockstore()
+    entries = chunk_entries(5000)
+    built = hamt.build(store, entries)
+    old = old_order_copy(store, built)
+    assert old["hamt"][0] == built["hamt"][0] == b"\xff" * 32  # a full root reads the same both ways
+    assert codec.encode(old) != codec.encode(built)  # its children do not
+    notices = Notices()
+    assert dict(hamt.iter_entries(store, old, notices)) == entries
+    assert notices.count > 0
+    for name, value in entries.items():
+        assert hamt.find(store, old, name, {}) == value
+    assert hamt.find(store, old, "not there") is hamt.MISSING
+    assert list(hamt.diff_entries(store, old, built)) == []
+    changed = hamt.update(store, store, old, {"new": link_for("new")})
+    fresh = MemoryBlockstore()
+    expected = hamt.build(fresh, {**entries, "new": link_for("new")})
+    assert codec.encode(changed) == codec.encode(expected)
+    assert _blocks_of(store, changed) == _blocks_of(fresh, expected)
+
+
+def test_a_spec_order_hamt_gives_no_notice(store: Blockstore) -> None:
+    notices = Notices()
+    root = hamt.build(store, chunk_entries(5000))
+    assert len(dict(hamt.iter_entries(store, root, notices))) == 5000
+    assert hamt.find(store, root, "1.1", None, notices) == link_for("1.1")
+    assert notices.count == 0
+
+
+def _two_full_slots() -> dict[str, Any]:
+    """Entries filling two root slots with 4 names each, the two not mirror images by byte (so the
+    root's bitmap differs between the orders): a root of two links and no bucket."""
+    by_slot: dict[int, list[str]] = {}
+    for number in range(100_000):
+        name = f"n{number}"
+        by_slot.setdefault(hashlib.sha256(name.encode()).digest()[0], []).append(name)
+        full = [slot for slot, names in by_slot.items() if len(names) == 4]
+        if len(full) == 2 and hamt.bitmap_of(full) != hamt.bitmap_of(full)[::-1]:
+            return {name: link_for(name) for slot in full for name in by_slot[slot]}
+    raise AssertionError("no two slots found")
+
+
+def test_a_node_without_buckets_is_told_by_its_child(store: Blockstore) -> None:
+    entries = _two_full_slots()
+    built = hamt.build(store, entries)
+    assert all(isinstance(element, codec.Link) for element in built["hamt"][1])
+    old = old_order_copy(store, built)
+    for root in (built, old):
+        notices = Notices()
+        for name, value in entries.items():
+            assert hamt.find(store, root, name, None, notices) == value
+        assert dict(hamt.iter_entries(store, root)) == entries
+        assert (notices.count > 0) == (root is old)
+
+
+def test_a_node_that_fits_neither_order_is_refused(store: Blockstore) -> None:
+    wrong = [hamt.bitmap_of([(SLOT + 1) % 256]), [GOOD_BUCKET]]  # the bucket's key is not in that slot
+    for attempt in (
+        lambda: dict(hamt.iter_entries(store, root_with(wrong))),
+        lambda: hamt.find(store, root_with(wrong), "a"),
+        lambda: hamt.update(store, store, root_with(wrong), {"b": link_for("b")}),
+    ):
+        with pytest.raises(FormatError, match="not in the slots its bitmap gives them"):
             attempt()

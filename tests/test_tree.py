@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hamt_helpers import old_order_copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -1354,10 +1355,94 @@ def test_a_file_s_links_follow_hard_links_and_unlinks() -> None:
     assert file.links == () and file.link_count == 0 and file.parent is None and tree.path_of(file) is None
 
 
+def _with_an_old_order_directory(store: Blockstore, files: dict[str, bytes]) -> bytes:
+    """A root holding *files* under "d", a sharded directory written in the pre-spec bitmap order
+    (as ipldmount wrote it before taking the spec's), the rest as it is written now."""
+    tree = Tree(store)
+    for name, data in files.items():
+        tree.write_file(f"d/{name}", data)
+    top = codec.decode(store.get(tree.commit()))
+    old = old_order_copy(store, codec.decode(store.get(top["d"].cid)))
+    top["d"] = codec.Link(store.put(codec.encode(old), cids.DAG_CBOR))
+    return store.put(codec.encode(top), cids.DAG_CBOR)
+
+
+OLD_FILES = {f"{i}": b"chunk %d" % i for i in range(2000)}
+
+
+def test_an_old_order_directory_is_read_and_warned_of_once(
+    small_blocks: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ipldmount.tree import model
+
+    monkeypatch.setattr(model, "_WARNED_OLD_ORDER", set())
+    store = MemoryBlockstore()
+    root = _with_an_old_order_directory(store, OLD_FILES)
+    for _ in range(2):  # a second tree over the same directory, in the same process, is not warned of
+        tree = Tree(store, root)
+        assert sorted(tree.listdir("d")) == sorted(OLD_FILES)
+        assert all(tree.read_file(f"d/{name}") == data for name, data in OLD_FILES.items())
+        assert Tree(store, root).read_file("d/1234") == b"chunk 1234"  # by lookup alone
+    warnings = [record.getMessage() for record in caplog.records if "pre-spec" in record.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("sharded directory 'd' ("), warnings
+    assert "chunk" not in warnings[0]
+
+
+@pytest.mark.parametrize("read_first", [False, True])
+@pytest.mark.parametrize("change", ["write", "remove"])
+def test_one_change_rewrites_an_old_order_directory_whole(
+    small_blocks: None, read_first: bool, change: str
+) -> None:
+    store = MemoryBlockstore()
+    tree = Tree(store, _with_an_old_order_directory(store, OLD_FILES))
+    if read_first:
+        assert tree.read_file("d/7") == b"chunk 7"
+    expected = dict(OLD_FILES)
+    if change == "write":
+        tree.write_file("d/new", b"new")
+        expected["new"] = b"new"
+    else:
+        tree.remove("d/77")
+        del expected["77"]
+    assert tree.commit() == _built_afresh({f"d/{name}": data for name, data in expected.items()})
+
+
+def _full_root_with_one_child() -> tuple[dict[str, bytes], str]:
+    """Files filling every root slot of a HAMT, one per slot but four in one (a child node): the
+    root's bitmap is all ones, the same in both orders. Also a name whose slot is a bucket."""
+    by_slot: dict[int, list[str]] = {}
+    number = 0
+    while len(by_slot) < 256 or max(len(names) for names in by_slot.values()) < 4:
+        by_slot.setdefault(hashlib.sha256(b"n%d" % number).digest()[0], []).append(f"n{number}")
+        number += 1
+    crowded = next(slot for slot, names in by_slot.items() if len(names) >= 4)
+    names = [name for slot, found in by_slot.items() for name in found[: 4 if slot == crowded else 1]]
+    alone = next(found[0] for slot, found in by_slot.items() if slot != crowded)
+    return {name: name.encode() for name in names}, alone
+
+
+def test_a_change_meeting_no_old_order_node_leaves_the_others(small_blocks: None) -> None:
+    """The limit FORMAT.md 6.4 states: a change whose path meets only symmetric or spec-order nodes
+    rewrites only that path, so an old-order node elsewhere stays (read correctly) and the CID is
+    not the canonical one, until a change to a directory known to hold one lays it out afresh."""
+    files, alone = _full_root_with_one_child()
+    store = MemoryBlockstore()
+    tree = Tree(store, _with_an_old_order_directory(store, files))
+    tree.write_file(f"d/{alone}", b"changed")
+    files[alone] = b"changed"
+    canonical = _built_afresh({f"d/{name}": data for name, data in files.items()})
+    assert tree.commit() != canonical
+    assert sorted(tree.listdir("d")) == sorted(files)  # reads the old-order child: now known
+    assert all(tree.read_file(f"d/{name}") == data for name, data in files.items())
+    tree.write_file(f"d/{alone}", b"again")
+    files[alone] = b"again"
+    assert tree.commit() == _built_afresh({f"d/{name}": data for name, data in files.items()})
+
+
 def _sharded_with_a_name_twice(store: Blockstore) -> bytes:
     """A root whose directory "d" is a HAMT holding "a" twice (one bucket, two entries)."""
     key = b"a"
-    bitmap = (1 << hashlib.sha256(key).digest()[0]).to_bytes(32, "big")
+    bitmap = hamt.bitmap_of([hashlib.sha256(key).digest()[0]])
     first, second = (codec.Link(store.put(data, cids.RAW)) for data in (b"one", b"two"))
     hamt_root = {"hashAlg": cids.SHA2_256, "bucketSize": 3, "hamt": [bitmap, [[[key, first], [key, second]]]]}
     directory = store.put(codec.encode(hamt_root), cids.DAG_CBOR)
@@ -1474,7 +1559,7 @@ def test_a_hamt_10000_nodes_deep_is_refused_in_one_line(
     digest = hashlib.sha256(b"a").digest()
 
     def bitmap(depth: int) -> bytes:  # the slot of "a" while the digest lasts, then slot 0
-        return (1 << (digest[depth] if depth < 32 else 0)).to_bytes(32, "big")
+        return hamt.bitmap_of([digest[depth] if depth < 32 else 0])
 
     node: list[Any] = [bitmap(10_000), [[[b"a", _link(store, b"a")]]]]
     with store.batch():

@@ -97,11 +97,12 @@ def plain_entries(store: Blockstore, value: Any) -> Mapping[str, Any]:
     return entries
 
 
-def iter_entries(store: Blockstore, value: Any) -> Iterable[tuple[str, Any]]:
+def iter_entries(store: Blockstore, value: Any, notice: hamt.Notice = None) -> Iterable[tuple[str, Any]]:
     """The (name, entry) pairs of a directory node, one at a time (a sharded one node by node:
-    no map of a million entries at once). The caller checks that no name comes twice."""
+    no map of a million entries at once; *notice*: see :data:`hamt.Notice`). The caller checks
+    that no name comes twice."""
     if hamt.is_root(value):
-        return hamt.iter_entries(store, value)
+        return hamt.iter_entries(store, value, notice)
     if type(value) is not dict:
         raise not_a_directory(value)
     return value.items()

@@ -1,17 +1,22 @@
 """Sharded directories: an IPLD HashMap (HAMT) of name -> entry.
 
-Modelled on the IPLD HashMap spec with fixed parameters: the hash is sha2-256
-of the UTF-8 name, 8 bits of it pick the slot at each level (so level *d* uses
-byte *d* of the digest), and a slot holds a bucket of at most 3 entries before
-it becomes a child node. The structure is built from the sorted set of entries,
-so it depends on the entries alone, never on insertion order (FORMAT.md).
+An IPLD HashMap with fixed parameters: the hash is sha2-256 of the UTF-8 name,
+8 bits of it pick the slot at each level (so level *d* uses byte *d* of the
+digest), and a slot holds a bucket of at most 3 entries before it becomes a
+child node. The structure is built from the sorted set of entries, so it
+depends on the entries alone, never on insertion order (FORMAT.md 6.4).
+
+Bitmaps are written in the spec's order (slot *i* is bit ``2**(i % 8)`` of byte
+``i // 8``). Stores written before hold nodes in the old order (a big-endian
+integer): readers tell them apart node by node, read them, and say so (the
+*notice* callbacks), and a change meeting one rewrites the whole HAMT.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from ipldmount.blocks import BlockSink, Blockstore
 from ipldmount.errors import FormatError
@@ -26,8 +31,29 @@ ROOT_KEYS = frozenset({"hashAlg", "bucketSize", "hamt"})
 # any deeper has no hash bits left to place its entries by, and the HAMT is malformed (FORMAT.md 6.4).
 # Walks down a HAMT are bounded by it, whatever a block links to.
 MAX_DEPTH = 32
+SPEC_ORDER: Final = "little"  # slot i: byte i // 8, bit 2**(i % 8) (the spec, iamap)
+OLD_ORDER: Final = "big"  # before: slot i: byte 31 - i // 8, bit 2**(i % 8) (a big-endian integer)
+
+Notice = Callable[[], None] | None
+"""Called for each node read in the old bitmap order (None: read it quietly)."""
 
 _Item = tuple[bytes, bytes, Any]  # (digest, key, value)
+Order = Literal["little", "big"]
+
+
+def bitmap_of(slots: Iterable[int], order: Order = SPEC_ORDER) -> bytes:
+    """The 32-byte bitmap in which *slots* are occupied (the spec's order unless told)."""
+    return sum(1 << slot for slot in set(slots)).to_bytes(BITMAP_BYTES, order)
+
+
+def slots_of(bitmap: bytes, order: Order = SPEC_ORDER) -> list[int]:
+    """The occupied slots of *bitmap*, in increasing order: the slot of each data element."""
+    if order == OLD_ORDER:
+        bitmap = bitmap[::-1]
+    return [8 * index + bit for index, byte in enumerate(bitmap) for bit in _BITS[byte]]
+
+
+_BITS = [[bit for bit in range(8) if byte >> bit & 1] for byte in range(256)]  # bits set, low first
 
 
 def is_root(value: Any) -> bool:
@@ -41,11 +67,11 @@ def is_root(value: Any) -> bool:
 
 def build(store: BlockSink, entries: Mapping[str, Any]) -> dict[str, Any]:
     """The root map of a HAMT holding *entries*; child nodes are stored as blocks."""
-    return {
-        "hashAlg": HASH_ALG,
-        "bucketSize": BUCKET_SIZE,
-        "hamt": _build_node(store, _hashed(_keyed(entries)), 0),
-    }
+    return _root(_build_node(store, _hashed(_keyed(entries)), 0))
+
+
+def _root(node: list[Any]) -> dict[str, Any]:
+    return {"hashAlg": HASH_ALG, "bucketSize": BUCKET_SIZE, "hamt": node}
 
 
 def _keyed(entries: Mapping[str, Any]) -> Iterator[tuple[bytes, Any]]:
@@ -62,18 +88,12 @@ def _build_node(store: BlockSink, items: list[_Item], depth: int) -> list[Any]:
     """A node of *items* at *depth* (recursive, bounded by MAX_DEPTH levels)."""
     if depth >= MAX_DEPTH:
         raise FormatError("HAMT ran out of hash bits (identical sha2-256 digests)")
-    bitmap = 0
+    slots: list[int] = []
     data: list[Any] = []
-    start = 0
-    while start < len(items):
-        slot = items[start][0][depth]
-        end = start
-        while end < len(items) and items[end][0][depth] == slot:
-            end += 1
-        bitmap |= 1 << slot
-        data.append(_element(store, items[start:end], depth))
-        start = end
-    return [bitmap.to_bytes(BITMAP_BYTES, "big"), data]
+    for slot, group in _by_slot(items, depth):
+        slots.append(slot)
+        data.append(_element(store, group, depth))
+    return [bitmap_of(slots), data]
 
 
 def _element(store: BlockSink, group: list[_Item], depth: int) -> Any:
@@ -86,20 +106,44 @@ def _element(store: BlockSink, group: list[_Item], depth: int) -> Any:
 REMOVE = object()  # in the changes given to update(): the name goes
 
 
+class _OldOrder(Exception):
+    """An update met a node in the old bitmap order: the HAMT is built anew instead."""
+
+
 def update(
-    reader: Blockstore, sink: BlockSink, root: dict[str, Any], changes: Mapping[str, Any]
+    reader: Blockstore,
+    sink: BlockSink,
+    root: dict[str, Any],
+    changes: Mapping[str, Any],
+    notice: Notice = None,
 ) -> dict[str, Any]:
     """The root map of the HAMT that :func:`build` would give for *root*'s entries with *changes*
     applied (name -> new entry, or :data:`REMOVE`), rewriting only the nodes on the changed names'
     paths: the nodes read come from *reader*, the new ones go to *sink*. Byte for byte what
     :func:`build` gives, because both follow the one canonical shape: a slot holds a bucket of up
-    to 3 entries sorted by key, or a link to a child node when more share it."""
+    to 3 entries sorted by key, or a link to a child node when more share it. A path that meets
+    a node in the old bitmap order makes it a :func:`build` of all the entries (read whole): a
+    node kept in that order would keep the HAMT from its canonical CID."""
     _check_root(root)
-    node = _update_node(reader, sink, root["hamt"], _hashed(_keyed(changes)), 0)
-    return {"hashAlg": HASH_ALG, "bucketSize": BUCKET_SIZE, "hamt": node if node is not None else _EMPTY_NODE}
+    try:
+        node = _update_node(reader, sink, root["hamt"], _hashed(_keyed(changes)), 0)
+    except _OldOrder:
+        if notice is not None:
+            notice()
+        return build(sink, _applied(dict(iter_entries(reader, root)), changes))
+    return _root(node if node is not None else _EMPTY_NODE)
 
 
 _EMPTY_NODE: list[Any] = [bytes(BITMAP_BYTES), []]
+
+
+def _applied(entries: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    for name, value in changes.items():
+        if value is REMOVE:
+            entries.pop(name, None)
+        else:
+            entries[name] = value
+    return entries
 
 
 def _update_node(
@@ -107,7 +151,10 @@ def _update_node(
 ) -> list[Any] | None:
     """A node with *changes* applied (None when nothing is left in it); recursive through
     :func:`_update_element`, at most MAX_DEPTH levels (a deeper child is refused as it is read)."""
-    slots = _slots(node)
+    read = _read(reader, node, depth)
+    if read.old:
+        raise _OldOrder
+    slots = read.slots()
     for slot, group in _by_slot(changes, depth):
         element = _update_element(reader, sink, slots.get(slot), group, depth)
         if element is None:
@@ -116,11 +163,11 @@ def _update_node(
             slots[slot] = element
     if not slots:
         return None
-    bitmap = sum(1 << slot for slot in slots)
-    return [bitmap.to_bytes(BITMAP_BYTES, "big"), [slots[slot] for slot in sorted(slots)]]
+    return [bitmap_of(slots), [slots[slot] for slot in sorted(slots)]]
 
 
 def _by_slot(items: list[_Item], depth: int) -> Iterator[tuple[int, list[_Item]]]:
+    """*items* (sorted by digest) in runs that share a slot at *depth*."""
     start = 0
     while start < len(items):
         slot, end = items[start][0][depth], start
@@ -171,10 +218,10 @@ def _bucket_items(bucket: Any) -> list[tuple[bytes, Any]]:
     return [(entry[0], entry[1]) for entry in bucket]
 
 
-def iter_entries(store: Blockstore, root: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+def iter_entries(store: Blockstore, root: dict[str, Any], notice: Notice = None) -> Iterator[tuple[str, Any]]:
     """Every (name, entry) of a HAMT, checking the structure as it goes."""
     _check_root(root)
-    yield from _walk_entries(store, root["hamt"], 0)
+    yield from _walk_entries(store, root["hamt"], 0, notice)
 
 
 def _check_root(root: dict[str, Any]) -> None:
@@ -184,21 +231,106 @@ def _check_root(root: dict[str, Any]) -> None:
         )
 
 
+# --- reading a node: its bitmap's order --------------------------------------------------
+
+
+class _Read(NamedTuple):
+    """A node checked and its bitmap's order found."""
+
+    bits: int  # bit i set when slot i is occupied, whichever order the block is in
+    data: list[Any]
+    old: bool  # the block is in the old order
+
+    def element(self, slot: int) -> Any:
+        """The element of *slot*, or None when it is empty."""
+        if not self.bits >> slot & 1:
+            return None
+        return self.data[(self.bits & ((1 << slot) - 1)).bit_count()]
+
+    def slots(self) -> dict[int, Any]:
+        """Slot number -> element."""
+        occupied = [slot for slot in range(BITMAP_BYTES * 8) if self.bits >> slot & 1]
+        return dict(zip(occupied, self.data, strict=True))
+
+
+def _read(store: Blockstore, node: Any, depth: int, notice: Notice = None) -> _Read:
+    """*node* (at *depth*) checked, in the order its bitmap is in (FORMAT.md 6.4)."""
+    bitmap, data = _check_node(node)
+    old = _in_old_order(store, bitmap, data, depth)
+    if old and notice is not None:
+        notice()
+    return _Read(int.from_bytes(bitmap, OLD_ORDER if old else SPEC_ORDER), data, old)
+
+
+def _in_old_order(store: Blockstore, bitmap: bytes, data: list[Any], depth: int) -> bool:
+    """Whether a node's bitmap is in the old order. A bitmap that reads the same both ways needs no
+    answer (False); otherwise its buckets tell, each key hashing at *depth* to its element's slot
+    under one order only, or, if they cannot, the keys of a child whose slot the orders disagree
+    on. A node that fits neither order is malformed."""
+    if bitmap == bitmap[::-1]:
+        return False
+    spec, old = slots_of(bitmap, SPEC_ORDER), slots_of(bitmap, OLD_ORDER)
+    fits_spec = fits_old = True
+    for index, element in enumerate(data):
+        if isinstance(element, codec.Link):
+            continue
+        for slot in _key_slots(element, depth):
+            fits_spec &= slot == spec[index]
+            fits_old &= slot == old[index]
+    if fits_spec != fits_old:
+        return fits_old
+    if fits_spec:  # no bucket where the orders disagree: a child there tells
+        index = next(index for index, (a, b) in enumerate(zip(spec, old, strict=True)) if a != b)
+        slot = hashlib.sha256(_first_key(store, data[index], depth + 1)).digest()[depth]
+        if slot in (spec[index], old[index]):
+            return slot == old[index]
+    raise FormatError("malformed HAMT: a node's entries are not in the slots its bitmap gives them")
+
+
+def _key_slots(bucket: Any, depth: int) -> list[int]:
+    """The slot at *depth* of each key of a bucket (checked as far as hashing needs: a listing or
+    a lookup checks the rest of it where it reads it)."""
+    try:
+        return [hashlib.sha256(entry[0]).digest()[depth] for entry in bucket]
+    except (TypeError, IndexError, KeyError):
+        _bucket_items(bucket)  # says what is wrong
+        raise FormatError("malformed HAMT bucket") from None
+
+
+def _first_key(store: Blockstore, element: Any, depth: int) -> bytes:
+    """The first key under a link to a child node at *depth* (following first elements down)."""
+    while isinstance(element, codec.Link):
+        _, data = _check_node(_load_child(store, element.cid, depth))
+        if not data:
+            raise FormatError("malformed HAMT: an empty child node")
+        element, depth = data[0], depth + 1
+    return _bucket_items(element)[0][0]
+
+
 MISSING = object()  # the side of a difference where a name is absent; find() of an absent name
 
 NodeCache = MutableMapping[bytes, Any]
-"""Decoded child nodes by CID, kept between lookups by whoever owns the mapping."""
+"""Child nodes read (checked, their order found) by CID, kept between lookups by whoever owns
+the mapping."""
 
 
-def find(store: Blockstore, root: dict[str, Any], name: str, cache: NodeCache | None = None) -> Any:
+def find(
+    store: Blockstore,
+    root: dict[str, Any],
+    name: str,
+    cache: NodeCache | None = None,
+    notice: Notice = None,
+) -> Any:
     """The entry under *name*, or :data:`MISSING`: only the nodes on its digest's path are read."""
     _check_root(root)
-    node = root["hamt"]
+    key = name.encode("utf-8")
+    digest = hashlib.sha256(key).digest()
+    read = _read(store, root["hamt"], 0, notice)
     for depth in range(MAX_DEPTH):
-        found = step(node, name, depth)
+        found = _step(read, key, digest[depth])
         if not isinstance(found, Next):
             return found
-        node = _child(store, found.cid, cache)
+        read = _read_child(store, found.cid, depth + 1, cache, notice)
     raise too_deep()
 
 
@@ -208,17 +340,18 @@ class Next(NamedTuple):
     cid: bytes
 
 
-def step(node: Any, name: str, depth: int) -> Any:
+def step(store: Blockstore, node: Any, name: str, depth: int) -> Any:
     """One level of a lookup of *name* in *node* (at *depth*): the entry, :data:`MISSING`, or
     :class:`Next` (the child node to read next): so a caller can read many lookups' next nodes
-    side by side."""
+    side by side. The node's bitmap order is found as :func:`find` finds it (FORMAT.md 6.4)."""
     key = name.encode("utf-8")
-    slot = hashlib.sha256(key).digest()[depth]
-    bitmap, data = _check_node(node)
-    number = int.from_bytes(bitmap, "big")
-    if not number >> slot & 1:
+    return _step(_read(store, node, depth), key, hashlib.sha256(key).digest()[depth])
+
+
+def _step(read: _Read, key: bytes, slot: int) -> Any:
+    element = read.element(slot)
+    if element is None:
         return MISSING
-    element = data[(number & ((1 << slot) - 1)).bit_count()]
     if isinstance(element, codec.Link):
         return Next(element.cid)
     return next((value for found, value in _bucket_items(element) if found == key), MISSING)
@@ -231,6 +364,7 @@ def check_path(
     check_entry: Callable[[str, Any], None],
     cache: NodeCache | None = None,
     checked: tuple[set[bytes], bytes | None] | None = None,
+    notice: Notice = None,
 ) -> None:
     """Check every node a change to *name* rewrites: those on its digest's path, each whole (its
     structure, and every entry of its buckets: *check_entry*, and no name twice), since a change
@@ -241,26 +375,21 @@ def check_path(
     _check_root(root)
     seen_before, cid = checked if checked is not None else (set(), None)
     digest = hashlib.sha256(name.encode("utf-8")).digest()
-    node = root["hamt"]
+    read = _read(store, root["hamt"], 0, notice)
     for depth in range(MAX_DEPTH):
         if cid is None or cid not in seen_before:
-            _check_node_whole(node, check_entry)
+            _check_node_whole(read.data, check_entry)
             if cid is not None:
                 seen_before.add(cid)
-        bitmap, data = _check_node(node)
-        number, slot = int.from_bytes(bitmap, "big"), digest[depth]
-        if not number >> slot & 1:
-            return
-        element = data[(number & ((1 << slot) - 1)).bit_count()]
+        element = read.element(digest[depth])
         if not isinstance(element, codec.Link):
             return
         cid = element.cid
-        node = _child(store, cid, cache)
+        read = _read_child(store, cid, depth + 1, cache, notice)
     raise too_deep()
 
 
-def _check_node_whole(node: Any, check_entry: Callable[[str, Any], None]) -> None:
-    _, data = _check_node(node)
+def _check_node_whole(data: list[Any], check_entry: Callable[[str, Any], None]) -> None:
     seen: set[str] = set()
     for element in data:
         if isinstance(element, codec.Link):
@@ -285,13 +414,16 @@ def _load_child(store: Blockstore, cid: bytes, depth: int) -> Any:
     return codec.decode(store.get(cid))
 
 
-def _child(store: Blockstore, cid: bytes, cache: NodeCache | None) -> Any:
-    node = cache.get(cid) if cache is not None else None
-    if node is None:
-        node = codec.decode(store.get(cid))
+def _read_child(store: Blockstore, cid: bytes, depth: int, cache: NodeCache | None, notice: Notice) -> _Read:
+    """The child node at *depth* read (from *cache* when there: its order is found once)."""
+    read = cache.get(cid) if cache is not None else None
+    if read is None:
+        read = _read(store, _load_child(store, cid, depth), depth)
         if cache is not None:
-            cache[cid] = node
-    return node
+            cache[cid] = read
+    if read.old and notice is not None:
+        notice()
+    return read
 
 
 def diff_entries(store: Blockstore, a: dict[str, Any], b: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
@@ -308,7 +440,7 @@ def _diff_nodes(store: Blockstore, a: Any, b: Any) -> Iterator[tuple[str, Any, A
     stack: list[tuple[Any, Any, int]] = [(a, b, 0)]
     while stack:
         left_node, right_node, depth = stack.pop()
-        left, right = _slots(left_node), _slots(right_node)
+        left, right = _read(store, left_node, depth).slots(), _read(store, right_node, depth).slots()
         for slot in sorted(left.keys() | right.keys()):
             x, y = left.get(slot), right.get(slot)
             if x == y:
@@ -322,14 +454,6 @@ def _diff_nodes(store: Blockstore, a: Any, b: Any) -> Iterator[tuple[str, Any, A
                 before, after = old.get(name, MISSING), new.get(name, MISSING)
                 if before != after:
                     yield name, before, after
-
-
-def _slots(node: Any) -> dict[int, Any]:
-    """Slot number -> element of one node (slot i is bit i of the big-endian bitmap)."""
-    bitmap, data = _check_node(node)
-    number = int.from_bytes(bitmap, "big")
-    slots = [slot for slot in range(BITMAP_BYTES * 8) if number >> slot & 1]
-    return dict(zip(slots, data, strict=True))
 
 
 def _element_entries(store: Blockstore, element: Any, depth: int) -> Iterator[tuple[str, Any]]:
@@ -346,10 +470,12 @@ def _element_entries(store: Blockstore, element: Any, depth: int) -> Iterator[tu
 _END = object()
 
 
-def _walk_entries(store: Blockstore, node: Any, depth: int) -> Iterator[tuple[str, Any]]:
+def _walk_entries(
+    store: Blockstore, node: Any, depth: int, notice: Notice = None
+) -> Iterator[tuple[str, Any]]:
     """Every entry under *node* (at *depth*), in slot order, each child where it stands: an
     explicit stack of the nodes on the way down, at most MAX_DEPTH of them."""
-    stack: list[tuple[Iterator[Any], int]] = [(iter(_node_data(store, node)), depth)]
+    stack: list[tuple[Iterator[Any], int]] = [(iter(_node_data(store, node, depth, notice)), depth)]
     while stack:
         elements, level = stack[-1]
         element = next(elements, _END)
@@ -357,7 +483,7 @@ def _walk_entries(store: Blockstore, node: Any, depth: int) -> Iterator[tuple[st
             stack.pop()
         elif isinstance(element, codec.Link):
             child = _load_child(store, element.cid, level + 1)
-            stack.append((iter(_node_data(store, child)), level + 1))
+            stack.append((iter(_node_data(store, child, level + 1, notice)), level + 1))
         else:
             yield from _bucket_entries(element)  # checks it is a bucket
 
@@ -371,9 +497,9 @@ def child_links(node: Any) -> list[bytes]:
     return [element.cid for element in data if isinstance(element, codec.Link)]
 
 
-def _node_data(store: Blockstore, node: Any) -> list[Any]:
+def _node_data(store: Blockstore, node: Any, depth: int, notice: Notice) -> list[Any]:
     """A node's elements, checked; its children asked for side by side (a remote store)."""
-    _, data = _check_node(node)
+    data = _read(store, node, depth, notice).data
     store.prefetch([element.cid for element in data if isinstance(element, codec.Link)])
     return data
 
@@ -382,7 +508,7 @@ def _check_node(node: Any) -> tuple[bytes, list[Any]]:
     if not (isinstance(node, list) and len(node) == 2 and type(node[0]) is bytes and type(node[1]) is list):
         raise FormatError("malformed HAMT node (expected [bitmap, data])")
     bitmap, data = node
-    if len(bitmap) != BITMAP_BYTES or int.from_bytes(bitmap, "big").bit_count() != len(data):
+    if len(bitmap) != BITMAP_BYTES or int.from_bytes(bitmap).bit_count() != len(data):
         raise FormatError("HAMT bitmap does not match its data")
     return bitmap, data
 

@@ -73,16 +73,16 @@ def _expand(store: Blockstore, wanted: _Wanted) -> list[_Wanted]:
     try:
         value = codec.decode(store.get(wanted.cid))
         if wanted.names:
-            return list(_hamt_steps(value, wanted.names, wanted.depth))
-        return list(_directory(value)) if isinstance(value, dict) else []
+            return list(_hamt_steps(store, value, wanted.names, wanted.depth))
+        return list(_directory(store, value)) if isinstance(value, dict) else []
     except (IpldmountError, ValueError):
         return []
 
 
-def _directory(node: dict[Any, Any]) -> Iterator[_Wanted]:
+def _directory(store: Blockstore, node: dict[Any, Any]) -> Iterator[_Wanted]:
     """What to fetch below a directory node: its metadata, and its subdirectories if a group."""
     if hamt.is_root(node):
-        yield from _hamt_steps(node["hamt"], METADATA_NAMES, 0)
+        yield from _hamt_steps(store, node["hamt"], METADATA_NAMES, 0)
         return
     array = _is_array(node)
     for name, value in node.items():
@@ -92,17 +92,17 @@ def _directory(node: dict[Any, Any]) -> Iterator[_Wanted]:
             if isinstance(value, codec.Link):
                 yield _Wanted(value.cid, leaf=True)
         elif isinstance(value, dict) and not array:
-            yield from _directory(value)  # an inline directory: expanded where it stands
+            yield from _directory(store, value)  # an inline directory: expanded where it stands
         elif isinstance(value, codec.Link) and not array and _may_be_group(node, name):
             yield _Wanted(value.cid)
 
 
-def _hamt_steps(node: Any, names: tuple[str, ...], depth: int) -> Iterator[_Wanted]:
+def _hamt_steps(store: Blockstore, node: Any, names: tuple[str, ...], depth: int) -> Iterator[_Wanted]:
     """One level of the lookups of *names* in a HAMT node: the metadata blocks found, and the
     child nodes to read next (one per child, with the names that lead there)."""
     onward: dict[bytes, list[str]] = {}
     for name in names:
-        found = hamt.step(node, name, depth)
+        found = hamt.step(store, node, name, depth)
         if isinstance(found, hamt.Next):
             onward.setdefault(found.cid, []).append(name)
         elif isinstance(found, codec.Link):

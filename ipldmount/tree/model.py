@@ -55,6 +55,8 @@ from ipldmount.ipld import codec
 log = logging.getLogger(__name__)
 
 HAMT_NODE_CACHE = 512  # decoded HAMT nodes a tree keeps for lookups (the few on a million names' paths)
+# Sharded directories in the pre-spec bitmap order warned about (their CIDs): once per process.
+_WARNED_OLD_ORDER: set[bytes] = set()
 
 
 class _BoundedCache(OrderedDict[bytes, Any]):
@@ -142,6 +144,7 @@ class Directory(Node):
         "changed",
         "complete",
         "dirty",
+        "old_order",
         "subdirs",
         "table",
     )
@@ -162,6 +165,8 @@ class Directory(Node):
         # A sharded directory read whole once for a change (a name removed: Tree._check_changeable):
         # every name and node of its committed HAMT is then known valid.
         self.changeable = False
+        # A node of its committed HAMT was read in the pre-spec bitmap order (FORMAT.md 6.4).
+        self.old_order = False
         self.dirty = form is None
         self.subdirs: int | None = None if form is not None else 0  # known once counted or loaded
 
@@ -431,7 +436,7 @@ class Tree:
         loaded: dict[str, Node] = {}
         fresh: list[str] = []
         skipped: set[str] = set()
-        for name, value in self._committed_entries(committed):  # no map of them all
+        for name, value in self._committed_entries(directory, committed):  # no map of them all
             if name in loaded or name in skipped:
                 raise dirnode.duplicate_name(name)
             if name in known:
@@ -477,7 +482,7 @@ class Tree:
         directory._entries = known
         if name in known or name in (directory.changed or ()):
             return known.get(name)  # read before, or changed since: removed unless known
-        value = self._find_committed(committed, name)
+        value = self._find_committed(directory, committed, name)
         if value is hamt.MISSING:
             return None
         self._check_stored_name(directory, name)
@@ -574,17 +579,37 @@ class Tree:
         if directory._entries:
             return False
         gone = directory.changed or set()
-        return all(name in gone for name, _ in self._committed_entries(committed))
+        return all(name in gone for name, _ in self._committed_entries(directory, committed))
 
     # The committed encoding, read: a tree over another format (UnixFS) reads its own nodes here.
 
-    def _committed_entries(self, committed: DirectoryForm) -> Iterable[tuple[str, Any]]:
-        """The (name, entry value) pairs of a committed directory node, one at a time."""
-        return dirnode.iter_entries(self.store, committed.value)
+    def _committed_entries(self, directory: Directory, committed: DirectoryForm) -> Iterable[tuple[str, Any]]:
+        """The (name, entry value) pairs of *directory*'s committed node, one at a time."""
+        return dirnode.iter_entries(self.store, committed.value, self._old_order_notice(directory, committed))
 
-    def _find_committed(self, committed: DirectoryForm, name: str) -> Any:
-        """Entry *name*'s value in a committed sharded node (hamt.MISSING if absent)."""
-        return hamt.find(self.store, committed.value, name, self._hamt_nodes)
+    def _find_committed(self, directory: Directory, committed: DirectoryForm, name: str) -> Any:
+        """Entry *name*'s value in *directory*'s committed sharded node (hamt.MISSING if absent)."""
+        notice = self._old_order_notice(directory, committed)
+        return hamt.find(self.store, committed.value, name, self._hamt_nodes, notice)
+
+    def _old_order_notice(self, directory: Directory, committed: DirectoryForm) -> Callable[[], None]:
+        """What a HAMT reader calls for each node it reads in the pre-spec bitmap order: a warning,
+        once per directory and process (FORMAT.md 6.4), and the directory marked, so that a change
+        to it checks it whole (the change rewrites it whole, in the spec's order)."""
+
+        def notice() -> None:
+            directory.old_order = True
+            if committed.cid not in _WARNED_OLD_ORDER:
+                _WARNED_OLD_ORDER.add(committed.cid)
+                where = self.path_of(directory)
+                log.warning(
+                    "sharded directory %r (%s) uses the pre-spec HAMT bitmap order: it is read correctly,"
+                    " and a change to it rewrites it whole in the spec's order",
+                    "/" if where == "" else where,
+                    cids.cid_to_str(committed.cid),
+                )
+
+        return notice
 
     def lookup(self, directory: Directory, name: str) -> Node:
         node = self.get_entry(directory, name)
@@ -670,12 +695,15 @@ class Tree:
         self, directory: Directory, committed: DirectoryForm, name: str, *, whole: bool
     ) -> None:
         try:
-            if whole:
-                _check_entries(_once_each(self._committed_entries(committed)))
-                directory.changeable = True  # every node read and found whole
-            else:
+            if not whole:
                 checked = (self._whole_nodes, committed.cid if committed.stored else None)
-                hamt.check_path(self.store, committed.value, name, _check_entry, self._hamt_nodes, checked)
+                notice = self._old_order_notice(directory, committed)
+                hamt.check_path(
+                    self.store, committed.value, name, _check_entry, self._hamt_nodes, checked, notice
+                )
+            if whole or directory.old_order:  # a change to an old-order HAMT rewrites it whole
+                _check_entries(_once_each(self._committed_entries(directory, committed)))
+                directory.changeable = True  # every node read and found whole
         except FormatError as exc:
             where = self.path_of(directory)
             raise FormatError(f"sharded directory {where!r} cannot be changed: {exc}") from None
@@ -840,7 +868,7 @@ class Tree:
                 directory._form, directory.dirty, directory.changed = None, True, changed
             raise
         for directory, changed in laid_out:
-            directory._previous = None
+            directory._previous, directory.old_order = None, False  # laid out in the spec's order
             self._settle_contents(directory, changed)
         return root
 
@@ -915,10 +943,17 @@ class Tree:
     ) -> DirectoryForm | None:
         """A sharded directory whose changes can only make it bigger stays sharded (FORMAT.md 6.3):
         only the HAMT nodes on the changed names' paths are rewritten (:func:`hamt.update`, byte for
-        byte what a full layout gives). None when a full layout is needed: a name went, or an entry
-        that may be inline (and so smaller than a link) came."""
+        byte what a full layout gives). None when a full layout is needed: a name went, an entry
+        that may be inline (and so smaller than a link) came, or a node of the HAMT was read in the
+        pre-spec bitmap order (laid out afresh, it gets the CID its entries give, FORMAT.md 6.4)."""
         previous, changed, entries = directory._previous, directory.changed, directory._entries
-        if previous is None or not previous.sharded or changed is None or entries is None:
+        if (
+            previous is None
+            or not previous.sharded
+            or changed is None
+            or entries is None
+            or directory.old_order
+        ):
             return None
         links: dict[str, Any] = {}
         for name in changed:

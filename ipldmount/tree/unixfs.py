@@ -78,7 +78,7 @@ class UnixfsTree(Tree):
             raise FormatError(f"root {cids.cid_to_str(cid)} is a UnixFS {kind}, not a directory")
         return Directory(UnixfsDirectoryForm(node, data))
 
-    def _committed_entries(self, committed: DirectoryForm) -> Iterable[tuple[str, Any]]:
+    def _committed_entries(self, directory: Directory, committed: DirectoryForm) -> Iterable[tuple[str, Any]]:
         return self._prefetched(unixfs.iter_entries(self.store, _node_of(committed)))
 
     def _prefetched(self, entries: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, codec.Link]]:
@@ -96,7 +96,7 @@ class UnixfsTree(Tree):
         self.store.prefetch([cid for _, cid in batch if cids.codec_of(cid) == cids.DAG_PB])
         return ((name, codec.Link(cid)) for name, cid in batch)
 
-    def _find_committed(self, committed: DirectoryForm, name: str) -> Any:
+    def _find_committed(self, directory: Directory, committed: DirectoryForm, name: str) -> Any:
         cid = unixfs.find_entry(self.store, _node_of(committed), name)
         return hamt.MISSING if cid is None else codec.Link(cid)
 

@@ -90,14 +90,42 @@ def _part_is_dag_pb(b: Blocks) -> bytes:
     return b.cbor({"f": link(top), "ok": link(b.raw(b"fine"))})
 
 
+def slot(name: bytes) -> int:
+    """A name's slot in a HAMT root: the first byte of its sha2-256 digest (FORMAT.md 6.4)."""
+    return hashlib.sha256(name).digest()[0]
+
+
+def bitmap(slots: list[int], order: str = "spec") -> bytes:
+    """The spec's order: slot i is bit i % 8 of byte i // 8; the old one: a big-endian integer."""
+    number = sum(1 << i for i in slots)
+    return number.to_bytes(32, "little" if order == "spec" else "big")
+
+
 def _hamt_duplicate(b: Blocks) -> bytes:
     value = link(b.raw(b"x"))
-    slot = hashlib.sha256(b"a").digest()[0]
-    other = (slot + 1) % 256
-    bitmap = ((1 << slot) | (1 << other)).to_bytes(32, "big")
-    buckets = [[[b"a", value]], [[b"a", value]]]  # the same name in two slots (placement is not checked)
-    hamt = b.cbor({"hamt": [bitmap, buckets], "hashAlg": 18, "bucketSize": 3})
+    buckets = [[[b"a", value], [b"a", value]]]  # the same name twice in its bucket
+    hamt = b.cbor({"hamt": [bitmap([slot(b"a")]), buckets], "hashAlg": 18, "bucketSize": 3})
     return b.cbor({"d": link(hamt), "ok": link(b.raw(b"fine"))})
+
+
+def _two_names(b: Blocks, slots: list[int], order: str) -> bytes:
+    """A sharded directory of the files a and b, one bucket each, under a bitmap of *slots*."""
+    buckets = sorted([(slot(b"a"), [[b"a", link(b.raw(b"A"))]]), (slot(b"b"), [[b"b", link(b.raw(b"B"))]])])
+    hamt = b.cbor(
+        {"hamt": [bitmap(slots, order), [bucket for _, bucket in buckets]], "hashAlg": 18, "bucketSize": 3}
+    )
+    return b.cbor({"d": link(hamt), "ok": link(b.raw(b"fine"))})
+
+
+def _hamt_old_order(b: Blocks) -> bytes:
+    assert bitmap([slot(b"a"), slot(b"b")], "old") != bitmap([slot(b"a"), slot(b"b")], "old")[::-1]
+    return _two_names(b, [slot(b"a"), slot(b"b")], "old")
+
+
+def _hamt_neither_order(b: Blocks) -> bytes:
+    wrong = [(slot(b"a") + 1) % 256, (slot(b"b") + 1) % 256]  # fits neither order
+    assert sorted(wrong) != sorted([slot(b"a"), slot(b"b")])
+    return _two_names(b, wrong, "spec")
 
 
 def _bytes_key(b: Blocks) -> bytes:
@@ -169,6 +197,19 @@ TREES = [
         "a sharded directory holds one name twice: the whole directory is malformed; its parent is fine",
         _hamt_duplicate,
         [fails("d"), ok("ok", b"fine")],
+    ),
+    tree_vector(
+        "hamt-old-order",
+        "a sharded directory whose bitmap is in the pre-spec order (a big-endian integer): "
+        "its buckets tell, and it is listed and read",
+        _hamt_old_order,
+        [ok("d", b""), ok("d/a", b"A"), ok("d/b", b"B"), ok("ok", b"fine")],
+    ),
+    tree_vector(
+        "hamt-neither-order",
+        "a sharded directory whose buckets fit neither bitmap order: malformed; its parent is fine",
+        _hamt_neither_order,
+        [fails("d"), fails("d/a"), ok("ok", b"fine")],
     ),
     tree_vector(
         "plain-bytes-key",
