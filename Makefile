@@ -4,7 +4,8 @@
 #                 in a private network namespace (tests/in-netns: the node reaches only loopback)
 #   make kubo     the real IPFS node the tests start: Kubo, built from its pinned Go module into
 #                 .tools/ (scripts/build-kubo.sh; reused while the version is unchanged)
-#   make ipfs-node   the JavaScript tools the tests check interop with (npm ci into tests/ipfs-node)
+#   make ipfs-node   the JavaScript tools the tests check interop with (npm ci into tests/ipfs-node:
+#                 ipfs-car, the trustless client's libraries, iamap)
 #   make interop-tools   the IPLD HashMap implementations the tests compare with: iamap (in
 #                 tests/ipfs-node) and go-ipld-adl-hamt (built into .tools/bin/hamt-go)
 #   make lint     ruff check, ruff format --check, mypy --strict on ipldmount/
@@ -33,8 +34,8 @@ SKIP_SYSDEPS ?=
 # Debian packages needed to build and run pyfuse3 and to exercise the mount
 # (getfattr/setfattr come from attr; systemd-analyze, to verify the unit, from systemd;
 # rsync drives the mount in the tests; strace counts the requests ls -l makes; iproute2 brings
-# up loopback in the tests' network namespace; nodejs and npm run the IPFS node, unless the
-# machine has its own node.js already).
+# up loopback in the tests' network namespace; nodejs and npm run the JavaScript interop
+# tools, unless the machine has its own node.js already).
 SYSDEPS_PKGS ?= fuse3 libfuse3-dev pkg-config attr gcc python3-dev systemd rsync strace iproute2 \
 	$(if $(shell command -v node && command -v npm),,nodejs npm)
 IPFS_NODE   := tests/ipfs-node
@@ -104,7 +105,7 @@ $(STAMP): pyproject.toml | sysdeps
 	$(VPY) -m pip install --disable-pip-version-check -e '.[test]'
 	touch $@
 
-# js-ipfs 0.66.1 as package-lock.json pins it (about 280 MB, a minute or three); no install
+# The JavaScript interop tools as package-lock.json pins them (about 40 MB, seconds); no install
 # scripts run, so nothing is fetched from outside the npm registry.
 $(IPFS_STAMP): $(IPFS_NODE)/package.json $(IPFS_NODE)/package-lock.json | sysdeps
 	@echo "ipfs-node: npm ci in $(IPFS_NODE)"

@@ -1,4 +1,4 @@
-"""Against a real IPFS node (js-ipfs, started here): the RPC client, push and pull.
+"""Against a real IPFS node (Kubo, started here): the RPC client, push and pull.
 
 The node runs offline on loopback in the suite's private network namespace (tests/ipfs_node.py).
 What a test checks on the node it checks with the node's own API, not with ipldmount's client.

@@ -1,4 +1,4 @@
-"""History that travels, against a real IPFS node (js-ipfs, started here): push and pull of a
+"""History that travels, against a real IPFS node (Kubo, started here): push and pull of a
 commit with the commits before it, commit CARs, publish and ``/ipns/NAME``.
 
 What a test checks on the node it checks with the node's own API (tests/ipfs_node.py), not with

@@ -82,7 +82,7 @@ def test_a_block_of_two_mib_goes_through_and_one_byte_more_is_refused_first(node
 
 
 def test_a_pinned_push_of_a_large_dag_is_pinned_whole(node: IpfsNode, tmp_path: Path) -> None:
-    """dag/import with pin-roots, 20,000 blocks at once (more than js-ipfs could open)."""
+    """dag/import with pin-roots, 20,000 blocks at once."""
     files = {f"arr/{i}": i.to_bytes(4, "little") for i in range(20_000)}
     store, root = _origin(tmp_path, files)
     client = KuboNode(node.url)

@@ -268,7 +268,7 @@ def _fetch_subtree(
                 progress(transfer.blocks, transfer.nbytes)
     finally:
         writer.close()
-    if top in wanted.pending:  # js-ipfs answers a root it lacks with a CAR header alone
+    if top in wanted.pending:  # a node may answer a root it lacks with a CAR header alone
         raise RemoteError(f"{source!r} sent a CAR without {cid_to_str(top)}: it does not have it")
 
 

@@ -299,7 +299,7 @@ def _asked(command: str, params: list[tuple[str, str]]) -> str:
 
 
 def _names_cid(path: str, cid: bytes) -> bool:
-    """``/ipfs/CID`` naming *cid* in any base (js-ipfs answers base58btc)."""
+    """``/ipfs/CID`` naming *cid* in any base (a node may answer base58btc or base32)."""
     return path.startswith("/ipfs/") and _same_cid(path.removeprefix("/ipfs/"), cid)
 
 
