@@ -1,6 +1,6 @@
 """ipfs: push, pull and a lazy mount's first read, against the IPFS node's own import and export.
 
-The node is the test suite's (tests/ipfs_node.py: js-ipfs on loopback, in the private network
+The node is the test suite's (tests/ipfs_node.py: Kubo on loopback, in the private network
 namespace `make bench` runs in). Each round pushes a fresh array (every chunk stamped with the
 round, so nothing is on the node already) and, interleaved, has the node `dag/import` the CAR
 of another fresh array: the baseline moves the same bytes by the node's own path. Pull is

@@ -32,6 +32,7 @@ import b_fuse  # noqa: E402
 import b_history  # noqa: E402
 import b_ipfs  # noqa: E402
 import b_records  # noqa: E402
+import b_remote_open  # noqa: E402
 import b_scale  # noqa: E402
 import b_sparse  # noqa: E402
 import b_tree  # noqa: E402
@@ -64,6 +65,11 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
         "the history kept whole: a sealed record, a long history read, a freeze that publishes its root",
     ),
     "ipfs": (b_ipfs.run, set(), "push/pull vs the node's own dag/import/export; a lazy mount's first read"),
+    "remote_open": (
+        b_remote_open.run,
+        set(),
+        "xr.open_zarr of a 50-array dataset on Kubo (20 ms a request), cold: with and without the walk",
+    ),
     "scale": (
         b_scale.run,
         set(),
