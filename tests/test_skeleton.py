@@ -91,6 +91,21 @@ def test_a_metadata_file_too_big_to_inline_is_fetched_and_a_plain_chunk_director
     assert not asked & _chunk_blocks(40)
 
 
+def test_files_outside_arrays_are_not_fetched() -> None:
+    """A group's own files (a README, a script) are bytes, not metadata: none is asked for."""
+    store = Recording()
+    tree = Tree(store)
+    tree.write_file(".zgroup", b'{"zarr_format": 2}')
+    tree.write_file("README", b"about this dataset " * 100)
+    tree.write_file("big.bin", bytes(3 << 20))  # a chunked file: only its node may be read
+    tree.write_file("sub/notes.txt", b"x" * 5000)
+    root = tree.commit()
+    fetch_metadata_ahead(store, root)
+    asked = {cid for level in store.rounds for cid in level}
+    metadata = cids.block_cid(cids.RAW, b'{"zarr_format": 2}')  # not zarr's rendering: a block
+    assert {cid for cid in asked if cids.codec_of(cid) == cids.RAW} == {metadata}
+
+
 def test_the_walk_stops_when_asked_and_at_its_bound() -> None:
     store = Recording()
     root = _dataset(store, arrays=3, chunks=10)

@@ -93,7 +93,7 @@ def _directory(store: Blockstore, node: dict[Any, Any]) -> Iterator[_Wanted]:
                 yield _Wanted(value.cid, leaf=True)
         elif isinstance(value, dict) and not array:
             yield from _directory(store, value)  # an inline directory: expanded where it stands
-        elif isinstance(value, codec.Link) and not array and _may_be_group(node, name):
+        elif _may_be_directory(value) and not array and _may_be_group(node, name):
             yield _Wanted(value.cid)
 
 
@@ -118,6 +118,12 @@ def _is_array(node: dict[Any, Any]) -> bool:
         return True
     meta = node.get("zarr.json")
     return isinstance(meta, dict) and meta.get("node_type") == "array"
+
+
+def _may_be_directory(value: Any) -> bool:
+    """A link to a DAG-CBOR block: a directory, or a chunked file's node (a raw block is a
+    file's bytes, never fetched here)."""
+    return isinstance(value, codec.Link) and cids.codec_of(value.cid) == cids.DAG_CBOR
 
 
 def _may_be_group(node: dict[Any, Any], name: str) -> bool:
