@@ -31,6 +31,7 @@ import b_codec  # noqa: E402
 import b_fuse  # noqa: E402
 import b_history  # noqa: E402
 import b_ipfs  # noqa: E402
+import b_kubo  # noqa: E402
 import b_records  # noqa: E402
 import b_scale  # noqa: E402
 import b_sparse  # noqa: E402
@@ -64,6 +65,11 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
         "the history kept whole: a sealed record, a long history read, a freeze that publishes its root",
     ),
     "ipfs": (b_ipfs.run, set(), "push/pull vs the node's own dag/import/export; a lazy mount's first read"),
+    "kubo": (
+        b_kubo.run,
+        set(),
+        "the mount vs Kubo's FUSE mounts (/mfs, /ipfs); import/export/get vs Kubo's CLI",
+    ),
     "scale": (
         b_scale.run,
         set(),
