@@ -31,6 +31,7 @@ import b_codec  # noqa: E402
 import b_fuse  # noqa: E402
 import b_history  # noqa: E402
 import b_ipfs  # noqa: E402
+import b_kubo  # noqa: E402
 import b_records  # noqa: E402
 import b_remote_open  # noqa: E402
 import b_scale  # noqa: E402
@@ -69,6 +70,11 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
         b_remote_open.run,
         set(),
         "xr.open_zarr of a 50-array dataset on Kubo (20 ms a request), cold: with and without the walk",
+    ),
+    "kubo": (
+        b_kubo.run,
+        set(),
+        "the mount vs Kubo's FUSE mounts (/mfs, /ipfs); import/export/get vs Kubo's CLI",
     ),
     "scale": (
         b_scale.run,

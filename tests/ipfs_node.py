@@ -13,6 +13,7 @@ independent implementation of the formats, not a node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -112,21 +113,52 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class IpfsNode:
-    """One Kubo daemon with a repo of its own under *home*; :meth:`stop` always stops it."""
+MOUNT_NAMES = ("ipfs", "ipns", "mfs")  # Kubo's FUSE mounts: Mounts.IPFS, Mounts.IPNS, Mounts.MFS
 
-    def __init__(self, home: Path, gateway: bool = False, owns_home: bool = False) -> None:
+
+def is_mounted(path: Path) -> bool:
+    """Whether *path* is a mountpoint now (a FUSE mount whose daemon died still is)."""
+    target = str(path)
+    with open("/proc/self/mountinfo") as mountinfo:
+        return any(len(fields := line.split()) > 4 and fields[4] == target for line in mountinfo)
+
+
+class IpfsNode:
+    """One Kubo daemon with a repo of its own under *home*; :meth:`stop` always stops it.
+
+    With *mounts* (a directory), the daemon runs with ``--mount``: its FUSE mounts go to
+    ``MOUNTS/ipfs`` (read-only ``/ipfs/CID/...``), ``MOUNTS/ipns`` and ``MOUNTS/mfs`` (the
+    writable MFS tree of ``ipfs files``), and :meth:`stop` leaves none of them mounted. With
+    *swarm*, it listens for peers on a loopback port (another such node on this machine can
+    connect to it: see :meth:`connect`); without, it has no swarm address at all.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        gateway: bool = False,
+        owns_home: bool = False,
+        mounts: Path | None = None,
+        swarm: bool = False,
+    ) -> None:
         self.home = home
         self.owns_home = owns_home  # a temporary home, removed by stop()
+        self.mounts = mounts.resolve() if mounts is not None else None
         self.repo = home / "repo"
         self.api_port = free_port()
         self.gateway_port = free_port() if gateway else None
+        self.swarm_port = free_port() if swarm else None
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = home / "daemon.log"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
+
+    def mountpoint(self, name: str) -> Path:
+        """Where the mount *name* (``ipfs``, ``ipns`` or ``mfs``) is; only with *mounts*."""
+        assert self.mounts is not None and name in MOUNT_NAMES
+        return self.mounts / name
 
     @property
     def gateway_url(self) -> str:
@@ -163,7 +195,7 @@ class IpfsNode:
         config_path = self.repo / "config"
         config = json.loads(config_path.read_text())
         config["Addresses"].update(
-            Swarm=[],
+            Swarm=[f"/ip4/127.0.0.1/tcp/{self.swarm_port}"] if self.swarm_port else [],
             Announce=[],
             NoAnnounce=[],
             API=f"/ip4/127.0.0.1/tcp/{self.api_port}",
@@ -176,14 +208,22 @@ class IpfsNode:
         config["AutoConf"] = {"Enabled": False}  # would fetch network defaults at start
         config.setdefault("Discovery", {})["MDNS"] = {"Enabled": False}
         config.setdefault("Swarm", {})["DisableNatPortMap"] = True
+        if self.mounts is not None:
+            config["Mounts"] = {
+                **config.get("Mounts", {}),
+                **{name.upper(): str(self.mountpoint(name)) for name in MOUNT_NAMES},
+            }
         config_path.write_text(json.dumps(config, indent=2))
 
     def start(self) -> IpfsNode:
         if not self.repo.exists():
             self.init()
+        if self.mounts is not None:
+            for name in MOUNT_NAMES:
+                self.mountpoint(name).mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(kubo_binary()), "daemon"],
+            [str(kubo_binary()), "daemon", *(["--mount"] if self.mounts is not None else [])],
             env=self._env(),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -201,12 +241,20 @@ class IpfsNode:
                 raise RuntimeError(f"the IPFS node exited ({self.process.returncode}): {self.log_tail()}")
             try:
                 self.rpc("version")
-                return
+                if self.mounts is None or all(is_mounted(self.mountpoint(name)) for name in MOUNT_NAMES):
+                    return
             except (OSError, urllib.error.URLError):
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         message = f"the IPFS node did not answer within {START_TIMEOUT:g} s: {self.log_tail()}"
         self._end()  # start_node() removes a temporary home once this is raised
         raise RuntimeError(message)
+
+    def connect(self, other: IpfsNode) -> None:
+        """Connect to *other* (started with *swarm*) on loopback: blocks then come by bitswap."""
+        assert other.swarm_port is not None
+        peer = other.ipfs("id", "-f", "<id>").strip()
+        self.ipfs("swarm", "connect", f"/ip4/127.0.0.1/tcp/{other.swarm_port}/p2p/{peer}")
 
     def rpc(self, command: str, *, timeout: float = 30.0, **params: str) -> bytes:
         """POST an RPC command (for tests' own checks, independent of ipldmount's client)."""
@@ -260,12 +308,31 @@ class IpfsNode:
 
     def stop(self) -> None:
         """SIGINT (the node then releases its repo lock), then SIGKILL if it lingers; then its
-        home goes, if it was a temporary one."""
+        home goes, if it was a temporary one. With mounts, whatever the daemon left mounted (it
+        unmounts its own on SIGINT, not when it is killed) is unmounted: ``fusermount3 -u``, then
+        ``umount -l``; the home is never removed through a mount that is still there."""
         try:
             self._end()
         finally:
-            if self.owns_home:
+            leftover = self._unmount_leftovers()
+            if self.owns_home and not leftover:
                 shutil.rmtree(self.home, ignore_errors=True)
+
+    def _unmount_leftovers(self) -> list[Path]:
+        """Unmount what is still mounted of this node's mounts; those that stay mounted."""
+        if self.mounts is None:
+            return []
+        stuck = []
+        for name in MOUNT_NAMES:
+            where = self.mountpoint(name)
+            for command in (["fusermount3", "-u", str(where)], ["umount", "-l", str(where)]):
+                if not is_mounted(where):
+                    break
+                with contextlib.suppress(OSError, subprocess.SubprocessError):
+                    subprocess.run(command, capture_output=True, timeout=30)
+            if is_mounted(where):
+                stuck.append(where)
+        return stuck
 
     def _end(self) -> None:
         process, self.process = self.process, None
