@@ -14,13 +14,11 @@ Nothing here awaits while holding it, and nothing here knows about trio or FUSE.
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, BinaryIO, ParamSpec, TypeVar
 
@@ -35,7 +33,7 @@ from ipldmount.format.files import FileContent, StoredFile
 from ipldmount.format.merge import Take
 from ipldmount.ipld import cid as cids
 from ipldmount.remote.exchange import push
-from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore, MustFetchError
+from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore
 from ipldmount.remote.kubo import KuboNode
 from ipldmount.remote.remotes import Remotes
 from ipldmount.repo.repository import Repository
@@ -45,9 +43,6 @@ from ipldmount.session.ahead import MetadataAhead
 from ipldmount.session.writebuffer import buffer_content, open_buffer
 from ipldmount.tree.model import Directory, File, check_name, split_path
 from ipldmount.tree.unixfs import open_tree
-
-NETWORK_READERS = 16  # reads of a store over the network at once: more than zarr asks for at once
-MAX_FETCHES = 256  # blocks one lookup may fetch (the directories and HAMT nodes of its path)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -332,24 +327,14 @@ class IPLDStore(Store):
     def _content(self, key: str) -> FileContent | None:
         """What *key* holds now. Content is immutable: it can be read after the lock is let go.
 
-        A directory block the store must fetch first is fetched with the lock let go, then the
-        lookup runs again: zarr asks for many keys at once, and one waiting on the network must
-        not hold up the others (their lookups, and every write)."""
-        failed: set[bytes] = set()
-        for _ in range(MAX_FETCHES):
-            with self._lock, BlockFetcher.no_waiting():
-                try:
-                    file = self._file(key)
-                    return None if file is None else file.content
-                except MustFetchError as needed:
-                    cid = needed.cid
-            try:
-                self.blockstore.get(cid)  # fetched and kept, outside the lock
-            except IpldmountError:
-                if cid in failed:  # the lookup meets it once more, where it says what it means
-                    raise
-                failed.add(cid)
-        raise IpldmountError(f"{key}: more than {MAX_FETCHES} blocks to fetch for one lookup")
+        The lookup holds the lock while it fetches a directory block it lacks. Letting the lock
+        go and looking up again once the block is here (as the mount does) was measured slower:
+        the tree reads a directory's sibling entries to load it, so each retry decoded again
+        what the last one had read, 20x the CPU for 50 arrays. Chunk reads, the bulk of the
+        traffic, fetch outside the lock."""
+        with self._lock:
+            file = self._file(key)
+            return None if file is None else file.content
 
     def get_sync(
         self, key: str, *, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None
@@ -607,7 +592,6 @@ class IPFSStore(IPLDStore):
         super().__init__(fetching, root, read_only=read_only, whole_files=whole_files)
         self._reads_in_thread = True  # a read may wait on the network: never on zarr's event loop
         self._pushed = self._root  # the root the node has complete (opened from it, or sent)
-        self._network_pool: ThreadPoolExecutor | None = None  # reads, made at the first
 
     def __repr__(self) -> str:
         root = cids.cid_to_str(self._root) if self._root else "empty"
@@ -617,18 +601,7 @@ class IPFSStore(IPLDStore):
         """Close the store (see :meth:`IPLDStore.close`) and stop fetching ahead; the cache stays
         open (its maker closes it)."""
         super().close()
-        if self._network_pool is not None:
-            self._network_pool.shutdown(wait=False)
         self.blockstore.close()
-
-    async def _reading(self, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """A read may wait on the network: it runs in a pool of its own, wider than asyncio's
-        default (as many threads as cores, plus 4), so zarr's concurrent gets overlap their
-        round trips instead of queueing behind a few."""
-        if self._network_pool is None:
-            self._network_pool = ThreadPoolExecutor(NETWORK_READERS, thread_name_prefix="ipldmount-read")
-        call = functools.partial(function, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._network_pool, call)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()

@@ -254,9 +254,11 @@ class FetchingBlockstore(Blockstore, Generic[L]):
     def prefetch(self, wanted: Iterable[bytes], *, wait: bool = True) -> None:
         """Fetch those of *wanted* the local store lacks, side by side (see
         :meth:`Blockstore.prefetch`). A thread that must not wait on the network (the mount's
-        event loop) fetches nothing here when *wait* is asked: its reader fetches in a worker."""
+        event loop, a zarr store's lookup under its lock) starts them without waiting: its
+        reader then fetches the one it needs first in a worker, and finds the others on their
+        way rather than asking for each in turn, a round trip apiece."""
         if wait and not self.fetcher.may_wait():
-            return
+            wait = False
         missing = [cid for cid in wanted if is_supported(cid) and not self.has(cid)]
         fetching = [self._block_workers.submit(self._fetch_quietly, cid) for cid in missing]
         for done in fetching if wait else ():
