@@ -288,7 +288,7 @@ def warm_reads(s: Setup) -> None:
         s, samples, f"{count} x 4 KiB files", lambda mfs: write_tree(mfs.parent, keys, size, 1), "w2"
     )
     roots.update(ipldmount=s.mount.mountpoint / "w2", ext4=s.plain / "w2")
-    read = functools.partial(read_keys, keys=below, size=size)
+    read = functools.partial(read_tree, keys=below, size=size)
     s.rounds_of(
         "warm reads", samples, ["ipldmount", "kubo_ro", "kubo_mfs", "ext4"], second_pass(s, roots, read)
     )
@@ -297,15 +297,6 @@ def warm_reads(s: Setup) -> None:
     row(s.ctx, case, samples, "ipldmount", "kubo_ro", RO, "files/s", count, note)
     row(s.ctx, case, samples, "ipldmount", "kubo_mfs", MFS, "files/s", count, note)
     row(s.ctx, case, samples, "ipldmount", "ext4", "ext4 warm", "files/s", count, note)
-
-
-def read_keys(root: Path, keys: list[str], size: int) -> float:
-    buffer = bytearray(size + 1)
-    with Timer() as timer:
-        for key in keys:
-            if read_file_into(root / key, buffer) != size:
-                raise RuntimeError(f"{root / key}: short read")
-    return timer.seconds
 
 
 def listing(s: Setup) -> None:
