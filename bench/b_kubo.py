@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-from b_fuse import chunk_paths, write_sequential, write_tree
+from b_fuse import chunk_paths, read_tree, write_sequential, write_tree
 from common import IPLDMOUNT, MB, Context, MiB, Mount, Row, Timer, log, read_file_into
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
