@@ -451,3 +451,21 @@ def test_a_node_that_fits_neither_order_is_refused(store: Blockstore) -> None:
     ):
         with pytest.raises(FormatError, match="not in the slots its bitmap gives them"):
             attempt()
+
+
+def test_the_node_cache_keeps_the_most_recently_used_within_its_budget() -> None:
+    """hamt.NodeLRU: a hit moves a node to the back; past the budget the least recent go."""
+    link = codec.Link(cids.block_cid(cids.RAW, b"x"))
+    node = hamt._Read(bits=1, data=[[[b"name", link]] * 3], old=False)  # one bucket of 3 entries
+    weight = hamt._weight(node)
+    assert weight == hamt.NODE_BYTES + 3 * hamt.ENTRY_BYTES
+    keys = [bytes([index]) * 36 for index in range(4)]
+    cache = hamt.NodeLRU(budget=3 * weight)  # room for three
+    for key in keys[:3]:
+        cache[key] = node
+    assert cache.get(keys[0]) is node  # now the most recent
+    cache[keys[3]] = node  # over budget: the least recent (keys[1]) goes
+    assert list(cache) == [keys[2], keys[0], keys[3]]
+    assert cache.held == 3 * weight <= cache.budget
+    cache[keys[3]] = node  # stored again: counted once
+    assert cache.held == 3 * weight

@@ -15,6 +15,7 @@ integer): readers tell them apart node by node, read them, and say so (the
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, Final, Literal, NamedTuple
 
@@ -412,6 +413,47 @@ def _load_child(store: Blockstore, cid: bytes, depth: int) -> Any:
     if depth >= MAX_DEPTH:
         raise too_deep()
     return codec.decode(store.get(cid))
+
+
+class NodeLRU(OrderedDict[bytes, Any]):
+    """Child nodes read, least recently used first, bounded by an estimate of the memory their
+    decoded form takes (*budget* bytes): NODE_BYTES for a node, and ENTRY_BYTES for each of its
+    elements and bucket entries (a name's bytes and its link). Measured on a 100,000-name
+    directory: 6.6 KB decoded for a node of about 21 names and 1.1 KB encoded; the estimate
+    gives 6.9 KB. A FIFO of a few hundred nodes would make one pass over such a directory decode
+    its 4,791 nodes 33,000 times."""
+
+    def __init__(self, budget: int) -> None:
+        super().__init__()
+        self.budget = budget
+        self.held = 0  # estimated bytes of the nodes held
+        self._weights: dict[bytes, int] = {}
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        value = super().get(key, default)
+        if key in self._weights:
+            self.move_to_end(key)
+        return value
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        if key in self._weights:
+            self.held -= self._weights.pop(key)
+        super().__setitem__(key, value)
+        self._weights[key] = weight = _weight(value)
+        self.held += weight
+        while self.held > self.budget and len(self) > 1:
+            old, _ = self.popitem(last=False)
+            self.held -= self._weights.pop(old)
+
+
+NODE_BYTES = 600
+ENTRY_BYTES = 300
+
+
+def _weight(read: Any) -> int:
+    data = read.data if isinstance(read, _Read) else []
+    entries = sum(1 if isinstance(element, codec.Link) else len(element) for element in data)
+    return NODE_BYTES + ENTRY_BYTES * entries
 
 
 def _read_child(store: Blockstore, cid: bytes, depth: int, cache: NodeCache | None, notice: Notice) -> _Read:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,22 +53,9 @@ from ipldmount.ipld import codec
 
 log = logging.getLogger(__name__)
 
-HAMT_NODE_CACHE = 512  # decoded HAMT nodes a tree keeps for lookups (the few on a million names' paths)
+HAMT_NODE_CACHE = 64 << 20  # estimated bytes of decoded HAMT nodes a tree keeps (hamt.NodeLRU)
 # Sharded directories in the pre-spec bitmap order warned about (their CIDs): once per process.
 _WARNED_OLD_ORDER: set[bytes] = set()
-
-
-class _BoundedCache(OrderedDict[bytes, Any]):
-    """The most recently stored *limit* items."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def __setitem__(self, key: bytes, value: Any) -> None:
-        super().__setitem__(key, value)
-        if len(self) > self.limit:
-            self.popitem(last=False)
 
 
 NAME_MAX = 255
@@ -293,7 +279,7 @@ class Tree:
         self.chunk_size: int | None = None if whole_files else BLOCK_LIMIT
         self.read_only = read_only
         self.root = self._open_root(root) if root is not None else Directory()
-        self._hamt_nodes: MutableMapping[bytes, Any] = _BoundedCache(HAMT_NODE_CACHE)
+        self._hamt_nodes: MutableMapping[bytes, Any] = hamt.NodeLRU(HAMT_NODE_CACHE)
         self._whole_nodes: set[bytes] = set()  # HAMT nodes a change checked whole (one CID each)
         # Called with (table, position, node) for every node made from a packed row of a
         # directory's entry table (a mount gives the node the row's inode number).
