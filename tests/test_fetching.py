@@ -175,22 +175,41 @@ def test_prefetch_fetches_side_by_side_and_waits_only_where_waiting_is_allowed(
 def test_where_waiting_is_not_allowed_prefetch_starts_the_fetches_and_returns(
     remote: tuple[MemoryBlockstore, bytes],
 ) -> None:
-    """The mount's event loop (or a lookup under a lock) must not wait: the blocks are asked for
-    in the background, so the reader that then needs one finds the others on their way."""
+    """The mount's event loop must not wait: the blocks are asked for in the background, so the
+    reader that then needs one finds the others on their way. The source answers nothing until
+    released, so a prefetch that returned did not wait; it then answers them side by side."""
     origin, _ = remote
-    source = StoreSource(origin, delay=0.3)
+    source = _ReleasedSource(origin)
     local = FetchingBlockstore(MemoryBlockstore(), BlockFetcher([source]))
     wanted = [cids.block_cid(cids.RAW, bytes([index]) * 100) for index in range(8)]
-    started = time.monotonic()
     with BlockFetcher.no_waiting():
-        local.prefetch(wanted)
-    assert time.monotonic() - started < 0.2  # not waited for
-    deadline = time.monotonic() + 10
-    while not all(local.has(cid) for cid in wanted) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert all(local.has(cid) for cid in wanted)
-    assert time.monotonic() - started < 8 * 0.3  # side by side
+        local.prefetch(wanted)  # returns while the source holds every answer back
+    assert not any(local.has(cid) for cid in wanted)
+    source.release.set()
+    for cid in wanted:
+        assert local.get(cid) == origin.get(cid)  # joins the fetch already under way
+    assert sorted(source.asked) == sorted(wanted)  # each asked once
+    assert source.most_at_once > 1  # side by side
     local.close()
+
+
+class _ReleasedSource(StoreSource):
+    """Holds every answer until :attr:`release` is set; notes how many wait at once."""
+
+    def __init__(self, store: Blockstore) -> None:
+        super().__init__(store)
+        self.release = threading.Event()
+        self.waiting = self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def get_block(self, cid: bytes) -> bytes:
+        with self._lock:
+            self.waiting += 1
+            self.most_at_once = max(self.most_at_once, self.waiting)
+        assert self.release.wait(30)
+        with self._lock:
+            self.waiting -= 1
+        return super().get_block(cid)
 
 
 class _CountingSource(StoreSource):

@@ -15,7 +15,7 @@ metadata); in an array (``.zarray``, or an inline ``zarr.json`` whose ``node_typ
 the lookup paths of the metadata names (it is a chunk directory in practice; its listing can be
 millions of names); and the blocks of metadata files not inlined. A v3 group whose ``zarr.json``
 is a block of its own is walked as a group, but not into a directory named ``c`` (v3's chunk
-prefix). Everything is bounded by *max_blocks*; a block that cannot be read or decoded is left
+prefix). Everything is bounded by MAX_BLOCKS; a block that cannot be read or decoded is left
 for the read that needs it to report.
 """
 
