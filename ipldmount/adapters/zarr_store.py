@@ -126,11 +126,12 @@ class IPLDStore(Store):
         # Reads from memory cost a copy: a hop to a thread would cost more than it overlaps.
         self._reads_in_thread = not isinstance(self.blockstore, MemoryBlockstore)
         self.tree = open_tree(self.blockstore, self._root, whole_files=whole_files, read_only=read_only)
-        self._ahead = MetadataAhead.start(self.blockstore, self._root)  # a remote root: its metadata
         self._advance = Advance(self.repository, "api", self.repository.where)
         if self._root is not None:
             # its tree is read from here on, its commit named: gc must keep them
             self.repository.publish_in_use(self._root, self.place.commit)
+        # A remote root: its metadata fetched ahead, once published as in use (gc keeps it).
+        self._ahead = MetadataAhead.start(self.blockstore, self._root)
 
     def _place(self, root: str | bytes | None, branch: str | None) -> Place:
         """Where the store stands: ROOT (a commit or a tree CID), or *branch*'s head (a branch

@@ -95,7 +95,6 @@ class Session:
         # An empty mount starts from the empty tree's root, stored, so every root shown is fetchable.
         self.base_root = root if root is not None else store.put(EMPTY_DIRECTORY, cids.DAG_CBOR)
         self.tree = open_tree(store, self.base_root, whole_files=whole_files, read_only=read_only)
-        self.ahead = MetadataAhead.start(store, self.base_root)  # a remote root: zarr's metadata
         self.open_files = OpenFiles(store, self.tree.chunk_size, home.tmp_dir)
         self._runner: Runner = InPlace()
         self.lock = self._runner.lock()  # tree changes and sync take turns
@@ -112,6 +111,8 @@ class Session:
             self._recover_or_start(self.base_root)
         home.write_root(self.files, cids.cid_to_str(self.base_root))  # for garbage collection
         self._write_head()
+        # A remote root: zarr's metadata fetched ahead, once gc knows the root it belongs to.
+        self.ahead = MetadataAhead.start(store, self.base_root)
 
     def run_with(self, runner: Runner) -> None:
         """Have *runner* run the blocking parts of requests (a front door with an event loop: in
