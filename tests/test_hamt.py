@@ -469,3 +469,36 @@ def test_the_node_cache_keeps_the_most_recently_used_within_its_budget() -> None
     assert cache.held == 3 * weight <= cache.budget
     cache[keys[3]] = node  # stored again: counted once
     assert cache.held == 3 * weight
+
+
+_CIDS = st.builds(
+    lambda data, codec_: cids.block_cid(codec_, data),
+    st.binary(max_size=64),
+    st.sampled_from([cids.RAW, cids.DAG_CBOR]),
+)
+_INTS = st.integers(min_value=-(2**64), max_value=2**64 - 1)  # DAG-CBOR's range
+_VALUES = st.one_of(
+    _CIDS.map(codec.Link),
+    _INTS,
+    st.text(max_size=8),
+    st.dictionaries(st.text(max_size=4), _INTS, max_size=3),
+)
+_BUCKETS = st.lists(st.tuples(st.binary(max_size=300), _VALUES).map(list), min_size=1, max_size=3)
+
+
+@given(
+    bitmap=st.binary(min_size=32, max_size=32),
+    data=st.lists(st.one_of(_CIDS.map(codec.Link), _BUCKETS), max_size=40),
+)
+def test_the_node_encoder_writes_what_the_general_encoder_writes(bitmap: bytes, data: list[Any]) -> None:
+    node = [bitmap, data]
+    assert hamt.encode_node(node) == codec.encode(node)
+
+
+def test_the_node_encoder_leaves_odd_shapes_to_the_general_encoder() -> None:
+    link = codec.Link(cids.block_cid(cids.RAW, b"x"))
+    assert hamt.encode_node([b"\x00" * 32, [[["name", link]]]]) == codec.encode(
+        [b"\x00" * 32, [[["name", link]]]]
+    )
+    with pytest.raises(ValueError):  # what the general encoder refuses, this refuses too
+        hamt.encode_node([b"\x00" * 32, [[[b"k", float("nan")]]]])

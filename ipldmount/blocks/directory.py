@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 
 from ipldmount.blocks.base import Blockstore, Chunk, Staging
 from ipldmount.blocks.lease import SweepLock, WriterLease, live_horizons
+from ipldmount.blocks.writeback import WritebackAhead
 from ipldmount.errors import (
     InvalidCIDError,
     IpldmountError,
@@ -124,19 +125,36 @@ def _write_all(fd: int, chunk: Chunk) -> None:
         view = view[written:]
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str | Path) -> None:
     with suppress(FileNotFoundError):
         os.unlink(path)
 
 
 def _read_file(path: str | Path, offset: int = 0, size: int = -1) -> bytes | None:
+    """*size* bytes at *offset* (-1: to the end), or None if there is no such file.
+
+    Plain ``os`` calls, one read of the length the file has: half the cost of ``open().read()``
+    (whose buffered reader reads to the end in steps) for the small blocks a zarr store reads.
+    """
     try:
-        with open(path, "rb") as file:
-            if offset:
-                file.seek(offset)
-            return file.read(size)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        if size < 0:
+            size = max(os.fstat(fd).st_size - offset, 0)
+        data = os.pread(fd, size, offset)
+        if len(data) == size or not data:
+            return data
+        parts = [data]  # a short read (the file grew, or a signal): go on to *size* or the end
+        while (got := sum(map(len, parts))) < size:
+            more = os.pread(fd, size - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def _temp_name(prefix: str = "") -> str:
@@ -163,32 +181,32 @@ def process_exists(pid: int) -> bool:
     return True
 
 
-class DirectoryStaging(Staging[Path]):
+class DirectoryStaging(Staging[str]):
     """Staged blocks as finished temporary files in ``tmp/``; committing renames them into place."""
 
     store: DirectoryBlockstore
 
-    def _stage(self, data: Chunk) -> Path:
+    def _stage(self, data: Chunk) -> str:
         return self.store._write_temp([data], sync=False)
 
-    def _stage_stream(self, chunks: Iterable[Chunk], codec: int) -> tuple[bytes, Path]:
+    def _stage_stream(self, chunks: Iterable[Chunk], codec: int) -> tuple[bytes, str]:
         hasher = hashlib.sha256()
         temp = self.store._write_temp(chunks, sync=False, hasher=hasher)
         return digest_cid(codec, hasher.digest()), temp
 
-    def _read(self, handle: Path, offset: int, size: int) -> bytes:
+    def _read(self, handle: str, offset: int, size: int) -> bytes:
         data = _read_file(handle, offset, size)
         if data is None:
             raise IpldmountError(f"staged block file {handle} vanished (was tmp/ cleaned by hand?)")
         return data
 
-    def _size(self, handle: Path) -> int:
+    def _size(self, handle: str) -> int:
         return os.stat(handle).st_size
 
-    def _release(self, handle: Path) -> None:
+    def _release(self, handle: str) -> None:
         _unlink_quietly(handle)
 
-    def _install(self, items: dict[bytes, Path], durable: bool) -> None:
+    def _install(self, items: dict[bytes, str], durable: bool) -> None:
         """syncfs, rename everything into place, syncfs (or just the renames when not durable).
 
         A commit that fails midway may leave some complete blocks in place; they
@@ -220,7 +238,9 @@ class DirectoryBlockstore(Blockstore):
     any file under ``blocks/`` is complete. Several processes may share a store.
 
     With ``durable=False`` single puts are still atomic (temp file + rename) but
-    not fsynced one by one; :meth:`sync` (one ``syncfs``) makes them durable.
+    not fsynced one by one; :meth:`sync` (one ``syncfs``) makes them durable. What is written
+    without an fsync starts going to disk a moment later (:mod:`~ipldmount.blocks.writeback`),
+    so that sync() finds little left to wait for.
     The daemon uses this: ``close`` must be fast, and ``fsync``/sync call sync().
 
     A new store is private to its owner (folders 0700, files 0600). A store whose
@@ -235,10 +255,12 @@ class DirectoryBlockstore(Blockstore):
         self._blocks = self.root / "blocks"
         self._blocks_prefix = f"{self._blocks}{os.sep}"
         self._tmp = self.root / "tmp"
+        self._tmp_prefix = f"{self._tmp}{os.sep}"  # temp file names are made per block: no Path
         self._shards: set[str] = set()
         self._open()
         self._sweep_lock = SweepLock(self.root / "gc.lock", self.open_file)
         self._lease = WriterLease(self.root / "leases", self.open_file, self.make_dir)
+        self._writeback = WritebackAhead(functools.partial(_sync_filesystem, self.root))
         live_horizons(self.root / "leases")  # removes the leases of writers that died
 
     def __repr__(self) -> str:
@@ -285,7 +307,7 @@ class DirectoryBlockstore(Blockstore):
                 os.mkdir(path, self.dir_mode)
         return path
 
-    def open_file(self, path: Path, flags: int) -> int:
+    def open_file(self, path: str | Path, flags: int) -> int:
         """``os.open`` a file in the store with the store's file mode (O_CLOEXEC added)."""
         return os.open(path, flags | os.O_CLOEXEC, self.file_mode)
 
@@ -399,7 +421,7 @@ class DirectoryBlockstore(Blockstore):
         self._lease.begin()
         with self._sweep_lock.shared():
             try:
-                os.utime(self.block_path(cid))
+                os.utime(self._block_file(cid))
             except FileNotFoundError:
                 return False
         return True
@@ -462,20 +484,22 @@ class DirectoryBlockstore(Blockstore):
         return cid
 
     @contextmanager
-    def _full_disk_is_store_full(self, doing: str) -> Iterator[None]:
-        """Turn ENOSPC/EDQUOT into StoreFullError (the caller has removed its partial file)."""
+    def _full_disk_is_store_full(self, doing: str | Callable[[], str]) -> Iterator[None]:
+        """Turn ENOSPC/EDQUOT into StoreFullError (the caller has removed its partial file).
+        *doing* may be a function that says it, for a caller that should not format it per block."""
         try:
             yield
         except OSError as exc:
             if exc.errno in _DISK_FULL:
+                what = doing if isinstance(doing, str) else doing()
                 raise StoreFullError(
-                    f"blockstore {self.root} is full ({exc.strerror}) while {doing}; nothing partial was kept"
+                    f"blockstore {self.root} is full ({exc.strerror}) while {what}; nothing partial was kept"
                 ) from exc
             raise
 
-    def _write_temp(self, chunks: Iterable[Chunk], sync: bool, hasher: hashlib._Hash | None = None) -> Path:
+    def _write_temp(self, chunks: Iterable[Chunk], sync: bool, hasher: hashlib._Hash | None = None) -> str:
         """Write *chunks* to a new file in tmp/ (fsynced if *sync*); removed again on any error."""
-        path = self._tmp / _temp_name()
+        path = self._tmp_prefix + _temp_name()
         with self._full_disk_is_store_full("writing a block"):
             fd = self.open_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             try:
@@ -493,12 +517,13 @@ class DirectoryBlockstore(Blockstore):
                 raise
         return path
 
-    def _install(self, temp: Path, cid: bytes, sync: bool, touch: bool = False) -> None:
+    def _install(self, temp: str, cid: bytes, sync: bool, touch: bool = False) -> None:
         """Rename a finished temp file into place (removing it if that fails), dated now if *touch*."""
-        final = self.block_path(cid)
-        with self._full_disk_is_store_full(f"storing block {cid_to_str(cid)}"):
+        final = self._block_file(cid)
+        shard = os.path.dirname(final)
+        with self._full_disk_is_store_full(lambda: f"storing block {cid_to_str(cid)}"):
             try:
-                self._ensure_shard(final.parent, sync)
+                self._ensure_shard(shard, sync)
                 if touch:
                     os.utime(temp)
                 os.rename(temp, final)
@@ -506,14 +531,16 @@ class DirectoryBlockstore(Blockstore):
                 _unlink_quietly(temp)
                 raise
             if sync:
-                fsync_dir(final.parent)
+                fsync_dir(Path(shard))
+            else:  # durable at the next sync(); the flush starts now, in the background
+                self._writeback.written()
 
-    def _ensure_shard(self, shard: Path, sync: bool) -> None:
+    def _ensure_shard(self, shard: str, sync: bool) -> None:
         """Create a shard folder once; only a durable put pays for making its entry durable now
         (otherwise the next sync()'s syncfs does)."""
-        if shard.name in self._shards:
+        if shard in self._shards:
             return
         os.makedirs(shard, mode=self.dir_mode, exist_ok=True)
         if sync:
             fsync_dir(self._blocks)
-        self._shards.add(shard.name)
+        self._shards.add(shard)

@@ -93,6 +93,11 @@ class StoredFile:
         """The size if already known (never reads the store)."""
         return self._size
 
+    @property
+    def is_raw(self) -> bool:
+        """True when the content is one raw block (its bytes are the file's)."""
+        return cids.codec_of(self.cid) == cids.RAW
+
     def link(self, store: Blockstore) -> bytes:
         return self.cid
 

