@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ipldmount benchmarks: every figure next to a baseline measured in the same run.
 
-    .venv/bin/python bench/run.py               # everything (about 7 minutes)
+    .venv/bin/python bench/run.py               # everything (about 30 minutes, 20 of them small_keys)
     .venv/bin/python bench/run.py --quick       # smaller sizes (about a minute)
     .venv/bin/python bench/run.py --only codec  # one benchmark (repeatable)
     .venv/bin/python bench/run.py --only scale --scale 1000000   # the million-chunk array
