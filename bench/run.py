@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ipldmount benchmarks: every figure next to a baseline measured in the same run.
 
-    .venv/bin/python bench/run.py               # everything (about 7 minutes)
+    .venv/bin/python bench/run.py               # everything (about 30 minutes, 20 of them small_keys)
     .venv/bin/python bench/run.py --quick       # smaller sizes (about a minute)
     .venv/bin/python bench/run.py --only codec  # one benchmark (repeatable)
     .venv/bin/python bench/run.py --only scale --scale 1000000   # the million-chunk array
@@ -35,6 +35,7 @@ import b_kubo  # noqa: E402
 import b_records  # noqa: E402
 import b_remote_open  # noqa: E402
 import b_scale  # noqa: E402
+import b_small_keys  # noqa: E402
 import b_sparse  # noqa: E402
 import b_tree  # noqa: E402
 import b_zarr  # noqa: E402
@@ -58,6 +59,11 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
         b_zarr_bulk.run,
         set(),
         "1 GiB of 4 MiB chunks through zarr, write and read: IPLDStore vs MemoryStore and LocalStore",
+    ),
+    "small_keys": (
+        b_small_keys.run,
+        set(),
+        "100k chunks of 1 KiB through zarr: IPLDStore vs MemoryStore, py-hamt, LocalStore, icechunk",
     ),
     "history": (b_history.run, set(), "diff of two roots 1 chunk apart in 100k vs a full export"),
     "records": (
