@@ -318,9 +318,7 @@ class IPLDStore(Store):
             return await asyncio.to_thread(function, *args, **kwargs)
         return function(*args, **kwargs)
 
-    async def _writing(
-        self, value: Buffer, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs
-    ) -> R:
+    async def _writing(self, value: Buffer, function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a write: in a worker thread, unless it is a small value bound for memory (its hash
         costs less than the hop; a large one is hashed in a thread, beside the others)."""
         if self._in_memory and len(value) <= _INLINE_WRITE:
