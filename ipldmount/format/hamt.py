@@ -98,6 +98,8 @@ def _build_node(store: BlockSink, items: list[_Item], depth: int) -> list[Any]:
 
 
 def _element(store: BlockSink, group: list[_Item], depth: int) -> Any:
+    if len(group) == 1:  # most slots of a large HAMT's leaves: nothing to sort
+        return [[group[0][1], group[0][2]]]
     if len(group) <= BUCKET_SIZE:
         return [[key, value] for _, key, value in sorted(group, key=lambda item: item[1])]
     child = _build_node(store, group, depth + 1)
