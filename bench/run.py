@@ -32,6 +32,7 @@ import b_fuse  # noqa: E402
 import b_history  # noqa: E402
 import b_ipfs  # noqa: E402
 import b_kubo  # noqa: E402
+import b_layout  # noqa: E402
 import b_records  # noqa: E402
 import b_remote_open  # noqa: E402
 import b_scale  # noqa: E402
@@ -64,6 +65,11 @@ BENCHMARKS: dict[str, tuple[Callable[[Context], None], set[str], str]] = {
         b_small_keys.run,
         set(),
         "100k chunks of 1 KiB through zarr: IPLDStore vs MemoryStore, py-hamt, LocalStore, icechunk",
+    ),
+    "layout": (
+        b_layout.run,
+        set(),
+        "100k x 1 KiB and 1k x 1 MiB blocks: a file per block vs one append-only pack (a sketch)",
     ),
     "history": (b_history.run, set(), "diff of two roots 1 chunk apart in 100k vs a full export"),
     "records": (

@@ -22,6 +22,7 @@ import pytest
 from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore, car
 from ipldmount.errors import BlockNotFoundError, CorruptBlockError, RemoteError
 from ipldmount.ipld import cid as cids
+from ipldmount.ipld import codec
 from ipldmount.remote.fetching import BlockFetcher, FetchingBlockstore, MustFetchError
 from ipldmount.tree.model import Tree
 
@@ -387,3 +388,25 @@ def test_no_http_client_is_loaded_before_a_transport_is_built() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_loading_a_directory_asks_for_its_linked_entries_side_by_side() -> None:
+    """A directory node that links its subdirectories (too big to hold them inline) is loaded
+    by reading each of them: they are asked for together, one round trip, not one each."""
+    origin = MemoryBlockstore()
+    tree = Tree(origin)
+    for group in range(6):  # six subdirectories of ~300 KB: over the node limit together
+        for index in range(1000):
+            tree.write_file(f"g/{group}/{index:04d}{'x' * 240}", bytes([group]))
+    root = tree.commit()
+    group_node = codec.decode(origin.get(root))["g"]
+    if isinstance(group_node, codec.Link):
+        group_node = codec.decode(origin.get(group_node.cid))
+    assert sum(isinstance(value, codec.Link) for value in group_node.values()) >= 2
+    source = _CountingSource(origin)
+    local = FetchingBlockstore(MemoryBlockstore(), BlockFetcher([source]))
+    reader = Tree(local, root, read_only=True)
+    assert sorted(reader.listdir("g")) == [str(group) for group in range(6)]
+    assert reader.read_file(f"g/5/0999{'x' * 240}") == bytes([5])
+    assert source.most_at_once > 1  # side by side
+    local.close()

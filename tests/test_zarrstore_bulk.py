@@ -284,3 +284,36 @@ def test_ipldstore_reads_a_chunked_value_from_memory_without_a_copy() -> None:
     assert whole is not None and np.shares_memory(got.as_numpy_array(), np.frombuffer(whole, dtype="B"))
     part = reader.get_sync("arr/c/0", byte_range=RangeByteRequest(BLOCK_LIMIT - 3, BLOCK_LIMIT + 5))
     assert part is not None and part.to_bytes() == value[BLOCK_LIMIT - 3 : BLOCK_LIMIT + 5]
+
+
+class _MeetingBlockstore(DirectoryBlockstore):
+    """Once :attr:`meeting` is set, a read of a raw block waits there for the others: reads that
+    run one after another never all arrive, and the barrier breaks (a failure, not a hang)."""
+
+    meeting: threading.Barrier | None = None
+
+    def _lookup(self, cid: bytes) -> bytes | None:
+        if self.meeting is not None and cids.codec_of(cid) == cids.RAW:
+            self.meeting.wait()
+        return super()._lookup(cid)
+
+
+def test_concurrent_gets_read_their_blocks_side_by_side(tmp_path: Path) -> None:
+    """zarr asks for many chunks at once: their lookups take the tree's lock in turn, briefly,
+    and their block reads all run at the same time, outside it."""
+    values = {f"a/c/{index}": _value(index) for index in (1, 2, 4, 5)}  # one raw block each
+    blockstore = _MeetingBlockstore(tmp_path / "store")
+    writer = IPLDStore(blockstore)
+    for key, value in values.items():
+        writer.set_sync(key, _buf(value))
+    root = writer.freeze()
+    reader = IPLDStore(blockstore, root, read_only=True)
+    blockstore.meeting = threading.Barrier(len(values), timeout=30)
+
+    async def get_all() -> list[Buffer | None]:
+        return await asyncio.gather(*(reader.get(key) for key in values))
+
+    got = asyncio.run(get_all())
+    assert [None if buffer is None else buffer.to_bytes() for buffer in got] == list(values.values())
+    reader.close()
+    writer.close()

@@ -259,6 +259,20 @@ def check_name(name: str) -> None:
         raise NameTooLongError(name)
 
 
+def _node_links(value: Any) -> list[bytes]:
+    """The DAG-CBOR blocks a plain directory node links to: its loading reads each of them
+    (subdirectories, chunked files), so a store that fetches asks for them side by side first."""
+    if type(value) is not dict:
+        return []
+    return [
+        entry.cid
+        for entry in value.values()
+        if isinstance(entry, codec.Link)
+        and cids.is_supported(entry.cid)
+        and cids.codec_of(entry.cid) == cids.DAG_CBOR
+    ]
+
+
 def split_path(path: str) -> list[str]:
     """Path components; leading, trailing and doubled slashes are ignored."""
     return [part for part in path.split("/") if part]
@@ -404,6 +418,8 @@ class Tree:
             if committed is not None and committed.stored:
                 _check_block(committed)  # once per block: a linked one was checked as it was read
             table = EntryTable()
+            if committed is not None and not committed.sharded and self.store.fetches_missing:
+                self.store.prefetch(_node_links(committed.value))  # one round trip, not one per entry
             loaded, fresh = self._read_committed(directory, table)
             for name in fresh:
                 loaded[name].add_link(directory, name)
