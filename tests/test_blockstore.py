@@ -696,3 +696,32 @@ def test_processes_share_a_store(tmp_path: Path) -> None:
     for cid in expected:
         store.get(cid)  # verifies every block is complete
     assert temp_files(store) == []
+
+
+@pytest.mark.parametrize("how", ["put", "staging", "batch"])
+def test_an_empty_block_file_left_by_a_crash_is_written_again(tmp_path: Path, how: str) -> None:
+    """A block renamed into place without an fsync can be an empty file after a machine crash
+    (its bytes never reached the disk). Writing the same bytes again must not trust it."""
+    store = DirectoryBlockstore(tmp_path / "store", durable=False)
+    data = b"bytes a crash cut short"
+    cid = block_cid(RAW, data)
+    path = store.block_path(cid)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")  # what the crash left
+    if how == "put":
+        assert store.put(data, RAW) == cid
+    elif how == "staging":
+        staging = store.staging()
+        staging.put(data, RAW)
+        staging.commit()
+    else:
+        with store.batch():
+            store.put(data, RAW)
+    assert path.read_bytes() == data
+    assert store.get(cid) == data
+
+
+def test_the_empty_block_is_kept_as_an_empty_file(tmp_path: Path) -> None:
+    store = DirectoryBlockstore(tmp_path / "store", durable=False)
+    cid = store.put(b"", RAW)
+    assert store.claim(cid) and store.get(cid) == b""

@@ -30,6 +30,8 @@ from ipldmount.errors import (
     StoreFullError,
 )
 from ipldmount.ipld.cid import (
+    RAW,
+    block_cid,
     cid_to_str,
     digest_cid,
     parse_cid,
@@ -179,6 +181,9 @@ def process_exists(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process: alive
     return True
+
+
+_EMPTY_BLOCK = block_cid(RAW, b"")  # the one block whose file is rightly empty
 
 
 class DirectoryStaging(Staging[str]):
@@ -419,12 +424,24 @@ class DirectoryBlockstore(Blockstore):
 
     def _claim(self, cid: bytes) -> bool:
         self._lease.begin()
+        path = self._block_file(cid)
         with self._sweep_lock.shared():
             try:
-                os.utime(self._block_file(cid))
+                if os.stat(path).st_size == 0 and cid != _EMPTY_BLOCK:
+                    return self._drop_torn(path)
+                os.utime(path)
             except FileNotFoundError:
                 return False
         return True
+
+    def _drop_torn(self, path: str) -> bool:
+        """An empty file where a block that is not empty should be: a machine crash caught it
+        renamed into place before its bytes reached the disk (written without an fsync, for the
+        next sync to make durable). It is removed, and the writer that claimed it writes it again:
+        relying on it would commit a root whose block is lost. Always False (not claimed)."""
+        log.warning("block file %s is empty (cut short by a crash before a sync): writing it again", path)
+        _unlink_quietly(path)
+        return False
 
     def _remove(self, cid: bytes, older_than: float | None, dry_run: bool = False) -> int | None:
         path = self.block_path(cid)
