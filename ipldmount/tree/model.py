@@ -419,7 +419,9 @@ class Tree:
                 _check_block(committed)  # once per block: a linked one was checked as it was read
             table = EntryTable()
             if committed is not None and not committed.sharded and self.store.fetches_missing:
-                self.store.prefetch(_node_links(committed.value))  # one round trip, not one per entry
+                linked = _node_links(committed.value)
+                if linked:
+                    self.store.prefetch(linked)  # one round trip, not one per entry
             loaded, fresh = self._read_committed(directory, table)
             for name in fresh:
                 loaded[name].add_link(directory, name)
