@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import random
+from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
-from ipldmount.blocks import Blockstore
+from ipldmount.blocks import Blockstore, DirectoryBlockstore, MemoryBlockstore
 from ipldmount.errors import CorruptBlockError, FormatError
 from ipldmount.format import files
 from ipldmount.format.files import (
@@ -417,3 +419,60 @@ def test_a_chunked_file_loads_different_leaves_side_by_side_and_each_once() -> N
     for thread in waiters:
         thread.join()
     assert len(errors) == 3
+
+
+# --- reading ahead on a local store ------------------------------------------------
+
+
+class Hinted(MemoryBlockstore):
+    """A local store that records what a reader says it will read soon, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.soon: list[bytes] = []
+
+    def read_soon(self, wanted: Iterable[bytes]) -> None:
+        self.soon.extend(wanted)
+
+
+def test_a_reader_going_forward_names_its_next_leaves_once_each_ahead_of_need() -> None:
+    store = Hinted()
+    data = payload(20 * MIB + 5, seed=4)
+    stored = store_bytes(store, data)
+    leaves = [cid for cid, _ in _leaves_in_order(store, stored.cid)]
+    reader = open_reader(store, stored.cid)
+    step = 128 << 10
+    for offset in range(0, len(data), step):
+        if offset:  # the first read names what follows it
+            wanted = leaves[: offset // MIB + 1]
+            assert set(wanted) <= set(store.soon), f"leaf at {offset} read before it was named"
+        assert reader.read(offset, step) == data[offset : offset + step]
+        # the leaves of the READ_AHEAD bytes after the furthest read, and no further
+        assert len(store.soon) <= -(-(offset + step + files.READ_AHEAD) // MIB)
+    assert store.soon == leaves  # each once, in order: nothing named twice, nothing past the end
+
+
+def test_a_reader_that_jumps_ahead_names_nothing() -> None:
+    store = Hinted()
+    data = payload(24 * MIB, seed=5)
+    reader = open_reader(store, store_bytes(store, data).cid)
+    assert reader.read(0, 100) == data[:100]
+    named = list(store.soon)
+    assert len(named) == files.READ_AHEAD // MIB + 1
+    assert reader.read(20 * MIB, 100) == data[20 * MIB : 20 * MIB + 100]  # a jump: zarr's selection
+    assert store.soon == named
+
+
+def test_a_directory_store_takes_the_hint_for_held_missing_and_inline_blocks(tmp_path: Path) -> None:
+    store = DirectoryBlockstore(tmp_path / "store")
+    held = store.put(b"x" * 5000, cids.RAW)
+    missing = cids.block_cid(cids.RAW, b"never stored")
+    store.read_soon([held, missing, b"\x01garbage"])  # a hint: never an error
+    assert store.get(held) == b"x" * 5000
+
+
+def _leaves_in_order(store: Blockstore, cid: bytes) -> list[tuple[bytes, int]]:
+    """The raw leaves of a stored file, depth first (file order)."""
+    if cids.codec_of(cid) == cids.RAW:
+        return [(cid, len(store.get(cid)))]
+    return [leaf for child, _ in fbl_entries(store, cid) for leaf in _leaves_in_order(store, child)]

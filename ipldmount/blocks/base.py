@@ -356,6 +356,12 @@ class Blockstore(ABC):
         """Always true: an empty store is still a store, and a truth test must not count blocks."""
         return True
 
+    def read_soon(self, wanted: Iterable[bytes]) -> None:
+        """*wanted* will be read shortly, in order (a reader's next leaves): a store on a disk
+        starts loading them now, so the disk works while the reader goes on. A hint, never an
+        error (a block it lacks is met by whoever reads it). Nothing here."""
+        return
+
     # --- what a store that fetches missing blocks does more (remote/fetching.py) ----------
 
     @property

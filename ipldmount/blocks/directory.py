@@ -34,6 +34,7 @@ from ipldmount.ipld.cid import (
     block_cid,
     cid_to_str,
     digest_cid,
+    is_supported,
     parse_cid,
 )
 
@@ -292,6 +293,23 @@ class DirectoryBlockstore(Blockstore):
     def block_path(self, cid: bytes) -> Path:
         """Where the block with this CID lives (or would live)."""
         return Path(self._block_file(cid))
+
+    def read_soon(self, wanted: Iterable[bytes]) -> None:
+        """Ask the kernel to read the block files in now (``POSIX_FADV_WILLNEED``: it queues the
+        reads and returns), so that a reader going through a file finds its next leaves in memory."""
+        for cid in wanted:
+            if not is_supported(cid):
+                continue
+            try:
+                fd = os.open(self._block_file(cid), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # not here (yet): whoever reads it says so
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # a hint the filesystem does not take
+            finally:
+                os.close(fd)
 
     @property
     def tmp_dir(self) -> Path:

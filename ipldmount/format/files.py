@@ -476,6 +476,7 @@ def fbl_size(store: Blockstore, cid: bytes) -> int:
 
 
 FETCH_AHEAD = 32 << 20  # bytes of a chunked file fetched ahead of a reader on a remote-backed store
+READ_AHEAD = 8 << 20  # bytes of a chunked file a local store starts loading ahead of a reader going forward
 SUBTREE_SPAN = 64 << 20  # a node of a file spanning at most this much is fetched ahead whole, in one request
 SEQUENTIAL_SLACK = 1 << 20  # a read starting this far past the furthest one still counts as going forward
 
@@ -598,8 +599,8 @@ class FblReader:
     def read(self, offset: int, size: int) -> bytes:
         parts: list[bytes] = []
         end = min(offset + size, self.size)
-        if self.store.fetches_missing and offset <= self._read_until + SEQUENTIAL_SLACK:
-            self._fetch_ahead(end)  # a reader going forward (not one reading a leaf to change it)
+        if offset <= self._read_until + SEQUENTIAL_SLACK:  # a reader going forward
+            self._fetch_ahead(end)
         self._read_until = max(self._read_until, end)
         if self._dags:
             self._await_dag(offset)
@@ -631,26 +632,33 @@ class FblReader:
         return leaf[offset : offset + size]
 
     def _fetch_ahead(self, offset: int) -> None:
-        """On a store that fetches missing blocks from the network, ask for the leaves of the
-        next FETCH_AHEAD bytes after *offset* now, side by side in the background: a reader going
-        forward then finds them here instead of waiting a round trip for each. Where a node of at
-        most SUBTREE_SPAN bytes holds them, its whole DAG comes in one request instead."""
+        """Ask for the leaves after *offset* now, so that a reader going forward finds them here
+        instead of waiting for each in turn. On a store that fetches missing blocks from the
+        network, the next FETCH_AHEAD bytes, side by side in the background (where a node of at
+        most SUBTREE_SPAN bytes holds them, its whole DAG in one request instead); on a local
+        store, the next READ_AHEAD bytes, which the disk loads while the reader is served."""
+        remote = self.store.fetches_missing
         with self._lock:
             start = max(offset, self._fetched_until)
-            stop = min(offset + FETCH_AHEAD, self.size)
+            stop = min(offset + (FETCH_AHEAD if remote else READ_AHEAD), self.size)
             if start >= stop:
                 return
             self._fetched_until = stop
         position, leaves = start, []
         while position < stop:
-            subtree = self._subtree_at(position)
+            subtree = self._subtree_at(position) if remote else None
             if subtree is not None and self._fetch_dag(subtree[0]):
                 position = subtree[1]
                 continue
             cid, length = self._leaf_cid_at(position)
             leaves.append(cid)
             position += length
-        self.store.prefetch(leaves, wait=False)
+        with self._lock:  # the last leaf named ends past *stop*: the next call starts after it
+            self._fetched_until = max(self._fetched_until, position)
+        if remote:
+            self.store.prefetch(leaves, wait=False)
+        else:
+            self.store.read_soon(leaves)
 
     def _fetch_dag(self, cid: bytes) -> bool:
         """Whether the DAG under node *cid* comes in one request (asked for now, or before)."""

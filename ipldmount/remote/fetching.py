@@ -251,6 +251,11 @@ class FetchingBlockstore(Blockstore, Generic[L]):
         if not self.local._claim(cid):
             self.local._add(cid, data)
 
+    def read_soon(self, wanted: Iterable[bytes]) -> None:
+        """Those of *wanted* held here start loading from the local disk (see :meth:`prefetch`
+        for the others)."""
+        self.local.read_soon(wanted)
+
     def prefetch(self, wanted: Iterable[bytes], *, wait: bool = True) -> None:
         """Fetch those of *wanted* the local store lacks, side by side (see
         :meth:`Blockstore.prefetch`). A thread that must not wait on the network (the mount's
