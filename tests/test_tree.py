@@ -539,6 +539,39 @@ def test_layout_rule(sizes: dict[str, int | None], limit: int) -> None:
         assert len(form.data) + smallest - link_size > limit or smallest <= link_size
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.text(alphabet="abcdefgh.", min_size=1, max_size=6),
+        st.one_of(st.none(), st.integers(0, 600)),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(200, 3000),
+    st.randoms(use_true_random=False),
+)
+def test_entries_given_as_bare_links_lay_out_as_their_entry_forms(
+    sizes: dict[str, int | None], limit: int, rng: random.Random
+) -> None:
+    """A stored chunk is handed to layout as a bare link (no EntryForm per file): the node, plain
+    or sharded, is byte for byte the one its EntryForm gives, wherever the limit falls."""
+    store = MemoryBlockstore()
+    forms: dict[str, dirnode.EntryForm] = {}
+    for name, size in sizes.items():
+        link = fixed(cids.block_cid(cids.RAW, name.encode()))
+        if size is None:
+            forms[name] = dirnode.EntryForm(link=link)
+        else:
+            value = {"blob": b"b" * size}
+            forms[name] = dirnode.EntryForm(link=link, inline=value, inline_size=len(codec.encode(value)))
+    bare = {name for name, size in sizes.items() if size is None and rng.random() < 0.7}
+    links = {name: codec.Link(cids.block_cid(cids.RAW, name.encode())) for name in bare}
+    rest = {name: form for name, form in forms.items() if name not in bare}
+    expected = dirnode.layout(MemoryBlockstore(), forms, limit=limit)
+    got = dirnode.layout(store, rest, limit=limit, links=links)
+    assert (got.sharded, got.data) == (expected.sharded, expected.data)
+
+
 # --- rename, unlink, rmdir --------------------------------------------------------------
 
 

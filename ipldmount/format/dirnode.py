@@ -127,12 +127,28 @@ def duplicate_name(name: str) -> FormatError:
     return FormatError(f"sharded directory holds the name {name!r} twice")
 
 
-def layout(store: BlockSink, entries: Mapping[str, EntryForm], limit: int = BLOCK_LIMIT) -> DirectoryForm:
-    """Lay a directory out by the FORMAT.md rule."""
+def layout(
+    store: BlockSink,
+    entries: Mapping[str, EntryForm],
+    limit: int = BLOCK_LIMIT,
+    *,
+    links: Mapping[str, codec.Link] | None = None,
+) -> DirectoryForm:
+    """Lay a directory out by the FORMAT.md rule. *links*: more entries, each a link and
+    nothing else (a stored chunk): no EntryForm made for each of a new directory's 100,000
+    files (a name is in *entries* or *links*, never both)."""
+    links = links or {}
+    count = len(entries) + len(links)
+    if codec.map_head_size(count) + len(links) * (LINK_SIZE + 1) > limit:
+        return _sharded(store, entries, links)  # over the limit whatever the inline entries do
     inline = {name for name, form in entries.items() if form.inlinable}
-    total = codec.map_head_size(len(entries)) + sum(
-        codec.encoded_str_size(name) + (form.inline_size if name in inline else LINK_SIZE)
-        for name, form in entries.items()
+    total = (
+        codec.map_head_size(count)
+        + sum(
+            codec.encoded_str_size(name) + (form.inline_size if name in inline else LINK_SIZE)
+            for name, form in entries.items()
+        )
+        + sum(codec.encoded_str_size(name) + LINK_SIZE for name in links)
     )
     if total > limit:
         for name in sorted(inline, key=lambda name: (-entries[name].inline_size, name.encode("utf-8"))):
@@ -141,12 +157,20 @@ def layout(store: BlockSink, entries: Mapping[str, EntryForm], limit: int = BLOC
             inline.discard(name)
             total -= entries[name].inline_size - LINK_SIZE
     if total > limit:
-        links = {name: codec.Link(form.cid()) for name, form in entries.items()}
-        return DirectoryForm(hamt.build(store, links))
+        return _sharded(store, entries, links)
     value = {
         name: form.inline if name in inline else codec.Link(form.cid()) for name, form in entries.items()
     }
+    value.update(links)
     return DirectoryForm(value)
+
+
+def _sharded(
+    store: BlockSink, entries: Mapping[str, EntryForm], links: Mapping[str, codec.Link]
+) -> DirectoryForm:
+    every = dict(links)
+    every.update((name, codec.Link(form.cid())) for name, form in entries.items())
+    return DirectoryForm(hamt.build(store, every))
 
 
 def check_inline_entry(name: str, value: Any) -> None:

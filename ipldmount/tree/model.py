@@ -273,6 +273,14 @@ def _node_links(value: Any) -> list[bytes]:
     ]
 
 
+def _stored_link(name: str, node: Node) -> bytes | None:
+    """The CID a stored file that is not zarr metadata is written as (a link, never inline), or
+    None for any other entry (:meth:`Tree._entry_form` decides)."""
+    if type(node) is File and type(node.content) is StoredFile and not metadata.is_metadata_name(name):
+        return node.content.cid
+    return None
+
+
 def split_path(path: str) -> list[str]:
     """Path components; leading, trailing and doubled slashes are ignored."""
     return [part for part in path.split("/") if part]
@@ -916,10 +924,23 @@ class Tree:
         with self._moving:  # nodes and rows as of one moment (a chunk opened meanwhile is in one)
             nodes, table = dict(directory._entries), directory.table
             rows = list(table.live_positions()) if table is not None else []
-        forms = {name: self._entry_form(name, node, sink, form_of) for name, node in nodes.items()}
+        forms: dict[str, EntryForm] = {}
+        links: dict[str, codec.Link] = {}  # stored chunks: a link each, and no EntryForm
+        for name, node in nodes.items():
+            cid = _stored_link(name, node)
+            if cid is None:
+                forms[name] = self._entry_form(name, node, sink, form_of)
+            else:
+                links[name] = codec.Link(cid)
         if table is not None:
-            forms.update(self._row_form(directory, table, position, sink, form_of) for position in rows)
-        return dirnode.layout(sink, forms)
+            is_metadata = metadata.is_metadata_name
+            for position in rows:  # a row's name is not a node's (both taken under _moving)
+                name = table.name(position)
+                if is_metadata(name):
+                    forms.update([self._row_form(directory, table, position, sink, form_of)])
+                else:
+                    links[name] = codec.Link(table.cid(position))
+        return dirnode.layout(sink, forms, links=links)
 
     def _row_form(
         self,
