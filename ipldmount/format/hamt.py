@@ -14,6 +14,7 @@ integer): readers tell them apart node by node, read them, and say so (the
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
@@ -68,7 +69,13 @@ def is_root(value: Any) -> bool:
 
 def build(store: BlockSink, entries: Mapping[str, Any]) -> dict[str, Any]:
     """The root map of a HAMT holding *entries*; child nodes are stored as blocks."""
-    return _root(_build_node(store, _hashed(_keyed(entries)), 0))
+    sha256 = hashlib.sha256
+    items = []
+    for name, value in entries.items():  # 100,000 names: one pass, no generators
+        key = name.encode("utf-8")
+        items.append((sha256(key).digest(), key, value))
+    items.sort()
+    return _root(_build_node(store, items, 0))
 
 
 def _root(node: list[Any]) -> dict[str, Any]:
@@ -112,22 +119,30 @@ def encode_node(node: list[Any]) -> bytes:
     directory of 100,000 names writes 4,800 nodes, and the general walk was half its time.
     A value other than a link goes through :func:`codec.encode` (checked there)."""
     bitmap, data = node
-    if type(bitmap) is not bytes:
+    if type(bitmap) is not bytes or len(bitmap) > _SHORT or len(data) > _SHORT:
         return codec.encode(node)
-    parts = [_NODE_HEAD, codec.head(codec.BYTES, len(bitmap)), bitmap, codec.head(codec.ARRAY, len(data))]
+    parts = [_NODE_HEAD, _BYTES_HEAD[len(bitmap)], bitmap, _ARRAY_HEAD[len(data)]]
+    append, link, encoded_link = parts.append, codec.Link, codec.encoded_link
     for element in data:
-        if type(element) is codec.Link:
-            parts.append(codec.encoded_link(element.cid))
+        if type(element) is link:
+            append(encoded_link(element.cid))
             continue
-        parts.append(codec.head(codec.ARRAY, len(element)))
+        if len(element) > _SHORT:
+            return codec.encode(node)
+        append(_ARRAY_HEAD[len(element)])
         for key, value in element:
-            if type(key) is not bytes:
+            if type(key) is not bytes or len(key) > _SHORT:
                 return codec.encode(node)
-            parts += (_PAIR_HEAD, codec.head(codec.BYTES, len(key)), key)
-            parts.append(codec.encoded_link(value.cid) if type(value) is codec.Link else codec.encode(value))
+            append(_PAIR_HEAD)
+            append(_BYTES_HEAD[len(key)])
+            append(key)
+            append(encoded_link(value.cid) if type(value) is link else codec.encode(value))
     return b"".join(parts)
 
 
+_SHORT = 256  # lengths up to this have their heads made once (a name is at most 255 bytes)
+_ARRAY_HEAD = [codec.head(codec.ARRAY, length) for length in range(_SHORT + 1)]
+_BYTES_HEAD = [codec.head(codec.BYTES, length) for length in range(_SHORT + 1)]
 _NODE_HEAD = codec.head(codec.ARRAY, 2)
 _PAIR_HEAD = codec.head(codec.ARRAY, 2)
 
@@ -196,14 +211,19 @@ def _update_node(
 
 
 def _by_slot(items: list[_Item], depth: int) -> Iterator[tuple[int, list[_Item]]]:
-    """*items* (sorted by digest) in runs that share a slot at *depth*."""
-    start = 0
-    while start < len(items):
-        slot, end = items[start][0][depth], start
-        while end < len(items) and items[end][0][depth] == slot:
-            end += 1
+    """*items* (sorted by digest, sharing its first *depth* bytes) in runs that share a slot at
+    *depth*: each run ends where the digests reach the next slot's prefix (a bisection)."""
+    start, count = 0, len(items)
+    while start < count:
+        digest = items[start][0]
+        slot = digest[depth]
+        # (prefix,) sorts before every item whose digest starts with it, after every other
+        end = count if slot == 255 else bisect.bisect_left(items, (digest[:depth] + _NEXT[slot],), start)
         yield slot, items[start:end]
         start = end
+
+
+_NEXT = [bytes((slot + 1,)) for slot in range(255)]
 
 
 def _update_element(
