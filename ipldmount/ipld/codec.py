@@ -97,7 +97,11 @@ def encode(value: Value) -> bytes:
 def _tag_hook(tag: cbor2.CBORTag, *_: object) -> Link:
     if tag.tag != LINK_TAG:
         raise ValueError(f"tag {tag.tag} is not allowed in DAG-CBOR")
-    raw = tag.value
+    return _decode_link(tag.value)
+
+
+def _decode_link(raw: object, *_: object) -> Link:
+    """Tag 42's content as a Link (called by cbor2 with the decoded content: no CBORTag made)."""
     if type(raw) is not bytes or not raw.startswith(b"\x00"):
         raise ValueError("malformed link (tag 42 must wrap 0x00 + binary CID)")
     return Link(raw[1:])
@@ -108,16 +112,16 @@ def _reject_tag(*_: object) -> None:
 
 
 class _OnlyLinkTag(Mapping[int, Any]):
-    """Semantic decoders that refuse every tag but 42 (which falls through to ``_tag_hook``).
+    """Semantic decoders that refuse every tag but 42, which becomes a Link.
 
     ``cbor2`` decodes some tags itself (datetimes, bignums, sets, shared values),
-    and ``tag_hook`` only sees the tags it does not know.
+    and ``tag_hook`` only sees the tags it does not know. A semantic decoder is called with
+    the tag's decoded content: a link costs no CBORTag and no KeyError (a HAMT node holds
+    dozens).
     """
 
     def __getitem__(self, tag: int) -> Any:
-        if tag == LINK_TAG:
-            raise KeyError(tag)
-        return _reject_tag
+        return _decode_link if tag == LINK_TAG else _reject_tag
 
     def __iter__(self) -> Iterator[int]:
         return iter(())
@@ -130,6 +134,7 @@ _ONLY_LINK_TAG = _OnlyLinkTag()
 
 
 _PLAIN = frozenset({str, bytes, int, bool, type(None), Link})
+_STR = frozenset({str})
 
 
 def _check_data_model(value: Value) -> None:
@@ -144,13 +149,14 @@ def _check_data_model(value: Value) -> None:
         item = stack.pop()
         kind = type(item)
         if kind is dict:
-            for key, child in item.items():
-                if type(key) is not str:
-                    raise ValueError(f"map key {key!r} is not a string")
-                if type(child) not in _PLAIN:
-                    stack.append(child)
+            if not _STR.issuperset(map(type, item)):  # type() of each key, in C
+                key = next(key for key in item if type(key) is not str)
+                raise ValueError(f"map key {key!r} is not a string")
+            if not _PLAIN.issuperset(map(type, item.values())):
+                stack.extend([child for child in item.values() if type(child) not in _PLAIN])
         elif kind is list:
-            stack.extend(child for child in item if type(child) not in _PLAIN)
+            if not _PLAIN.issuperset(map(type, item)):  # a HAMT bucket's pairs: all plain
+                stack.extend([child for child in item if type(child) not in _PLAIN])
         elif kind is float:
             if not math.isfinite(item):
                 raise ValueError(f"DAG-CBOR has no {item}")
