@@ -348,6 +348,31 @@ async def test_open_flags_are_set_before_pyfuse3_answers() -> None:
     assert seen == [(8, 43, 0)], "pyfuse3 still answers the request"
 
 
+async def test_getxattr_of_a_foreign_namespace_is_answered_before_pyfuse3() -> None:
+    """security.capability (asked before every write), ACLs and labels: ENOTSUP from the hook,
+    never a task of pyfuse3's; a user. name, or one the hook cannot read, goes to pyfuse3."""
+    passed: list[tuple[int, int, bytes, int]] = []
+    replied: list[tuple[int, int]] = []
+
+    def pyfuse3_getxattr(req: int, ino: int, name: int, size: int) -> None:
+        passed.append((req, ino, ctypes.string_at(name), size))
+
+    entry = libfuse_hooks._PYFUSE3_GETXATTR(pyfuse3_getxattr)
+    address = ctypes.cast(entry, ctypes.c_void_p).value or 0
+
+    def reply_err(req: int, code: int) -> int:
+        replied.append((req, code))
+        return 0
+
+    hook = libfuse_hooks._XattrShortcut(address, b"user.", reply_err)
+    names = [b"security.capability", b"system.posix_acl_access", b"user.ipld.cid", b"user.other"]
+    buffers = [ctypes.create_string_buffer(name) for name in names]
+    for req, buffer in enumerate(buffers, start=1):
+        hook.callback(req, 42, ctypes.addressof(buffer), 0)
+    assert replied == [(1, errno.ENOTSUP), (2, errno.ENOTSUP)]
+    assert passed == [(3, 42, b"user.ipld.cid", 0), (4, 42, b"user.other", 0)]
+
+
 async def test_a_listing_finds_sizes_of_stored_blocks_in_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

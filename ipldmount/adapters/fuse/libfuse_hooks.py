@@ -4,6 +4,11 @@
   kernel turns every fallocate(2) on the mount into EOPNOTSUPP. :func:`install_fallocate`
   fills that empty slot of the operation table with a C-callable that hands the
   request to the trio loop and answers with ``fuse_reply_err``.
+* ``getxattr`` of names outside ``user.``: the kernel asks for ``security.capability`` before
+  every write (to drop file capabilities), a FUSE round trip through trio per ``write(2)``:
+  one request in seven of a small file's create+write+close. :func:`install_xattr_shortcut`
+  answers such names ENOTSUP (what the daemon answers them) in libfuse's own thread of
+  control, before pyfuse3 makes a task of them; ``user.`` names go to pyfuse3 as before.
 * Not a hook but a mount option: :func:`fsname` names the mount's source after its root CID.
 * Open flags: pyfuse3's ``FileInfo`` carries only ``keep_cache``, ``direct_io`` and
   ``nonseekable``. :func:`install_open_flags` wraps pyfuse3's ``open`` and ``opendir``
@@ -45,6 +50,7 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 # libfuse only ever appends to it, so these indexes hold for every 3.x release.
 _OPEN_SLOT = 14
 _OPENDIR_SLOT = 20
+_GETXATTR_SLOT = 26
 _FALLOCATE_SLOT = 40
 _READDIRPLUS_SLOT = 41  # set by pyfuse3: proves the table is laid out as we think
 _POINTER = ctypes.sizeof(ctypes.c_void_p)
@@ -63,6 +69,9 @@ _FALLOCATE = ctypes.CFUNCTYPE(
 )
 _OPEN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p)  # (req, ino, fi)
 _PYFUSE3_OPEN = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p)  # keeps the GIL
+_XATTR_ARGS = (ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t)  # (req, ino, name, size)
+_GETXATTR = ctypes.CFUNCTYPE(None, *_XATTR_ARGS)
+_PYFUSE3_GETXATTR = ctypes.PYFUNCTYPE(None, *_XATTR_ARGS)  # keeps the GIL
 
 
 class _FallocateHook:
@@ -112,6 +121,26 @@ class _OpenFlagsHook:
         except Exception:
             log.exception("inode %d: opened without the extra flags", ino)
         self.pyfuse3_entry(req, ino, fi)  # whatever happened above, pyfuse3 answers the request
+
+
+class _XattrShortcut:
+    """getxattr: a name outside the served namespace is answered here, the others by pyfuse3."""
+
+    def __init__(self, pyfuse3_entry: int, served: bytes, reply_err: Callable[[int, int], int]) -> None:
+        self.pyfuse3_entry = _PYFUSE3_GETXATTR(pyfuse3_entry)
+        self.served = served
+        self.reply_err = reply_err
+        self.callback = _GETXATTR(self._on_request)
+
+    def _on_request(self, req: int, ino: int, name: int | None, size: int) -> None:
+        try:
+            foreign = name is not None and not ctypes.string_at(name).startswith(self.served)
+        except Exception:
+            foreign = False  # pyfuse3 answers it, as it would without the hook
+        if foreign:
+            self.reply_err(req, errno.ENOTSUP)  # as Operations.getxattr answers it, one hop sooner
+            return
+        self.pyfuse3_entry(req, ino, name, size)
 
 
 def _open_bits(flags: int) -> int:
@@ -187,6 +216,29 @@ def install_open_flags() -> bool:
         _installed.append(hook)
         slot.value = ctypes.cast(hook.callback, ctypes.c_void_p).value
     log.debug("open and opendir flags added to the libfuse session")
+    return True
+
+
+def install_xattr_shortcut(served: bytes) -> bool:
+    """Answer getxattr of names not starting with *served* ENOTSUP before pyfuse3 sees them
+    (after ``pyfuse3.init``); the daemon's own handler must answer them so too (it does, for
+    a mount where the hook is not in place). Returns whether the hook is in place."""
+    try:
+        table = _session_table()
+        libfuse = ctypes.CDLL(ctypes.util.find_library("fuse3") or "libfuse3.so.3")
+    except (OSError, LookupError, ValueError) as exc:
+        log.warning("getxattr requests all go through pyfuse3: %s", exc)
+        return False
+    slot = _slot(table, _GETXATTR_SLOT)
+    if not slot.value:
+        log.warning("getxattr is not served by pyfuse3: left as it is")
+        return False
+    reply_err = libfuse.fuse_reply_err
+    reply_err.argtypes, reply_err.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
+    hook = _XattrShortcut(slot.value, served, reply_err)
+    _installed.append(hook)
+    slot.value = ctypes.cast(hook.callback, ctypes.c_void_p).value
+    log.debug("getxattr shortcut added to the libfuse session")
     return True
 
 

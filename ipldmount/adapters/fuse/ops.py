@@ -147,6 +147,7 @@ def mount(ops: Operations, mountpoint: Path, *, read_only: bool, allow_other: bo
     pyfuse3.init(ops, str(mountpoint), options)
     libfuse_hooks.install_fallocate(ops.fallocate)
     libfuse_hooks.install_open_flags()
+    libfuse_hooks.install_xattr_shortcut(XATTR_USER)
 
 
 async def serve() -> None:
