@@ -497,19 +497,18 @@ def test_deeply_nested_metadata_is_a_link(store: Blockstore) -> None:
     assert read_tree(Tree(store, root)) == contents
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.dictionaries(
+def _entry_sizes(most: int) -> st.SearchStrategy[dict[str, int | None]]:
+    """Up to *most* names, each a link (None) or an inline value of about that many bytes."""
+    return st.dictionaries(
         st.text(alphabet="abcdefgh.", min_size=1, max_size=6),
         st.one_of(st.none(), st.integers(0, 600)),
         min_size=1,
-        max_size=20,
-    ),
-    st.integers(200, 3000),
-)
-def test_layout_rule(sizes: dict[str, int | None], limit: int) -> None:
-    """dirnode.layout with a small limit: the node fits, and only the largest entries are links."""
-    store = MemoryBlockstore()
+        max_size=most,
+    )
+
+
+def _entry_forms(sizes: dict[str, int | None]) -> dict[str, dirnode.EntryForm]:
+    """A link entry per name of size None, else an inlinable map of about that many bytes."""
     forms: dict[str, dirnode.EntryForm] = {}
     for name, size in sizes.items():
         link = fixed(cids.block_cid(cids.RAW, name.encode()))
@@ -518,6 +517,18 @@ def test_layout_rule(sizes: dict[str, int | None], limit: int) -> None:
         else:
             value = {"blob": b"b" * size}
             forms[name] = dirnode.EntryForm(link=link, inline=value, inline_size=len(codec.encode(value)))
+    return forms
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _entry_sizes(20),
+    st.integers(200, 3000),
+)
+def test_layout_rule(sizes: dict[str, int | None], limit: int) -> None:
+    """dirnode.layout with a small limit: the node fits, and only the largest entries are links."""
+    store = MemoryBlockstore()
+    forms = _entry_forms(sizes)
     form = dirnode.layout(store, forms, limit=limit)
     if form.sharded:
         all_links = {name: codec.Link(cids.block_cid(cids.RAW, name.encode())) for name in sizes}
@@ -541,12 +552,7 @@ def test_layout_rule(sizes: dict[str, int | None], limit: int) -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.dictionaries(
-        st.text(alphabet="abcdefgh.", min_size=1, max_size=6),
-        st.one_of(st.none(), st.integers(0, 600)),
-        min_size=1,
-        max_size=60,
-    ),
+    _entry_sizes(60),
     st.integers(200, 3000),
     st.randoms(use_true_random=False),
 )
@@ -556,14 +562,7 @@ def test_entries_given_as_bare_links_lay_out_as_their_entry_forms(
     """A stored chunk is handed to layout as a bare link (no EntryForm per file): the node, plain
     or sharded, is byte for byte the one its EntryForm gives, wherever the limit falls."""
     store = MemoryBlockstore()
-    forms: dict[str, dirnode.EntryForm] = {}
-    for name, size in sizes.items():
-        link = fixed(cids.block_cid(cids.RAW, name.encode()))
-        if size is None:
-            forms[name] = dirnode.EntryForm(link=link)
-        else:
-            value = {"blob": b"b" * size}
-            forms[name] = dirnode.EntryForm(link=link, inline=value, inline_size=len(codec.encode(value)))
+    forms = _entry_forms(sizes)
     bare = {name for name, size in sizes.items() if size is None and rng.random() < 0.7}
     links = {name: codec.Link(cids.block_cid(cids.RAW, name.encode())) for name in bare}
     rest = {name: form for name, form in forms.items() if name not in bare}

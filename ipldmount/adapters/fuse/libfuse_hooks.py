@@ -180,18 +180,14 @@ def install_fallocate(handler: FallocateHandler) -> bool:
     *handler(inode, mode, offset, length)* raises ``pyfuse3.FUSEError`` to fail.
     Returns whether the hook is in place; if not, says why in the log.
     """
-    try:
-        table = _session_table()
-        libfuse = ctypes.CDLL(ctypes.util.find_library("fuse3") or "libfuse3.so.3")
-    except (OSError, LookupError, ValueError) as exc:
-        log.warning("fallocate(2) stays unsupported on this mount: %s", exc)
+    found = _table_and_reply_err("fallocate(2) stays unsupported on this mount")
+    if found is None:
         return False
+    table, reply_err = found
     slot = _slot(table, _FALLOCATE_SLOT)
     if slot.value:
         log.warning("fallocate(2) is left to pyfuse3: it registers a handler of its own")
         return False
-    reply_err = libfuse.fuse_reply_err
-    reply_err.argtypes, reply_err.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
     hook = _FallocateHook(handler, reply_err)
     _installed.append(hook)
     slot.value = ctypes.cast(hook.callback, ctypes.c_void_p).value
@@ -223,23 +219,33 @@ def install_xattr_shortcut(served: bytes) -> bool:
     """Answer getxattr of names not starting with *served* ENOTSUP before pyfuse3 sees them
     (after ``pyfuse3.init``); the daemon's own handler must answer them so too (it does, for
     a mount where the hook is not in place). Returns whether the hook is in place."""
-    try:
-        table = _session_table()
-        libfuse = ctypes.CDLL(ctypes.util.find_library("fuse3") or "libfuse3.so.3")
-    except (OSError, LookupError, ValueError) as exc:
-        log.warning("getxattr requests all go through pyfuse3: %s", exc)
+    found = _table_and_reply_err("getxattr requests all go through pyfuse3")
+    if found is None:
         return False
+    table, reply_err = found
     slot = _slot(table, _GETXATTR_SLOT)
     if not slot.value:
         log.warning("getxattr is not served by pyfuse3: left as it is")
         return False
-    reply_err = libfuse.fuse_reply_err
-    reply_err.argtypes, reply_err.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
     hook = _XattrShortcut(slot.value, served, reply_err)
     _installed.append(hook)
     slot.value = ctypes.cast(hook.callback, ctypes.c_void_p).value
     log.debug("getxattr shortcut added to the libfuse session")
     return True
+
+
+def _table_and_reply_err(otherwise: str) -> tuple[int, Callable[[int, int], int]] | None:
+    """The session's operation table and libfuse's ``fuse_reply_err``; None (and *otherwise*
+    logged, with why) when either cannot be found."""
+    try:
+        table = _session_table()
+        libfuse = ctypes.CDLL(ctypes.util.find_library("fuse3") or "libfuse3.so.3")
+    except (OSError, LookupError, ValueError) as exc:
+        log.warning("%s: %s", otherwise, exc)
+        return None
+    reply_err = libfuse.fuse_reply_err
+    reply_err.argtypes, reply_err.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
+    return table, reply_err
 
 
 def _slot(table: int, index: int) -> ctypes.c_void_p:
