@@ -708,6 +708,7 @@ def test_an_empty_block_file_left_by_a_crash_is_written_again(tmp_path: Path, ho
     path = store.block_path(cid)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")  # what the crash left
+    assert not store.has(cid), "an empty file is not the block: a pull must fetch it again"
     if how == "put":
         assert store.put(data, RAW) == cid
     elif how == "staging":
@@ -726,4 +727,4 @@ def test_the_empty_block_is_kept_as_an_empty_file(tmp_path: Path, codec: int) ->
     store = DirectoryBlockstore(tmp_path / "store", durable=False)
     cid = block_cid(codec, b"")
     store.put_block(cid, b"")  # as a CAR import stores a dag-pb block
-    assert store.claim(cid) and store.get(cid) == b""
+    assert store.has(cid) and store.claim(cid) and store.get(cid) == b""

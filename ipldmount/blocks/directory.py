@@ -424,7 +424,14 @@ class DirectoryBlockstore(Blockstore):
         return f"{self._blocks_prefix}{name[-3:-1]}{os.sep}{name}"
 
     def _contains(self, cid: bytes) -> bool:
-        return os.path.exists(self._block_file(cid))
+        """Whether the block's file is there, and not the empty file a crash leaves of a block
+        renamed into place before its bytes reached the disk (a pull or import that took it for
+        the block would never fetch it again; the next writer of its bytes replaces it)."""
+        try:
+            size = os.stat(self._block_file(cid)).st_size
+        except OSError:
+            return False
+        return size > 0 or cid[-32:] == _EMPTY_DIGEST
 
     def _lookup(self, cid: bytes) -> bytes | None:
         return _read_file(self._block_file(cid))
