@@ -492,6 +492,9 @@ class FblReader:
     """
 
     LEAVES_KEPT = 8  # more than the kernel's read-ahead has in flight, or it reloads leaves
+    # Whether a leaf's CID alone tells it is one (a raw block): then the leaves ahead of a reader
+    # are named to a local store without reading them (a UnixFS leaf must be read to tell).
+    LEAVES_KNOWN_BY_CID = True
 
     def __init__(self, store: Blockstore, root: bytes) -> None:
         self.store = store
@@ -599,7 +602,8 @@ class FblReader:
     def read(self, offset: int, size: int) -> bytes:
         parts: list[bytes] = []
         end = min(offset + size, self.size)
-        if offset <= self._read_until + SEQUENTIAL_SLACK:  # a reader going forward
+        going_forward = offset <= self._read_until + SEQUENTIAL_SLACK
+        if going_forward and (self.store.fetches_missing or self.LEAVES_KNOWN_BY_CID):
             self._fetch_ahead(end)
         self._read_until = max(self._read_until, end)
         if self._dags:

@@ -131,6 +131,8 @@ class UnixfsReader(FblReader):
     data is the file's bytes, only the last few, so memory stays bounded however long the file.
     """
 
+    LEAVES_KNOWN_BY_CID = False  # a dag-pb block may be a leaf or a node: only its bytes say
+
     def __init__(self, store: Blockstore, root: UnixfsNode) -> None:
         self._decoded: dict[bytes, UnixfsNode] = {root.cid: root}  # decoded by whoever opened it
         self._leaves: OrderedDict[bytes, UnixfsNode] = OrderedDict()
