@@ -69,27 +69,24 @@ def is_root(value: Any) -> bool:
 
 def build(store: BlockSink, entries: Mapping[str, Any]) -> dict[str, Any]:
     """The root map of a HAMT holding *entries*; child nodes are stored as blocks."""
-    sha256 = hashlib.sha256
-    items = []
-    for name, value in entries.items():  # 100,000 names: one pass, no generators
-        key = name.encode("utf-8")
-        items.append((sha256(key).digest(), key, value))
-    items.sort()
-    return _root(_build_node(store, items, 0))
+    return _root(_build_node(store, _hashed(_keyed(entries)), 0))
 
 
 def _root(node: list[Any]) -> dict[str, Any]:
     return {"hashAlg": HASH_ALG, "bucketSize": BUCKET_SIZE, "hamt": node}
 
 
-def _keyed(entries: Mapping[str, Any]) -> Iterator[tuple[bytes, Any]]:
-    for name, value in entries.items():
-        yield name.encode("utf-8"), value
+def _keyed(entries: Mapping[str, Any]) -> list[tuple[bytes, Any]]:
+    return [(name.encode("utf-8"), value) for name, value in entries.items()]
 
 
 def _hashed(pairs: Iterable[tuple[bytes, Any]]) -> list[_Item]:
-    """``(digest, key, value)`` items in the order the HAMT lays them out: by digest."""
-    return sorted((hashlib.sha256(key).digest(), key, value) for key, value in pairs)
+    """``(digest, key, value)`` items in the order the HAMT lays them out: by digest (lists,
+    not generators: a new directory of 100,000 names goes through here)."""
+    sha256 = hashlib.sha256
+    items = [(sha256(key).digest(), key, value) for key, value in pairs]
+    items.sort()
+    return items
 
 
 def _build_node(store: BlockSink, items: list[_Item], depth: int) -> list[Any]:

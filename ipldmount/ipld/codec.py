@@ -94,12 +94,6 @@ def encode(value: Value) -> bytes:
     return cbor2.dumps(_prepare(value))
 
 
-def _tag_hook(tag: cbor2.CBORTag, *_: object) -> Link:
-    if tag.tag != LINK_TAG:
-        raise ValueError(f"tag {tag.tag} is not allowed in DAG-CBOR")
-    return _decode_link(tag.value)
-
-
 def _decode_link(raw: object, *_: object) -> Link:
     """Tag 42's content as a Link (called by cbor2 with the decoded content: no CBORTag made)."""
     if type(raw) is not bytes or not raw.startswith(b"\x00"):
@@ -114,10 +108,10 @@ def _reject_tag(*_: object) -> None:
 class _OnlyLinkTag(Mapping[int, Any]):
     """Semantic decoders that refuse every tag but 42, which becomes a Link.
 
-    ``cbor2`` decodes some tags itself (datetimes, bignums, sets, shared values),
-    and ``tag_hook`` only sees the tags it does not know. A semantic decoder is called with
-    the tag's decoded content: a link costs no CBORTag and no KeyError (a HAMT node holds
-    dozens).
+    ``cbor2`` would decode some tags itself (datetimes, bignums, sets, shared values): it asks
+    this mapping first for every tag, and no lookup fails, so no tag reaches anything else. A
+    semantic decoder is called with the tag's decoded content: a link costs no CBORTag and no
+    KeyError (a HAMT node holds dozens).
     """
 
     def __getitem__(self, tag: int) -> Any:
@@ -175,7 +169,6 @@ def decode(data: bytes | memoryview) -> Value:
     try:
         decoder = cbor2.CBORDecoder(
             io.BytesIO(data),
-            tag_hook=_tag_hook,
             semantic_decoders=_ONLY_LINK_TAG,
             read_size=max(len(data), 1),
             allow_indefinite=False,

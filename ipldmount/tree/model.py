@@ -937,31 +937,29 @@ class Tree:
             for position in rows:  # a row's name is not a node's (both taken under _moving)
                 name = table.name(position)
                 if is_metadata(name):
-                    forms.update([self._row_form(directory, table, position, sink, form_of)])
+                    forms[name] = self._metadata_row_form(directory, table, position, sink, form_of)
                 else:
                     links[name] = codec.Link(table.cid(position))
         return dirnode.layout(sink, forms, links=links)
 
-    def _row_form(
+    def _metadata_row_form(
         self,
         directory: Directory,
         table: EntryTable,
         position: int,
         sink: BlockSink,
         form_of: Callable[[Directory], DirectoryForm],
-    ) -> tuple[str, EntryForm]:
-        """A packed row's entry in a full layout: its link, without making a node, unless it is
-        metadata (which may go inline: its node decides). A row made a node since the layout
-        began gives its link all the same: that node is unchanged (changes take the mount's lock)."""
+    ) -> EntryForm:
+        """A packed row of zarr metadata in a full layout: it may go inline, so its node decides
+        (other rows are links, taken without making a node). A row made a node since the layout
+        began gives that node: it is unchanged (changes take the mount's lock)."""
         name = table.name(position)
-        if metadata.is_metadata_name(name):
-            assert directory._entries is not None
-            with self._moving:  # a mount may have made its node since the layout began
-                taken = not table.is_live(position)
-                node = directory._entries.get(name) if taken else self._take(directory, table, position)
-            assert node is not None, "a commit runs while nothing removes entries"
-            return name, self._entry_form(name, node, sink, form_of)
-        return name, EntryForm(link=table.cid(position))
+        assert directory._entries is not None
+        with self._moving:  # a mount may have made its node since the layout began
+            taken = not table.is_live(position)
+            node = directory._entries.get(name) if taken else self._take(directory, table, position)
+        assert node is not None, "a commit runs while nothing removes entries"
+        return self._entry_form(name, node, sink, form_of)
 
     def _update_sharded(
         self, directory: Directory, sink: BlockSink, form_of: Callable[[Directory], DirectoryForm]
